@@ -1,0 +1,336 @@
+"""The ``ablate`` command: thin layer that parses, calls the library, prints (rich) or emits JSON.
+
+Exit codes: 0 success, 2 bad input (one line naming the argument), 1 a run that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ablate.errors import AblateInputError
+
+app = typer.Typer(
+    help="Measure and search how a new branch should join a frozen model's residual stream.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+err = Console(stderr=True)
+
+
+def _out() -> Console:
+    # Made per call so redirected stdout (pipes, tests) gets a wide console instead of 80 columns.
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+FixOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--fix",
+        help="Fix type (repeat for several; probe default: every fix). "
+        "One of: none, fixed-scale, learnable-alpha, zero-init, tanh-gate, layerscale, norm-match, "
+        "no-branch; a join may add '+zero-init'.",
+    ),
+]
+ScaleOpt = Annotated[
+    float | None, typer.Option("--scale", help="The fix's scale s (> 0); default: the fix's own default.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for initialisation and batch order.")]
+BatchesOpt = Annotated[int, typer.Option("--batches", help="Cached batches the gradient probe averages over.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present).")]
+BackboneOpt = Annotated[str, typer.Option("--backbone", help="tiny (CPU default) | vit-l-14-336@518 (real scale).")]
+PretrainedOpt = Annotated[
+    str | None,
+    typer.Option("--pretrained", help="Local checkpoint file or an open_clip tag already in the local cache."),
+]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
+ContextNormOpt = Annotated[
+    bool, typer.Option("--context-norm/--no-context-norm", help="L2-normalise each text-context token.")
+]
+InjectOpt = Annotated[int, typer.Option("--inject-at", help="Block after which the branch joins (0-based).")]
+ThresholdOpt = Annotated[float, typer.Option("--threshold", help="Ratio at or above which the verdict is OK.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+
+
+def _arm_config(
+    fix: str,
+    scale: float | None,
+    seed: int,
+    batches: int,
+    device: str,
+    backbone: str,
+    pretrained: str | None,
+    batch_size: int,
+    context_norm: bool,
+    inject_at: int,
+    threshold: float,
+    steps: int = 1,
+    probe_every: int = 50,
+):
+    from ablate.model.aaclip import AAClipConfig
+    from ablate.train.arm import ArmConfig, DataConfig, validate
+    from ablate.train.run import RunConfig
+
+    cfg = ArmConfig(
+        model=AAClipConfig(
+            backbone=backbone,
+            pretrained=pretrained,
+            fix=fix,
+            scale=scale,
+            inject_at=inject_at,
+            context_norm=context_norm,
+        ),
+        data=DataConfig(batch_size=batch_size),
+        run=RunConfig(steps=steps, probe_every=probe_every, threshold=threshold),
+        probe_batches=batches,
+        seed=seed,
+        device=device,
+    )
+    validate(cfg)
+    return cfg
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe: NaN/inf become null (JSON has no NaN)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    return v
+
+
+def _emit_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(_clean(doc), indent=2) + "\n")
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.{digits}g}"
+    return str(v)
+
+
+@app.command()
+def probe(
+    fix: FixOpt = None,
+    scale: ScaleOpt = None,
+    seed: SeedOpt = 0,
+    batches: BatchesOpt = 8,
+    device: DeviceOpt = "auto",
+    backbone: BackboneOpt = "tiny",
+    pretrained: PretrainedOpt = None,
+    batch_size: BatchSizeOpt = 4,
+    context_norm: ContextNormOpt = False,
+    inject_at: InjectOpt = 0,
+    threshold: ThresholdOpt = 0.8,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Paired gradient probe at initialisation: adapter gradient with / without the branch.
+
+    Same weights, same cached batches, dropout off. Prints one row per fix with the median ratio
+    over batches, its bootstrap 95% CI, the gradient share, norm inflation, the step-0 loss with
+    and without the branch, and the final-feature cosine. --json with one --fix prints one object,
+    otherwise a list.
+    """
+    from ablate.model.fixes import fix_names
+    from ablate.train.arm import probe_arm
+
+    names = fix or fix_names()
+    if scale is not None and len(names) > 1:
+        raise AblateInputError("--scale", "give exactly one --fix when setting --scale")
+    cfgs = [
+        _arm_config(
+            f, scale, seed, batches, device, backbone, pretrained, batch_size, context_norm, inject_at, threshold
+        )
+        for f in names
+    ]
+    results = []
+    with _progress(quiet or as_json) as prog:
+        task = prog.add_task("probe", total=len(cfgs))
+        for cfg in cfgs:
+            prog.update(task, description=f"probe {cfg.model.fix}")
+            results.append(probe_arm(cfg))
+            prog.advance(task)
+    if as_json:
+        docs = [r.to_dict() for r in results]
+        _emit_json(docs[0] if len(docs) == 1 else docs)
+        return
+    table = Table(title=f"Gradient probe at init ({backbone}, seed {seed}, {batches} batches x {batch_size})")
+    for col in (
+        "fix",
+        "scale",
+        "ratio",
+        "95% CI",
+        "layers",
+        "share",
+        "inflation",
+        "loss w/",
+        "loss w/o",
+        "cos",
+        "verdict",
+    ):
+        table.add_column(col, justify="left" if col in ("fix", "verdict") else "right")
+    for r in results:
+        table.add_row(
+            r.fix,
+            _fmt(r.scale),
+            _fmt(r.grad_ratio),
+            f"[{_fmt(r.grad_ratio_ci[0], 3)}, {_fmt(r.grad_ratio_ci[1], 3)}]",
+            _fmt(r.grad_ratio_layers),
+            _fmt(r.grad_share, 3),
+            _fmt(r.norm_inflation),
+            _fmt(r.loss_with),
+            _fmt(r.loss_without),
+            _fmt(r.feature_cosine),
+            r.verdict,
+        )
+    _out().print(table)
+
+
+@app.command()
+def train(
+    fix: Annotated[str, typer.Option("--fix", help="Fix type (see `ablate probe --help`).")] = "none",
+    scale: ScaleOpt = None,
+    seed: SeedOpt = 0,
+    steps: Annotated[int, typer.Option("--steps", help="Adam steps.")] = 100,
+    batches: BatchesOpt = 4,
+    probe_every: Annotated[int, typer.Option("--probe-every", help="Probe every K steps (0: start and end).")] = 50,
+    device: DeviceOpt = "auto",
+    backbone: BackboneOpt = "tiny",
+    pretrained: PretrainedOpt = None,
+    batch_size: BatchSizeOpt = 4,
+    context_norm: ContextNormOpt = False,
+    inject_at: InjectOpt = 0,
+    threshold: ThresholdOpt = 0.8,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Short training run of one fix: loss slope, first/last loss, gradient ratio at probe points."""
+    from ablate.train.arm import ArmSetup, train_arm
+
+    cfg = _arm_config(
+        fix,
+        scale,
+        seed,
+        batches,
+        device,
+        backbone,
+        pretrained,
+        batch_size,
+        context_norm,
+        inject_at,
+        threshold,
+        steps=steps,
+        probe_every=probe_every,
+    )
+    setup = ArmSetup(cfg)
+    with _progress(quiet or as_json) as prog:
+        task = prog.add_task(f"train {setup.fix_name}", total=steps)
+        result = train_arm(cfg, on_step=lambda s: prog.update(task, completed=s + 1), setup=setup)
+    summary = result.summary()
+    summary["probes"] = [p.to_dict() for p in result.probes]
+    if as_json:
+        _emit_json(summary)
+        return
+    table = Table(title=f"Training run: {result.fix} (scale {_fmt(result.scale)}), seed {seed}, {steps} steps")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in (
+        "loss_first",
+        "loss_last",
+        "loss_slope",
+        "grad_ratio_init",
+        "grad_ratio_final",
+        "grad_ratio_mean",
+        "wall_s",
+        "steps_per_s",
+        "peak_mem_mb",
+        "device",
+    ):
+        table.add_row(key, _fmt(summary[key]))
+    _out().print(table)
+    probes = Table(title="Probe points")
+    for col in ("step", "ratio", "95% CI", "share", "verdict"):
+        probes.add_column(col, justify="right")
+    for p in result.probes:
+        probes.add_row(
+            str(p.step),
+            _fmt(p.grad_ratio),
+            f"[{_fmt(p.grad_ratio_ci[0], 3)}, {_fmt(p.grad_ratio_ci[1], 3)}]",
+            _fmt(p.grad_share, 3),
+            p.verdict,
+        )
+    _out().print(probes)
+
+
+def _progress(disabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=disabled,
+        transient=True,
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _fail(message: str, code: int) -> None:
+    # Plain stderr, one line: rich would wrap long messages at the terminal width.
+    sys.stderr.write(message + "\n")
+    sys.exit(code)
+
+
+def _input_error_line(exc: AblateInputError) -> str:
+    # Top-level fields are CLI options here ("scale" -> "--scale"); dotted ones are spec fields.
+    field = exc.field if ("." in exc.field or exc.field.startswith("-")) else "--" + exc.field.replace("_", "-")
+    return f"error: {field}: {' '.join(exc.message.split())}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: bad input exits 2 with one line, a failed run exits 1, Ctrl-C exits 130."""
+    from ablate.train.run import NonFiniteLossError
+
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="ablate", standalone_mode=False)
+    except AblateInputError as exc:
+        _fail(_input_error_line(exc), 2)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except NonFiniteLossError as exc:
+        _fail(f"run failed: {exc}", 1)
+    except Exception as exc:
+        # Typer vendors click; its parse errors carry exit_code 2 and a formatted message.
+        if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
+            ctx = getattr(exc, "ctx", None)
+            if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+                sys.stdout.write(ctx.get_help() + "\n")
+                sys.exit(0)
+            _fail("error: " + " ".join(exc.format_message().split()), 2)
+        if type(exc).__name__ == "Abort":
+            _fail("interrupted", 130)
+        if os.environ.get("ABLATE_DEBUG"):
+            raise
+        _fail(f"run failed: {type(exc).__name__}: {_one_line(exc)} (ABLATE_DEBUG=1 for a traceback)", 1)
+    sys.exit(rv if isinstance(rv, int) else 0)

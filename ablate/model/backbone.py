@@ -1,0 +1,143 @@
+"""Backbones by name: an open_clip config -> a built, frozen CLIP (open_clip's config-to-builder path).
+
+Nothing here downloads: ``pretrained`` is a local checkpoint file or an open_clip tag whose
+weights are already in the local cache; anything else is a clear error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ablate.errors import AblateInputError
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A named backbone: how to build it and the AA-CLIP layout defaults that go with it."""
+
+    name: str
+    image_size: int
+    adapter_layers: int  # adapters after blocks 0..k-1
+    levels: tuple[int, ...]  # 1-based block indices whose output is a feature level
+    open_clip_name: str | None = None  # a built-in open_clip config ...
+    open_clip_cfg: dict[str, Any] = field(default_factory=dict)  # ... or an explicit one
+    description: str = ""
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "tiny": BackboneSpec(
+        name="tiny",
+        image_size=64,
+        adapter_layers=2,
+        levels=(2, 4, 6, 8),
+        open_clip_cfg={
+            "embed_dim": 64,
+            "vision_cfg": {"image_size": 64, "layers": 8, "width": 64, "head_width": 16, "patch_size": 8},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
+        },
+        description="CPU default: 64 px, 8x8 patches + CLS = 65 tokens x 64, 8 blocks, 64-wide text tower",
+    ),
+    "vit-l-14-336@518": BackboneSpec(
+        name="vit-l-14-336@518",
+        image_size=518,
+        adapter_layers=6,
+        levels=(6, 12, 18, 24),
+        open_clip_name="ViT-L-14-336",
+        description="AA-CLIP scale: ViT-L-14-336 at 518 px, 1370 tokens x 1024, 24 blocks, 768-wide text",
+    ),
+}
+
+
+def backbone_spec(name: str, field_name: str = "backbone") -> BackboneSpec:
+    if name not in BACKBONES:
+        raise AblateInputError(field_name, f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def _cached_tag_path(model_name: str, tag: str) -> str | None:
+    """Local file of an open_clip pretrained tag if it is already cached, else None (no network)."""
+    import open_clip
+    from open_clip import pretrained as oc_pretrained
+
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    if not cfg:
+        return None
+    hf_hub = (cfg.get("hf_hub") or "").rstrip("/")
+    if hf_hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        parts = hf_hub.split("/")
+        repo_id, sub = "/".join(parts[:2]), "/".join(parts[2:])
+        for fname in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            hit = try_to_load_from_cache(repo_id, f"{sub}/{fname}" if sub else fname)
+            if isinstance(hit, str) and os.path.isfile(hit):
+                return hit
+    url = cfg.get("url") or ""
+    if url:
+        local = Path(getattr(oc_pretrained, "CACHE_DIR", "~/.cache/clip")).expanduser() / Path(url).name
+        if local.is_file():
+            return str(local)
+    return None
+
+
+def resolve_pretrained(spec: BackboneSpec, pretrained: str | None) -> str | None:
+    """Map ``pretrained`` (None | local path | cached open_clip tag) to a local file path."""
+    if pretrained in (None, "", "none"):
+        return None
+    path = Path(pretrained).expanduser()
+    looks_like_path = os.sep in pretrained or path.suffix in (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+    if path.is_file():
+        return str(path)
+    if looks_like_path:
+        raise AblateInputError("pretrained", f"checkpoint file not found: {pretrained}")
+    if spec.open_clip_name is None:
+        raise AblateInputError(
+            "pretrained", f"backbone {spec.name!r} has no open_clip tags; give a local checkpoint path"
+        )
+    hit = _cached_tag_path(spec.open_clip_name, pretrained)
+    if hit is None:
+        raise AblateInputError(
+            "pretrained",
+            f"{pretrained!r} is neither a local file nor an open_clip tag of {spec.open_clip_name} "
+            "already in the local cache (nothing is downloaded)",
+        )
+    return hit
+
+
+def build_clip(spec: BackboneSpec, pretrained: str | None = None) -> nn.Module:
+    """Build the open_clip CLIP for ``spec``, load local weights if given, and freeze it."""
+    import open_clip
+    from open_clip.model import CLIP
+
+    ckpt = resolve_pretrained(spec, pretrained)
+    if spec.open_clip_name is not None:
+        cfg = open_clip.get_model_config(spec.open_clip_name)
+        cfg["vision_cfg"]["image_size"] = spec.image_size
+    else:
+        cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec.open_clip_cfg.items()}
+    model = CLIP(**cfg)
+    if ckpt is not None:
+        try:
+            # open_clip resizes the position embedding to our grid (336 -> 518 px) on load.
+            open_clip.load_checkpoint(model, ckpt)
+        except Exception as exc:  # a wrong file is the user's input, not our bug
+            raise AblateInputError("pretrained", f"cannot load {ckpt}: {str(exc).splitlines()[0]}") from exc
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def encode_prompts(clip: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalised text embeddings [P, E], token features after text block 0 [P, 77, d_txt])."""
+    x = clip.token_embedding(tokens) + clip.positional_embedding
+    block0 = clip.transformer.resblocks[0](x, attn_mask=clip.attn_mask)
+    emb = clip.encode_text(tokens, normalize=True)
+    return emb, block0
