@@ -279,6 +279,242 @@ def train(
     _out().print(probes)
 
 
+study_app = typer.Typer(help="Optuna studies over fix types and scales.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+StorageOpt = Annotated[
+    str | None,
+    typer.Option("--storage", help="SQLAlchemy URL; default $ABLATE_STORAGE or sqlite:///results.db."),
+]
+StudyOpt = Annotated[str | None, typer.Option("--study", help="Study name (default: the latest study).")]
+
+
+@study_app.command("run")
+def study_run(
+    spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="Study spec, e.g. studies/quick.toml.")],
+    trials: Annotated[
+        int | None, typer.Option("--trials", help="Finished trials wanted in total (default: the spec's).")
+    ] = None,
+    storage: StorageOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="Study name (default: the spec's name).")] = None,
+    plots: Annotated[
+        str | None, typer.Option("--plots", help="Directory for the plots (default: plots/<study>).")
+    ] = None,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Do not draw plots at the end.")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run an Optuna study of the spec's fixes and scales; resume it if it exists.
+
+    Each trial trains every seed of the spec and stores every run; the no-branch baseline runs
+    once per seed. Running the same command again continues up to --trials finished trials
+    without repeating finished work. Ctrl-C stops cleanly; the same command resumes.
+    """
+    from ablate.spec import load_spec
+    from ablate.store.engine import storage_url
+    from ablate.study import run_study
+    from ablate.study.runner import StudySpecConflict
+
+    spec, text = load_spec(spec_path)
+    if trials is not None and trials < 1:
+        raise AblateInputError("--trials", "must be >= 1")
+    if name is not None and not name.strip():
+        raise AblateInputError("--name", "must not be empty")
+    url = storage_url(storage)
+    from ablate.store.engine import open_storage
+
+    try:
+        open_storage(url)
+    except ValueError as exc:
+        raise AblateInputError("--storage", str(exc)) from None
+    import optuna
+
+    # Our progress display and failure lines replace Optuna's per-trial log (and its tracebacks).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        if quiet or as_json:
+            outcome = run_study(spec, text, url, trials, name)
+        else:
+            from ablate.console import RichStudyReporter
+
+            with RichStudyReporter(err, spec.study.objectives) as reporter:
+                outcome = run_study(spec, text, url, trials, name, reporter)
+    except StudySpecConflict as exc:
+        raise AblateInputError("--name", str(exc)) from None
+    written: list[str] = []
+    if not no_plots:
+        written = [str(p) for p in _draw(url, outcome.name, plots or f"plots/{outcome.name}", None, quiet=True)]
+    if as_json:
+        _emit_json({**outcome.__dict__, "plots": written})
+        return
+    if not quiet:
+        _print_frame(_trials(url, outcome.name), f"study {outcome.name}: {outcome.n_trials} finished trials")
+        if outcome.failed:
+            err.print(f"{outcome.failed} trial(s) failed this time; run the same command to retry them.")
+        for p in written:
+            _out().print(f"plot: {p}")
+
+
+@app.command()
+def query(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    group_by: Annotated[str | None, typer.Option("--group-by", help="'fix': mean and 95% CI per fix.")] = None,
+    runs: Annotated[bool, typer.Option("--runs", help="One row per run (trial x seed, baselines).")] = False,
+    studies: Annotated[bool, typer.Option("--studies", help="List the studies in the database.")] = False,
+    sql: Annotated[str | None, typer.Option("--sql", help="A read-only SELECT against the database.")] = None,
+    fmt_: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+    as_json: JsonOpt = False,
+) -> None:
+    """Query the results database: one row per trial (default), --group-by fix, --runs, --studies, --sql."""
+    from ablate.store import query as q
+    from ablate.store.engine import open_storage
+
+    if fmt_ not in ("table", "csv", "json"):
+        raise AblateInputError("--format", f"must be table, csv or json, got {fmt_!r}")
+    if group_by not in (None, "fix"):
+        raise AblateInputError("--group-by", f"only 'fix' is supported, got {group_by!r}")
+    fmt_ = "json" if as_json else fmt_
+    engine = _open_read(open_storage, storage)
+    with _lookup_errors():
+        if sql is not None:
+            frame, title = q.run_sql(engine, sql), "sql"
+        elif studies:
+            frame, title = q.list_studies(engine), "studies"
+        elif group_by == "fix":
+            frame, title = q.group_by_fix(engine, study), "per fix"
+        elif runs:
+            frame, title = q.runs_frame(engine, study), "runs"
+        else:
+            frame, title = q.trials_frame(engine, study), "trials"
+    if fmt_ == "json":
+        _emit_json(q.json_records(frame))
+    elif fmt_ == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    else:  # the terminal view keeps the columns a reader compares; csv/json carry them all
+        keep = TABLE_COLUMNS.get(title)
+        _print_frame(frame[[c for c in keep if c in frame.columns]] if keep else frame, title)
+
+
+@app.command()
+def plot(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    out_dir: Annotated[str | None, typer.Option("--out", help="Output directory (default: plots/<study>).")] = None,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option("--kind", help="tradeoff | loss | ratio-scale | gates | grad-norms (repeat; default: all)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Draw a study's plots as PNG and SVG: the loss-vs-ratio tradeoff, loss curves, ratio vs scale,
+    gate trajectories and gradient norms."""
+    from ablate.store import query as q
+    from ablate.store.engine import open_storage, storage_url
+
+    url = storage_url(storage)
+    engine = _open_read(open_storage, url)
+    with _lookup_errors():
+        name = study or q.latest_study(engine)
+    written = _draw(url, name, out_dir or f"plots/{name}", kind, quiet=as_json)
+    if as_json:
+        _emit_json({"study": name, "plots": [str(p) for p in written]})
+    else:
+        for p in written:
+            _out().print(f"plot: {p}")
+
+
+def _open_read(open_storage, url):
+    try:
+        return open_storage(url, create=False)
+    except ValueError as exc:
+        raise AblateInputError("--storage", str(exc)) from None
+
+
+class _lookup_errors:
+    """A study that does not exist, or a bad --sql, is the user's input: exit 2."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is LookupError:
+            raise AblateInputError("--study", str(exc).strip("'\"")) from None
+        if exc_type is ValueError and not isinstance(exc, AblateInputError):
+            raise AblateInputError(
+                "--sql" if "sql" in str(exc).lower() or "statement" in str(exc).lower() else "query", str(exc)
+            ) from None
+        return False
+
+
+TABLE_COLUMNS = {
+    "trials": ("trial_number", "fix", "scale", "status", "n_seeds", "loss_slope", "loss_slope_rel", "grad_ratio_init",
+               "grad_ratio_init_lo", "grad_ratio_init_hi", "grad_ratio_mean", "verdict"),
+    "per fix": ("fix", "n_runs", "n_trials", "loss_slope_mean", "loss_slope_lo", "loss_slope_hi", "loss_slope_rel_mean",
+                "grad_ratio_init_mean", "grad_ratio_mean_mean", "grad_ratio_mean_lo", "grad_ratio_mean_hi",
+                "best_scale"),
+    "runs": ("run_id", "role", "trial_number", "seed", "fix", "scale", "status", "loss_slope", "grad_ratio_init",
+             "grad_ratio_mean", "wall_s", "error"),
+}
+
+
+def _trials(url: str, name: str):
+    from ablate.store import query as q
+    from ablate.store.engine import open_storage
+
+    frame = q.trials_frame(open_storage(url), name)
+    cols = [
+        c
+        for c in (
+            "trial_number",
+            "fix",
+            "scale",
+            "status",
+            "n_seeds",
+            "loss_slope",
+            "loss_slope_rel",
+            "grad_ratio_init",
+            "grad_ratio_init_lo",
+            "grad_ratio_init_hi",
+            "grad_ratio_mean",
+            "verdict",
+        )
+        if c in frame.columns
+    ]
+    return frame[cols]
+
+
+def _draw(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet: bool) -> list:
+    from ablate.plot import render_all
+    from ablate.store import query as q
+    from ablate.store.engine import open_storage
+
+    engine = open_storage(url, create=False)
+    settings = q.study_settings(engine, name)
+    with _lookup_errors():
+        runs = q.runs_frame(engine, name)
+        steps = q.step_metrics_frame(engine, name)
+    return render_all(
+        runs,
+        steps,
+        out_dir,
+        kinds=kinds,
+        ratio_metric=settings["ratio_metric"],
+        slope_metric=settings["slope_metric"],
+        threshold=settings["threshold"],
+        on_skip=(lambda k, why: None) if quiet else (lambda k, why: err.print(f"plot {k} skipped: {why}")),
+    )
+
+
+def _print_frame(frame, title: str) -> None:
+    table = Table(title=title)
+    for col in frame.columns:
+        table.add_column(str(col), justify="right" if frame[col].dtype.kind in "if" else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(_fmt(v) for v in row))
+    _out().print(table)
+
+
 def _progress(disabled: bool) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -317,7 +553,7 @@ def main(argv: list[str] | None = None) -> None:
     except AblateInputError as exc:
         _fail(_input_error_line(exc), 2)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        _fail("interrupted; run the same command again to resume", 130)
     except NonFiniteLossError as exc:
         _fail(f"run failed: {exc}", 1)
     except Exception as exc:
@@ -329,8 +565,10 @@ def main(argv: list[str] | None = None) -> None:
                 sys.exit(0)
             _fail("error: " + " ".join(exc.format_message().split()), 2)
         if type(exc).__name__ == "Abort":
-            _fail("interrupted", 130)
+            _fail("interrupted; run the same command again to resume", 130)
         if os.environ.get("ABLATE_DEBUG"):
             raise
         _fail(f"run failed: {type(exc).__name__}: {_one_line(exc)} (ABLATE_DEBUG=1 for a traceback)", 1)
+    if rv == 130:  # Typer turns Ctrl-C inside a command into exit code 130
+        _fail("interrupted; run the same command again to resume", 130)
     sys.exit(rv if isinstance(rv, int) else 0)

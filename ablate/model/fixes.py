@@ -43,6 +43,9 @@ class Join(nn.Module):
     combines_with_zero_init: ClassVar[bool] = True
     # Reason a combination with zero-init is rejected (shown to the user).
     zero_init_conflict: ClassVar[str] = ""
+    # A study's default search range for the scale, (min, max, log), when the fix needs its own:
+    # None = use the study's shared range.
+    search_range: ClassVar[tuple[float, float, bool] | None] = None
 
     def __init__(self, width: int, scale: float | None) -> None:
         super().__init__()
@@ -116,6 +119,7 @@ class TanhGate(Join):
     source = "Flamingo gated cross-attention"
     takes_scale = True
     default_scale = 0.0  # Flamingo's init: the branch starts closed
+    search_range = (0.0, 1.0, False)  # a log range cannot hold the default 0
 
     def __init__(self, width: int, scale: float | None) -> None:
         super().__init__(width, scale)
@@ -225,7 +229,9 @@ def parse_fix(name: str, scale: float | None = None, field: str = "fix") -> FixC
     if scale is not None:
         if not join.takes_scale:
             raise AblateInputError("scale", f"fix {join.name!r} takes no scale")
-        if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        # 0 is valid only where it is the fix's own default (a closed tanh gate).
+        floor_ok = join.default_scale == 0 and scale == 0
+        if not isinstance(scale, (int, float)) or not math.isfinite(scale) or (scale <= 0 and not floor_ok):
             raise AblateInputError("scale", f"must be a finite number > 0, got {scale!r}")
     elif join.takes_scale:
         scale = join.default_scale

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import torch
 
@@ -141,8 +140,3 @@ def train_arm(
         on_probe=on_probe,
         on_step=on_step,
     )
-
-
-def describe(cfg: ArmConfig) -> dict[str, Any]:
-    """A flat description of the arm for logs and JSON output."""
-    return {"backbone": cfg.model.backbone, "fix": cfg.model.fix, "scale": cfg.model.scale, "seed": cfg.seed}

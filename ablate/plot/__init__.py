@@ -1,0 +1,97 @@
+"""Plots of a study's results: ``extract_*`` (DataFrames -> named data) and ``render_*`` (data -> Figure).
+
+The extraction side is imported eagerly and needs only pandas/numpy. The renderers are loaded on
+first use, so ``import ablate.plot`` in a notebook neither imports matplotlib nor touches its backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ablate.plot.extract import (
+    FIX_ORDER,
+    KINDS,
+    BaselineMark,
+    BestTrial,
+    Curve,
+    GatesData,
+    GateSeries,
+    GradNormsData,
+    LossCurvesData,
+    NoPlotData,
+    RatioLevel,
+    RatioScaleData,
+    ScaleSeries,
+    TradeoffData,
+    TrialPoint,
+    best_trial_per_fix,
+    extract_gates,
+    extract_grad_norms,
+    extract_loss_curves,
+    extract_ratio_vs_scale,
+    extract_tradeoff,
+    fix_sort_key,
+)
+from ablate.plot.pareto import pareto_front
+
+_RENDER_NAMES = frozenset(
+    {
+        "FixStyle",
+        "RENDERERS",
+        "extract_kind",
+        "fix_style",
+        "render_all",
+        "render_gates",
+        "render_grad_norms",
+        "render_loss_curves",
+        "render_ratio_vs_scale",
+        "render_tradeoff",
+        "save_figure",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy access to the matplotlib side (``ablate.plot.render``)."""
+    if name in _RENDER_NAMES:
+        return getattr(importlib.import_module("ablate.plot.render"), name)
+    raise AttributeError(f"module 'ablate.plot' has no attribute {name!r}")
+
+
+__all__ = [
+    "FIX_ORDER",
+    "KINDS",
+    "RENDERERS",
+    "BaselineMark",
+    "BestTrial",
+    "Curve",
+    "FixStyle",
+    "GateSeries",
+    "GatesData",
+    "GradNormsData",
+    "LossCurvesData",
+    "NoPlotData",
+    "RatioLevel",
+    "RatioScaleData",
+    "ScaleSeries",
+    "TradeoffData",
+    "TrialPoint",
+    "best_trial_per_fix",
+    "extract_gates",
+    "extract_grad_norms",
+    "extract_kind",
+    "extract_loss_curves",
+    "extract_ratio_vs_scale",
+    "extract_tradeoff",
+    "fix_sort_key",
+    "fix_style",
+    "pareto_front",
+    "render_all",
+    "render_gates",
+    "render_grad_norms",
+    "render_loss_curves",
+    "render_ratio_vs_scale",
+    "render_tradeoff",
+    "save_figure",
+]

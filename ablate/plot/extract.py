@@ -1,0 +1,569 @@
+"""Plot data extraction: the store's DataFrames in, small named structures out (no matplotlib).
+
+Following Optuna's ``visualization`` habit, every plot has an ``extract_*`` function that does all
+the grouping and averaging and returns a frozen dataclass; the renderers in ``render.py`` only draw
+it. Tests and notebooks can therefore check the numbers behind a figure without looking at pixels.
+
+Conventions shared by every extractor:
+
+- Only runs with ``status == 'complete'`` count; failed, pruned and running runs are ignored.
+- A *trial* is identified by ``(study, trial_number)``; its seeds are its complete runs.
+- Seed spread is the sample standard deviation (ddof=1) over seeds, 0.0 for a single seed.
+- Bands around curves span min..max over seeds (with 2-3 seeds a std band says little).
+- The ``no-branch`` reference runs have ``role == 'baseline'``.
+- No data to draw raises :class:`NoPlotData` (an ``AblateInputError``, hence a ``ValueError``)
+  with a one-line message, never a matplotlib traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ablate.errors import AblateInputError
+from ablate.model.fixes import NO_BRANCH, fix_names
+from ablate.plot.pareto import pareto_front
+
+KINDS: tuple[str, ...] = ("tradeoff", "loss", "ratio-scale", "gates", "grad-norms")
+BASELINE_FIX = NO_BRANCH
+# Display order (legends, the stable colour/marker mapping in render.py) is the registry's order, so
+# the registry stays the one place that knows fix names; a name it does not know still plots.
+FIX_ORDER: tuple[str, ...] = tuple(fix_names(include_reference=False))
+GATE_PREFIX = "gate/"
+# Gate parameters whose effect on the stream is a transform of the logged raw value.
+TANH_GATES = frozenset({"tanh_alpha"})
+BEST_TRIAL_RULE = "per fix, the trial with the lowest mean {metric} over its complete seeds"
+BAND_RULE = "min..max over seeds"
+
+
+class NoPlotData(AblateInputError):
+    """Nothing to draw for a plot (e.g. no complete runs); the CLI maps it to exit code 2."""
+
+
+def fix_sort_key(fix: str) -> tuple[int, str]:
+    """Stable display order: the known fixes in table order, then combos and unknowns by name."""
+    base = fix.split("+", 1)[0]
+    if fix in FIX_ORDER:
+        return (FIX_ORDER.index(fix), "")
+    if base in FIX_ORDER:  # 'X+zero-init' sits right after X
+        return (FIX_ORDER.index(base), fix)
+    return (len(FIX_ORDER), fix)
+
+
+# --------------------------------------------------------------------------------------------
+# Structures
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """One trial on the tradeoff plot: means over its complete seeds, with their spread."""
+
+    study: str
+    trial_number: int
+    fix: str
+    scale: float  # NaN for fixes without a scale
+    ratio: float
+    ratio_std: float
+    slope: float
+    slope_std: float
+    n_seeds: int
+
+
+@dataclass(frozen=True)
+class BaselineMark:
+    """The ``no-branch`` reference: ratio is 1.0 by definition when the column is NaN."""
+
+    ratio: float
+    slope: float
+    slope_std: float
+    n_seeds: int
+
+
+@dataclass(frozen=True)
+class TradeoffData:
+    """Loss slope versus gradient ratio, per trial, with the Pareto front and the baseline."""
+
+    points: tuple[TrialPoint, ...]  # sorted by fix display order, then study, trial number
+    front: tuple[TrialPoint, ...]  # non-dominated trials (max ratio, min slope), sorted by ratio
+    baseline: BaselineMark | None
+    threshold: float
+    ratio_metric: str
+    slope_metric: str
+    studies: tuple[str, ...]
+
+    def by_fix(self) -> dict[str, list[TrialPoint]]:
+        """Points grouped by fix, in display order."""
+        out: dict[str, list[TrialPoint]] = {}
+        for p in self.points:
+            out.setdefault(p.fix, []).append(p)
+        return out
+
+
+@dataclass(frozen=True, eq=False)  # holds numpy arrays
+class Curve:
+    """A per-step series averaged over seeds, with a min..max band.
+
+    ``trial_number`` is None for the baseline curve.
+    """
+
+    label: str
+    fix: str
+    study: str | None
+    trial_number: int | None
+    scale: float
+    steps: np.ndarray
+    mean: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    n_seeds: int
+
+
+@dataclass(frozen=True, eq=False)  # holds numpy arrays
+class LossCurvesData:
+    """Loss per step for the best trial of each fix, plus the ``no-branch`` baseline."""
+
+    curves: tuple[Curve, ...]  # one per fix, display order
+    baseline: Curve | None
+    selection: str  # how the trial shown for each fix was chosen
+    band: str = BAND_RULE
+
+
+@dataclass(frozen=True, eq=False)  # holds numpy arrays
+class ScaleSeries:
+    """Mean gradient ratio against scale for one fix (scale > 0 only: it goes on a log axis).
+
+    Runs are pooled per (fix, scale): trials that drew the same scale are the same configuration.
+    Points at scale <= 0 (e.g. ReZero's alpha init 0) cannot sit on a log axis and are kept in
+    the ``zero_*`` arrays, which the renderer draws in a separate linear panel.
+    """
+
+    fix: str
+    scale: np.ndarray  # sorted ascending, all > 0
+    ratio: np.ndarray
+    ratio_std: np.ndarray
+    n_runs: np.ndarray
+    zero_scale: np.ndarray  # the scales <= 0, sorted
+    zero_ratio: np.ndarray
+    zero_ratio_std: np.ndarray
+    zero_n_runs: np.ndarray
+
+
+@dataclass(frozen=True)
+class RatioLevel:
+    """Mean ratio of a fix that has no scale (drawn as a horizontal reference line)."""
+
+    fix: str
+    ratio: float
+    ratio_std: float
+    n_runs: int
+
+
+@dataclass(frozen=True, eq=False)  # holds numpy arrays
+class RatioScaleData:
+    """Gradient ratio versus the fix's scale."""
+
+    series: tuple[ScaleSeries, ...]  # fixes that have a scale, display order
+    unscaled: tuple[RatioLevel, ...]  # fixes without a scale (none, zero-init, ...)
+    threshold: float
+    ratio_metric: str
+
+
+@dataclass(frozen=True, eq=False)  # holds numpy arrays
+class GateSeries:
+    """One trial's gate trajectory, mean over its seeds.
+
+    For ``tanh-gate`` the logged raw alpha is transformed to tanh(alpha) per seed *before*
+    averaging, because tanh(alpha) is the factor that actually multiplies the branch output;
+    ``transform`` says which was applied and ``param`` names what is shown.
+    """
+
+    label: str
+    fix: str
+    study: str
+    trial_number: int
+    scale: float
+    metric: str  # the stored name, e.g. 'gate/tanh_alpha'
+    param: str  # what is plotted, e.g. 'tanh(alpha)'
+    transform: str  # 'identity' or 'tanh'
+    steps: np.ndarray
+    mean: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    n_seeds: int
+
+
+@dataclass(frozen=True, eq=False)  # holds numpy arrays
+class GatesData:
+    """Gate trajectories of every trial that logged a ``gate/*`` metric."""
+
+    series: tuple[GateSeries, ...]
+    note: str = "tanh-gate shows tanh(alpha), the effective gate; layerscale shows mean |lambda|"
+
+
+@dataclass(frozen=True, eq=False)  # holds numpy arrays
+class GradNormsData:
+    """Adapter and branch gradient norms per step, best trial per fix plus the baseline.
+
+    The baseline appears only in ``adapter``: without a branch there is no branch gradient.
+    """
+
+    adapter: tuple[Curve, ...]  # baseline (if any) last
+    branch: tuple[Curve, ...]
+    selection: str
+    band: str = BAND_RULE
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+_RUN_KEY = ["study", "trial_number"]
+
+
+def _require_columns(df: pd.DataFrame, name: str, columns: Iterable[str]) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise AblateInputError(name, f"missing column(s) {', '.join(missing)}")
+
+
+def _complete(runs: pd.DataFrame) -> pd.DataFrame:
+    _require_columns(runs, "runs", ["run_id", "study", "trial_number", "role", "fix", "scale", "status"])
+    return runs[runs["status"] == "complete"]
+
+
+def _complete_trials(runs: pd.DataFrame, what: str) -> pd.DataFrame:
+    done = _complete(runs)
+    trials = done[(done["role"] == "trial") & done["trial_number"].notna()].copy()
+    if trials.empty:
+        raise NoPlotData("runs", f"no complete trial runs to plot {what} ({len(done)} complete of {len(runs)} rows)")
+    trials["trial_number"] = trials["trial_number"].astype(int)
+    return trials
+
+
+def _spread(values: pd.Series) -> float:
+    """Sample std over seeds (ddof=1), 0.0 for a single seed, NaN when no value is known."""
+    v = values.dropna().to_numpy(dtype=float)
+    if v.size == 0:
+        return float("nan")
+    if v.size == 1:
+        return 0.0
+    return float(np.std(v, ddof=1))
+
+
+def _mean(values: pd.Series) -> float:
+    v = values.dropna().to_numpy(dtype=float)
+    return float(v.mean()) if v.size else float("nan")
+
+
+def _first_scale(values: pd.Series) -> float:
+    v = values.dropna()
+    return float(v.iloc[0]) if len(v) else float("nan")
+
+
+def _trial_label(fix: str, scale: float, trial_number: int) -> str:
+    if np.isnan(scale):
+        return f"{fix} (trial {trial_number})"
+    return f"{fix} s={scale:g} (trial {trial_number})"
+
+
+def _series(rows: pd.DataFrame, value_col: str = "value") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, mean, min and max over runs per step (NaN values ignored)."""
+    g = rows.groupby("step")[value_col]
+    agg = g.agg(["mean", "min", "max"]).sort_index()
+    return (
+        agg.index.to_numpy(dtype=float),
+        agg["mean"].to_numpy(dtype=float),
+        agg["min"].to_numpy(dtype=float),
+        agg["max"].to_numpy(dtype=float),
+    )
+
+
+def _metric_rows(steps: pd.DataFrame, run_ids: Iterable, name: str) -> pd.DataFrame:
+    ids = set(run_ids)
+    return steps[(steps["name"] == name) & steps["run_id"].isin(ids)]
+
+
+def _check_steps(steps: pd.DataFrame) -> None:
+    _require_columns(steps, "steps", ["run_id", "step", "name", "value"])
+
+
+# --------------------------------------------------------------------------------------------
+# (a) tradeoff
+# --------------------------------------------------------------------------------------------
+
+
+def _trial_table(trials: pd.DataFrame, ratio_metric: str, slope_metric: str) -> list[dict]:
+    """One record per trial (means and seed spreads of the two metrics), in display order."""
+    rows = []
+    for (study, number), g in trials.groupby(_RUN_KEY, sort=True):
+        rows.append(
+            {
+                "study": str(study),
+                "trial_number": int(number),
+                "fix": str(g["fix"].iloc[0]),
+                "scale": _first_scale(g["scale"]),
+                "ratio": _mean(g[ratio_metric]),
+                "ratio_std": _spread(g[ratio_metric]),
+                "slope": _mean(g[slope_metric]),
+                "slope_std": _spread(g[slope_metric]),
+                "n_seeds": len(g),
+            }
+        )
+    rows.sort(key=lambda r: (fix_sort_key(r["fix"]), r["study"], r["trial_number"]))
+    return rows
+
+
+def extract_tradeoff(
+    runs: pd.DataFrame,
+    ratio_metric: str = "grad_ratio_mean",
+    slope_metric: str = "loss_slope",
+    threshold: float = 0.8,
+) -> TradeoffData:
+    """Per-trial (ratio, slope) means with seed spread, the Pareto front and the baseline mark.
+
+    The front maximises the ratio and minimises the slope over trials whose two means are known.
+    """
+    _require_columns(runs, "runs", [ratio_metric, slope_metric])
+    trials = _complete_trials(runs, "the tradeoff")
+    points = tuple(TrialPoint(**rec) for rec in _trial_table(trials, ratio_metric, slope_metric))
+    if all(np.isnan(p.ratio) or np.isnan(p.slope) for p in points):
+        raise NoPlotData("runs", f"no complete trial has both {ratio_metric} and {slope_metric} (all NaN)")
+    front_idx = pareto_front([(p.ratio, p.slope) for p in points], maximize_x=True, minimize_y=True)
+
+    done = _complete(runs)
+    base = done[done["role"] == "baseline"]
+    baseline = None
+    if not base.empty:
+        ratio = _mean(base[ratio_metric])
+        baseline = BaselineMark(
+            ratio=1.0 if np.isnan(ratio) else ratio,
+            slope=_mean(base[slope_metric]),
+            slope_std=_spread(base[slope_metric]),
+            n_seeds=len(base),
+        )
+    return TradeoffData(
+        points=points,
+        front=tuple(points[i] for i in front_idx),
+        baseline=baseline,
+        threshold=float(threshold),
+        ratio_metric=ratio_metric,
+        slope_metric=slope_metric,
+        studies=tuple(sorted({p.study for p in points})),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# (b) loss curves and (e) gradient norms: best trial per fix
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BestTrial:
+    """The trial chosen to represent a fix, and the run ids of its complete seeds."""
+
+    fix: str
+    study: str
+    trial_number: int
+    scale: float
+    mean_slope: float
+    run_ids: tuple
+
+
+def best_trial_per_fix(runs: pd.DataFrame, slope_metric: str = "loss_slope") -> dict[str, BestTrial]:
+    """For each fix, the trial with the lowest mean ``slope_metric`` (fastest learning).
+
+    Ties go to the lower (study, trial number); trials with an unknown slope come last, so a fix
+    whose slopes are all NaN is still shown (by its first trial) rather than silently dropped.
+    """
+    _require_columns(runs, "runs", [slope_metric])
+    trials = _complete_trials(runs, "per-fix curves")
+    candidates: dict[str, list[tuple]] = {}
+    for (study, number), g in trials.groupby(_RUN_KEY, sort=True):
+        slope = _mean(g[slope_metric])
+        fix = str(g["fix"].iloc[0])
+        key = (np.isnan(slope), 0.0 if np.isnan(slope) else slope, str(study), int(number))
+        best = BestTrial(fix, str(study), int(number), _first_scale(g["scale"]), slope, tuple(g["run_id"].tolist()))
+        candidates.setdefault(fix, []).append((key, best))
+    chosen = {fix: min(c, key=lambda kv: kv[0])[1] for fix, c in candidates.items()}
+    return {fix: chosen[fix] for fix in sorted(chosen, key=fix_sort_key)}
+
+
+def _baseline_ids(runs: pd.DataFrame) -> list:
+    done = _complete(runs)
+    return done.loc[done["role"] == "baseline", "run_id"].tolist()
+
+
+def _curve_for(best: BestTrial, rows: pd.DataFrame) -> Curve | None:
+    if rows.empty:
+        return None
+    s, m, lo, hi = _series(rows)
+    return Curve(
+        label=_trial_label(best.fix, best.scale, best.trial_number),
+        fix=best.fix,
+        study=best.study,
+        trial_number=best.trial_number,
+        scale=best.scale,
+        steps=s,
+        mean=m,
+        lo=lo,
+        hi=hi,
+        n_seeds=int(rows["run_id"].nunique()),
+    )
+
+
+def _baseline_curve(rows: pd.DataFrame) -> Curve | None:
+    if rows.empty:
+        return None
+    s, m, lo, hi = _series(rows)
+    return Curve(
+        label=f"{BASELINE_FIX} (baseline)",
+        fix=BASELINE_FIX,
+        study=None,
+        trial_number=None,
+        scale=float("nan"),
+        steps=s,
+        mean=m,
+        lo=lo,
+        hi=hi,
+        n_seeds=int(rows["run_id"].nunique()),
+    )
+
+
+def extract_loss_curves(steps: pd.DataFrame, runs: pd.DataFrame, slope_metric: str = "loss_slope") -> LossCurvesData:
+    """Mean 'loss' per step (band min..max over seeds) of each fix's best trial and the baseline.
+
+    One trial per fix keeps the plot readable; ``selection`` states the rule.
+    """
+    _check_steps(steps)
+    best = best_trial_per_fix(runs, slope_metric)
+    curves = []
+    for b in best.values():
+        c = _curve_for(b, _metric_rows(steps, b.run_ids, "loss"))
+        if c is not None:
+            curves.append(c)
+    baseline = _baseline_curve(_metric_rows(steps, _baseline_ids(runs), "loss"))
+    if not curves and baseline is None:
+        raise NoPlotData("steps", "no 'loss' step metrics for any complete run")
+    return LossCurvesData(
+        curves=tuple(curves), baseline=baseline, selection=BEST_TRIAL_RULE.format(metric=slope_metric)
+    )
+
+
+def extract_grad_norms(steps: pd.DataFrame, runs: pd.DataFrame, slope_metric: str = "loss_slope") -> GradNormsData:
+    """Mean 'grad_norm_adapter' and 'grad_norm_branch' per step, best trial per fix + baseline."""
+    _check_steps(steps)
+    best = best_trial_per_fix(runs, slope_metric)
+    adapter, branch = [], []
+    for b in best.values():
+        for name, out in (("grad_norm_adapter", adapter), ("grad_norm_branch", branch)):
+            c = _curve_for(b, _metric_rows(steps, b.run_ids, name))
+            if c is not None:
+                out.append(c)
+    base = _baseline_curve(_metric_rows(steps, _baseline_ids(runs), "grad_norm_adapter"))
+    if base is not None:
+        adapter.append(base)
+    if not adapter and not branch:
+        raise NoPlotData("steps", "no 'grad_norm_adapter'/'grad_norm_branch' step metrics for any complete run")
+    return GradNormsData(
+        adapter=tuple(adapter), branch=tuple(branch), selection=BEST_TRIAL_RULE.format(metric=slope_metric)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# (c) ratio vs scale
+# --------------------------------------------------------------------------------------------
+
+
+def extract_ratio_vs_scale(
+    runs: pd.DataFrame, ratio_metric: str = "grad_ratio_mean", threshold: float = 0.8
+) -> RatioScaleData:
+    """Mean ratio (std over runs) per (fix, scale) for fixes with a scale; levels for the others."""
+    _require_columns(runs, "runs", [ratio_metric])
+    trials = _complete_trials(runs, "ratio vs scale")
+    trials = trials[trials[ratio_metric].notna()]
+    if trials.empty:
+        raise NoPlotData("runs", f"no complete trial run has a value for {ratio_metric}")
+    series, unscaled = [], []
+    for fix in sorted(trials["fix"].astype(str).unique(), key=fix_sort_key):
+        g = trials[trials["fix"] == fix]
+        scaled = g[g["scale"].notna()]
+        if scaled.empty:
+            unscaled.append(RatioLevel(fix, _mean(g[ratio_metric]), _spread(g[ratio_metric]), len(g)))
+            continue
+        rows = [
+            (float(s), _mean(sg[ratio_metric]), _spread(sg[ratio_metric]), len(sg))
+            for s, sg in scaled.groupby("scale", sort=True)
+        ]
+        arr = np.array(rows, dtype=float).reshape(-1, 4)
+        pos, zero = arr[arr[:, 0] > 0], arr[arr[:, 0] <= 0]
+        series.append(
+            ScaleSeries(
+                fix=fix,
+                scale=pos[:, 0],
+                ratio=pos[:, 1],
+                ratio_std=pos[:, 2],
+                n_runs=pos[:, 3].astype(int),
+                zero_scale=zero[:, 0],
+                zero_ratio=zero[:, 1],
+                zero_ratio_std=zero[:, 2],
+                zero_n_runs=zero[:, 3].astype(int),
+            )
+        )
+    if not series:
+        raise NoPlotData("runs", "no complete trial of a fix that takes a scale (all scales are NaN)")
+    return RatioScaleData(
+        series=tuple(series), unscaled=tuple(unscaled), threshold=float(threshold), ratio_metric=ratio_metric
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# (d) gates
+# --------------------------------------------------------------------------------------------
+
+
+def extract_gates(steps: pd.DataFrame, runs: pd.DataFrame) -> GatesData:
+    """Every trial's 'gate/*' trajectories, mean over seeds (tanh-gate shown as tanh(alpha))."""
+    _check_steps(steps)
+    trials = _complete_trials(runs, "gate trajectories")
+    names = steps["name"].astype(str)
+    gate_rows = steps[names.str.startswith(GATE_PREFIX) & steps["run_id"].isin(set(trials["run_id"]))]
+    if gate_rows.empty:
+        raise NoPlotData("steps", "no 'gate/*' step metrics for complete trials (only learnable gates log them)")
+    meta = trials[["run_id", "study", "trial_number", "fix", "scale"]]
+    rows = gate_rows[["run_id", "step", "name", "value"]].merge(meta, on="run_id", how="inner")
+    out = []
+    for (study, number, name), g in rows.groupby(["study", "trial_number", "name"], sort=True):
+        raw = str(name)[len(GATE_PREFIX) :]
+        g = g.copy()
+        transform = "identity"
+        param = raw
+        if raw in TANH_GATES:
+            transform = "tanh"
+            param = f"tanh({raw.removeprefix('tanh_')})"
+            g["value"] = np.tanh(g["value"].astype(float))
+        s, m, lo, hi = _series(g)
+        fix = str(g["fix"].iloc[0])
+        scale = _first_scale(g["scale"])
+        out.append(
+            GateSeries(
+                label=f"{_trial_label(fix, scale, int(number))}: {param}",
+                fix=fix,
+                study=str(study),
+                trial_number=int(number),
+                scale=scale,
+                metric=str(name),
+                param=param,
+                transform=transform,
+                steps=s,
+                mean=m,
+                lo=lo,
+                hi=hi,
+                n_seeds=int(g["run_id"].nunique()),
+            )
+        )
+    out.sort(key=lambda gs: (fix_sort_key(gs.fix), gs.study, gs.trial_number, gs.metric))
+    return GatesData(series=tuple(out))

@@ -1,0 +1,445 @@
+"""Matplotlib renderers: each takes an ``extract_*`` structure and returns a Figure; nothing is queried.
+
+Figures are built with ``matplotlib.figure.Figure`` (no pyplot state, nothing to close, no leak when
+a study renders hundreds of plots). The Agg backend is selected for headless use, except when pyplot
+is already loaded (a notebook): hijacking the user's interactive backend would break their display.
+
+Every fix has one colour AND one marker from a fixed table, so a fix looks the same in every plot;
+``X+zero-init`` combos take X's colour with zero-init's marker (dashed lines in curve plots).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from ablate.errors import AblateInputError
+from ablate.plot.extract import (
+    BASELINE_FIX,
+    FIX_ORDER,
+    KINDS,
+    Curve,
+    GatesData,
+    GradNormsData,
+    LossCurvesData,
+    NoPlotData,
+    RatioScaleData,
+    TradeoffData,
+    extract_gates,
+    extract_grad_norms,
+    extract_loss_curves,
+    extract_ratio_vs_scale,
+    extract_tradeoff,
+)
+
+# Figures are plain Figure objects, so the backend only matters to pyplot users; a notebook that
+# already loaded pyplot keeps its own backend.
+if "matplotlib.pyplot" not in sys.modules:
+    matplotlib.use("Agg")
+
+log = logging.getLogger(__name__)
+
+
+# tab10, in FIX_ORDER; the baseline is always black.
+_COLOURS = ("#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+_EXTRA_COLOURS = ("#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31")
+_EXTRA_MARKERS = ("h", "<", ">", "p", "8", "d")
+BASELINE_COLOUR = "black"
+
+
+@dataclass(frozen=True)
+class FixStyle:
+    """How one fix is drawn everywhere."""
+
+    colour: str
+    marker: str
+    linestyle: str
+
+
+def fix_style(fix: str) -> FixStyle:
+    """Stable style for a fix name: table order for known fixes, a name hash for unknown ones."""
+    if fix == BASELINE_FIX:
+        return FixStyle(BASELINE_COLOUR, "*", "-")
+    if fix in FIX_ORDER:
+        i = FIX_ORDER.index(fix)
+        return FixStyle(_COLOURS[i], _MARKERS[i], "-")
+    base, _, other = fix.partition("+")
+    if base in FIX_ORDER and other in FIX_ORDER:
+        return FixStyle(_COLOURS[FIX_ORDER.index(base)], _MARKERS[FIX_ORDER.index(other)], "--")
+    h = zlib.crc32(fix.encode())
+    return FixStyle(_EXTRA_COLOURS[h % len(_EXTRA_COLOURS)], _EXTRA_MARKERS[h % len(_EXTRA_MARKERS)], ":")
+
+
+def _figure(width: float = 8.0, height: float = 5.5) -> Figure:
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _legend(ax: Axes, n_entries: int) -> None:
+    if n_entries > 10:  # many trials: keep the data area clear
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize="small")
+
+
+def _study_suffix(studies: Sequence[str]) -> str:
+    if not studies:
+        return ""
+    return f" — study {studies[0]}" if len(studies) == 1 else f" — {len(studies)} studies"
+
+
+# --------------------------------------------------------------------------------------------
+# Renderers
+# --------------------------------------------------------------------------------------------
+
+
+def render_tradeoff(data: TradeoffData) -> Figure:
+    """Loss slope (y) against gradient ratio (x): the tradeoff a fix has to win."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    n_entries = 0
+    for fix, pts in data.by_fix().items():
+        st = fix_style(fix)
+        ax.errorbar(
+            [p.ratio for p in pts],
+            [p.slope for p in pts],
+            xerr=[p.ratio_std for p in pts],
+            yerr=[p.slope_std for p in pts],
+            fmt=st.marker,
+            color=st.colour,
+            ecolor=st.colour,
+            elinewidth=0.8,
+            capsize=2,
+            markersize=7,
+            alpha=0.9,
+            label=f"{fix} ({len(pts)} trial{'s' if len(pts) != 1 else ''})",
+        )
+        n_entries += 1
+    if len(data.front) > 1:
+        ax.plot(
+            [p.ratio for p in data.front],
+            [p.slope for p in data.front],
+            drawstyle="steps-pre",
+            color="0.25",
+            linewidth=1.2,
+            zorder=1,
+            label="Pareto front",
+        )
+        n_entries += 1
+    if data.front:
+        ax.scatter(
+            [p.ratio for p in data.front],
+            [p.slope for p in data.front],
+            s=160,
+            facecolors="none",
+            edgecolors="0.25",
+            linewidths=1.0,
+            zorder=3,
+            label="on front" if len(data.front) == 1 else None,
+        )
+    if data.baseline is not None:
+        b = data.baseline
+        ax.errorbar(
+            [b.ratio],
+            [b.slope],
+            yerr=[b.slope_std],
+            fmt="*",
+            color=BASELINE_COLOUR,
+            markersize=16,
+            capsize=3,
+            zorder=4,
+            label=f"{BASELINE_FIX} baseline ({b.n_seeds} seed{'s' if b.n_seeds != 1 else ''})",
+        )
+        n_entries += 1
+    ax.axvline(
+        data.threshold,
+        color="0.4",
+        linestyle="--",
+        linewidth=1.0,
+        zorder=0,
+        label=f"threshold R = {data.threshold:g}",
+    )
+    for text, ha in ((f" OK (R ≥ {data.threshold:g}) →", "left"), ("← CAUTION ", "right")):
+        ax.text(
+            data.threshold,
+            0.985,
+            text,
+            transform=ax.get_xaxis_transform(),
+            ha=ha,
+            va="top",
+            fontsize="small",
+            color="0.3",
+        )
+    lo, hi = ax.get_ylim()
+    if lo < 0.0 < hi:  # the no-learning line, only where it does not squash the data into a corner
+        ax.axhline(0.0, color="0.8", linewidth=0.8, zorder=0)
+    n_entries += 1
+    ax.set_xlabel(f"gradient ratio R = |∇adapters| with / without branch  [{data.ratio_metric}]")
+    ax.set_ylabel(f"loss slope, loss per 100 steps (negative = learning)  [{data.slope_metric}]")
+    ax.set_title(
+        f"Loss slope vs gradient ratio{_study_suffix(data.studies)}\n"
+        "mean over seeds, bars = std over seeds; better is right and down",
+        fontsize="medium",
+    )
+    ax.grid(alpha=0.3)
+    _legend(ax, n_entries)
+    return fig
+
+
+def _draw_curve(ax: Axes, c: Curve, band: bool = True, positive_only: bool = False) -> None:
+    st = fix_style(c.fix)
+    mean, lo, hi = c.mean, c.lo, c.hi
+    if positive_only:  # log axes cannot show 0 (e.g. a zero-init gradient at step 0)
+        mean, lo, hi = (np.where(a > 0, a, np.nan) for a in (mean, lo, hi))
+    width = 2.0 if c.fix == BASELINE_FIX else 1.4
+    ax.plot(
+        c.steps,
+        mean,
+        color=st.colour,
+        linestyle=st.linestyle,
+        linewidth=width,
+        label=f"{c.label}, {c.n_seeds} seed{'s' if c.n_seeds != 1 else ''}",
+    )
+    if band and c.n_seeds > 1:
+        ax.fill_between(c.steps, lo, hi, color=st.colour, alpha=0.15, linewidth=0)
+
+
+def render_loss_curves(data: LossCurvesData) -> Figure:
+    """Training loss per step: does the adapter still learn with the branch joined this way?"""
+    fig = _figure()
+    ax = fig.add_subplot()
+    curves = list(data.curves) + ([data.baseline] if data.baseline is not None else [])
+    for c in curves:
+        _draw_curve(ax, c)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"Loss curves — best trial per fix\n{data.selection}; band = {data.band}", fontsize="medium")
+    ax.grid(alpha=0.3)
+    _legend(ax, len(curves))
+    return fig
+
+
+def render_ratio_vs_scale(data: RatioScaleData) -> Figure:
+    """Gradient ratio against the fix's scale on a log axis (scale 0 in a narrow linear panel)."""
+    fig = _figure()
+    has_zero = any(s.zero_scale.size for s in data.series)
+    has_pos = any(s.scale.size for s in data.series)
+    if has_zero and has_pos:
+        gs = fig.add_gridspec(1, 2, width_ratios=(1, 7), wspace=0.02)
+        ax0 = fig.add_subplot(gs[0])
+        ax = fig.add_subplot(gs[1], sharey=ax0)
+        ax.tick_params(labelleft=False)
+    elif has_zero:
+        ax0, ax = fig.add_subplot(), None
+    else:
+        ax0, ax = None, fig.add_subplot()
+
+    for s in data.series:
+        st = fix_style(s.fix)
+        kw = {"fmt": st.marker, "color": st.colour, "linestyle": st.linestyle, "capsize": 2, "markersize": 6}
+        if ax is not None and s.scale.size:
+            ax.errorbar(s.scale, s.ratio, yerr=s.ratio_std, label=s.fix, **kw)
+        if ax0 is not None and s.zero_scale.size:
+            ax0.errorbar(
+                s.zero_scale,
+                s.zero_ratio,
+                yerr=s.zero_ratio_std,
+                label=s.fix if ax is None or not s.scale.size else None,
+                **kw,
+            )
+    main = ax if ax is not None else ax0
+    for axis in (a for a in (ax0, ax) if a is not None):
+        axis.axhline(
+            data.threshold,
+            color="0.4",
+            linestyle="--",
+            linewidth=1.0,
+            label=f"threshold R = {data.threshold:g}" if axis is main else None,
+        )
+        axis.axhline(1.0, color="0.75", linewidth=0.8, label="R = 1 (no dilution)" if axis is main else None)
+        for lv in data.unscaled:
+            st = fix_style(lv.fix)
+            axis.axhline(
+                lv.ratio,
+                color=st.colour,
+                linestyle=":",
+                linewidth=1.2,
+                label=f"{lv.fix} (no scale, {lv.n_runs} run{'s' if lv.n_runs != 1 else ''})" if axis is main else None,
+            )
+        axis.grid(alpha=0.3)
+    if ax is not None:
+        ax.set_xscale("log")
+        ax.set_xlabel("scale s (log)")
+    if ax0 is not None:
+        zeros = sorted({float(v) for s in data.series for v in s.zero_scale})
+        ax0.set_xticks(zeros)
+        ax0.set_xticklabels([f"{v:g}" for v in zeros])
+        lo, hi = min(zeros), max(zeros)
+        pad = max(1.0, hi - lo) * 0.5
+        ax0.set_xlim(lo - pad, hi + pad)
+        ax0.set_xlabel("s ≤ 0" if ax is not None else "scale s")
+    (ax0 if ax0 is not None else ax).set_ylabel(f"gradient ratio R  [{data.ratio_metric}]")
+    fig.suptitle("Gradient ratio vs scale — mean over runs, bars = std", fontsize="medium")
+    n = len(data.series) + len(data.unscaled) + 2
+    _legend(main, n)
+    return fig
+
+
+def render_gates(data: GatesData) -> Figure:
+    """Learned gate values per step: does the gate open, and how fast?"""
+    fig = _figure()
+    ax = fig.add_subplot()
+    per_fix: dict[str, int] = {}
+    styles = ("-", "--", "-.", ":")
+    for g in data.series:
+        st = fix_style(g.fix)
+        k = per_fix.get(g.fix, 0)
+        per_fix[g.fix] = k + 1
+        ax.plot(
+            g.steps,
+            g.mean,
+            color=st.colour,
+            linestyle=styles[k % len(styles)],
+            linewidth=1.4,
+            marker=st.marker,
+            markevery=max(1, len(g.steps) // 8),
+            markersize=4,
+            label=f"{g.label} ({g.n_seeds} seed{'s' if g.n_seeds != 1 else ''})",
+        )
+        if g.n_seeds > 1:
+            ax.fill_between(g.steps, g.lo, g.hi, color=st.colour, alpha=0.12, linewidth=0)
+    ax.axhline(0.0, color="0.8", linewidth=0.8, zorder=0)
+    ax.set_xlabel("step")
+    ax.set_ylabel("effective gate value")
+    ax.set_title(f"Gate trajectories, mean over seeds\n{data.note}", fontsize="medium")
+    ax.grid(alpha=0.3)
+    _legend(ax, len(data.series))
+    return fig
+
+
+def render_grad_norms(data: GradNormsData) -> Figure:
+    """Adapter and branch gradient norms per step (log y): who takes the gradient?"""
+    fig = _figure(12.0, 5.0)
+    ax_a, ax_b = fig.subplots(1, 2, sharex=True)
+    for ax, curves, what in ((ax_a, data.adapter, "image adapters"), (ax_b, data.branch, "branch")):
+        for c in curves:
+            _draw_curve(ax, c, positive_only=True)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"‖∇‖ of {what}")
+        ax.set_title(f"{what}", fontsize="medium")
+        ax.grid(alpha=0.3, which="both")
+        if curves:
+            _legend(ax, len(curves))
+        else:
+            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="0.5")
+    fig.suptitle(f"Gradient norms — {data.selection}; band = {data.band}", fontsize="medium")
+    return fig
+
+
+RENDERERS: dict[str, Callable] = {
+    "tradeoff": render_tradeoff,
+    "loss": render_loss_curves,
+    "ratio-scale": render_ratio_vs_scale,
+    "gates": render_gates,
+    "grad-norms": render_grad_norms,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Saving and the all-in-one entry point
+# --------------------------------------------------------------------------------------------
+
+
+def save_figure(fig: Figure, stem: Path, formats: Iterable[str] = ("png", "svg"), dpi: int = 150) -> list[Path]:
+    """Write ``stem.<fmt>`` for each format; returns the paths written."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        fig.savefig(path, format=fmt, dpi=dpi, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def extract_kind(
+    kind: str,
+    runs: pd.DataFrame,
+    steps: pd.DataFrame | None = None,
+    *,
+    ratio_metric: str = "grad_ratio_mean",
+    slope_metric: str = "loss_slope",
+    threshold: float = 0.8,
+) -> TradeoffData | LossCurvesData | RatioScaleData | GatesData | GradNormsData:
+    """Run the extractor of one plot kind (see ``KINDS``)."""
+    if kind == "tradeoff":
+        return extract_tradeoff(runs, ratio_metric, slope_metric, threshold)
+    if kind == "ratio-scale":
+        return extract_ratio_vs_scale(runs, ratio_metric, threshold)
+    if kind not in KINDS:
+        raise AblateInputError("kinds", f"unknown plot kind {kind!r}; choose from {', '.join(KINDS)}")
+    if steps is None:
+        raise NoPlotData("steps", f"plot {kind!r} needs the per-step metrics frame")
+    if kind == "loss":
+        return extract_loss_curves(steps, runs, slope_metric)
+    if kind == "gates":
+        return extract_gates(steps, runs)
+    return extract_grad_norms(steps, runs, slope_metric)
+
+
+def render_all(
+    runs: pd.DataFrame,
+    steps: pd.DataFrame | None,
+    out_dir: str | Path,
+    kinds: Sequence[str] | None = None,
+    formats: Sequence[str] = ("png", "svg"),
+    *,
+    ratio_metric: str = "grad_ratio_mean",
+    slope_metric: str = "loss_slope",
+    threshold: float = 0.8,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> list[Path]:
+    """Extract and render each kind to ``out_dir/<kind>.<fmt>``; returns the files written.
+
+    With ``kinds=None`` (all), a kind with nothing to draw (e.g. gates in a study without learnable
+    gates) is skipped and reported through ``on_skip(kind, reason)`` (default: a log warning); if
+    nothing at all could be drawn, the first reason is raised. Kinds asked for by name always raise.
+    """
+    explicit = kinds is not None
+    kinds = tuple(kinds) if explicit else KINDS
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise AblateInputError("kinds", f"unknown plot kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
+    bad_fmt = [f for f in formats if f not in ("png", "svg", "pdf")]
+    if bad_fmt:
+        raise AblateInputError("formats", f"unsupported format(s) {', '.join(bad_fmt)}; use png, svg or pdf")
+    report = on_skip or (lambda kind, reason: log.warning("plot %s skipped: %s", kind, reason))
+    out = Path(out_dir)
+    written: list[Path] = []
+    first_error: NoPlotData | None = None
+    for kind in kinds:
+        try:
+            data = extract_kind(
+                kind, runs, steps, ratio_metric=ratio_metric, slope_metric=slope_metric, threshold=threshold
+            )
+        except NoPlotData as exc:
+            if explicit:
+                raise
+            first_error = first_error or exc
+            report(kind, str(exc))
+            continue
+        written += save_figure(RENDERERS[kind](data), out / kind, formats)
+    if not written and first_error is not None:
+        raise first_error
+    return written

@@ -1,0 +1,280 @@
+"""Study specification: TOML -> validated objects, with field-level errors (one line each).
+
+A spec is the whole recipe of a study: backbone and weights, data, training, probe, the search
+space over fix types and scales, objectives, sampler, seeds and the number of trials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ablate.errors import AblateInputError
+from ablate.model.aaclip import AAClipConfig
+from ablate.model.backbone import BACKBONES
+from ablate.model.fixes import NO_BRANCH, fix_names, parse_fix
+from ablate.train.arm import ArmConfig, DataConfig
+from ablate.train.device import DEVICE_CHOICES
+from ablate.train.run import RunConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# Metrics a study may optimise, with the direction that is "better".
+OBJECTIVE_DIRECTIONS: dict[str, str] = {
+    "loss_slope": "minimize",
+    "loss_slope_rel": "minimize",
+    "loss_last": "minimize",
+    "grad_ratio_init": "maximize",
+    "grad_ratio_mean": "maximize",
+    "grad_ratio_final": "maximize",
+}
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ModelSection(_Strict):
+    backbone: str = "tiny"
+    pretrained: str | None = None
+    inject_at: int = Field(0, ge=0)
+    context_norm: bool = False
+    adapter_weight: float = Field(0.1, gt=0, le=1)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        if v not in BACKBONES:
+            raise ValueError(f"unknown backbone {v!r}; valid: {', '.join(BACKBONES)}")
+        return v
+
+
+class DataSection(_Strict):
+    seed: int = 0
+    batch_size: int = Field(4, ge=1)
+    train_size: int = Field(256, ge=1)
+    anomaly_fraction: float = Field(0.5, ge=0, le=1)
+
+
+class TrainingSection(_Strict):
+    steps: int = Field(100, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if v not in DEVICE_CHOICES:
+            raise ValueError(f"must be one of {', '.join(DEVICE_CHOICES)}")
+        return v
+
+
+class ProbeSection(_Strict):
+    batches: int = Field(4, ge=1)
+    every: int = Field(50, ge=0)
+    threshold: float = Field(0.8, gt=0)
+
+
+class ScaleRange(_Strict):
+    min: float = Field(1e-5, ge=0)
+    max: float = Field(1.0, gt=0)
+    log: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScaleRange:
+        if not self.min < self.max:
+            raise ValueError(f"min ({self.min}) must be below max ({self.max})")
+        if self.log and self.min <= 0:
+            raise ValueError("a log-scale range needs min > 0")
+        return self
+
+    def contains(self, v: float) -> bool:
+        return self.min <= v <= self.max
+
+
+class SearchSection(_Strict):
+    fixes: list[str] = Field(default_factory=lambda: fix_names(include_reference=False))
+    scale: ScaleRange = Field(default_factory=ScaleRange)
+    scale_per_fix: dict[str, ScaleRange] = Field(default_factory=dict)
+
+    @field_validator("fixes")
+    @classmethod
+    def _valid_fixes(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must name at least one fix")
+        for name in v:
+            try:
+                parse_fix(name)
+            except AblateInputError as exc:
+                raise ValueError(exc.message) from None
+            if name == NO_BRANCH:
+                raise ValueError("'no-branch' is the baseline every study runs; leave it out of the search")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a fix twice")
+        return v
+
+    @model_validator(mode="after")
+    def _ranges_fit(self) -> SearchSection:
+        for name in self.scale_per_fix:
+            if name not in self.fixes:
+                raise ValueError(f"scale_per_fix names {name!r}, which is not in fixes")
+        for name in self.fixes:
+            choice = parse_fix(name)
+            if choice.scale is None:
+                continue
+            rng = self.range_for(name)
+            if not rng.contains(choice.scale):
+                where = f"scale_per_fix.{name}" if name in self.scale_per_fix else "scale"
+                # (a registry hint always holds its own default, so "scale" is the shared range)
+                raise ValueError(
+                    f"{where}: the default scale {choice.scale} of {name!r} lies outside "
+                    f"[{rng.min}, {rng.max}]; give {name!r} its own range in scale_per_fix"
+                )
+        return self
+
+    def range_for(self, fix: str) -> ScaleRange:
+        """The fix's own range if the spec gives one, else the registry's hint, else the shared range."""
+        if fix in self.scale_per_fix:
+            return self.scale_per_fix[fix]
+        join = parse_fix(fix).join
+        if join is not None and join.search_range is not None:
+            lo, hi, log = join.search_range
+            return ScaleRange(min=lo, max=hi, log=log)
+        return self.scale
+
+
+class StudySection(_Strict):
+    trials: int = Field(12, ge=1)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    sampler_seed: int = 0
+    objectives: list[str] = Field(default_factory=lambda: ["loss_slope", "grad_ratio_mean"])
+    # Single-objective mode: keep the ratio as a constraint instead (the seed's 0.8).
+    constraint_metric: str | None = None
+    constraint_min: float | None = None
+    pruning: bool = False
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("must list at least one seed")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a seed twice")
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[str]) -> list[str]:
+        if not 1 <= len(v) <= 2:
+            raise ValueError("give one or two objectives")
+        for m in v:
+            if m not in OBJECTIVE_DIRECTIONS:
+                raise ValueError(f"unknown objective {m!r}; valid: {', '.join(OBJECTIVE_DIRECTIONS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("lists an objective twice")
+        return v
+
+    @model_validator(mode="after")
+    def _modes(self) -> StudySection:
+        if (self.constraint_metric is None) != (self.constraint_min is None):
+            raise ValueError("constraint_metric and constraint_min go together")
+        if self.constraint_metric is not None and self.constraint_metric not in OBJECTIVE_DIRECTIONS:
+            raise ValueError(f"constraint_metric: unknown metric {self.constraint_metric!r}")
+        if self.pruning and len(self.objectives) != 1:
+            raise ValueError("pruning: Optuna prunes single-objective studies only; set one objective")
+        return self
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVE_DIRECTIONS[m] for m in self.objectives]
+
+
+class StudySpec(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    probe: ProbeSection = Field(default_factory=ProbeSection)
+    search: SearchSection = Field(default_factory=SearchSection)
+    study: StudySection = Field(default_factory=StudySection)
+
+    def arm(self, fix: str, scale: float | None, seed: int) -> ArmConfig:
+        """The engine's config for one arm of this study."""
+        return ArmConfig(
+            model=AAClipConfig(
+                backbone=self.model.backbone,
+                pretrained=self.model.pretrained,
+                fix=fix,
+                scale=scale,
+                inject_at=self.model.inject_at,
+                context_norm=self.model.context_norm,
+                adapter_weight=self.model.adapter_weight,
+            ),
+            data=DataConfig(
+                seed=self.data.seed,
+                batch_size=self.data.batch_size,
+                train_size=self.data.train_size,
+                anomaly_fraction=self.data.anomaly_fraction,
+            ),
+            run=RunConfig(
+                steps=self.training.steps,
+                lr=self.training.lr,
+                probe_every=self.probe.every,
+                threshold=self.probe.threshold,
+            ),
+            probe_batches=self.probe.batches,
+            seed=seed,
+            device=self.training.device,
+        )
+
+
+def _first_error(exc: ValidationError) -> AblateInputError:
+    e = exc.errors()[0]
+    loc = [str(p) for p in e["loc"]]
+    msg = str(e["msg"]).removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif e["type"] == "missing":
+        msg = "required"
+    # A model-level check may already name a sub-field in its message ("scale: ...").
+    if ": " in msg and msg.split(": ", 1)[0].replace(".", "").replace("-", "").replace("_", "").isalnum():
+        head, rest = msg.split(": ", 1)
+        if " " not in head:
+            loc, msg = [*loc, head], rest
+    return AblateInputError(".".join(loc) or "spec", msg)
+
+
+def parse_spec(text: str, default_name: str = "study") -> StudySpec:
+    """Parse and validate spec text; raises AblateInputError naming the first bad field."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise AblateInputError("spec", f"not valid TOML: {exc}") from None
+    raw.setdefault("name", default_name)
+    try:
+        return StudySpec.model_validate(raw)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+
+
+def load_spec(path: str | Path) -> tuple[StudySpec, str]:
+    """(validated spec, its exact text) from a TOML file; the text is what the database keeps."""
+    p = Path(path)
+    if not p.is_file():
+        raise AblateInputError("SPEC", f"no such file: {p}")
+    text = p.read_text(encoding="utf-8")
+    return parse_spec(text, default_name=p.stem), text
+
+
+def spec_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -1,0 +1,183 @@
+"""Engine set-up: one SQLAlchemy URL for SQLite (local workers) or PostgreSQL (many machines).
+
+Why here: every caller (CLI, study workers, notebooks, tests) must get the same connection settings,
+above all SQLite's WAL journal and busy timeout, without which several local workers writing to
+``results.db`` fail with "database is locked" (DESIGN.md §6, §7).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from ablate.store.schema import TABLE_NAMES, Base
+
+DEFAULT_STORAGE = "sqlite:///results.db"
+STORAGE_ENV = "ABLATE_STORAGE"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_TIMEOUT_S = 10
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def storage_url(explicit: str | None = None) -> str:
+    """The storage to use: an explicit ``--storage`` wins, then ``$ABLATE_STORAGE``, then the default."""
+    if explicit:
+        return explicit
+    return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def display_url(url: str | URL | Engine) -> str:
+    """The URL as it may be printed: passwords masked."""
+    if isinstance(url, Engine):
+        url = url.url
+    if isinstance(url, str):
+        try:
+            url = make_url(url)
+        except ArgumentError:
+            return url
+    return url.render_as_string(hide_password=True)
+
+
+def normalize_url(url: str) -> URL:
+    """Parse and check a storage URL; map plain ``postgresql://`` to the psycopg (v3) driver.
+
+    Raises ValueError with one line naming the storage for anything that is not SQLite or PostgreSQL.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValueError(
+            f"invalid storage URL {url!r}: expected e.g. sqlite:///results.db or postgresql://user@host/db"
+        ) from exc
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "postgres":  # the libpq spelling
+        backend = "postgresql"
+    if backend == "postgresql":
+        if driver not in ("", "psycopg"):
+            raise ValueError(
+                f"unsupported PostgreSQL driver {driver!r} in storage {display_url(parsed)!r}: "
+                "use postgresql:// or postgresql+psycopg://"
+            )
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        if driver not in ("", "pysqlite"):
+            raise ValueError(f"unsupported SQLite driver {driver!r} in storage {url!r}: use sqlite:///path.db")
+        path = _sqlite_file(parsed)
+        if path is not None:  # absolute, so a later chdir cannot point pooled connections elsewhere
+            parsed = parsed.set(database=str(path.expanduser().resolve()))
+        return parsed
+    raise ValueError(f"unsupported storage {display_url(parsed)!r}: use sqlite:///path.db or postgresql://user@host/db")
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    db = url.database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return Path(db)
+
+
+def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """A cached Engine for ``url`` (one per distinct URL in this process).
+
+    SQLite: WAL journal, a 30 s busy timeout and foreign keys on every connection (set by a connect
+    event, so pooled connections all have them). The parent directory must exist. PostgreSQL: psycopg 3,
+    pre-ping and a connect timeout so an unreachable server fails in seconds. Nothing connects here.
+    """
+    parsed = normalize_url(url)
+    key = parsed.render_as_string(hide_password=False)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is not None:
+            return engine
+        if parsed.get_backend_name() == "sqlite":
+            path = _sqlite_file(parsed)
+            if path is not None and not path.parent.is_dir():
+                raise ValueError(f"storage {url!r}: directory {str(path.parent)!r} does not exist")
+            try:
+                engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+            except (ArgumentError, NoSuchModuleError) as exc:
+                raise ValueError(f"invalid storage {url!r}: {exc}") from exc
+            event.listen(engine, "connect", _on_sqlite_connect)
+        else:
+            try:
+                engine = create_engine(
+                    parsed, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S}
+                )
+            except (ArgumentError, NoSuchModuleError) as exc:
+                raise ValueError(f"invalid storage {display_url(parsed)!r}: {exc}") from exc
+        _engines[key] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every cached engine's pooled connections and forget them (tests, forked workers)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip()
+    return text.splitlines()[0] if text else type(orig).__name__
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the ablate_* tables that do not exist yet; never touches any other table.
+
+    Concurrent workers may race on a fresh database; a loser's "already exists" error is retried once.
+    A storage that cannot be opened raises ValueError naming it.
+    """
+    try:
+        try:
+            Base.metadata.create_all(engine, checkfirst=True)
+        except DBAPIError:
+            if set(TABLE_NAMES) - set(inspect(engine).get_table_names()):
+                Base.metadata.create_all(engine, checkfirst=True)
+    except DBAPIError as exc:
+        raise ValueError(f"cannot open storage {display_url(engine)!r}: {_first_line(exc)}") from exc
+
+
+def open_storage(url: str | None = None, create: bool = True) -> Engine:
+    """Resolve the storage (explicit > $ABLATE_STORAGE > default), make its engine, ensure the schema.
+
+    With ``create=False`` (read-only commands such as ``ablate query``) a missing SQLite file is an
+    error instead of silently creating an empty database, and the schema is left as it is.
+    """
+    resolved = storage_url(url)
+    engine = make_engine(resolved)
+    if not create:
+        path = _sqlite_file(engine.url) if is_sqlite(engine) else None
+        if path is not None and not path.expanduser().exists():
+            raise ValueError(f"storage {resolved!r} does not exist (no file {str(path)!r})")
+        try:
+            with engine.connect():
+                pass
+        except SQLAlchemyError as exc:
+            raise ValueError(f"cannot open storage {display_url(engine)!r}: {_first_line(exc)}") from exc
+        return engine
+    create_schema(engine)
+    return engine

@@ -1,0 +1,486 @@
+"""Writing studies, runs, per-step metrics and probe points (DESIGN.md §6).
+
+Every function takes an Engine and does its own short transaction, so a worker never holds a write
+lock while it trains (SQLite allows one writer at a time). Per-step metrics go through
+:class:`MetricBuffer`: one transaction and one executemany INSERT per flush, never a commit per value
+and never Optuna's ``trial.report`` per step.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ablate.store.encode import decode_float, encode_fields, encode_float, encode_float_list
+from ablate.store.schema import (
+    BASELINE_TRIAL_KEY,
+    PROBE_FLOAT_FIELDS,
+    ROLES,
+    RUN_FLOAT_FIELDS,
+    ProbePointModel,
+    RunModel,
+    StepMetricModel,
+    StudyModel,
+)
+
+if TYPE_CHECKING:
+    from ablate.train.result import ProbeResult, TrainResult
+
+META_FIELDS = (
+    "ablate_version",
+    "torch_version",
+    "open_clip_version",
+    "optuna_version",
+    "python_version",
+    "git_revision",
+    "host",
+)
+FINAL_STATUSES = ("complete", "failed", "pruned")
+
+# Run summary columns filled from the run's first probe point when the summary does not give them.
+_INIT_FROM_PROBE = {
+    "grad_ratio_init": "grad_ratio",
+    "grad_ratio_init_lo": "grad_ratio_lo",
+    "grad_ratio_init_hi": "grad_ratio_hi",
+    "grad_share_init": "grad_share",
+    "norm_inflation_init": "norm_inflation",
+    "loss0_with": "loss_with",
+    "loss0_without": "loss_without",
+    "feature_cosine_init": "feature_cosine",
+}
+
+
+def utcnow() -> datetime:
+    """Naive UTC timestamp (the schema stores naive UTC on every backend)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(cwd: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def _git_revision(cwd: Path) -> str | None:
+    """HEAD's hash, with "-dirty" when tracked files have uncommitted changes; None outside git."""
+    rev = _git(cwd, "rev-parse", "HEAD")
+    if not rev:
+        return None
+    return rev + ("-dirty" if _git(cwd, "status", "--porcelain", "--untracked-files=no") else "")
+
+
+def runtime_meta(git_dir: str | Path | None = None) -> dict[str, str | None]:
+    """The software versions, git revision and host for :func:`register_study` (DESIGN.md §7).
+
+    Reads installed package metadata instead of importing torch/optuna/open_clip, so it is cheap.
+    ``git_dir`` defaults to the directory of this source file (the ablate checkout).
+    """
+    return {
+        "ablate_version": _version("ablate-branch"),
+        "torch_version": _version("torch"),
+        "open_clip_version": _version("open_clip_torch"),
+        "optuna_version": _version("optuna"),
+        "python_version": platform.python_version(),
+        "git_revision": _git_revision(Path(git_dir) if git_dir else Path(__file__).resolve().parent),
+        "host": socket.gethostname(),
+    }
+
+
+def _objectives_json(objectives: Sequence[Mapping[str, str]]) -> str:
+    out = []
+    for obj in objectives:
+        if "metric" not in obj or "direction" not in obj:
+            raise ValueError(f"objective {dict(obj)!r} needs 'metric' and 'direction'")
+        out.append({"metric": str(obj["metric"]), "direction": str(obj["direction"])})
+    return json.dumps(out)
+
+
+def register_study(
+    engine: Engine,
+    name: str,
+    optuna_study_name: str,
+    spec_text: str,
+    spec_hash: str,
+    objectives: Sequence[Mapping[str, str]],
+    meta: Mapping[str, Any] | None = None,
+) -> int:
+    """Create the study row, or return the existing id when ``name`` exists with the same spec hash.
+
+    Idempotent so that resuming a study, or several workers starting it, all land on one row. A name
+    reused for a different spec is refused: its results would otherwise mix two experiments.
+    ``meta`` keys are those of :func:`runtime_meta`; missing keys are stored as NULL, others ignored.
+    """
+    meta = meta or {}
+
+    def existing(session: Session) -> int | None:
+        row = StudyModel.find_by_name(name, session)
+        if row is None:
+            return None
+        if row.spec_hash != spec_hash:
+            raise ValueError(
+                f"study {name!r} already exists with a different spec (hash {row.spec_hash[:12]}, "
+                f"this spec {spec_hash[:12]}); use another --name"
+            )
+        return row.id
+
+    with Session(engine) as session:
+        found = existing(session)
+        if found is not None:
+            return found
+        row = StudyModel(
+            name=name,
+            optuna_study_name=optuna_study_name,
+            spec_text=spec_text,
+            spec_hash=spec_hash,
+            objectives=_objectives_json(objectives),
+            created_at=utcnow(),
+            **{k: (None if meta.get(k) is None else str(meta[k])) for k in META_FIELDS},
+        )
+        session.add(row)
+        try:
+            session.commit()
+            return row.id
+        except IntegrityError:  # another worker registered the same name between our read and write
+            session.rollback()
+            found = existing(session)
+            if found is None:
+                raise
+            return found
+
+
+def _trial_key(role: str, trial_number: int | None) -> int:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    if role == "baseline":
+        if trial_number is not None:
+            raise ValueError(f"a baseline run has no trial number (got {trial_number})")
+        return BASELINE_TRIAL_KEY
+    if trial_number is None or trial_number < 0:
+        raise ValueError(f"a trial run needs a trial number >= 0 (got {trial_number})")
+    return int(trial_number)
+
+
+def _describe(role: str, trial_number: int | None, seed: int) -> str:
+    return f"baseline run (seed {seed})" if role == "baseline" else f"trial {trial_number} seed {seed}"
+
+
+def start_run(
+    engine: Engine,
+    study_id: int,
+    role: str,
+    trial_number: int | None,
+    seed: int,
+    fix: str,
+    scale: float | None,
+    device: str | None,
+) -> int:
+    """Mark a run 'running' and return its id; the row is unique per (study, role, trial, seed).
+
+    A leftover row that is not 'complete' (a crashed, failed or pruned attempt) is reset and reused:
+    its step metrics and probe points are deleted and its summary cleared, so a retry never mixes
+    with a dead attempt's numbers. A 'complete' row raises ValueError: finished work is not re-run.
+    """
+    trial_key = _trial_key(role, trial_number)
+    fields = {
+        "fix": fix,
+        "scale": None if scale is None else float(scale),
+        "device": device,
+        "status": "running",
+        "error": None,
+        "started_at": utcnow(),
+        "finished_at": None,
+        "steps": None,
+        "verdict": None,
+        "nonfinite": None,
+        **dict.fromkeys(RUN_FLOAT_FIELDS),
+    }
+    for attempt in range(2):
+        try:
+            with Session(engine) as session, session.begin():
+                if session.get(StudyModel, study_id) is None:
+                    raise LookupError(f"no study with id {study_id}")
+                run = RunModel.find(session, study_id, role, trial_key, seed)
+                if run is None:
+                    run = RunModel(
+                        study_id=study_id,
+                        role=role,
+                        trial_number=trial_number,
+                        trial_key=trial_key,
+                        seed=seed,
+                        **fields,
+                    )
+                    session.add(run)
+                    session.flush()
+                    return run.id
+                if run.status == "complete":
+                    raise ValueError(
+                        f"{_describe(role, trial_number, seed)} of study {study_id} is already complete "
+                        f"(run {run.id}); not re-running finished work"
+                    )
+                session.execute(delete(StepMetricModel).where(StepMetricModel.run_id == run.id))
+                session.execute(delete(ProbePointModel).where(ProbePointModel.run_id == run.id))
+                for key, value in fields.items():
+                    setattr(run, key, value)
+                return run.id
+        except IntegrityError:  # another worker inserted the same run between our read and write
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _host_floats(values: list[Any]) -> list[Any]:
+    """Move device tensors to the host in one transfer per device instead of one sync per value."""
+    tensors: dict[Any, list[int]] = {}
+    for i, v in enumerate(values):
+        if type(v).__module__.startswith("torch") and hasattr(v, "device"):
+            tensors.setdefault(v.device, []).append(i)
+    if not tensors:
+        return values
+    import torch  # only reached when the caller handed us tensors, so torch is already imported
+
+    out = list(values)
+    for idx in tensors.values():
+        stacked = torch.stack([values[i].reshape(()).to(torch.float64) for i in idx]).tolist()
+        for i, v in zip(idx, stacked, strict=True):
+            out[i] = v
+    return out
+
+
+class MetricBuffer:
+    """Buffers per-step metrics of one run and writes them in one transaction per flush.
+
+    Flushes automatically once ``flush_every`` distinct steps are buffered, on :meth:`flush`, and on
+    leaving a ``with`` block (also after an exception, so a failed run keeps the steps it reached).
+    Values may be Python floats or 0-d tensors; tensors are detached when added and copied to the
+    host only at flush time (DESIGN.md §7: no host sync per step). A (step, name) added twice before a
+    flush keeps the last value; adding a step that was already flushed fails at the next flush.
+    ``n_flushes`` counts the transactions written, ``n_rows`` the rows.
+    """
+
+    def __init__(self, engine: Engine, run_id: int, flush_every: int = 200) -> None:
+        if flush_every < 1:
+            raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+        self.engine = engine
+        self.run_id = run_id
+        self.flush_every = flush_every
+        self.n_flushes = 0
+        self.n_rows = 0
+        self._rows: dict[tuple[int, str], Any] = {}
+        self._steps: set[int] = set()
+
+    def __len__(self) -> int:
+        """Rows buffered and not yet written."""
+        return len(self._rows)
+
+    def _put(self, step: int, name: str, value: Any) -> None:
+        if hasattr(value, "detach"):
+            value = value.detach()
+        self._rows[(int(step), str(name))] = value
+        self._steps.add(int(step))
+
+    def add_step(self, step: int, values: Mapping[str, Any]) -> None:
+        """Buffer the metrics of one step, e.g. ``{"loss": 3.1, "grad_norm": 0.4}``."""
+        for name, value in values.items():
+            self._put(step, name, value)
+        self._maybe_flush()
+
+    def add_rows(self, rows: Iterable[tuple[int, str, Any] | Mapping[str, Any]]) -> None:
+        """Buffer rows given as ``(step, name, value)`` tuples or ``{"step", "name", "value"}`` dicts."""
+        for row in rows:
+            if isinstance(row, Mapping):
+                self._put(row["step"], row["name"], row["value"])
+            else:
+                step, name, value = row
+                self._put(step, name, value)
+            self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if len(self._steps) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> int:
+        """Write everything buffered in one transaction (one executemany INSERT); return rows written.
+
+        On error the buffer is kept, so a caller may retry after, e.g., a lock timeout.
+        """
+        if not self._rows:
+            return 0
+        keys = list(self._rows)
+        values = _host_floats(list(self._rows.values()))
+        rows = []
+        for (step, name), raw in zip(keys, values, strict=True):
+            value, flag = encode_float(raw)
+            rows.append({"run_id": self.run_id, "step": step, "name": name, "value": value, "flag": flag})
+        with self.engine.begin() as conn:
+            conn.execute(insert(StepMetricModel.__table__), rows)
+        self.n_flushes += 1
+        self.n_rows += len(rows)
+        self._rows.clear()
+        self._steps.clear()
+        return len(rows)
+
+    def __enter__(self) -> MetricBuffer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.flush()
+
+
+def write_metrics(engine: Engine, run_id: int, metrics: Mapping[str, Sequence[Any]], flush_every: int = 200) -> int:
+    """Write a finished run's series (``TrainResult.metrics``: name -> value per step); return rows."""
+    n_steps = max((len(v) for v in metrics.values()), default=0)
+    with MetricBuffer(engine, run_id, flush_every) as buf:
+        for step in range(n_steps):
+            buf.add_step(step, {name: vals[step] for name, vals in metrics.items() if step < len(vals)})
+    return buf.n_rows
+
+
+def _probe_row(run_id: int, probe: Mapping[str, Any] | ProbeResult) -> dict[str, Any]:
+    d = dict(probe.to_dict() if hasattr(probe, "to_dict") else probe)
+    ci = d.get("grad_ratio_ci") or (None, None)
+    d.setdefault("grad_ratio_lo", ci[0])
+    d.setdefault("grad_ratio_hi", ci[1])
+    columns, nonfinite = encode_fields(d, PROBE_FLOAT_FIELDS)
+    return {
+        "run_id": run_id,
+        "step": int(d["step"]),
+        **columns,
+        "verdict": d.get("verdict"),
+        "per_batch_ratios": encode_float_list(d.get("per_batch_ratios")),
+        "nonfinite": nonfinite,
+    }
+
+
+def write_probes(engine: Engine, run_id: int, probes: Iterable[Mapping[str, Any] | ProbeResult]) -> int:
+    """Write several probe points in one transaction; return how many."""
+    rows = [_probe_row(run_id, p) for p in probes]
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(insert(ProbePointModel.__table__), rows)
+    return len(rows)
+
+
+def write_probe(engine: Engine, run_id: int, probe: Mapping[str, Any] | ProbeResult) -> None:
+    """Write one probe point (``ProbeResult.to_dict()`` or the ProbeResult itself)."""
+    write_probes(engine, run_id, [probe])
+
+
+def finish_run(
+    engine: Engine,
+    run_id: int,
+    status: str,
+    summary: Mapping[str, Any] | None,
+    error: str | None = None,
+) -> None:
+    """Close a run with its final status and summary (``TrainResult.summary()``; extra keys ignored).
+
+    Non-finite summary values are encoded (see :mod:`ablate.store.encode`). The step-0 numbers that
+    the summary does not carry (grad_share_init, norm_inflation_init, loss0_with/without,
+    feature_cosine_init, verdict, and the ratio CI) are taken from the run's first stored probe point.
+    """
+    if status not in FINAL_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(FINAL_STATUSES)}, got {status!r}")
+    values: dict[str, Any] = dict(summary or {})
+    ci = values.get("grad_ratio_init_ci")
+    if ci is not None:
+        values.setdefault("grad_ratio_init_lo", ci[0])
+        values.setdefault("grad_ratio_init_hi", ci[1])
+    with Session(engine) as session, session.begin():
+        run = session.get(RunModel, run_id)
+        if run is None:
+            raise LookupError(f"no run with id {run_id}")
+        if run.status == "complete":
+            raise ValueError(f"run {run_id} is already complete")
+        probe = session.scalars(
+            select(ProbePointModel).where(ProbePointModel.run_id == run_id).order_by(ProbePointModel.step)
+        ).first()
+        if probe is not None:
+            flags = json.loads(probe.nonfinite) if probe.nonfinite else {}
+            for col, src in _INIT_FROM_PROBE.items():
+                if values.get(col) is None:
+                    values[col] = decode_float(getattr(probe, src), flags.get(src))
+            if values.get("verdict") is None:
+                values["verdict"] = probe.verdict
+        if summary is not None or probe is not None:
+            columns, nonfinite = encode_fields(values, RUN_FLOAT_FIELDS)
+            for key, value in columns.items():
+                setattr(run, key, value)
+            run.nonfinite = nonfinite
+            steps = values.get("steps")
+            run.steps = None if steps is None else int(steps)
+            run.verdict = values.get("verdict")
+        run.status = status
+        run.error = error
+        run.finished_at = utcnow()
+
+
+def write_result(
+    engine: Engine, run_id: int, result: TrainResult, status: str = "complete", metrics: bool = True
+) -> None:
+    """Store a whole TrainResult after the fact: its series, probe points and summary.
+
+    For callers that did not stream metrics through a MetricBuffer (pass ``metrics=False`` if they did).
+    """
+    if metrics:
+        write_metrics(engine, run_id, result.metrics)
+    write_probes(engine, run_id, result.probes)
+    finish_run(engine, run_id, status, result.summary())
+
+
+def baseline_slopes(engine: Engine, study_id: int) -> dict[int, float]:
+    """seed -> loss_slope of the study's complete baseline runs (what trial slopes are compared to)."""
+    stmt = select(RunModel.seed, RunModel.loss_slope, RunModel.nonfinite).where(
+        RunModel.study_id == study_id, RunModel.role == "baseline", RunModel.status == "complete"
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    out = {}
+    for seed, slope, nonfinite in rows:
+        flags = json.loads(nonfinite) if nonfinite else {}
+        out[int(seed)] = decode_float(slope, flags.get("loss_slope"))
+    return out
+
+
+def fail_stale_runs(engine: Engine, study_id: int, live_trials: set[int]) -> int:
+    """Mark trial runs left 'running' by a killed worker as failed; returns how many.
+
+    ``live_trials`` are the Optuna trial numbers still RUNNING (other workers' runs stay untouched).
+    """
+    with Session(engine) as session, session.begin():
+        stale = session.scalars(
+            select(RunModel).where(
+                RunModel.study_id == study_id, RunModel.role == "trial", RunModel.status == "running"
+            )
+        ).all()
+        n = 0
+        for run in stale:
+            if run.trial_number not in live_trials:
+                run.status, run.error, run.finished_at = "failed", "interrupted (worker stopped)", utcnow()
+                n += 1
+    return n

@@ -1,0 +1,45 @@
+"""Small study specs and helpers shared by the study, CLI, notebook and dashboard tests."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+MINI = textwrap.dedent(
+    """
+    name = "mini"
+    [data]
+    batch_size = 2
+    train_size = 16
+    [training]
+    steps = 6
+    device = "cpu"
+    [probe]
+    batches = 2
+    every = 3
+    [search]
+    fixes = ["none", "fixed-scale", "tanh-gate"]
+    [study]
+    trials = 4
+    seeds = [0, 1]
+    """
+)
+
+
+def write_spec(dir_: Path, text: str = MINI, name: str = "mini.toml") -> Path:
+    path = dir_ / name
+    path.write_text(text)
+    return path
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def copy_db(src: Path, dst: Path) -> Path:
+    """Copy a SQLite database including what still sits in its WAL file (a byte copy would lose it)."""
+    import sqlite3
+
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    return dst

@@ -1,0 +1,120 @@
+"""`ablate query` and `ablate plot` on a real study database."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from ablate.cli import main
+from ablate.plot import extract_tradeoff
+from ablate.store import open_storage, query
+from tests.study_helpers import copy_db
+
+
+def cli(capsys, *args):
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    cap = capsys.readouterr()
+    return info.value.code, cap.out, cap.err
+
+
+@pytest.fixture
+def db_url(mini_study_db, tmp_path):
+    return f"sqlite:///{copy_db(mini_study_db, tmp_path / 'results.db')}"
+
+
+def test_query_trials_json_matches_dataframe(capsys, db_url):
+    code, out, _ = cli(capsys, "query", "--storage", db_url, "--json")
+    assert code == 0
+    rows = json.loads(out)
+    frame = query.trials_frame(open_storage(db_url), "mini")
+    assert [r["trial_number"] for r in rows] == list(frame.trial_number)
+    assert rows[0]["loss_slope"] == pytest.approx(frame.loss_slope.iloc[0])
+    assert {
+        "fix",
+        "scale",
+        "loss_slope",
+        "grad_ratio_init",
+        "grad_ratio_init_lo",
+        "grad_ratio_init_hi",
+        "status",
+    } <= set(rows[0])
+
+
+def test_query_group_by_fix_csv(capsys, db_url):
+    code, out, _ = cli(capsys, "query", "--storage", db_url, "--group-by", "fix", "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert {r["fix"] for r in rows} == {"no-branch", "none", "fixed-scale", "tanh-gate"}
+    base = next(r for r in rows if r["fix"] == "no-branch")
+    assert int(base["n_runs"]) == 2
+
+
+def test_query_studies_and_sql(capsys, db_url):
+    code, out, _ = cli(capsys, "query", "--storage", db_url, "--studies", "--json")
+    assert code == 0 and [s["name"] for s in json.loads(out)] == ["mini"]
+    code, out, _ = cli(
+        capsys,
+        "query",
+        "--storage",
+        db_url,
+        "--sql",
+        "select count(*) as n from ablate_runs where role = 'trial'",
+        "--json",
+    )
+    assert code == 0 and json.loads(out) == [{"n": 8}]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--sql", "delete from ablate_runs"], "--sql"),
+        (["--sql", "select 1; drop table ablate_runs"], "--sql"),
+        (["--study", "nope"], "--study: no study named 'nope'"),
+        (["--format", "xml"], "--format"),
+        (["--group-by", "seed"], "--group-by"),
+    ],
+)
+def test_query_bad_input(capsys, db_url, args, fragment):
+    code, out, err = cli(capsys, "query", "--storage", db_url, *args)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and fragment in err
+    assert query.runs_frame(open_storage(db_url), "mini").shape[0] == 10  # nothing deleted
+
+
+def test_query_missing_database(capsys, tmp_path):
+    code, _, err = cli(capsys, "query", "--storage", f"sqlite:///{tmp_path}/none.db")
+    assert code == 2 and "--storage" in err
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_plot_writes_every_kind(capsys, db_url, tmp_path):
+    out_dir = tmp_path / "figs"
+    code, out, _ = cli(capsys, "plot", "--storage", db_url, "--out", str(out_dir), "--json")
+    assert code == 0
+    files = json.loads(out)["plots"]
+    names = {p.rsplit("/", 1)[-1] for p in files}
+    for kind in ("tradeoff", "loss", "ratio-scale", "gates", "grad-norms"):
+        assert {f"{kind}.png", f"{kind}.svg"} <= names
+    assert all((out_dir / n).stat().st_size > 1000 for n in names)
+
+
+def test_tradeoff_data_from_the_database(db_url):
+    engine = open_storage(db_url)
+    runs = query.runs_frame(engine, "mini")
+    data = extract_tradeoff(runs, ratio_metric="grad_ratio_mean", threshold=0.8)
+    assert len(data.points) == 4
+    none = next(p for p in data.points if p.fix == "none")
+    t0 = runs[(runs.role == "trial") & (runs.trial_number == none.trial_number)]
+    assert none.ratio == pytest.approx(t0.grad_ratio_mean.mean())
+    assert none.slope == pytest.approx(t0.loss_slope.mean())
+    assert data.baseline is not None and data.baseline.ratio == 1.0
+    assert data.front  # a non-empty Pareto front
+
+
+def test_plot_unknown_kind(capsys, db_url, tmp_path):
+    code, _, err = cli(capsys, "plot", "--storage", db_url, "--out", str(tmp_path), "--kind", "pie")
+    assert code == 2 and "pie" in err and len(err.strip().splitlines()) == 1

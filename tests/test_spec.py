@@ -1,0 +1,104 @@
+"""Spec validation: every bad spec is one line naming the field, exit 2, and nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ablate.errors import AblateInputError
+from ablate.spec import load_spec, parse_spec
+from tests.study_helpers import MINI, write_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BAD = [
+    ("unknown key", MINI.replace("[training]", "[training]\nstepz = 3"), "training.stepz", "unknown key"),
+    ("unknown section", MINI + "\n[optimizer]\nlr = 1\n", "optimizer", "unknown key"),
+    ("wrong type", MINI.replace("steps = 6", 'steps = "six"'), "training.steps", "valid integer"),
+    ("float steps", MINI.replace("steps = 6", "steps = 6.5"), "training.steps", "valid integer"),
+    (
+        "empty fix list",
+        MINI.replace('fixes = ["none", "fixed-scale", "tanh-gate"]', "fixes = []"),
+        "search.fixes",
+        "at least one fix",
+    ),
+    ("unknown fix", MINI.replace('"none", "fixed', '"nope", "fixed'), "search.fixes", "unknown fix 'nope'"),
+    (
+        "inverted scale range",
+        MINI.replace("[search]", "[search]\nscale = { min = 1.0, max = 0.01 }"),
+        "search.scale",
+        "must be below max",
+    ),
+    (
+        "unknown objective",
+        MINI.replace("[study]", '[study]\nobjectives = ["accuracy"]'),
+        "study.objectives",
+        "unknown objective 'accuracy'",
+    ),
+    ("no seeds", MINI.replace("seeds = [0, 1]", "seeds = []"), "study.seeds", "at least one seed"),
+    ("bad backbone", MINI + '\n[model]\nbackbone = "vit-xxl"\n', "model.backbone", "unknown backbone"),
+    (
+        "pruning multi-objective",
+        MINI.replace("[study]", "[study]\npruning = true"),
+        "study.pruning",
+        "single-objective",
+    ),
+]
+
+
+@pytest.mark.parametrize("label, text, field, fragment", BAD, ids=[b[0] for b in BAD])
+def test_bad_spec_names_the_field(label, text, field, fragment):
+    with pytest.raises(AblateInputError) as info:
+        parse_spec(text)
+    assert info.value.field == field, str(info.value)
+    assert fragment in info.value.message
+
+
+@pytest.mark.parametrize("label, text, field, fragment", BAD[:6], ids=[b[0] for b in BAD[:6]])
+def test_bad_spec_cli_exit_2_nothing_written(tmp_path, label, text, field, fragment):
+    spec = write_spec(tmp_path, text)
+    db = tmp_path / "results.db"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ablate", "study", "run", str(spec), "--storage", f"sqlite:///{db}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0] and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    assert not db.exists()
+    assert not (tmp_path / "plots").exists()
+
+
+def test_shipped_specs_are_valid():
+    quick, _ = load_spec(ROOT / "studies" / "quick.toml")
+    assert quick.model.backbone == "tiny" and quick.training.device == "cpu"
+    assert len(quick.search.fixes) == 7
+    real, _ = load_spec(ROOT / "studies" / "aaclip_vitl14.toml")
+    assert real.model.backbone == "vit-l-14-336@518" and real.data.batch_size == 2
+    assert real.study.seeds == [0, 1, 2]
+
+
+def test_missing_spec_file(tmp_path):
+    with pytest.raises(AblateInputError, match="no such file"):
+        load_spec(tmp_path / "nope.toml")
+
+
+def test_tanh_gate_default_range_holds_its_default():
+    spec = parse_spec(MINI)
+    rng = spec.search.range_for("tanh-gate")
+    assert (rng.min, rng.max, rng.log) == (0.0, 1.0, False)
+    assert spec.search.range_for("fixed-scale").log
+
+
+def test_arm_config_carries_the_spec():
+    spec = parse_spec(MINI)
+    arm = spec.arm("fixed-scale", 0.2, seed=1)
+    assert (arm.model.fix, arm.model.scale, arm.seed) == ("fixed-scale", 0.2, 1)
+    assert (arm.run.steps, arm.run.probe_every, arm.probe_batches, arm.data.batch_size) == (6, 3, 2, 2)

@@ -1,0 +1,226 @@
+"""Studies end to end on real databases: search, storage, resume, interruption, Optuna interop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from ablate.spec import parse_spec
+from ablate.store import open_storage, query
+from ablate.study import run_study
+from ablate.study.runner import StudySpecConflict
+from ablate.study.space import default_arm_params
+from tests.study_helpers import MINI, copy_db, sqlite_url, write_spec
+
+N_METRICS = 5  # loss, grad_norm_adapter, grad_norm_branch, upd_adapter, upd_branch (+ gates)
+
+
+def _runs(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as con:
+        return con.execute("select role, trial_number, seed, fix, scale, status from ablate_runs").fetchall()
+
+
+def test_study_stores_every_seed_and_baseline(mini_study_db):
+    runs = _runs(mini_study_db)
+    complete = [r for r in runs if r[5] == "complete"]
+    assert len(complete) == len(runs) == 4 * 2 + 2
+    assert sorted((r[2], r[3]) for r in runs if r[0] == "baseline") == [(0, "no-branch"), (1, "no-branch")]
+    trial_seeds = sorted((r[1], r[2]) for r in runs if r[0] == "trial")
+    assert trial_seeds == [(t, s) for t in range(4) for s in (0, 1)]
+    with sqlite3.connect(mini_study_db) as con:
+        per_run = con.execute("select run_id, count(*) from ablate_step_metrics group by run_id").fetchall()
+        probes = con.execute("select run_id, group_concat(step) from ablate_probe_points group by run_id").fetchall()
+    # 6 steps x (5 metrics + 1 gate for tanh-gate)
+    assert {n for _, n in per_run} <= {6 * N_METRICS, 6 * (N_METRICS + 1)}
+    assert all(sorted(map(int, s.split(","))) == [0, 3, 6] for _, s in probes)
+
+
+def test_optuna_api_reads_our_file_and_defaults_come_first(mini_study_db):
+    study = optuna.load_study(study_name="mini", storage=sqlite_url(mini_study_db))
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert study.directions == [optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MAXIMIZE]
+    assert study.metric_names == ["loss_slope", "grad_ratio_mean"]
+    # Every fix at its registry default first, then the sampler.
+    assert [t.params for t in trials[:3]] == [default_arm_params(f) for f in ("none", "fixed-scale", "tanh-gate")]
+    assert trials[2].params["scale[tanh-gate]"] == 0.0
+    # The objective is the mean over seeds of the stored runs.
+    runs = query.runs_frame(open_storage(sqlite_url(mini_study_db)), "mini")
+    t0 = runs[(runs.role == "trial") & (runs.trial_number == 0)]
+    assert trials[0].values[0] == pytest.approx(t0.loss_slope.mean())
+    assert trials[0].values[1] == pytest.approx(t0.grad_ratio_mean.mean())
+
+
+def test_optuna_cli_lists_trials(mini_study_db):
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("optuna")),
+            "trials",
+            "--storage",
+            sqlite_url(mini_study_db),
+            "--study-name",
+            "mini",
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == 4
+
+
+def test_resume_runs_only_missing_trials(tmp_path):
+    url = sqlite_url(tmp_path / "r.db")
+    spec = parse_spec(MINI)
+    first = run_study(spec, MINI, url, n_trials=2)
+    assert (first.n_trials, first.ran) == (2, 2)
+    before = {r[:3]: r for r in _runs(tmp_path / "r.db")}
+    again = run_study(spec, MINI, url, n_trials=2)
+    assert again.ran == 0 and len(_runs(tmp_path / "r.db")) == len(before)
+    more = run_study(spec, MINI, url, n_trials=3)
+    assert (more.n_trials, more.ran) == (3, 1)
+    runs = _runs(tmp_path / "r.db")
+    assert len(runs) == 2 + 3 * 2  # the baselines were not repeated
+    assert len({r[:3] for r in runs}) == len(runs)
+
+
+def test_same_name_different_spec_is_refused(tmp_path):
+    url = sqlite_url(tmp_path / "r.db")
+    run_study(parse_spec(MINI), MINI, url, n_trials=1)
+    other = MINI.replace("steps = 6", "steps = 5")
+    with pytest.raises(StudySpecConflict, match="different spec"):
+        run_study(parse_spec(other), other, url, n_trials=1)
+
+
+def test_interrupt_then_rerun_completes_without_double_counting(tmp_path):
+    spec = write_spec(tmp_path, MINI.replace("steps = 6", "steps = 40").replace("every = 3", "every = 20"))
+    db = tmp_path / "results.db"
+    cmd = [
+        sys.executable,
+        "-m",
+        "ablate",
+        "study",
+        "run",
+        str(spec),
+        "--storage",
+        sqlite_url(db),
+        "--quiet",
+        "--no-plots",
+    ]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    # Wait until a trial run is in the middle of training, then Ctrl-C.
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if db.exists():
+            try:
+                rows = _runs(db)
+            except sqlite3.OperationalError:
+                continue
+            if any(r[0] == "trial" and r[5] == "complete" for r in rows) and any(r[5] == "running" for r in rows):
+                break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    interrupted = _runs(db)
+    assert any(r[5] == "failed" for r in interrupted) and not any(r[5] == "running" for r in interrupted)
+
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(db) as con:
+        assert con.execute("pragma integrity_check").fetchone() == ("ok",)
+        dup = con.execute(
+            "select trial_key, seed, count(*) from ablate_runs where status = 'complete' group by role, trial_key, seed"
+            " having count(*) > 1"
+        ).fetchall()
+    assert dup == []
+    study = optuna.load_study(study_name="mini", storage=sqlite_url(db))
+    complete = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4
+    frame = query.trials_frame(open_storage(sqlite_url(db)), "mini")
+    ok = frame[frame.status == "complete"]
+    assert len(ok) == 4 and set(ok.n_seeds) == {2}
+    # Every enqueued default arm finished once, the interrupted one included.
+    assert sum(t.params == default_arm_params("none") for t in complete) >= 1
+
+
+def test_single_objective_with_ratio_constraint_and_pruning(tmp_path):
+    text = MINI.replace(
+        "seeds = [0, 1]",
+        'seeds = [0]\nobjectives = ["loss_slope"]\nconstraint_metric = "grad_ratio_init"\nconstraint_min = 0.8\n'
+        "pruning = true",
+    )
+    out = run_study(parse_spec(text), text, sqlite_url(tmp_path / "c.db"))
+    assert out.n_trials == 4
+    study = optuna.load_study(study_name="mini", storage=sqlite_url(tmp_path / "c.db"))
+    assert len(study.directions) == 1
+    done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done and all(len(t.user_attrs["constraint"]) == 1 for t in done)
+    # constraint value = 0.8 - ratio (<= 0 means satisfied)
+    runs = query.runs_frame(open_storage(sqlite_url(tmp_path / "c.db")), "mini")
+    r0 = runs[(runs.role == "trial") & (runs.trial_number == done[0].number)].grad_ratio_init.mean()
+    assert done[0].user_attrs["constraint"][0] == pytest.approx(0.8 - r0)
+
+
+def test_study_on_postgresql(fresh_pg_url):
+    text = MINI.replace("trials = 4", "trials = 2").replace("seeds = [0, 1]", "seeds = [0]")
+    out = run_study(parse_spec(text), text, fresh_pg_url)
+    assert out.n_trials == 2
+    study = optuna.load_study(study_name="mini", storage=fresh_pg_url)
+    assert len(study.get_trials()) == 2
+    frame = query.runs_frame(open_storage(fresh_pg_url), "mini")
+    assert len(frame) == 3 and set(frame.status) == {"complete"}
+
+
+def test_dashboard_serves_our_study(mini_study_db, tmp_path):
+    import socket
+    import urllib.request
+
+    db = copy_db(mini_study_db, tmp_path / "copy.db")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    proc = subprocess.Popen(
+        [str(exe), sqlite_url(db), "--port", str(port), "--host", "127.0.0.1", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        body = None
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as resp:
+                    body = json.loads(resp.read())
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "dashboard did not answer"
+        names = [s["study_name"] for s in body["study_summaries"]]
+        assert names == ["mini"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_env_storage_override(tmp_path, monkeypatch):
+    from ablate.store.engine import storage_url
+
+    monkeypatch.setenv("ABLATE_STORAGE", sqlite_url(tmp_path / "env.db"))
+    assert storage_url(None) == sqlite_url(tmp_path / "env.db")
+    assert storage_url("sqlite:///x.db") == "sqlite:///x.db"
+    monkeypatch.delenv("ABLATE_STORAGE")
+    assert storage_url(None) == "sqlite:///results.db"
+    assert os.environ.get("ABLATE_STORAGE") is None
