@@ -126,3 +126,16 @@ def test_loss_prefers_the_right_answer():
     good = torch.stack([10 * (1 - 2 * down), 10 * (2 * down - 1)], dim=1)
     det_good = torch.stack([10 * (1 - 2 * labels.float()), 10 * (2 * labels.float() - 1)], dim=1)
     assert stage2_loss([good], det_good, masks, labels) < stage2_loss([-good], -det_good, masks, labels)
+
+
+def test_real_scale_backbone_shape():
+    # Structure only (no forward pass): ViT-L-14-336 run at 518 px, as in AA-CLIP.
+    from ablate.model.backbone import BACKBONES, build_clip
+
+    spec = BACKBONES["vit-l-14-336@518"]
+    clip = build_clip(spec)
+    visual = clip.visual
+    assert visual.grid_size == (37, 37) and visual.positional_embedding.shape == (37 * 37 + 1, 1024)
+    assert len(visual.transformer.resblocks) == 24 and clip.transformer.width == 768
+    assert spec.levels == (6, 12, 18, 24) and spec.adapter_layers == 6
+    assert not any(p.requires_grad for p in clip.parameters())

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Engine, and_, case, func, inspect, select
 
-from ablate.model.fixes import NO_BRANCH
 from ablate.store.encode import decode_fields, decode_float, decode_float_list
 from ablate.store.engine import display_url, is_sqlite
 from ablate.store.schema import (
@@ -31,7 +30,6 @@ from ablate.store.schema import (
     StudyModel,
 )
 
-BASELINE_FIX = NO_BRANCH  # the registry's name for the reference arm
 _STATUS_SEVERITY = {"failed": 3, "pruned": 2, "running": 1, "complete": 0}
 _RUN_INFO = ("run_id", "role", "trial_number", "seed", "fix", "scale")
 
@@ -393,7 +391,8 @@ def group_by_fix(engine: Engine, study: str | None = None) -> pd.DataFrame:
         study_id, name = _resolve_study(conn, study)
         runs = _runs(conn, study_id, name)
     runs = runs[runs["status"] == "complete"].copy()
-    runs.loc[runs["role"] == "baseline", "fix"] = BASELINE_FIX
+    # Baseline runs carry the registry's reference name ('no-branch'); the store does not spell it out.
+    baseline_fixes = set(runs.loc[runs["role"] == "baseline", "fix"])
     records = []
     for fix, g in runs.groupby("fix", sort=True):
         trials = g[g["role"] == "trial"]
@@ -417,7 +416,7 @@ def group_by_fix(engine: Engine, study: str | None = None) -> pd.DataFrame:
             rec[f"{col}_mean"] = _mean(g[col])
             rec[f"{col}_lo"], rec[f"{col}_hi"] = _ci(g[col], "mean")
         records.append(rec)
-    records.sort(key=lambda r: (r["fix"] != BASELINE_FIX, r["fix"]))
+    records.sort(key=lambda r: (r["fix"] not in baseline_fixes, r["fix"]))
     df = pd.DataFrame.from_records(records, columns=GROUP_COLUMNS)
     return df.astype({"n_runs": "int64", "n_trials": "int64", "best_scale": "float64", "best_trial": "Int64"})
 
