@@ -156,9 +156,16 @@ class _StudyRun:
         if spec.constraint_metric is not None:
             c = sum(_metric(r, spec.constraint_metric, baseline) for r in results) / len(results)
             sign = 1.0 if OBJECTIVE_DIRECTIONS[spec.constraint_metric] == "maximize" else -1.0
-            # Optuna: a constraint value <= 0 is satisfied.
-            trial.set_user_attr("constraint", [sign * (spec.constraint_min - c)])
+            # Optuna: a constraint value <= 0 is satisfied; a NaN metric counts as violated.
+            value = sign * (spec.constraint_min - c) if math.isfinite(c) else math.inf
+            trial.set_user_attr("constraint", [value])
+            if _NATIVE_CONSTRAINTS:
+                trial.set_constraint(spec.constraint_metric, value)
         return values[0] if len(values) == 1 else values
+
+
+# Optuna >= 5 reads constraints set on the trial; older releases need a sampler constraints_func.
+_NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
 
 
 def _constraints(frozen: optuna.trial.FrozenTrial) -> list[float]:
@@ -167,7 +174,7 @@ def _constraints(frozen: optuna.trial.FrozenTrial) -> list[float]:
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     s = spec.study
-    cons = _constraints if s.constraint_metric is not None else None
+    cons = _constraints if s.constraint_metric is not None and not _NATIVE_CONSTRAINTS else None
     if s.sampler == "random":
         return optuna.samplers.RandomSampler(seed=s.sampler_seed)
     if s.sampler == "nsga2":
