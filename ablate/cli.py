@@ -498,25 +498,7 @@ def _trials(url: str, name: str):
     from ablate.store.engine import open_storage
 
     frame = q.trials_frame(open_storage(url), name)
-    cols = [
-        c
-        for c in (
-            "trial_number",
-            "fix",
-            "scale",
-            "status",
-            "n_seeds",
-            "loss_slope",
-            "loss_slope_rel",
-            "grad_ratio_init",
-            "grad_ratio_init_lo",
-            "grad_ratio_init_hi",
-            "grad_ratio_mean",
-            "verdict",
-        )
-        if c in frame.columns
-    ]
-    return frame[cols]
+    return frame[[c for c in TABLE_COLUMNS["trials"] if c in frame.columns]]
 
 
 def _draw(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet: bool) -> list:

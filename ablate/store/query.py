@@ -184,15 +184,22 @@ RUNS_COLUMNS = [
 ]
 
 
+def _run_identity() -> tuple[Any, ...]:
+    """The columns that say which run a row belongs to (labelled as in ``_RUN_INFO``)."""
+    return (
+        RunModel.id.label("run_id"),
+        RunModel.role,
+        RunModel.trial_number,
+        RunModel.seed,
+        RunModel.fix,
+        RunModel.scale,
+    )
+
+
 def _runs(conn: Connection, study_id: int, study_name: str) -> pd.DataFrame:
     stmt = (
         select(
-            RunModel.id.label("run_id"),
-            RunModel.role,
-            RunModel.trial_number,
-            RunModel.seed,
-            RunModel.fix,
-            RunModel.scale,
+            *_run_identity(),
             RunModel.status,
             RunModel.steps,
             *(getattr(RunModel, f) for f in RUN_FLOAT_FIELDS),
@@ -436,12 +443,7 @@ def step_metrics_frame(engine: Engine, study: str | None = None, names: Sequence
         M = StepMetricModel
         stmt = (
             select(
-                RunModel.id.label("run_id"),
-                RunModel.role,
-                RunModel.trial_number,
-                RunModel.seed,
-                RunModel.fix,
-                RunModel.scale,
+                *_run_identity(),
                 M.step,
                 M.name,
                 M.value,
@@ -474,12 +476,7 @@ def probe_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
         study_id, _ = _resolve_study(conn, study)
         stmt = (
             select(
-                RunModel.id.label("run_id"),
-                RunModel.role,
-                RunModel.trial_number,
-                RunModel.seed,
-                RunModel.fix,
-                RunModel.scale,
+                *_run_identity(),
                 RunModel.status,
                 P.step,
                 *(getattr(P, f) for f in PROBE_FLOAT_FIELDS),
