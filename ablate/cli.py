@@ -313,7 +313,7 @@ def study_run(
     from ablate.spec import load_spec
     from ablate.store.engine import storage_url
     from ablate.study import run_study
-    from ablate.study.runner import StudySpecConflict
+    from ablate.study.runner import StudySpecConflict, preflight
 
     spec, text = load_spec(spec_path)
     if trials is not None and trials < 1:
@@ -323,6 +323,7 @@ def study_run(
     url = storage_url(storage)
     from ablate.store.engine import open_storage
 
+    preflight(spec)
     try:
         open_storage(url)
     except ValueError as exc:

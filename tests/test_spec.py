@@ -57,7 +57,18 @@ def test_bad_spec_names_the_field(label, text, field, fragment):
     assert fragment in info.value.message
 
 
-@pytest.mark.parametrize("label, text, field, fragment", BAD[:6], ids=[b[0] for b in BAD[:6]])
+MACHINE = [
+    (
+        "missing checkpoint",
+        MINI + '\n[model]\npretrained = "/no/such/ViT-L-14-336.pt"\n',
+        "model.pretrained",
+        "not found",
+    ),
+    ("uncached tag", MINI + '\n[model]\npretrained = "openai"\n', "model.pretrained", "local checkpoint"),
+]
+
+
+@pytest.mark.parametrize("label, text, field, fragment", BAD[:6] + MACHINE, ids=[b[0] for b in BAD[:6] + MACHINE])
 def test_bad_spec_cli_exit_2_nothing_written(tmp_path, label, text, field, fragment):
     spec = write_spec(tmp_path, text)
     db = tmp_path / "results.db"

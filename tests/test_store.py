@@ -631,3 +631,15 @@ def test_run_sql_keeps_a_trailing_string_literal(tmp_path):
     engine = open_storage(f"sqlite:///{tmp_path / 'lit.db'}")
     frame = run_sql(engine, "select 'trial' as role")
     assert frame.to_dict("records") == [{"role": "trial"}]
+
+
+def test_start_run_lease_keeps_a_second_worker_off(tmp_path):
+    from ablate.store import RunBusy, open_storage, register_study, start_run
+
+    engine = open_storage(f"sqlite:///{tmp_path / 'lease.db'}")
+    sid = register_study(engine, "s", "s", "x", "h" * 64, [{"metric": "loss_slope", "direction": "minimize"}])
+    first = start_run(engine, sid, "baseline", None, 0, "no-branch", None, "cpu", lease_s=3600)
+    with pytest.raises(RunBusy):
+        start_run(engine, sid, "baseline", None, 0, "no-branch", None, "cpu", lease_s=3600)
+    # An expired lease (or no lease) takes the row over, as after a killed worker.
+    assert start_run(engine, sid, "baseline", None, 0, "no-branch", None, "cpu", lease_s=0) == first

@@ -52,6 +52,7 @@ from ablate.store.schema import (
 )
 from ablate.store.writer import (
     MetricBuffer,
+    RunBusy,
     baseline_slopes,
     fail_stale_runs,
     finish_run,
@@ -70,6 +71,7 @@ __all__ = [
     "TABLE_NAMES",
     "Base",
     "MetricBuffer",
+    "RunBusy",
     "ProbePointModel",
     "RunModel",
     "StepMetricModel",

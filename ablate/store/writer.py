@@ -185,6 +185,10 @@ def _describe(role: str, trial_number: int | None, seed: int) -> str:
     return f"baseline run (seed {seed})" if role == "baseline" else f"trial {trial_number} seed {seed}"
 
 
+class RunBusy(RuntimeError):
+    """Another worker holds this run (see ``start_run``'s ``lease_s``)."""
+
+
 def start_run(
     engine: Engine,
     study_id: int,
@@ -194,12 +198,15 @@ def start_run(
     fix: str,
     scale: float | None,
     device: str | None,
+    lease_s: float | None = None,
 ) -> int:
     """Mark a run 'running' and return its id; the row is unique per (study, role, trial, seed).
 
     A leftover row that is not 'complete' (a crashed, failed or pruned attempt) is reset and reused:
     its step metrics and probe points are deleted and its summary cleared, so a retry never mixes
     with a dead attempt's numbers. A 'complete' row raises ValueError: finished work is not re-run.
+    With ``lease_s``, a row another worker started less than ``lease_s`` seconds ago and still has
+    'running' raises RunBusy instead of being taken over (for runs no Optuna trial coordinates).
     """
     trial_key = _trial_key(role, trial_number)
     fields = {
@@ -233,6 +240,10 @@ def start_run(
                     session.add(run)
                     session.flush()
                     return run.id
+                if run.status == "running" and lease_s is not None and run.started_at is not None:
+                    age = (utcnow() - run.started_at).total_seconds()
+                    if age < lease_s:
+                        raise RunBusy(f"{_describe(role, trial_number, seed)} is running elsewhere ({age:.0f} s)")
                 if run.status == "complete":
                     raise ValueError(
                         f"{_describe(role, trial_number, seed)} of study {study_id} is already complete "

@@ -15,16 +15,18 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ablate.model.fixes import NO_BRANCH
+from ablate.model.fixes import NO_BRANCH, parse_fix
 from ablate.spec import OBJECTIVE_DIRECTIONS, StudySpec, spec_hash
 from ablate.store import writer
 from ablate.store.engine import open_storage
 from ablate.study.space import arm_of, default_arm_params, suggest_arm
 from ablate.train.arm import ArmSetup, train_arm
+from ablate.train.device import resolve_device
 from ablate.train.result import TrainResult
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_S = 20  # a killed worker's trial is failed and retried after ~2 heartbeats
+BASELINE_LEASE_S = 6 * 3600  # a baseline left 'running' by a killed worker is retried after this
 
 
 class StudyReporter:
@@ -84,12 +86,14 @@ class _StudyRun:
     ) -> TrainResult:
         """One seed of one arm, streamed into the database; the run row ends complete/failed/pruned."""
         cfg = self.spec.arm(fix, scale, seed)
-        setup = ArmSetup(cfg)
+        choice, device = parse_fix(fix, scale), resolve_device(cfg.device)
+        # Baselines are not Optuna trials, so a lease keeps two workers off the same one.
+        lease = BASELINE_LEASE_S if role == "baseline" else None
         run_id = writer.start_run(
-            self.engine, self.study_id, role, trial_number, seed, setup.fix_name, setup.scale, str(setup.device)
+            self.engine, self.study_id, role, trial_number, seed, choice.name, choice.scale, str(device), lease
         )
-        label = f"{'baseline' if role == 'baseline' else f'trial {trial_number}'} {setup.fix_name}"
-        label += f" s={setup.scale:.3g}" if setup.scale is not None else ""
+        label = f"{'baseline' if role == 'baseline' else f'trial {trial_number}'} {choice.name}"
+        label += f" s={choice.scale:.3g}" if choice.scale is not None else ""
         label += f" seed {seed}"
         self.reporter.run_start(label, cfg.run.steps)
         buffer = writer.MetricBuffer(self.engine, run_id, flush_every=10**9)
@@ -102,6 +106,7 @@ class _StudyRun:
                 on_block(rows)
 
         try:
+            setup = ArmSetup(cfg)
             result = train_arm(
                 cfg,
                 on_flush=flush,
@@ -129,7 +134,10 @@ class _StudyRun:
         done = writer.baseline_slopes(self.engine, self.study_id)
         for seed in self.spec.study.seeds:
             if seed not in done:
-                self.run_arm("baseline", None, NO_BRANCH, None, seed)
+                try:
+                    self.run_arm("baseline", None, NO_BRANCH, None, seed)
+                except writer.RunBusy:
+                    continue  # another worker is on it; slopes relative to it appear once it lands
 
     def objective(self, trial: optuna.Trial) -> float | list[float]:
         fix, scale = suggest_arm(trial, self.spec)
@@ -232,6 +240,21 @@ def _best(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.best_trials if len(study.directions) > 1 else [study.best_trial]
 
 
+def preflight(spec: StudySpec) -> None:
+    """Checks that need this machine (device, weights file) before anything is written."""
+    from ablate.errors import AblateInputError
+    from ablate.model.backbone import backbone_spec, resolve_pretrained
+
+    for spec_field, check in (
+        ("training.device", lambda: resolve_device(spec.training.device)),
+        ("model.pretrained", lambda: resolve_pretrained(backbone_spec(spec.model.backbone), spec.model.pretrained)),
+    ):
+        try:
+            check()
+        except AblateInputError as exc:
+            raise AblateInputError(spec_field, exc.message) from None
+
+
 def run_study(
     spec: StudySpec,
     spec_text: str,
@@ -242,6 +265,7 @@ def run_study(
 ) -> StudyOutcome:
     """Run (or resume) the study to ``n_trials`` finished trials; return what it holds now."""
     reporter = reporter or StudyReporter()
+    preflight(spec)
     study_name = name or spec.name
     total = n_trials if n_trials is not None else spec.study.trials
     engine = open_storage(storage)
