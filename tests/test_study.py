@@ -224,3 +224,36 @@ def test_env_storage_override(tmp_path, monkeypatch):
     monkeypatch.delenv("ABLATE_STORAGE")
     assert storage_url(None) == "sqlite:///results.db"
     assert os.environ.get("ABLATE_STORAGE") is None
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    text = MINI.replace("seeds = [0, 1]", "seeds = [0]")
+    spec = write_spec(tmp_path, text)
+    db = tmp_path / "shared.db"
+    cmd = [
+        sys.executable,
+        "-m",
+        "ablate",
+        "study",
+        "run",
+        str(spec),
+        "--storage",
+        sqlite_url(db),
+        "--quiet",
+        "--no-plots",
+    ]
+    # The first worker creates the study; the second joins while it runs.
+    first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    second = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    runs = _runs(db)
+    assert len([r for r in runs if r[0] == "baseline"]) == 1
+    assert len({r[:3] for r in runs}) == len(runs)  # no (role, trial, seed) twice
+    study = optuna.load_study(study_name="mini", storage=sqlite_url(db))
+    finished = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) >= 4  # an in-flight trial of the other worker may land past the count
+    with sqlite3.connect(db) as con:
+        assert con.execute("pragma integrity_check").fetchone() == ("ok",)

@@ -315,7 +315,12 @@ def run_study(
 
     if remaining:
         study.optimize(
-            runner.objective, n_trials=remaining, catch=(RunFailed,), callbacks=[on_trial], gc_after_trial=False
+            runner.objective,
+            n_trials=remaining,
+            catch=(RunFailed,),
+            # Other workers on the same study count too: stop when the study as a whole is done.
+            callbacks=[optuna.study.MaxTrialsCallback(total, states=FINISHED), on_trial],
+            gc_after_trial=False,
         )
     failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - failed_before
     best = [
