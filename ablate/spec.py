@@ -191,6 +191,9 @@ class StudySection(_Strict):
             raise ValueError(f"constraint_metric: unknown metric {self.constraint_metric!r}")
         if self.pruning and len(self.objectives) != 1:
             raise ValueError("pruning: Optuna prunes single-objective studies only; set one objective")
+        if self.pruning and OBJECTIVE_DIRECTIONS[self.objectives[0]] != "minimize":
+            # The pruner reads the intermediate *loss* in the study's direction.
+            raise ValueError("pruning: prunes on intermediate loss, so the objective must be a loss metric")
         return self
 
     @property
