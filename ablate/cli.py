@@ -557,7 +557,9 @@ def _fail(message: str, code: int) -> None:
 
 def _input_error_line(exc: AblateInputError) -> str:
     # Top-level fields are CLI options here ("scale" -> "--scale"); dotted ones are spec fields.
-    field = exc.field if ("." in exc.field or exc.field.startswith("-")) else "--" + exc.field.replace("_", "-")
+    # Positional arguments (SPEC) stay upper case.
+    keep = "." in exc.field or exc.field.startswith("-") or exc.field.isupper()
+    field = exc.field if keep else "--" + exc.field.replace("_", "-")
     return f"error: {field}: {' '.join(exc.message.split())}"
 
 
