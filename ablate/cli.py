@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ablate.errors import AblateInputError
+from ablate.textfmt import fmt
 
 app = typer.Typer(
     help="Measure and search how a new branch should join a frozen model's residual stream.",
@@ -117,14 +118,6 @@ def _emit_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(_clean(doc), indent=2) + "\n")
 
 
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.{digits}g}"
-    return str(v)
-
-
 @app.command()
 def probe(
     fix: FixOpt = None,
@@ -189,15 +182,15 @@ def probe(
     for r in results:
         table.add_row(
             r.fix,
-            _fmt(r.scale),
-            _fmt(r.grad_ratio),
-            f"[{_fmt(r.grad_ratio_ci[0], 3)}, {_fmt(r.grad_ratio_ci[1], 3)}]",
-            _fmt(r.grad_ratio_layers),
-            _fmt(r.grad_share, 3),
-            _fmt(r.norm_inflation),
-            _fmt(r.loss_with),
-            _fmt(r.loss_without),
-            _fmt(r.feature_cosine),
+            fmt(r.scale),
+            fmt(r.grad_ratio),
+            f"[{fmt(r.grad_ratio_ci[0], 3)}, {fmt(r.grad_ratio_ci[1], 3)}]",
+            fmt(r.grad_ratio_layers),
+            fmt(r.grad_share, 3),
+            fmt(r.norm_inflation),
+            fmt(r.loss_with),
+            fmt(r.loss_without),
+            fmt(r.feature_cosine),
             r.verdict,
         )
     _out().print(table)
@@ -248,7 +241,7 @@ def train(
     if as_json:
         _emit_json(summary)
         return
-    table = Table(title=f"Training run: {result.fix} (scale {_fmt(result.scale)}), seed {seed}, {steps} steps")
+    table = Table(title=f"Training run: {result.fix} (scale {fmt(result.scale)}), seed {seed}, {steps} steps")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in (
@@ -263,7 +256,7 @@ def train(
         "peak_mem_mb",
         "device",
     ):
-        table.add_row(key, _fmt(summary[key]))
+        table.add_row(key, fmt(summary[key]))
     _out().print(table)
     probes = Table(title="Probe points")
     for col in ("step", "ratio", "95% CI", "share", "verdict"):
@@ -271,9 +264,9 @@ def train(
     for p in result.probes:
         probes.add_row(
             str(p.step),
-            _fmt(p.grad_ratio),
-            f"[{_fmt(p.grad_ratio_ci[0], 3)}, {_fmt(p.grad_ratio_ci[1], 3)}]",
-            _fmt(p.grad_share, 3),
+            fmt(p.grad_ratio),
+            f"[{fmt(p.grad_ratio_ci[0], 3)}, {fmt(p.grad_ratio_ci[1], 3)}]",
+            fmt(p.grad_share, 3),
             p.verdict,
         )
     _out().print(probes)
@@ -529,7 +522,7 @@ def _print_frame(frame, title: str) -> None:
     for col in frame.columns:
         table.add_column(str(col), justify="right" if frame[col].dtype.kind in "if" else "left")
     for row in frame.itertuples(index=False):
-        table.add_row(*(_fmt(v) for v in row))
+        table.add_row(*(fmt(v) for v in row))
     _out().print(table)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import optuna
@@ -13,15 +12,8 @@ from rich.table import Table
 
 from ablate.study.runner import StudyReporter
 from ablate.study.space import arm_of
+from ablate.textfmt import fmt
 from ablate.train.result import TrainResult
-
-
-def fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.{digits}g}"
-    return str(v)
 
 
 class RichStudyReporter(StudyReporter):
