@@ -24,6 +24,22 @@ from tests.study_helpers import MINI, copy_db, sqlite_url, write_spec
 N_METRICS = 5  # loss, grad_norm_adapter, grad_norm_branch, upd_adapter, upd_branch (+ gates)
 
 
+def study_cmd(spec: Path, db: Path) -> list[str]:
+    """`ablate study run` as a user starts it, quiet, on a SQLite file."""
+    return [
+        sys.executable,
+        "-m",
+        "ablate",
+        "study",
+        "run",
+        str(spec),
+        "--storage",
+        sqlite_url(db),
+        "--quiet",
+        "--no-plots",
+    ]
+
+
 def _runs(db: Path) -> list[tuple]:
     with sqlite3.connect(db) as con:
         return con.execute("select role, trial_number, seed, fix, scale, status from ablate_runs").fetchall()
@@ -106,18 +122,7 @@ def test_same_name_different_spec_is_refused(tmp_path):
 def test_interrupt_then_rerun_completes_without_double_counting(tmp_path):
     spec = write_spec(tmp_path, MINI.replace("steps = 6", "steps = 40").replace("every = 3", "every = 20"))
     db = tmp_path / "results.db"
-    cmd = [
-        sys.executable,
-        "-m",
-        "ablate",
-        "study",
-        "run",
-        str(spec),
-        "--storage",
-        sqlite_url(db),
-        "--quiet",
-        "--no-plots",
-    ]
+    cmd = study_cmd(spec, db)
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     # Wait until a trial run is in the middle of training, then Ctrl-C.
@@ -230,18 +235,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     text = MINI.replace("seeds = [0, 1]", "seeds = [0]")
     spec = write_spec(tmp_path, text)
     db = tmp_path / "shared.db"
-    cmd = [
-        sys.executable,
-        "-m",
-        "ablate",
-        "study",
-        "run",
-        str(spec),
-        "--storage",
-        sqlite_url(db),
-        "--quiet",
-        "--no-plots",
-    ]
+    cmd = study_cmd(spec, db)
     # The first worker creates the study; the second joins while it runs.
     first = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(3)
