@@ -207,7 +207,37 @@ def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
             retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)}
         else:  # pragma: no cover - optuna < 4.9
             retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=2)}
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S, **retry)
+        sqlite = url.startswith("sqlite")
+        storage = optuna.storages.RDBStorage(
+            url,
+            engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else None,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=3 * HEARTBEAT_S,
+            **retry,
+        )
+    if sqlite:
+        _serialize_sqlite_transactions(storage.engine)
+    return storage
+
+
+def _serialize_sqlite_transactions(engine: Any) -> None:
+    """Make every Optuna transaction on SQLite start with BEGIN IMMEDIATE.
+
+    Optuna claims a WAITING trial by reading its state and then writing RUNNING; PostgreSQL locks the
+    row (SELECT ... FOR UPDATE), SQLite ignores that, so two workers could both claim one enqueued
+    trial and run it twice. Taking the write lock at BEGIN serialises the read-then-write.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let the "begin" hook below emit BEGIN itself
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while Optuna set up the schema predate the hooks
 
 
 def _enqueue_defaults(study: optuna.Study, spec: StudySpec, limit: int) -> None:
