@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+from dataclasses import replace
 from typing import Annotated, Any
 
 import typer
@@ -62,6 +63,22 @@ ContextNormOpt = Annotated[
 InjectOpt = Annotated[int, typer.Option("--inject-at", help="Block after which the branch joins (0-based).")]
 ThresholdOpt = Annotated[float, typer.Option("--threshold", help="Ratio at or above which the verdict is OK.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
+GroupOpt = Annotated[
+    str,
+    typer.Option(
+        "--group",
+        help="Adapter group the verdict and adapter_gain judge: layers (block adapters, default), "
+        "proj (per-level + detection projections) or all (both: the seed's 'image adapter').",
+    ),
+]
+FreezeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--freeze-adapters",
+        help="The frozen control: the block adapters get gradients but are never updated. "
+        "At step 0 (probe) the weights are the same either way, so only training differs.",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 
 
@@ -79,11 +96,15 @@ def _arm_config(
     threshold: float,
     steps: int = 1,
     probe_every: int = 50,
+    group: str = "layers",
+    freeze_adapters: bool = False,
 ):
     from ablate.model.aaclip import AAClipConfig
     from ablate.train.arm import ArmConfig, DataConfig, validate
     from ablate.train.run import RunConfig
 
+    if group not in ("layers", "proj", "all"):
+        raise AblateInputError("--group", f"must be layers, proj or all, got {group!r}")
     cfg = ArmConfig(
         model=AAClipConfig(
             backbone=backbone,
@@ -94,10 +115,11 @@ def _arm_config(
             context_norm=context_norm,
         ),
         data=DataConfig(batch_size=batch_size),
-        run=RunConfig(steps=steps, probe_every=probe_every, threshold=threshold),
+        run=RunConfig(steps=steps, probe_every=probe_every, threshold=threshold, group=group),
         probe_batches=batches,
         seed=seed,
         device=device,
+        freeze_adapters=freeze_adapters,
     )
     validate(cfg)
     return cfg
@@ -131,15 +153,19 @@ def probe(
     context_norm: ContextNormOpt = False,
     inject_at: InjectOpt = 0,
     threshold: ThresholdOpt = 0.8,
+    group: GroupOpt = "layers",
+    freeze_adapters: FreezeOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Paired gradient probe at initialisation: adapter gradient with / without the branch.
 
-    Same weights, same cached batches, dropout off. Prints one row per fix with the median ratio
-    over batches, its bootstrap 95% CI, the gradient share, norm inflation, the step-0 loss with
-    and without the branch, and the final-feature cosine. --json with one --fix prints one object,
-    otherwise a list.
+    Same weights, same held-out batches, dropout off. One row per fix: the ratio R for the block
+    adapters (layers), the projections (proj) and both (all), each the geometric mean over batches;
+    the 95% interval of the judged group's R (t on log ratios, within this seed); the judged group's
+    gradient share |g|^2/(|g|^2+|g_branch|^2); the final-feature cosine with vs without the branch;
+    the verdict (R of the judged group >= --threshold). --json adds every group's numbers, the norm
+    inflation and the step-0 losses; with one --fix it prints one object, otherwise a list.
     """
     from ablate.model.fixes import fix_names
     from ablate.train.arm import probe_arm
@@ -149,7 +175,19 @@ def probe(
         raise AblateInputError("--scale", "give exactly one --fix when setting --scale")
     cfgs = [
         _arm_config(
-            f, scale, seed, batches, device, backbone, pretrained, batch_size, context_norm, inject_at, threshold
+            f,
+            scale,
+            seed,
+            batches,
+            device,
+            backbone,
+            pretrained,
+            batch_size,
+            context_norm,
+            inject_at,
+            threshold,
+            group=group,
+            freeze_adapters=freeze_adapters,
         )
         for f in names
     ]
@@ -161,36 +199,45 @@ def probe(
             results.append(probe_arm(cfg))
             prog.advance(task)
     if as_json:
-        docs = [r.to_dict() for r in results]
+        docs = [r.flat() for r in results]
         _emit_json(docs[0] if len(docs) == 1 else docs)
         return
-    table = Table(title=f"Gradient probe at init ({backbone}, seed {seed}, {batches} batches x {batch_size})")
-    for col in (
-        "fix",
-        "scale",
-        "ratio",
-        "95% CI",
-        "layers",
-        "share",
-        "inflation",
-        "loss w/",
-        "loss w/o",
-        "cos",
-        "verdict",
-    ):
+    _print_probe_table(
+        results, f"Gradient probe at init ({backbone}, seed {seed}, {batches} batches x {batch_size})", first="fix"
+    )
+
+
+def _print_probe_table(results: list, title: str, first: str) -> None:
+    from rich import box
+    from rich.markup import escape
+
+    from ablate.store.schema import GROUPS
+    from ablate.textfmt import fmt_ci
+
+    g = results[0].group
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        caption=escape(
+            f"R: |grad {g}| with / without the branch [95% within this seed]; "
+            f"{', '.join(o for o in GROUPS if o != g)}: R of those groups; "
+            f"share: |g_{g}|^2 / (|g_{g}|^2 + |g_branch|^2); cos: final features with vs without"
+        ),
+        caption_justify="left",
+    )
+    cols = [first, "scale"] if first == "fix" else [first]
+    cols += ["R [95%]", *(o for o in GROUPS if o != g), "share", "cos", "verdict"]
+    for col in cols:
         table.add_column(col, justify="left" if col in ("fix", "verdict") else "right")
     for r in results:
+        head = [r.fix, fmt(r.scale, 3)] if first == "fix" else [str(r.step)]
+        others = [fmt(r.groups[o].ratio, 3) for o in GROUPS if o != g]
         table.add_row(
-            r.fix,
-            fmt(r.scale),
-            fmt(r.grad_ratio),
-            f"[{fmt(r.grad_ratio_ci[0], 3)}, {fmt(r.grad_ratio_ci[1], 3)}]",
-            fmt(r.grad_ratio_layers),
-            fmt(r.grad_share, 3),
-            fmt(r.norm_inflation),
-            fmt(r.loss_with),
-            fmt(r.loss_without),
-            fmt(r.feature_cosine),
+            *head,
+            fmt_ci(r.grad_ratio, *r.grad_ratio_ci),
+            *others,
+            fmt(r.groups[g].share, 3),
+            fmt(r.feature_cosine, 3),
             r.verdict,
         )
     _out().print(table)
@@ -202,7 +249,7 @@ def train(
     scale: ScaleOpt = None,
     seed: SeedOpt = 0,
     steps: Annotated[int, typer.Option("--steps", help="Adam steps.")] = 100,
-    batches: BatchesOpt = 4,
+    batches: BatchesOpt = 6,
     probe_every: Annotated[int, typer.Option("--probe-every", help="Probe every K steps (0: start and end).")] = 50,
     device: DeviceOpt = "auto",
     backbone: BackboneOpt = "tiny",
@@ -211,11 +258,32 @@ def train(
     context_norm: ContextNormOpt = False,
     inject_at: InjectOpt = 0,
     threshold: ThresholdOpt = 0.8,
+    group: GroupOpt = "layers",
+    freeze_adapters: FreezeOpt = False,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            "--baseline/--no-baseline",
+            help="Also train the no-branch baseline with the same seed and batches and compare step by "
+            "step (train_grad_ratio, train_update_ratio, adapter_gain_rel); doubles the time.",
+        ),
+    ] = True,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Short training run of one fix: loss slope, first/last loss, gradient ratio at probe points."""
+    """Short training run of one arm: loss slope, adapter gain, and the comparison with the baseline.
+
+    adapter_gain: held-out loss with the judged adapter group reset to its initial weights minus the
+    loss as trained (> 0: what it learned helps; exactly 0 when frozen). With --baseline (default) the
+    no-branch run of the same seed is trained too, and the run's adapter gradient and update-to-weight
+    ratio are compared with it step by step (geometric mean after warm-up, 95% interval from blocks of
+    steps). The bypass probe R at probe points is shown too: after step 0 it also measures how much the
+    trained model relies on its branch (co-adaptation), not only dilution.
+    """
+    from ablate.model.fixes import NO_BRANCH
+    from ablate.store.schema import GROUPS
     from ablate.train.arm import ArmSetup, train_arm
+    from ablate.train.compare import compare_to_baseline
 
     cfg = _arm_config(
         fix,
@@ -231,45 +299,84 @@ def train(
         threshold,
         steps=steps,
         probe_every=probe_every,
+        group=group,
+        freeze_adapters=freeze_adapters,
     )
     setup = ArmSetup(cfg)
+    arms = [(f"train {setup.fix_name}", cfg, setup)]
+    with_base = baseline and not (setup.fix_name == NO_BRANCH and not freeze_adapters)
+    if with_base:
+        base_cfg = replace(cfg.with_fix(NO_BRANCH, None), freeze_adapters=False)
+        arms.insert(0, ("baseline no-branch", base_cfg, None))
+    results = []
     with _progress(quiet or as_json) as prog:
-        task = prog.add_task(f"train {setup.fix_name}", total=steps)
-        result = train_arm(cfg, on_step=lambda s: prog.update(task, completed=s + 1), setup=setup)
+        for label, arm_cfg, arm_setup in arms:
+            task = prog.add_task(label, total=steps)
+            results.append(
+                train_arm(arm_cfg, on_step=lambda s, t=task: prog.update(t, completed=s + 1), setup=arm_setup)
+            )
+    result = results[-1]
     summary = result.summary()
-    summary["probes"] = [p.to_dict() for p in result.probes]
+    summary["adapter_gain_batches"] = result.adapter_gain_batches
+    if with_base:
+        base = results[0]
+        summary.update(
+            compare_to_baseline(
+                result.metrics,
+                base.metrics,
+                result.adapter_gain_batches,
+                base.adapter_gain_batches,
+                GROUPS,
+                result.group,
+            )
+        )
+        summary["loss_slope_rel"] = result.loss_slope - base.loss_slope
+        summary["baseline"] = base.summary()
+    summary["probes"] = [p.flat() for p in result.probes]
     if as_json:
         _emit_json(summary)
         return
-    table = Table(title=f"Training run: {result.fix} (scale {fmt(result.scale)}), seed {seed}, {steps} steps")
+    _print_train_summary(summary, result, with_base, seed, steps)
+
+
+def _print_train_summary(summary: dict, result, with_base: bool, seed: int, steps: int) -> None:
+    from rich import box
+
+    from ablate.textfmt import fmt_ci
+
+    title = f"Training run: {result.fix} (scale {fmt(result.scale)}), seed {seed}, {steps} steps"
+    if result.frozen:
+        title += f", frozen: {', '.join(result.frozen)}"
+    table = Table(title=title, box=box.SIMPLE_HEAD)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in (
-        "loss_first",
-        "loss_last",
-        "loss_slope",
-        "grad_ratio_init",
-        "grad_ratio_final",
-        "grad_ratio_mean",
-        "wall_s",
-        "steps_per_s",
-        "peak_mem_mb",
-        "device",
-    ):
-        table.add_row(key, fmt(summary[key]))
+    table.add_column("meaning")
+    g = result.group
+    rows = [
+        ("adapter_gain", fmt_ci(summary["adapter_gain"], summary["adapter_gain_lo"], summary["adapter_gain_hi"]),
+         f"held-out loss, {g} reset - trained"),
+    ]  # fmt: skip
+    if with_base:
+        rows += [
+            ("adapter_gain_rel", fmt(summary["adapter_gain_rel"], 3), "gain / baseline's gain"),
+            ("train_grad_ratio",
+             fmt_ci(summary["train_grad_ratio"], summary["train_grad_ratio_lo"], summary["train_grad_ratio_hi"]),
+             f"|grad {g}| vs baseline run"),
+            ("train_update_ratio",
+             fmt_ci(summary["train_update_ratio"], summary["train_update_ratio_lo"], summary["train_update_ratio_hi"]),
+             f"update-to-weight {g} vs baseline"),
+            ("loss_slope_rel", fmt(summary["loss_slope_rel"], 3), "slope - baseline's slope"),
+        ]  # fmt: skip
+    rows += [
+        ("loss_slope", fmt(summary["loss_slope"], 3), "loss per 100 steps"),
+        ("loss_first/last", f"{fmt(summary['loss_first'], 4)} / {fmt(summary['loss_last'], 4)}", ""),
+        ("steps_per_s", fmt(summary["steps_per_s"], 3), f"{summary['device']}, probes excluded"),
+        ("wall_s", fmt(summary["wall_s"], 3), ""),
+    ]
+    for row in rows:
+        table.add_row(*row)
     _out().print(table)
-    probes = Table(title="Probe points")
-    for col in ("step", "ratio", "95% CI", "share", "verdict"):
-        probes.add_column(col, justify="right")
-    for p in result.probes:
-        probes.add_row(
-            str(p.step),
-            fmt(p.grad_ratio),
-            f"[{fmt(p.grad_ratio_ci[0], 3)}, {fmt(p.grad_ratio_ci[1], 3)}]",
-            fmt(p.grad_share, 3),
-            p.verdict,
-        )
-    _out().print(probes)
+    _print_probe_table(result.probes, "Bypass probe points (R after step 0 includes co-adaptation)", first="step")
 
 
 study_app = typer.Typer(help="Optuna studies over fix types and scales.", no_args_is_help=True)
@@ -342,7 +449,11 @@ def study_run(
         _emit_json({**outcome.__dict__, "plots": written})
         return
     if not quiet:
-        _print_frame(_trials(url, outcome.name), f"study {outcome.name}: {outcome.n_trials} finished trials")
+        from ablate.store import query as q
+        from ablate.store.engine import open_storage
+
+        engine = open_storage(url)
+        _print_view(engine, outcome.name, q.group_by_fix(engine, outcome.name), "per fix")
         if outcome.failed:
             err.print(f"{outcome.failed} trial(s) failed this time; run the same command to retry them.")
         for p in written:
@@ -386,8 +497,7 @@ def query(
     elif fmt_ == "csv":
         sys.stdout.write(frame.to_csv(index=False))
     else:  # the terminal view keeps the columns a reader compares; csv/json carry them all
-        keep = TABLE_COLUMNS.get(title)
-        _print_frame(frame[[c for c in keep if c in frame.columns]] if keep else frame, title)
+        _print_view(engine, study, frame, title)
 
 
 @app.command()
@@ -441,84 +551,54 @@ class _lookup_errors:
         return False
 
 
-TABLE_COLUMNS = {
-    "trials": (
-        "trial_number",
-        "fix",
-        "scale",
-        "status",
-        "n_seeds",
-        "loss_slope",
-        "loss_slope_rel",
-        "grad_ratio_init",
-        "grad_ratio_init_lo",
-        "grad_ratio_init_hi",
-        "grad_ratio_mean",
-        "verdict",
-    ),
-    "per fix": (
-        "fix",
-        "n_runs",
-        "n_trials",
-        "loss_slope_mean",
-        "loss_slope_lo",
-        "loss_slope_hi",
-        "loss_slope_rel_mean",
-        "grad_ratio_init_mean",
-        "grad_ratio_mean_mean",
-        "grad_ratio_mean_lo",
-        "grad_ratio_mean_hi",
-        "best_scale",
-    ),
-    "runs": (
-        "run_id",
-        "role",
-        "trial_number",
-        "seed",
-        "fix",
-        "scale",
-        "status",
-        "loss_slope",
-        "grad_ratio_init",
-        "grad_ratio_mean",
-        "wall_s",
-        "error",
-    ),
-}
-
-
-def _trials(url: str, name: str):
+def _print_view(engine, study: str | None, frame, title: str) -> None:
+    from ablate import views
+    from ablate.objectives import OBJECTIVES
     from ablate.store import query as q
-    from ablate.store.engine import open_storage
 
-    frame = q.trials_frame(open_storage(url), name)
-    return frame[[c for c in TABLE_COLUMNS["trials"] if c in frame.columns]]
+    if title in ("trials", "per fix") and not frame.empty:
+        objectives = [m for m in q.study_settings(engine, study)["objectives"] if m in OBJECTIVES]
+        view = views.trials_view(frame, objectives) if title == "trials" else views.fixes_view(frame, objectives)
+        _print_frame(view, title, views.scope_note(frame))
+    elif title == "runs" and not frame.empty:
+        _print_frame(views.runs_view(frame), title)
+    else:
+        _print_frame(frame, title)
 
 
 def _draw(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet: bool) -> list:
-    from ablate.plot import render_all
+    from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
+    from ablate.plot import ranked_runs, render_all
     from ablate.store import query as q
     from ablate.store.engine import open_storage
 
     engine = open_storage(url, create=False)
     settings = q.study_settings(engine, name)
     with _lookup_errors():
-        runs = q.runs_frame(engine, name)
+        trials = q.trials_frame(engine, name)
+        groups = q.group_by_fix(engine, name)
+        runs = ranked_runs(q.runs_frame(engine, name), trials)
         steps = q.step_metrics_frame(engine, name)
+    objectives = [m for m in settings["objectives"] if m in OBJECTIVES]
+    y, x = (objectives + [m for m in DEFAULT_OBJECTIVES if m not in objectives])[:2]
     return render_all(
         runs,
         steps,
         out_dir,
         kinds=kinds,
-        ratio_metric=settings["ratio_metric"],
-        slope_metric=settings["slope_metric"],
+        trials=trials,
+        references=groups[groups["fix"].isin(list(q.REFERENCE_LABELS.values()))],
+        axes=(x, y, OBJECTIVES[x].direction, OBJECTIVES[y].direction),
         threshold=settings["threshold"],
         on_skip=(lambda k, why: None) if quiet else (lambda k, why: err.print(f"plot {k} skipped: {why}")),
     )
 
 
-def _print_frame(frame, title: str) -> None:
-    table = Table(title=title)
+def _print_frame(frame, title: str, note: str = "") -> None:
+    from rich import box
+    from rich.markup import escape
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, caption=escape(note) if note else None, caption_justify="left")
     for col in frame.columns:
         table.add_column(str(col), justify="right" if frame[col].dtype.kind in "if" else "left")
     for row in frame.itertuples(index=False):

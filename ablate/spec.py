@@ -17,6 +17,7 @@ from ablate.errors import AblateInputError
 from ablate.model.aaclip import AAClipConfig
 from ablate.model.backbone import BACKBONES
 from ablate.model.fixes import NO_BRANCH, fix_names, parse_fix
+from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
 from ablate.train.arm import ArmConfig, DataConfig
 from ablate.train.device import DEVICE_CHOICES
 from ablate.train.run import RunConfig
@@ -26,14 +27,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-# Metrics a study may optimise, with the direction that is "better".
-OBJECTIVE_DIRECTIONS: dict[str, str] = {
-    "loss_slope": "minimize",
-    "loss_slope_rel": "minimize",
-    "loss_last": "minimize",
-    "grad_ratio_init": "maximize",
-    "grad_ratio_mean": "maximize",
-    "grad_ratio_final": "maximize",
+# Metrics a study may optimise, with the direction that is "better" (ablate/objectives.py defines them).
+OBJECTIVE_DIRECTIONS: dict[str, str] = {name: o.direction for name, o in OBJECTIVES.items()}
+# Raw ratios reward amplification (R > 1 beats R = 1); the dilution of the same ratio does not.
+_RATIO_INSTEAD = {
+    "grad_ratio_init": "dilution_init",
+    "grad_ratio_mean": "dilution_bypass",
+    "grad_ratio_final": "dilution_bypass",
+    "train_grad_ratio": "dilution_train",
 }
 SAMPLERS = ("tpe", "nsga2", "random")
 
@@ -78,9 +79,12 @@ class TrainingSection(_Strict):
 
 
 class ProbeSection(_Strict):
-    batches: int = Field(4, ge=1)
+    batches: int = Field(6, ge=2)  # >= 2: one batch gives no interval
     every: int = Field(50, ge=0)
     threshold: float = Field(0.8, gt=0)
+    # The adapter group verdicts, adapter_gain and the dilution objectives judge: the block adapters
+    # ("layers", default), the projections ("proj"), or both ("all", the seed's "image adapter").
+    group: Literal["layers", "proj", "all"] = "layers"
 
 
 class ScaleRange(_Strict):
@@ -156,7 +160,10 @@ class StudySection(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0])
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     sampler_seed: int = 0
-    objectives: list[str] = Field(default_factory=lambda: ["loss_slope", "grad_ratio_mean"])
+    objectives: list[str] = Field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
+    # Reference arms run once per seed beside the no-branch baseline: the block adapters frozen
+    # (no branch), the known-bad case every objective should score below the baseline.
+    frozen_control: bool = True
     # Single-objective mode: keep the ratio as a constraint instead (the seed's 0.8).
     constraint_metric: str | None = None
     constraint_min: float | None = None
@@ -177,6 +184,11 @@ class StudySection(_Strict):
         if not 1 <= len(v) <= 2:
             raise ValueError("give one or two objectives")
         for m in v:
+            if m in _RATIO_INSTEAD:
+                raise ValueError(
+                    f"{m!r} rewards amplification (a ratio above 1 would rank better than 1); "
+                    f"use {_RATIO_INSTEAD[m]!r}, which measures the shortfall from 1"
+                )
             if m not in OBJECTIVE_DIRECTIONS:
                 raise ValueError(f"unknown objective {m!r}; valid: {', '.join(OBJECTIVE_DIRECTIONS)}")
         if len(set(v)) != len(v):
@@ -191,9 +203,12 @@ class StudySection(_Strict):
             raise ValueError(f"constraint_metric: unknown metric {self.constraint_metric!r}")
         if self.pruning and len(self.objectives) != 1:
             raise ValueError("pruning: Optuna prunes single-objective studies only; set one objective")
-        if self.pruning and OBJECTIVE_DIRECTIONS[self.objectives[0]] != "minimize":
-            # The pruner reads the intermediate *loss* in the study's direction.
-            raise ValueError("pruning: prunes on intermediate loss, so the objective must be a loss metric")
+        if self.pruning and not OBJECTIVES[self.objectives[0]].intermediate:
+            # The pruner must read the quantity the objective optimises; only these have one mid-run.
+            ok = ", ".join(n for n, o in OBJECTIVES.items() if o.intermediate)
+            raise ValueError(
+                f"pruning: {self.objectives[0]!r} is only known at the end of a run; pruning needs one of {ok}"
+            )
         return self
 
     @property
@@ -211,8 +226,8 @@ class StudySpec(_Strict):
     search: SearchSection = Field(default_factory=SearchSection)
     study: StudySection = Field(default_factory=StudySection)
 
-    def arm(self, fix: str, scale: float | None, seed: int) -> ArmConfig:
-        """The engine's config for one arm of this study."""
+    def arm(self, fix: str, scale: float | None, seed: int, frozen: bool = False) -> ArmConfig:
+        """The engine's config for one arm of this study (``frozen``: the frozen-adapter control)."""
         return ArmConfig(
             model=AAClipConfig(
                 backbone=self.model.backbone,
@@ -234,10 +249,12 @@ class StudySpec(_Strict):
                 lr=self.training.lr,
                 probe_every=self.probe.every,
                 threshold=self.probe.threshold,
+                group=self.probe.group,
             ),
             probe_batches=self.probe.batches,
             seed=seed,
             device=self.training.device,
+            freeze_adapters=frozen,
         )
 
 

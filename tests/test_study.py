@@ -12,16 +12,20 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 
+from ablate.errors import AblateInputError
+from ablate.objectives import trial_value
 from ablate.spec import parse_spec
-from ablate.store import open_storage, query
+from ablate.store import open_storage, query, writer
 from ablate.study import run_study
-from ablate.study.runner import StudySpecConflict
+from ablate.study import runner as study_runner
+from ablate.study.runner import StudyReporter, StudySpecConflict
 from ablate.study.space import default_arm_params
 from tests.study_helpers import MINI, copy_db, sqlite_url, write_spec
 
-N_METRICS = 5  # loss, grad_norm_adapter, grad_norm_branch, upd_adapter, upd_branch (+ gates)
+N_METRICS = 9  # loss, grad_norm_{layers,proj,all,branch}, upd_{layers,proj,all,branch} (+ gates)
 
 
 def study_cmd(spec: Path, db: Path) -> list[str]:
@@ -48,8 +52,9 @@ def _runs(db: Path) -> list[tuple]:
 def test_study_stores_every_seed_and_baseline(mini_study_db):
     runs = _runs(mini_study_db)
     complete = [r for r in runs if r[5] == "complete"]
-    assert len(complete) == len(runs) == 4 * 2 + 2
+    assert len(complete) == len(runs) == 4 * 2 + 2 + 2  # trials x seeds, a baseline and a control per seed
     assert sorted((r[2], r[3]) for r in runs if r[0] == "baseline") == [(0, "no-branch"), (1, "no-branch")]
+    assert sorted((r[2], r[3]) for r in runs if r[0] == "control") == [(0, "no-branch"), (1, "no-branch")]
     trial_seeds = sorted((r[1], r[2]) for r in runs if r[0] == "trial")
     assert trial_seeds == [(t, s) for t in range(4) for s in (0, 1)]
     with sqlite3.connect(mini_study_db) as con:
@@ -64,16 +69,22 @@ def test_optuna_api_reads_our_file_and_defaults_come_first(mini_study_db):
     study = optuna.load_study(study_name="mini", storage=sqlite_url(mini_study_db))
     trials = study.get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
-    assert study.directions == [optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MAXIMIZE]
-    assert study.metric_names == ["loss_slope", "grad_ratio_mean"]
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    assert study.metric_names == ["adapter_gain", "dilution_train"]
     # Every fix at its registry default first, then the sampler.
     assert [t.params for t in trials[:3]] == [default_arm_params(f) for f in ("none", "fixed-scale", "tanh-gate")]
     assert trials[2].params["scale[tanh-gate]"] == 0.0
-    # The objective is the mean over seeds of the stored runs.
-    runs = query.runs_frame(open_storage(sqlite_url(mini_study_db)), "mini")
-    t0 = runs[(runs.role == "trial") & (runs.trial_number == 0)]
-    assert trials[0].values[0] == pytest.approx(t0.loss_slope.mean())
-    assert trials[0].values[1] == pytest.approx(t0.grad_ratio_mean.mean())
+    # The objectives are computed from the stored runs the same way the query computes them.
+    engine = open_storage(sqlite_url(mini_study_db))
+    runs = query.runs_frame(engine, "mini")
+    frame = query.trials_frame(engine, "mini")
+    for t in trials:
+        rows = runs[(runs.role == "trial") & (runs.trial_number == t.number)].to_dict(orient="records")
+        assert t.values[0] == pytest.approx(sum(r["adapter_gain"] for r in rows) / 2)
+        assert t.values[1] == pytest.approx(trial_value("dilution_train", rows))
+        shown = frame[frame.trial_number == t.number].iloc[0]
+        assert (shown.adapter_gain, shown.dilution_train) == pytest.approx(tuple(t.values))
+        assert shown.ranked
 
 
 def test_optuna_cli_lists_trials(mini_study_db):
@@ -107,7 +118,7 @@ def test_resume_runs_only_missing_trials(tmp_path):
     more = run_study(spec, MINI, url, n_trials=3)
     assert (more.n_trials, more.ran) == (3, 1)
     runs = _runs(tmp_path / "r.db")
-    assert len(runs) == 2 + 3 * 2  # the baselines were not repeated
+    assert len(runs) == 2 + 2 + 3 * 2  # the baselines and controls were not repeated
     assert len({r[:3] for r in runs}) == len(runs)
 
 
@@ -161,11 +172,11 @@ def test_interrupt_then_rerun_completes_without_double_counting(tmp_path):
     assert sum(t.params == default_arm_params("none") for t in complete) >= 1
 
 
-def test_single_objective_with_ratio_constraint_and_pruning(tmp_path):
+def test_single_objective_with_dilution_constraint_and_pruning(tmp_path):
     text = MINI.replace(
         "seeds = [0, 1]",
-        'seeds = [0]\nobjectives = ["loss_slope"]\nconstraint_metric = "grad_ratio_init"\nconstraint_min = 0.8\n'
-        "pruning = true",
+        'seeds = [0]\nobjectives = ["loss_slope"]\nconstraint_metric = "dilution_init"\nconstraint_min = 0.2\n'
+        "pruning = true\nfrozen_control = false",
     )
     out = run_study(parse_spec(text), text, sqlite_url(tmp_path / "c.db"))
     assert out.n_trials == 4
@@ -173,10 +184,55 @@ def test_single_objective_with_ratio_constraint_and_pruning(tmp_path):
     assert len(study.directions) == 1
     done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
     assert done and all(len(t.user_attrs["constraint"]) == 1 for t in done)
-    # constraint value = 0.8 - ratio (<= 0 means satisfied)
+    # constraint value = dilution - 0.2 for a metric to minimise (<= 0 means satisfied)
     runs = query.runs_frame(open_storage(sqlite_url(tmp_path / "c.db")), "mini")
-    r0 = runs[(runs.role == "trial") & (runs.trial_number == done[0].number)].grad_ratio_init.mean()
-    assert done[0].user_attrs["constraint"][0] == pytest.approx(0.8 - r0)
+    for t in done:
+        row = runs[(runs.role == "trial") & (runs.trial_number == t.number)].iloc[0]
+        assert t.user_attrs["constraint"][0] == pytest.approx(trial_value("dilution_init", [row]) - 0.2)
+        # The pruner read the objective's own quantity: the slope of the losses so far (one flush here).
+        assert t.intermediate_values[5] == pytest.approx(row.loss_slope)
+    assert not (runs.role == "control").any()
+
+
+def test_pruning_is_refused_for_objectives_known_only_at_the_end():
+    text = MINI.replace("seeds = [0, 1]", 'seeds = [0]\nobjectives = ["adapter_gain"]\npruning = true')
+    with pytest.raises(AblateInputError, match="only known at the end of a run"):
+        parse_spec(text)
+
+
+def test_ratio_objectives_that_reward_amplification_are_refused():
+    text = MINI.replace("seeds = [0, 1]", 'seeds = [0]\nobjectives = ["grad_ratio_mean"]')
+    with pytest.raises(AblateInputError, match="dilution_bypass"):
+        parse_spec(text)
+
+
+def test_a_trial_waits_for_a_baseline_leased_elsewhere(tmp_path, monkeypatch):
+    """Another worker holds seed 0's baseline; the trial waits instead of failing, then takes the run
+    over once the lease lapses, and every trial completes with its comparison computed."""
+    monkeypatch.setattr(study_runner, "REFERENCE_POLL_S", 0.2)
+    monkeypatch.setattr(study_runner, "BASELINE_LEASE_S", 1.5)
+    text = MINI.replace("seeds = [0, 1]", "seeds = [0]\nfrozen_control = false").replace("trials = 4", "trials = 1")
+    url = sqlite_url(tmp_path / "w.db")
+    spec = parse_spec(text)
+    engine = open_storage(url)
+    from ablate.spec import spec_hash
+
+    objectives = [{"metric": m, "direction": d} for m, d in zip(spec.study.objectives, spec.study.directions)]
+    sid = writer.register_study(engine, "mini", "mini", text, spec_hash(text), objectives, writer.runtime_meta())
+    writer.start_run(engine, sid, "baseline", None, 0, "no-branch", None, "cpu")  # the other worker's
+
+    waits = []
+
+    class Recorder(StudyReporter):
+        def waiting(self, what: str) -> None:
+            waits.append(what)
+
+    out = run_study(spec, text, url, reporter=Recorder())
+    assert waits and "baseline seed 0" in waits[0]
+    assert out.n_trials == 1 and out.failed == 0
+    runs = query.runs_frame(engine, "mini")
+    trial = runs[runs.role == "trial"].iloc[0]
+    assert trial.status == "complete" and pd.notna(trial.loss_slope_rel) and pd.notna(trial.train_grad_ratio)
 
 
 def test_study_on_postgresql(fresh_pg_url):

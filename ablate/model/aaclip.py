@@ -114,13 +114,13 @@ class AAClipModel(nn.Module):
     def has_branch(self) -> bool:
         return self.branch is not None
 
-    def adapter_parameters(self) -> list[nn.Parameter]:
-        """Group A: everything AA-CLIP's image adapter trains (block adapters + projections)."""
-        return [*self.adapters.parameters(), *self.seg_proj.parameters(), *self.det_proj.parameters()]
-
-    def adapter_layer_parameters(self) -> list[nn.Parameter]:
-        """The per-block adapters alone: the part of A that sits upstream of the branch's effect."""
-        return list(self.adapters.parameters())
+    def adapter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The trainable adapter groups: the per-block adapters (upstream of everything the branch
+        touches) and the per-level + detection projections (which can learn the task alone)."""
+        return {
+            "layers": list(self.adapters.parameters()),
+            "proj": [*self.seg_proj.parameters(), *self.det_proj.parameters()],
+        }
 
     def branch_parameters(self) -> list[nn.Parameter]:
         """Group X: the branch and its join's own parameters (alpha, gate, lambda)."""

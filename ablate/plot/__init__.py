@@ -12,7 +12,6 @@ from typing import Any
 from ablate.plot.extract import (
     FIX_ORDER,
     KINDS,
-    BaselineMark,
     BestTrial,
     Curve,
     GatesData,
@@ -22,6 +21,7 @@ from ablate.plot.extract import (
     NoPlotData,
     RatioLevel,
     RatioScaleData,
+    ReferenceMark,
     ScaleSeries,
     TradeoffData,
     TrialPoint,
@@ -34,6 +34,13 @@ from ablate.plot.extract import (
     fix_sort_key,
 )
 from ablate.plot.pareto import pareto_front
+
+
+def ranked_runs(runs: Any, trials: Any) -> Any:
+    """The runs a plot may draw: the reference runs and the runs of ranked trials only."""
+    keep = set(trials.loc[trials["ranked"], "trial_number"].astype(int))
+    is_trial = runs["role"] == "trial"
+    return runs[~is_trial | runs["trial_number"].isin(keep)]
 
 _RENDER_NAMES = frozenset(
     {
@@ -63,7 +70,8 @@ __all__ = [
     "FIX_ORDER",
     "KINDS",
     "RENDERERS",
-    "BaselineMark",
+    "ReferenceMark",
+    "ranked_runs",
     "BestTrial",
     "Curve",
     "FixStyle",

@@ -6,11 +6,13 @@ it. Tests and notebooks can therefore check the numbers behind a figure without 
 
 Conventions shared by every extractor:
 
-- Only runs with ``status == 'complete'`` count; failed, pruned and running runs are ignored.
+- Only runs with ``status == 'complete'`` count; failed, pruned and running runs are ignored, and the
+  caller passes only the runs of *ranked* trials (``ablate.plot.ranked_runs``), so a pruned trial's
+  complete seeds never stand for the trial.
 - A *trial* is identified by ``(study, trial_number)``; its seeds are its complete runs.
 - Seed spread is the sample standard deviation (ddof=1) over seeds, 0.0 for a single seed.
 - Bands around curves span min..max over seeds (with 2-3 seeds a std band says little).
-- The ``no-branch`` reference runs have ``role == 'baseline'``.
+- The ``no-branch`` reference runs have ``role == 'baseline'``; the frozen-adapter control ``'control'``.
 - No data to draw raises :class:`NoPlotData` (an ``AblateInputError``, hence a ``ValueError``)
   with a one-line message, never a matplotlib traceback.
 """
@@ -26,6 +28,7 @@ import pandas as pd
 from ablate.errors import AblateInputError
 from ablate.model.fixes import NO_BRANCH, fix_names
 from ablate.plot.pareto import pareto_front
+from ablate.stats import geo_mean
 
 KINDS: tuple[str, ...] = ("tradeoff", "loss", "ratio-scale", "gates", "grad-norms")
 BASELINE_FIX = NO_BRANCH
@@ -60,39 +63,55 @@ def fix_sort_key(fix: str) -> tuple[int, str]:
 
 @dataclass(frozen=True)
 class TrialPoint:
-    """One trial on the tradeoff plot: means over its complete seeds, with their spread."""
+    """One trial on the tradeoff plot: its values over its complete seeds, with 95% intervals."""
 
     study: str
     trial_number: int
     fix: str
     scale: float  # NaN for fixes without a scale
-    ratio: float
-    ratio_std: float
-    slope: float
-    slope_std: float
+    x: float
+    x_lo: float
+    x_hi: float
+    y: float
+    y_lo: float
+    y_hi: float
     n_seeds: int
+    status: str
+    ranked: bool
 
 
 @dataclass(frozen=True)
-class BaselineMark:
-    """The ``no-branch`` reference: ratio is 1.0 by definition when the column is NaN."""
+class ReferenceMark:
+    """A reference arm (the no-branch baseline, the frozen-adapter control) over its seeds."""
 
-    ratio: float
-    slope: float
-    slope_std: float
+    label: str
+    x: float
+    x_lo: float
+    x_hi: float
+    y: float
+    y_lo: float
+    y_hi: float
     n_seeds: int
 
 
 @dataclass(frozen=True)
 class TradeoffData:
-    """Loss slope versus gradient ratio, per trial, with the Pareto front and the baseline."""
+    """The study's two objectives per trial: ranked trials, their Pareto front, the references.
 
-    points: tuple[TrialPoint, ...]  # sorted by fix display order, then study, trial number
-    front: tuple[TrialPoint, ...]  # non-dominated trials (max ratio, min slope), sorted by ratio
-    baseline: BaselineMark | None
-    threshold: float
-    ratio_metric: str
-    slope_metric: str
+    Only ranked trials (complete, every seed of the spec) are points and may sit on the front;
+    pruned, failed and incomplete trials are listed in ``unranked`` and drawn apart, never ranked.
+    """
+
+    points: tuple[TrialPoint, ...]  # ranked trials, fix display order, then study, trial number
+    unranked: tuple[TrialPoint, ...]
+    front: tuple[TrialPoint, ...]  # non-dominated ranked trials, sorted by x
+    references: tuple[ReferenceMark, ...]
+    x_metric: str
+    y_metric: str
+    x_direction: str  # "minimize" | "maximize"
+    y_direction: str
+    threshold_x: float | None  # where the probe threshold R falls on x (dilution axes), else None
+    interval: str  # what the bars are, e.g. "95% interval over 3 seeds"
     studies: tuple[str, ...]
 
     def by_fix(self) -> dict[str, list[TrialPoint]]:
@@ -206,12 +225,11 @@ class GatesData:
 
 @dataclass(frozen=True, eq=False)  # holds numpy arrays
 class GradNormsData:
-    """Adapter and branch gradient norms per step, best trial per fix plus the baseline.
+    """Gradient norms per step of the block adapters, the projections and the branch, best trial
+    per fix plus the baseline (last in each adapter panel; it has no branch)."""
 
-    The baseline appears only in ``adapter``: without a branch there is no branch gradient.
-    """
-
-    adapter: tuple[Curve, ...]  # baseline (if any) last
+    layers: tuple[Curve, ...]
+    proj: tuple[Curve, ...]
     branch: tuple[Curve, ...]
     selection: str
     band: str = BAND_RULE
@@ -296,63 +314,87 @@ def _check_steps(steps: pd.DataFrame) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _trial_table(trials: pd.DataFrame, ratio_metric: str, slope_metric: str) -> list[dict]:
-    """One record per trial (means and seed spreads of the two metrics), in display order."""
-    rows = []
-    for (study, number), g in trials.groupby(_RUN_KEY, sort=True):
-        rows.append(
-            {
-                "study": str(study),
-                "trial_number": int(number),
-                "fix": str(g["fix"].iloc[0]),
-                "scale": _first_scale(g["scale"]),
-                "ratio": _mean(g[ratio_metric]),
-                "ratio_std": _spread(g[ratio_metric]),
-                "slope": _mean(g[slope_metric]),
-                "slope_std": _spread(g[slope_metric]),
-                "n_seeds": len(g),
-            }
-        )
-    rows.sort(key=lambda r: (fix_sort_key(r["fix"]), r["study"], r["trial_number"]))
-    return rows
+def _f(row: pd.Series, key: str) -> float:
+    v = row.get(key) if key in row.index else None
+    return float("nan") if v is None or pd.isna(v) else float(v)
 
 
 def extract_tradeoff(
-    runs: pd.DataFrame,
-    ratio_metric: str = "grad_ratio_mean",
-    slope_metric: str = "loss_slope",
-    threshold: float = 0.8,
+    trials: pd.DataFrame,
+    references: pd.DataFrame | None,
+    x_metric: str,
+    y_metric: str,
+    x_direction: str,
+    y_direction: str,
+    threshold: float | None = None,
 ) -> TradeoffData:
-    """Per-trial (ratio, slope) means with seed spread, the Pareto front and the baseline mark.
-
-    The front maximises the ratio and minimises the slope over trials whose two means are known.
-    """
-    _require_columns(runs, "runs", [ratio_metric, slope_metric])
-    trials = _complete_trials(runs, "the tradeoff")
-    points = tuple(TrialPoint(**rec) for rec in _trial_table(trials, ratio_metric, slope_metric))
-    if all(np.isnan(p.ratio) or np.isnan(p.slope) for p in points):
-        raise NoPlotData("runs", f"no complete trial has both {ratio_metric} and {slope_metric} (all NaN)")
-    front_idx = pareto_front([(p.ratio, p.slope) for p in points], maximize_x=True, minimize_y=True)
-
-    done = _complete(runs)
-    base = done[done["role"] == "baseline"]
-    baseline = None
-    if not base.empty:
-        ratio = _mean(base[ratio_metric])
-        baseline = BaselineMark(
-            ratio=1.0 if np.isnan(ratio) else ratio,
-            slope=_mean(base[slope_metric]),
-            slope_std=_spread(base[slope_metric]),
-            n_seeds=len(base),
+    """Per-trial values of two objectives (``trials`` is ``query.trials_frame``, with ``<m>``,
+    ``<m>_lo``, ``<m>_hi`` and ``ranked``); the front over ranked trials; ``references`` (rows of
+    ``query.group_by_fix`` whose fix is a reference label) become marks. ``threshold`` (a probe
+    ratio) is placed on a dilution x axis as -log(threshold)."""
+    _require_columns(trials, "trials", ["trial_number", "fix", "scale", "status", "ranked", x_metric, y_metric])
+    if trials.empty:
+        raise NoPlotData("trials", "no trials to plot the tradeoff")
+    pts = []
+    for _, r in trials.iterrows():
+        pts.append(
+            TrialPoint(
+                study=str(r["study"]),
+                trial_number=int(r["trial_number"]),
+                fix=str(r["fix"]),
+                scale=_f(r, "scale"),
+                x=_f(r, x_metric),
+                x_lo=_f(r, f"{x_metric}_lo"),
+                x_hi=_f(r, f"{x_metric}_hi"),
+                y=_f(r, y_metric),
+                y_lo=_f(r, f"{y_metric}_lo"),
+                y_hi=_f(r, f"{y_metric}_hi"),
+                n_seeds=int(r["n_seeds"]),
+                status=str(r["status"]),
+                ranked=bool(r["ranked"]),
+            )
         )
+    pts.sort(key=lambda p: (fix_sort_key(p.fix), p.study, p.trial_number))
+    ranked = [p for p in pts if p.ranked and not (np.isnan(p.x) or np.isnan(p.y))]
+    if not ranked:
+        raise NoPlotData("trials", f"no ranked trial (complete, every seed) has both {x_metric} and {y_metric}")
+    front_idx = pareto_front(
+        [(p.x, p.y) for p in ranked], maximize_x=x_direction == "maximize", minimize_y=y_direction == "minimize"
+    )
+    refs = []
+    if references is not None:
+        for _, r in references.iterrows():
+            refs.append(
+                ReferenceMark(
+                    label=str(r["fix"]),
+                    x=_f(r, x_metric),
+                    x_lo=_f(r, f"{x_metric}_lo"),
+                    x_hi=_f(r, f"{x_metric}_hi"),
+                    y=_f(r, y_metric),
+                    y_lo=_f(r, f"{y_metric}_lo"),
+                    y_hi=_f(r, f"{y_metric}_hi"),
+                    n_seeds=int(r["n_seeds"]),
+                )
+            )
+    seeds = sorted({p.n_seeds for p in ranked})
+    interval = (
+        "95% interval over seeds" if seeds[0] > 1 else "95% interval within one seed only (batch/step noise)"
+    )
+    threshold_x = None
+    if threshold is not None and x_metric.startswith("dilution") and threshold > 0:
+        threshold_x = max(0.0, -float(np.log(threshold)))
     return TradeoffData(
-        points=points,
-        front=tuple(points[i] for i in front_idx),
-        baseline=baseline,
-        threshold=float(threshold),
-        ratio_metric=ratio_metric,
-        slope_metric=slope_metric,
-        studies=tuple(sorted({p.study for p in points})),
+        points=tuple(ranked),
+        unranked=tuple(p for p in pts if p not in ranked),
+        front=tuple(ranked[i] for i in front_idx),
+        references=tuple(refs),
+        x_metric=x_metric,
+        y_metric=y_metric,
+        x_direction=x_direction,
+        y_direction=y_direction,
+        threshold_x=threshold_x,
+        interval=interval,
+        studies=tuple(sorted({p.study for p in ranked})),
     )
 
 
@@ -454,22 +496,27 @@ def extract_loss_curves(steps: pd.DataFrame, runs: pd.DataFrame, slope_metric: s
 
 
 def extract_grad_norms(steps: pd.DataFrame, runs: pd.DataFrame, slope_metric: str = "loss_slope") -> GradNormsData:
-    """Mean 'grad_norm_adapter' and 'grad_norm_branch' per step, best trial per fix + baseline."""
+    """Mean 'grad_norm_layers', 'grad_norm_proj' and 'grad_norm_branch' per step, best trial per
+    fix + the baseline (adapter panels only)."""
     _check_steps(steps)
     best = best_trial_per_fix(runs, slope_metric)
-    adapter, branch = [], []
+    panels: dict[str, list[Curve]] = {"layers": [], "proj": [], "branch": []}
     for b in best.values():
-        for name, out in (("grad_norm_adapter", adapter), ("grad_norm_branch", branch)):
-            c = _curve_for(b, _metric_rows(steps, b.run_ids, name))
+        for group, out in panels.items():
+            c = _curve_for(b, _metric_rows(steps, b.run_ids, f"grad_norm_{group}"))
             if c is not None:
                 out.append(c)
-    base = _baseline_curve(_metric_rows(steps, _baseline_ids(runs), "grad_norm_adapter"))
-    if base is not None:
-        adapter.append(base)
-    if not adapter and not branch:
-        raise NoPlotData("steps", "no 'grad_norm_adapter'/'grad_norm_branch' step metrics for any complete run")
+    for group in ("layers", "proj"):
+        base = _baseline_curve(_metric_rows(steps, _baseline_ids(runs), f"grad_norm_{group}"))
+        if base is not None:
+            panels[group].append(base)
+    if not any(panels.values()):
+        raise NoPlotData("steps", "no 'grad_norm_layers/proj/branch' step metrics for any complete run")
     return GradNormsData(
-        adapter=tuple(adapter), branch=tuple(branch), selection=BEST_TRIAL_RULE.format(metric=slope_metric)
+        layers=tuple(panels["layers"]),
+        proj=tuple(panels["proj"]),
+        branch=tuple(panels["branch"]),
+        selection=BEST_TRIAL_RULE.format(metric=slope_metric),
     )
 
 
@@ -479,9 +526,9 @@ def extract_grad_norms(steps: pd.DataFrame, runs: pd.DataFrame, slope_metric: st
 
 
 def extract_ratio_vs_scale(
-    runs: pd.DataFrame, ratio_metric: str = "grad_ratio_mean", threshold: float = 0.8
+    runs: pd.DataFrame, ratio_metric: str = "train_grad_ratio", threshold: float = 0.8
 ) -> RatioScaleData:
-    """Mean ratio (std over runs) per (fix, scale) for fixes with a scale; levels for the others."""
+    """Geometric-mean ratio (std over runs) per (fix, scale) for fixes with a scale; levels for the others."""
     _require_columns(runs, "runs", [ratio_metric])
     trials = _complete_trials(runs, "ratio vs scale")
     trials = trials[trials[ratio_metric].notna()]
@@ -492,10 +539,10 @@ def extract_ratio_vs_scale(
         g = trials[trials["fix"] == fix]
         scaled = g[g["scale"].notna()]
         if scaled.empty:
-            unscaled.append(RatioLevel(fix, _mean(g[ratio_metric]), _spread(g[ratio_metric]), len(g)))
+            unscaled.append(RatioLevel(fix, geo_mean(g[ratio_metric].tolist()), _spread(g[ratio_metric]), len(g)))
             continue
         rows = [
-            (float(s), _mean(sg[ratio_metric]), _spread(sg[ratio_metric]), len(sg))
+            (float(s), geo_mean(sg[ratio_metric].tolist()), _spread(sg[ratio_metric]), len(sg))
             for s, sg in scaled.groupby("scale", sort=True)
         ]
         arr = np.array(rows, dtype=float).reshape(-1, 4)

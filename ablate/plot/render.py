@@ -103,18 +103,36 @@ def _study_suffix(studies: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+_METRIC_LABELS = {
+    "adapter_gain": "adapter gain: held-out loss, adapters reset − trained (higher = learned more)",
+    "adapter_gain_rel": "adapter gain / baseline's (1 = learned as much as without the branch)",
+    "dilution_train": "dilution during training: max(0, −log R_train) (0 = baseline's gradient)",
+    "dilution_update": "update dilution: max(0, −log U_train) (0 = baseline's step size)",
+    "dilution_init": "dilution at step 0: max(0, −log R_bypass)",
+    "dilution_bypass": "bypass dilution over the run (includes co-adaptation)",
+    "loss_slope": "loss slope per 100 steps (negative = learning)",
+    "loss_slope_rel": "loss slope − baseline's (negative = faster)",
+    "loss_last": "final training loss",
+}
+
+
+def _errs(vals: Sequence[float], los: Sequence[float], his: Sequence[float]) -> np.ndarray:
+    v, lo, hi = (np.asarray(a, dtype=float) for a in (vals, los, his))
+    return np.nan_to_num(np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)]))
+
+
 def render_tradeoff(data: TradeoffData) -> Figure:
-    """Loss slope (y) against gradient ratio (x): the tradeoff a fix has to win."""
+    """The study's two objectives per ranked trial, with 95% intervals, the front and the references."""
     fig = _figure()
     ax = fig.add_subplot()
     n_entries = 0
     for fix, pts in data.by_fix().items():
         st = fix_style(fix)
         ax.errorbar(
-            [p.ratio for p in pts],
-            [p.slope for p in pts],
-            xerr=[p.ratio_std for p in pts],
-            yerr=[p.slope_std for p in pts],
+            [p.x for p in pts],
+            [p.y for p in pts],
+            xerr=_errs([p.x for p in pts], [p.x_lo for p in pts], [p.x_hi for p in pts]),
+            yerr=_errs([p.y for p in pts], [p.y_lo for p in pts], [p.y_hi for p in pts]),
             fmt=st.marker,
             color=st.colour,
             ecolor=st.colour,
@@ -125,70 +143,52 @@ def render_tradeoff(data: TradeoffData) -> Figure:
             label=f"{fix} ({len(pts)} trial{'s' if len(pts) != 1 else ''})",
         )
         n_entries += 1
-    if len(data.front) > 1:
-        ax.plot(
-            [p.ratio for p in data.front],
-            [p.slope for p in data.front],
-            drawstyle="steps-pre",
-            color="0.25",
-            linewidth=1.2,
-            zorder=1,
-            label="Pareto front",
+    if data.unranked:
+        ax.scatter(
+            [p.x for p in data.unranked],
+            [p.y for p in data.unranked],
+            s=40,
+            facecolors="none",
+            edgecolors="0.6",
+            label=f"not ranked: pruned, failed, incomplete or no value ({len(data.unranked)})",
         )
         n_entries += 1
     if data.front:
         ax.scatter(
-            [p.ratio for p in data.front],
-            [p.slope for p in data.front],
+            [p.x for p in data.front],
+            [p.y for p in data.front],
             s=160,
             facecolors="none",
             edgecolors="0.25",
             linewidths=1.0,
             zorder=3,
-            label="on front" if len(data.front) == 1 else None,
-        )
-    if data.baseline is not None:
-        b = data.baseline
-        ax.errorbar(
-            [b.ratio],
-            [b.slope],
-            yerr=[b.slope_std],
-            fmt="*",
-            color=BASELINE_COLOUR,
-            markersize=16,
-            capsize=3,
-            zorder=4,
-            label=f"{BASELINE_FIX} baseline ({b.n_seeds} seed{'s' if b.n_seeds != 1 else ''})",
+            label="Pareto front (ranked trials)",
         )
         n_entries += 1
-    ax.axvline(
-        data.threshold,
-        color="0.4",
-        linestyle="--",
-        linewidth=1.0,
-        zorder=0,
-        label=f"threshold R = {data.threshold:g}",
-    )
-    for text, ha in ((f" OK (R ≥ {data.threshold:g}) →", "left"), ("← CAUTION ", "right")):
-        ax.text(
-            data.threshold,
-            0.985,
-            text,
-            transform=ax.get_xaxis_transform(),
-            ha=ha,
-            va="top",
-            fontsize="small",
-            color="0.3",
+    for ref, marker in zip(data.references, ("*", "X", "P")):
+        ax.errorbar(
+            [ref.x],
+            [ref.y],
+            xerr=_errs([ref.x], [ref.x_lo], [ref.x_hi]),
+            yerr=_errs([ref.y], [ref.y_lo], [ref.y_hi]),
+            fmt=marker,
+            color=BASELINE_COLOUR,
+            markersize=14 if marker == "*" else 10,
+            capsize=3,
+            zorder=4,
+            label=f"{ref.label}, {ref.n_seeds} seed{'s' if ref.n_seeds != 1 else ''}",
         )
-    lo, hi = ax.get_ylim()
-    if lo < 0.0 < hi:  # the no-learning line, only where it does not squash the data into a corner
-        ax.axhline(0.0, color="0.8", linewidth=0.8, zorder=0)
-    n_entries += 1
-    ax.set_xlabel(f"gradient ratio R = |∇adapters| with / without branch  [{data.ratio_metric}]")
-    ax.set_ylabel(f"loss slope, loss per 100 steps (negative = learning)  [{data.slope_metric}]")
+        n_entries += 1
+    if data.threshold_x is not None:
+        ax.axvline(data.threshold_x, color="0.4", linestyle="--", linewidth=1.0, zorder=0, label="probe threshold R")
+        n_entries += 1
+    ax.set_xlabel(_METRIC_LABELS.get(data.x_metric, data.x_metric), fontsize="small")
+    ax.set_ylabel(_METRIC_LABELS.get(data.y_metric, data.y_metric), fontsize="small")
+    better_x = "left" if data.x_direction == "minimize" else "right"
+    better_y = "up" if data.y_direction == "maximize" else "down"
     ax.set_title(
-        f"Loss slope vs gradient ratio{_study_suffix(data.studies)}\n"
-        "mean over seeds, bars = std over seeds; better is right and down",
+        f"{data.y_metric} vs {data.x_metric}{_study_suffix(data.studies)}\n"
+        f"bars = {data.interval}; better is {better_x} and {better_y}",
         fontsize="medium",
     )
     ax.grid(alpha=0.3)
@@ -289,7 +289,7 @@ def render_ratio_vs_scale(data: RatioScaleData) -> Figure:
         ax0.set_xlim(lo - pad, hi + pad)
         ax0.set_xlabel("s ≤ 0" if ax is not None else "scale s")
     (ax0 if ax0 is not None else ax).set_ylabel(f"gradient ratio R  [{data.ratio_metric}]")
-    fig.suptitle("Gradient ratio vs scale — mean over runs, bars = std", fontsize="medium")
+    fig.suptitle("Gradient ratio vs scale — geometric mean over runs, bars = std of the ratios", fontsize="medium")
     n = len(data.series) + len(data.unscaled) + 2
     _legend(main, n)
     return fig
@@ -328,10 +328,11 @@ def render_gates(data: GatesData) -> Figure:
 
 
 def render_grad_norms(data: GradNormsData) -> Figure:
-    """Adapter and branch gradient norms per step (log y): who takes the gradient?"""
-    fig = _figure(12.0, 5.0)
-    ax_a, ax_b = fig.subplots(1, 2, sharex=True)
-    for ax, curves, what in ((ax_a, data.adapter, "image adapters"), (ax_b, data.branch, "branch")):
+    """Gradient norms per step (log y) of the block adapters, the projections and the branch."""
+    fig = _figure(16.0, 5.0)
+    axes = fig.subplots(1, 3, sharex=True)
+    panels = ((data.layers, "block adapters"), (data.proj, "projections"), (data.branch, "branch"))
+    for ax, (curves, what) in zip(axes, panels):
         for c in curves:
             _draw_curve(ax, c, positive_only=True)
         ax.set_yscale("log")
@@ -378,13 +379,19 @@ def extract_kind(
     runs: pd.DataFrame,
     steps: pd.DataFrame | None = None,
     *,
-    ratio_metric: str = "grad_ratio_mean",
+    trials: pd.DataFrame | None = None,
+    references: pd.DataFrame | None = None,
+    axes: tuple[str, str, str, str] = ("dilution_train", "adapter_gain", "minimize", "maximize"),
+    ratio_metric: str = "train_grad_ratio",
     slope_metric: str = "loss_slope",
     threshold: float = 0.8,
 ) -> TradeoffData | LossCurvesData | RatioScaleData | GatesData | GradNormsData:
-    """Run the extractor of one plot kind (see ``KINDS``)."""
+    """Run the extractor of one plot kind (see ``KINDS``). ``axes`` = (x metric, y metric, x
+    direction, y direction) of the tradeoff, which reads ``trials`` (``query.trials_frame``)."""
     if kind == "tradeoff":
-        return extract_tradeoff(runs, ratio_metric, slope_metric, threshold)
+        if trials is None:
+            raise NoPlotData("trials", "the tradeoff plot needs the trials frame")
+        return extract_tradeoff(trials, references, *axes, threshold=threshold)
     if kind == "ratio-scale":
         return extract_ratio_vs_scale(runs, ratio_metric, threshold)
     if kind not in KINDS:
@@ -405,7 +412,10 @@ def render_all(
     kinds: Sequence[str] | None = None,
     formats: Sequence[str] = ("png", "svg"),
     *,
-    ratio_metric: str = "grad_ratio_mean",
+    trials: pd.DataFrame | None = None,
+    references: pd.DataFrame | None = None,
+    axes: tuple[str, str, str, str] = ("dilution_train", "adapter_gain", "minimize", "maximize"),
+    ratio_metric: str = "train_grad_ratio",
     slope_metric: str = "loss_slope",
     threshold: float = 0.8,
     on_skip: Callable[[str, str], None] | None = None,
@@ -431,7 +441,15 @@ def render_all(
     for kind in kinds:
         try:
             data = extract_kind(
-                kind, runs, steps, ratio_metric=ratio_metric, slope_metric=slope_metric, threshold=threshold
+                kind,
+                runs,
+                steps,
+                trials=trials,
+                references=references,
+                axes=axes,
+                ratio_metric=ratio_metric,
+                slope_metric=slope_metric,
+                threshold=threshold,
             )
         except NoPlotData as exc:
             if explicit:

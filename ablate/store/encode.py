@@ -105,3 +105,20 @@ def decode_float_list(text: str | None) -> list[float]:
         else:
             out.append(float(x))
     return out
+
+
+def encode_float_lists(values: Mapping[str, Sequence[Any]] | Sequence[Any] | None) -> str | None:
+    """JSON text for ``{name: [floats]}`` (a probe's per-batch ratios per group), or a bare list."""
+    if values is None or not isinstance(values, Mapping):
+        return encode_float_list(values)
+    return json.dumps({k: json.loads(encode_float_list(v) or "[]") for k, v in values.items()})
+
+
+def decode_float_lists(text: str | None) -> dict[str, list[float]]:
+    """Inverse of :func:`encode_float_lists`; a bare list decodes as ``{"": [...]}``, NULL as {}."""
+    if not text:
+        return {}
+    raw = json.loads(text)
+    if isinstance(raw, list):
+        return {"": decode_float_list(text)}
+    return {k: decode_float_list(json.dumps(v)) for k, v in raw.items()}

@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, and_, case, func, inspect, select
+from sqlalchemy import Connection, Engine, case, func, inspect, select, text
 
-from ablate.store.encode import decode_fields, decode_float, decode_float_list
+from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, column_interval, trial_interval
+from ablate.stats import SCOPE_SEEDS, SCOPE_WITHIN
+from ablate.store.encode import decode_fields, decode_float, decode_float_lists
 from ablate.store.engine import display_url, is_sqlite
 from ablate.store.schema import (
+    GROUPS,
     PROBE_FLOAT_FIELDS,
     RUN_FLOAT_FIELDS,
     ProbePointModel,
@@ -69,12 +72,6 @@ def _mean(values: Any) -> float:
 def _std(values: Any) -> float:
     arr = _finite(values)
     return float(arr.std(ddof=1)) if arr.size > 1 else math.nan
-
-
-def _ci(values: Any, stat: str) -> tuple[float, float]:
-    from ablate.train.metrics import bootstrap_ci  # lazy: keeps torch out of `ablate query` start-up
-
-    return bootstrap_ci(sorted(_finite(values).tolist()), stat=stat)
 
 
 def _verdict(ratio: float, threshold: float) -> str | None:
@@ -156,10 +153,16 @@ def study_settings(engine: Engine, study: str | None = None) -> dict[str, Any]:
         spec = tomllib.loads(row.spec_text or "")
     except tomllib.TOMLDecodeError:
         spec = {}
-    threshold = float(spec.get("probe", {}).get("threshold", 0.8))
-    ratio = next((m for m in metrics if m.startswith("grad_ratio")), "grad_ratio_mean")
-    slope = next((m for m in metrics if m.startswith("loss_slope")), "loss_slope")
-    return {"study": name, "ratio_metric": ratio, "slope_metric": slope, "threshold": threshold, "objectives": metrics}
+    probe, study_sec = spec.get("probe", {}), spec.get("study", {})
+    threshold = float(probe.get("threshold", 0.8))
+    return {
+        "study": name,
+        "objectives": metrics,
+        "directions": {m: OBJECTIVES[m].direction for m in metrics if m in OBJECTIVES},
+        "threshold": threshold,
+        "seeds": [int(x) for x in study_sec.get("seeds", [0])],
+        "group": str(probe.get("group", "layers")),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -174,8 +177,9 @@ RUNS_COLUMNS = [
     "scale",
     "status",
     "steps",
+    "judged_group",
+    "frozen",
     *RUN_FLOAT_FIELDS,
-    "loss_slope_rel",
     "verdict",
     "device",
     "error",
@@ -202,6 +206,8 @@ def _runs(conn: Connection, study_id: int, study_name: str) -> pd.DataFrame:
             *_run_identity(),
             RunModel.status,
             RunModel.steps,
+            RunModel.judged_group,
+            RunModel.frozen,
             *(getattr(RunModel, f) for f in RUN_FLOAT_FIELDS),
             RunModel.verdict,
             RunModel.device,
@@ -219,7 +225,7 @@ def _runs(conn: Connection, study_id: int, study_name: str) -> pd.DataFrame:
         rec.update(decode_fields(rec, RUN_FLOAT_FIELDS, rec.pop("nonfinite")))
         rec["study"] = study_name
         records.append(rec)
-    df = pd.DataFrame.from_records(records, columns=[c for c in RUNS_COLUMNS if c != "loss_slope_rel"])
+    df = pd.DataFrame.from_records(records, columns=RUNS_COLUMNS)
     df = df.astype(
         {
             "run_id": "int64",
@@ -230,111 +236,122 @@ def _runs(conn: Connection, study_id: int, study_name: str) -> pd.DataFrame:
             **dict.fromkeys(RUN_FLOAT_FIELDS, "float64"),
         }
     )
-    base = df[(df["role"] == "baseline") & (df["status"] == "complete")].set_index("seed")["loss_slope"]
-    base = base[~base.index.duplicated()]
-    df["loss_slope_rel"] = df["loss_slope"] - df["seed"].map(base).astype("float64")
     return df[RUNS_COLUMNS]
 
 
 def runs_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
-    """One row per run with every summary column (NaN/inf restored) and ``loss_slope_rel``.
-
-    ``loss_slope_rel`` = loss_slope minus the loss_slope of the complete baseline run with the same
-    seed (NaN when there is none): negative means the run learns faster than the no-branch model.
-    """
+    """One row per run (trial x seed, the baseline and control of each seed) with every summary
+    column, NaN/inf restored. The ``train_*``, ``adapter_gain_rel/diff`` and ``loss_slope_rel``
+    columns compare the run with the no-branch baseline run of the same seed."""
     with engine.connect() as conn:
         study_id, name = _resolve_study(conn, study)
         return _runs(conn, study_id, name)
 
 
-def _first_probes(conn: Connection, study_id: int) -> pd.DataFrame:
-    """Each run's first probe point (normally step 0): run_id, threshold, per_batch_ratios."""
-    P = ProbePointModel
-    first = (
-        select(P.run_id, func.min(P.step).label("step"))
-        .join(RunModel, RunModel.id == P.run_id)
-        .where(RunModel.study_id == study_id)
-        .group_by(P.run_id)
-        .subquery()
-    )
-    stmt = select(P.run_id, P.threshold, P.per_batch_ratios, P.nonfinite).join(
-        first, and_(P.run_id == first.c.run_id, P.step == first.c.step)
-    )
-    records = [
-        {
-            "run_id": run_id,
-            "threshold": decode_float(threshold, _flags(nonfinite).get("threshold")),
-            "per_batch_ratios": decode_float_list(ratios),
-        }
-        for run_id, threshold, ratios, nonfinite in conn.execute(stmt)
-    ]
-    return pd.DataFrame.from_records(records, columns=["run_id", "threshold", "per_batch_ratios"])
+def _optuna_states(conn: Connection, study_id: int) -> dict[int, str] | None:
+    """Optuna's state of each trial of the study ('complete', 'pruned', 'fail', ...), read from
+    Optuna's own tables by SQL (no optuna import); None when this database has no Optuna tables."""
+    tables = set(inspect(conn).get_table_names())
+    if not {"trials", "studies"} <= tables:
+        return None
+    optuna_name = conn.execute(select(StudyModel.optuna_study_name).where(StudyModel.id == study_id)).scalar_one()
+    rows = conn.execute(
+        text(
+            "SELECT t.number, t.state FROM trials t JOIN studies s ON s.study_id = t.study_id"
+            " WHERE s.study_name = :name"
+        ),
+        {"name": optuna_name},
+    ).all()
+    if not rows:
+        return None
+    return {int(n): str(state).split(".")[-1].lower() for n, state in rows}
 
 
-# -------------------------------------------------------------------------------------------- trials
+def _metric_columns(rows: list[dict[str, Any]], objectives: Sequence[str], threshold: float) -> dict[str, Any]:
+    """The metric columns of a trial (or reference arm) from its complete seeds' run rows."""
+    rec: dict[str, Any] = {}
+    scopes = set()
+    for name in dict.fromkeys([*objectives, *DEFAULT_OBJECTIVES]):  # the plots' default axes always exist
+        ci = trial_interval(name, rows)
+        rec[name], rec[f"{name}_lo"], rec[f"{name}_hi"] = ci.estimate, ci.lo, ci.hi
+        scopes.add(ci.scope)
+    for column, ratio in (
+        ("adapter_gain", False),
+        ("adapter_gain_rel", False),
+        ("adapter_gain_diff", False),
+        ("train_grad_ratio", True),
+        ("train_update_ratio", True),
+        ("grad_ratio_init", True),
+    ):
+        ci = column_interval(column, rows, ratio)
+        rec.setdefault(column, ci.estimate)
+        rec.setdefault(f"{column}_lo", ci.lo)
+        rec.setdefault(f"{column}_hi", ci.hi)
+    for g in GROUPS:
+        for column in (f"train_grad_ratio_{g}", f"train_update_ratio_{g}", f"grad_ratio_init_{g}"):
+            rec[column] = column_interval(column, rows, ratio=True).estimate
+        rec[f"grad_share_init_{g}"] = _mean([r.get(f"grad_share_init_{g}") for r in rows])
+    rec["grad_ratio_mean"] = column_interval("grad_ratio_mean", rows, ratio=True).estimate
+    for column in ("loss_slope", "loss_slope_rel", "loss_first", "loss_last"):
+        rec[column] = _mean([r.get(column) for r in rows])
+    rec["loss_slope_std"] = _std([r.get("loss_slope") for r in rows])
+    rec["ci_scope"] = SCOPE_SEEDS if len(rows) > 1 else (SCOPE_WITHIN if rows else None)
+    rec["threshold"] = threshold
+    rec["verdict"] = _verdict(rec["grad_ratio_init"], threshold)
+    return rec
 
-TRIALS_COLUMNS = [
-    "study",
-    "trial_number",
-    "fix",
-    "scale",
-    "status",
-    "n_seeds",
-    "n_complete",
-    "loss_slope",
-    "loss_slope_std",
-    "loss_slope_rel",
-    "grad_ratio_init",
-    "grad_ratio_init_lo",
-    "grad_ratio_init_hi",
-    "grad_ratio_init_std",
-    "grad_ratio_mean",
-    "grad_ratio_mean_std",
-    "grad_ratio_final",
-    "loss_first",
-    "loss_last",
-    "threshold",
-    "verdict",
-    "wall_s",
-]
+
+TRIALS_ID_COLUMNS = ["study", "trial_number", "fix", "scale", "status", "ranked", "n_seeds", "seeds_wanted"]
+METRIC_COLUMNS = [
+    "adapter_gain", "adapter_gain_lo", "adapter_gain_hi", "dilution_train", "dilution_train_lo", "dilution_train_hi",
+    "adapter_gain_rel",
+    "adapter_gain_diff", "adapter_gain_diff_lo", "adapter_gain_diff_hi",
+    "train_grad_ratio", "train_grad_ratio_lo", "train_grad_ratio_hi",
+    *(f"train_grad_ratio_{g}" for g in GROUPS),
+    "train_update_ratio", "train_update_ratio_lo", "train_update_ratio_hi",
+    *(f"train_update_ratio_{g}" for g in GROUPS),
+    "grad_ratio_init", "grad_ratio_init_lo", "grad_ratio_init_hi",
+    *(f"grad_ratio_init_{g}" for g in GROUPS),
+    *(f"grad_share_init_{g}" for g in GROUPS),
+    "grad_ratio_mean", "loss_slope", "loss_slope_std", "loss_slope_rel", "loss_first", "loss_last",
+    "ci_scope", "threshold", "verdict",
+]  # fmt: skip
+
+
+def _ordered(records: list[dict[str, Any]], head: list[str], objectives: Sequence[str]) -> pd.DataFrame:
+    obj_cols = [c for m in objectives for c in (m, f"{m}_lo", f"{m}_hi")]
+    columns = [*head, *obj_cols, *[c for c in METRIC_COLUMNS if c not in obj_cols], "wall_s"]
+    return pd.DataFrame.from_records(records, columns=list(dict.fromkeys(columns)))
 
 
 def trials_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
     """One row per Optuna trial (its seeds aggregated); the table ``ablate query`` shows.
 
-    ``status`` is 'complete' only when every seed's run is complete, else the worst of failed > pruned >
-    running. Numbers are over the complete seeds: means, ``*_std`` (ddof=1, NaN for one seed).
-    ``grad_ratio_init_lo/hi`` is the single run's bootstrap CI for one seed; for several seeds, a
-    bootstrap 95% CI of the median of the pooled step-0 per-batch ratios. ``verdict`` compares the mean
-    grad_ratio_init with the stored probe threshold. ``wall_s`` sums every run of the trial.
+    ``status`` is Optuna's state where the database has Optuna's tables (so the two never disagree),
+    else the worst run status (failed > pruned > running). ``ranked`` is True only for a complete
+    trial with a complete run for every seed of the spec: only those may be compared or called best.
+    Each objective of the study comes with its 95% interval (``<name>_lo/_hi``): over seeds when there
+    are several (``ci_scope`` 'seeds'), else within the one seed ('within-seed'). Ratios are geometric
+    means over seeds; ``adapter_gain_diff`` is paired with the baseline by seed (and by held-out batch).
     """
+    settings = study_settings(engine, study)
     with engine.connect() as conn:
         study_id, name = _resolve_study(conn, study)
         runs = _runs(conn, study_id, name)
-        probes = _first_probes(conn, study_id)
+        states = _optuna_states(conn, study_id)
+    objectives = [m for m in settings["objectives"] if m in OBJECTIVES]
+    wanted = set(settings["seeds"])
     runs = runs[runs["role"] == "trial"]
-    probes = probes.set_index("run_id")
     records = []
     for trial_number, g in runs.groupby("trial_number", sort=True):
         ok = g[g["status"] == "complete"]
-        worst = max(g["status"], key=lambda s: _STATUS_SEVERITY.get(s, 4))
+        worst = max(g["status"], key=lambda st: _STATUS_SEVERITY.get(st, 4))
         status = "complete" if (g["status"] == "complete").all() else worst
-        pooled: list[float] = []
-        thresholds: list[float] = []
-        ok_ids = set(ok["run_id"])
-        for run_id in g["run_id"]:
-            if run_id in probes.index:
-                thresholds.append(probes.at[run_id, "threshold"])
-                if run_id in ok_ids:
-                    pooled.extend(probes.at[run_id, "per_batch_ratios"])
-        if len(ok) == 1:
-            lo, hi = float(ok["grad_ratio_init_lo"].iloc[0]), float(ok["grad_ratio_init_hi"].iloc[0])
-        elif len(ok) > 1:
-            lo, hi = _ci(pooled, "median")
-        else:
-            lo, hi = math.nan, math.nan
-        threshold = next((t for t in thresholds if math.isfinite(t)), math.nan)
-        ratio = _mean(ok["grad_ratio_init"])
+        if states is not None and int(trial_number) in states:
+            status = {"fail": "failed"}.get(states[int(trial_number)], states[int(trial_number)])
+        complete_seeds = set(ok["seed"].astype(int))
+        ranked = status == "complete" and wanted <= complete_seeds
+        rows = ok.to_dict(orient="records")
         records.append(
             {
                 "study": name,
@@ -342,90 +359,85 @@ def trials_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
                 "fix": g["fix"].iloc[0],
                 "scale": g["scale"].iloc[0],
                 "status": status,
-                "n_seeds": int(g["seed"].nunique()),
-                "n_complete": len(ok),
-                "loss_slope": _mean(ok["loss_slope"]),
-                "loss_slope_std": _std(ok["loss_slope"]),
-                "loss_slope_rel": _mean(ok["loss_slope_rel"]),
-                "grad_ratio_init": ratio,
-                "grad_ratio_init_lo": lo,
-                "grad_ratio_init_hi": hi,
-                "grad_ratio_init_std": _std(ok["grad_ratio_init"]),
-                "grad_ratio_mean": _mean(ok["grad_ratio_mean"]),
-                "grad_ratio_mean_std": _std(ok["grad_ratio_mean"]),
-                "grad_ratio_final": _mean(ok["grad_ratio_final"]),
-                "loss_first": _mean(ok["loss_first"]),
-                "loss_last": _mean(ok["loss_last"]),
-                "threshold": threshold,
-                "verdict": _verdict(ratio, threshold),
+                "ranked": bool(ranked),
+                "n_seeds": len(complete_seeds),
+                "seeds_wanted": len(wanted),
+                **_metric_columns(rows, objectives, settings["threshold"]),
                 "wall_s": float(g["wall_s"].sum(min_count=1)),
             }
         )
-    df = pd.DataFrame.from_records(records, columns=TRIALS_COLUMNS)
-    return df.astype({"trial_number": "int64", "n_seeds": "int64", "n_complete": "int64", "scale": "float64"})
+    df = _ordered(records, TRIALS_ID_COLUMNS, objectives)
+    return df.astype(
+        {"trial_number": "int64", "n_seeds": "int64", "seeds_wanted": "int64", "scale": "float64", "ranked": "bool"}
+    )
 
 
 # ---------------------------------------------------------------------------------------------- fixes
 
-GROUP_COLUMNS = [
-    "study",
-    "fix",
-    "n_runs",
-    "n_trials",
-    "loss_slope_mean",
-    "loss_slope_lo",
-    "loss_slope_hi",
-    "loss_slope_rel_mean",
-    "grad_ratio_init_mean",
-    "grad_ratio_init_lo",
-    "grad_ratio_init_hi",
-    "grad_ratio_mean_mean",
-    "grad_ratio_mean_lo",
-    "grad_ratio_mean_hi",
-    "best_scale",
-    "best_trial",
-]
+REFERENCE_LABELS = {"baseline": "no-branch (baseline)", "control": "frozen-adapters (control)"}
+
+
+def _better(direction: str, a: float, b: float) -> bool:
+    if not math.isfinite(a):
+        return False
+    if not math.isfinite(b):
+        return True
+    return a > b if direction == "maximize" else a < b
 
 
 def group_by_fix(engine: Engine, study: str | None = None) -> pd.DataFrame:
-    """One row per fix type over its complete trial runs (all trials and seeds pooled).
-
-    ``*_mean`` with a bootstrap 95% CI of the mean (``*_lo``/``*_hi``) over runs; ``best_scale`` and
-    ``best_trial`` name the trial of that fix with the lowest mean loss_slope. The complete baseline
-    runs appear as fix 'no-branch' (n_trials 0, no best scale). Rows: 'no-branch' first, then by name.
+    """One row per fix: its best *ranked* trial (by the study's first objective) with that trial's
+    intervals over seeds, and how many ranked trials the fix has; then the references, the no-branch
+    baseline and the frozen-adapter control, over their seeds. Different scales of a fix are different
+    arms, so they are never pooled as replicates; unranked (pruned, failed, incomplete) trials never
+    count. Rows: the references first, then the fixes by name.
     """
+    settings = study_settings(engine, study)
+    trials = trials_frame(engine, study)
+    objectives = [m for m in settings["objectives"] if m in OBJECTIVES]
+    primary = objectives[0] if objectives else "loss_slope"
+    direction = OBJECTIVES[primary].direction
     with engine.connect() as conn:
         study_id, name = _resolve_study(conn, study)
         runs = _runs(conn, study_id, name)
-    runs = runs[runs["status"] == "complete"].copy()
-    # Baseline runs carry the registry's reference name ('no-branch'); the store does not spell it out.
-    baseline_fixes = set(runs.loc[runs["role"] == "baseline", "fix"])
     records = []
-    for fix, g in runs.groupby("fix", sort=True):
-        trials = g[g["role"] == "trial"]
-        best_scale, best_trial = math.nan, None
-        if not trials.empty:
-            per_trial = trials.groupby("trial_number").agg(slope=("loss_slope", _mean), scale=("scale", "first"))
-            per_trial = per_trial[np.isfinite(per_trial["slope"])]
-            if not per_trial.empty:
-                best_trial = int(per_trial["slope"].idxmin())
-                best_scale = float(per_trial.at[best_trial, "scale"])
-        rec: dict[str, Any] = {
-            "study": name,
-            "fix": fix,
-            "n_runs": len(g),
-            "n_trials": int(trials["trial_number"].nunique()),
-            "loss_slope_rel_mean": _mean(g["loss_slope_rel"]),
-            "best_scale": best_scale,
-            "best_trial": best_trial,
-        }
-        for col in ("loss_slope", "grad_ratio_init", "grad_ratio_mean"):
-            rec[f"{col}_mean"] = _mean(g[col])
-            rec[f"{col}_lo"], rec[f"{col}_hi"] = _ci(g[col], "mean")
+    for role, label in REFERENCE_LABELS.items():
+        ok = runs[(runs["role"] == role) & (runs["status"] == "complete")]
+        if ok.empty:
+            continue
+        rows = ok.to_dict(orient="records")
+        records.append(
+            {
+                "study": name,
+                "fix": label,
+                "n_trials": 0,
+                "n_unranked": 0,
+                "best_trial": None,
+                "scale": math.nan,
+                "n_seeds": len(rows),
+                **_metric_columns(rows, objectives, settings["threshold"]),
+                "wall_s": float(ok["wall_s"].sum(min_count=1)),
+            }
+        )
+    for fix, g in trials.groupby("fix", sort=True):
+        ranked = g[g["ranked"]]
+        best = None
+        for _, row in ranked.iterrows():
+            if best is None or _better(direction, row[primary], best[primary]):
+                best = row
+        rec = {"study": name, "fix": fix, "n_trials": len(ranked), "n_unranked": len(g) - len(ranked)}
+        if best is None:
+            rec.update({"best_trial": None, "scale": math.nan, "n_seeds": 0})
+        else:
+            rec.update(
+                {k: best[k] for k in ("scale", "n_seeds", *METRIC_COLUMNS, "wall_s") if k in best.index}
+                | {c: best[c] for m in objectives for c in (m, f"{m}_lo", f"{m}_hi")}
+            )
+            rec["best_trial"] = int(best["trial_number"])
         records.append(rec)
-    records.sort(key=lambda r: (r["fix"] not in baseline_fixes, r["fix"]))
-    df = pd.DataFrame.from_records(records, columns=GROUP_COLUMNS)
-    return df.astype({"n_runs": "int64", "n_trials": "int64", "best_scale": "float64", "best_trial": "Int64"})
+    head = ["study", "fix", "n_trials", "n_unranked", "best_trial", "scale", "n_seeds"]
+    df = _ordered(records, head, objectives)
+    return df.astype({"n_trials": "int64", "n_unranked": "int64", "best_trial": "Int64", "n_seeds": "int64"})
 
 
 # ------------------------------------------------------------------------------- step metrics, probes
@@ -466,11 +478,11 @@ def step_metrics_frame(engine: Engine, study: str | None = None, names: Sequence
     return df[columns]
 
 
-PROBE_COLUMNS = [*_RUN_INFO, "status", "step", *PROBE_FLOAT_FIELDS, "verdict", "per_batch_ratios"]
+PROBE_COLUMNS = [*_RUN_INFO, "status", "step", "judged_group", *PROBE_FLOAT_FIELDS, "verdict", "per_batch_ratios"]
 
 
 def probe_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
-    """One row per probe point with its run's identity; ``per_batch_ratios`` is a list of floats."""
+    """One row per probe point with its run's identity; ``per_batch_ratios`` is {group: [ratios]}."""
     P = ProbePointModel
     with engine.connect() as conn:
         study_id, _ = _resolve_study(conn, study)
@@ -479,6 +491,7 @@ def probe_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
                 *_run_identity(),
                 RunModel.status,
                 P.step,
+                P.judged_group,
                 *(getattr(P, f) for f in PROBE_FLOAT_FIELDS),
                 P.verdict,
                 P.per_batch_ratios,
@@ -492,7 +505,7 @@ def probe_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
         for row in conn.execute(stmt).mappings():
             rec = dict(row)
             rec.update(decode_fields(rec, PROBE_FLOAT_FIELDS, rec.pop("nonfinite")))
-            rec["per_batch_ratios"] = decode_float_list(rec["per_batch_ratios"])
+            rec["per_batch_ratios"] = decode_float_lists(rec["per_batch_ratios"])
             records.append(rec)
     df = pd.DataFrame.from_records(records, columns=PROBE_COLUMNS)
     return df.astype(
@@ -508,6 +521,8 @@ def probe_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
 
 
 def _json_value(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
     if isinstance(v, list | tuple | np.ndarray):
         return [_json_value(x) for x in v]
     if v is None or v is pd.NA or v is pd.NaT:

@@ -34,21 +34,44 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 TABLE_PREFIX = "ablate_"
-BASELINE_TRIAL_KEY = -1
-ROLES = ("trial", "baseline")
+BASELINE_TRIAL_KEY = -1  # the no-branch reference run of a seed
+CONTROL_TRIAL_KEY = -2  # the frozen-adapter control of a seed (no branch, block adapters not updated)
+ROLES = ("trial", "baseline", "control")
+REFERENCE_KEYS = {"baseline": BASELINE_TRIAL_KEY, "control": CONTROL_TRIAL_KEY}
+GROUPS = ("layers", "proj", "all")
 STATUSES = ("running", "complete", "failed", "pruned")
 
 # Summary columns of ablate_runs that are floats (``steps`` is the one integer summary column).
+# ``grad_ratio_*`` are bypass-probe ratios of the run's judged group; ``train_*_ratio*`` compare the
+# run with its seed's no-branch baseline run step by step (ablate/train/compare.py).
 RUN_FLOAT_FIELDS = (
     "loss_first",
     "loss_last",
     "loss_slope",
+    "loss_slope_rel",
+    "adapter_gain",
+    "adapter_gain_lo",
+    "adapter_gain_hi",
+    "adapter_gain_rel",
+    "adapter_gain_diff",
+    "adapter_gain_diff_lo",
+    "adapter_gain_diff_hi",
+    "train_grad_ratio",
+    "train_grad_ratio_lo",
+    "train_grad_ratio_hi",
+    *(f"train_grad_ratio_{g}" for g in GROUPS),
+    "train_update_ratio",
+    "train_update_ratio_lo",
+    "train_update_ratio_hi",
+    *(f"train_update_ratio_{g}" for g in GROUPS),
     "grad_ratio_init",
     "grad_ratio_init_lo",
     "grad_ratio_init_hi",
+    *(f"grad_ratio_init_{g}" for g in GROUPS),
     "grad_ratio_final",
     "grad_ratio_mean",
     "grad_share_init",
+    *(f"grad_share_init_{g}" for g in GROUPS),
     "norm_inflation_init",
     "loss0_with",
     "loss0_without",
@@ -63,9 +86,9 @@ PROBE_FLOAT_FIELDS = (
     "grad_ratio",
     "grad_ratio_lo",
     "grad_ratio_hi",
-    "grad_ratio_layers",
-    "grad_norm_with",
-    "grad_norm_without",
+    *(f"grad_ratio_{g}{end}" for g in GROUPS for end in ("", "_lo", "_hi")),
+    *(f"grad_share_{g}" for g in GROUPS),
+    *(f"grad_norm_{g}_{arm}" for g in GROUPS for arm in ("with", "without")),
     "grad_norm_branch",
     "grad_share",
     "norm_inflation",
@@ -128,7 +151,8 @@ class RunModel(Base):
         CheckConstraint(f"status IN ({_quoted(STATUSES)})", name="ck_ablate_runs_status"),
         CheckConstraint(
             "(role = 'trial' AND trial_number IS NOT NULL AND trial_key = trial_number AND trial_number >= 0)"
-            f" OR (role = 'baseline' AND trial_number IS NULL AND trial_key = {BASELINE_TRIAL_KEY})",
+            f" OR (role = 'baseline' AND trial_number IS NULL AND trial_key = {BASELINE_TRIAL_KEY})"
+            f" OR (role = 'control' AND trial_number IS NULL AND trial_key = {CONTROL_TRIAL_KEY})",
             name="ck_ablate_runs_trial_key",
         ),
         Index("ix_ablate_runs_study_id", "study_id"),
@@ -149,22 +173,13 @@ class RunModel(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     steps: Mapped[int | None] = mapped_column(Integer)
-    loss_first: Mapped[float | None] = mapped_column(Float)
-    loss_last: Mapped[float | None] = mapped_column(Float)
-    loss_slope: Mapped[float | None] = mapped_column(Float)
-    grad_ratio_init: Mapped[float | None] = mapped_column(Float)
-    grad_ratio_init_lo: Mapped[float | None] = mapped_column(Float)
-    grad_ratio_init_hi: Mapped[float | None] = mapped_column(Float)
-    grad_ratio_final: Mapped[float | None] = mapped_column(Float)
-    grad_ratio_mean: Mapped[float | None] = mapped_column(Float)
-    grad_share_init: Mapped[float | None] = mapped_column(Float)
-    norm_inflation_init: Mapped[float | None] = mapped_column(Float)
-    loss0_with: Mapped[float | None] = mapped_column(Float)
-    loss0_without: Mapped[float | None] = mapped_column(Float)
-    feature_cosine_init: Mapped[float | None] = mapped_column(Float)
-    wall_s: Mapped[float | None] = mapped_column(Float)
-    steps_per_s: Mapped[float | None] = mapped_column(Float)
-    peak_mem_mb: Mapped[float | None] = mapped_column(Float)
+    judged_group: Mapped[str | None] = mapped_column(String(32))  # adapter group verdicts and gains judge
+    frozen: Mapped[str | None] = mapped_column(String(128))  # comma-separated groups not updated
+    # One Float column per RUN_FLOAT_FIELDS entry (declared in a loop so that tuple stays the one list).
+    for _name in RUN_FLOAT_FIELDS:
+        locals()[_name] = mapped_column(_name, Float, nullable=True)
+    del _name
+    adapter_gain_batches: Mapped[str | None] = mapped_column(Text)  # JSON list per held-out batch
     verdict: Mapped[str | None] = mapped_column(String(16))
     nonfinite: Mapped[str | None] = mapped_column(Text)  # JSON {column: "nan"|"inf"|"-inf"}
 
@@ -197,21 +212,12 @@ class ProbePointModel(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("ablate_runs.id", ondelete="CASCADE"))
     step: Mapped[int] = mapped_column(Integer)
-    grad_ratio: Mapped[float | None] = mapped_column(Float)
-    grad_ratio_lo: Mapped[float | None] = mapped_column(Float)
-    grad_ratio_hi: Mapped[float | None] = mapped_column(Float)
-    grad_ratio_layers: Mapped[float | None] = mapped_column(Float)
-    grad_norm_with: Mapped[float | None] = mapped_column(Float)
-    grad_norm_without: Mapped[float | None] = mapped_column(Float)
-    grad_norm_branch: Mapped[float | None] = mapped_column(Float)
-    grad_share: Mapped[float | None] = mapped_column(Float)
-    norm_inflation: Mapped[float | None] = mapped_column(Float)
-    loss_with: Mapped[float | None] = mapped_column(Float)
-    loss_without: Mapped[float | None] = mapped_column(Float)
-    feature_cosine: Mapped[float | None] = mapped_column(Float)
-    threshold: Mapped[float | None] = mapped_column(Float)
+    judged_group: Mapped[str | None] = mapped_column(String(32))
+    for _name in PROBE_FLOAT_FIELDS:
+        locals()[_name] = mapped_column(_name, Float, nullable=True)
+    del _name
     verdict: Mapped[str | None] = mapped_column(String(16))
-    per_batch_ratios: Mapped[str | None] = mapped_column(Text)  # JSON list, see encode_float_list
+    per_batch_ratios: Mapped[str | None] = mapped_column(Text)  # JSON {group: [ratio per batch]}
     nonfinite: Mapped[str | None] = mapped_column(Text)  # JSON {column: "nan"|"inf"|"-inf"}
 
 

@@ -23,10 +23,17 @@ from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ablate.store.encode import decode_float, encode_fields, encode_float, encode_float_list
+from ablate.store.encode import (
+    decode_float,
+    decode_float_list,
+    encode_fields,
+    encode_float,
+    encode_float_list,
+    encode_float_lists,
+)
 from ablate.store.schema import (
-    BASELINE_TRIAL_KEY,
     PROBE_FLOAT_FIELDS,
+    REFERENCE_KEYS,
     ROLES,
     RUN_FLOAT_FIELDS,
     ProbePointModel,
@@ -172,17 +179,17 @@ def register_study(
 def _trial_key(role: str, trial_number: int | None) -> int:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-    if role == "baseline":
+    if role in REFERENCE_KEYS:
         if trial_number is not None:
-            raise ValueError(f"a baseline run has no trial number (got {trial_number})")
-        return BASELINE_TRIAL_KEY
+            raise ValueError(f"a {role} run has no trial number (got {trial_number})")
+        return REFERENCE_KEYS[role]
     if trial_number is None or trial_number < 0:
         raise ValueError(f"a trial run needs a trial number >= 0 (got {trial_number})")
     return int(trial_number)
 
 
 def _describe(role: str, trial_number: int | None, seed: int) -> str:
-    return f"baseline run (seed {seed})" if role == "baseline" else f"trial {trial_number} seed {seed}"
+    return f"{role} run (seed {seed})" if role in REFERENCE_KEYS else f"trial {trial_number} seed {seed}"
 
 
 class RunBusy(RuntimeError):
@@ -220,6 +227,9 @@ def start_run(
         "steps": None,
         "verdict": None,
         "nonfinite": None,
+        "judged_group": None,
+        "frozen": None,
+        "adapter_gain_batches": None,
         **dict.fromkeys(RUN_FLOAT_FIELDS),
     }
     for attempt in range(2):
@@ -373,7 +383,7 @@ def write_metrics(engine: Engine, run_id: int, metrics: Mapping[str, Sequence[An
 
 
 def _probe_row(run_id: int, probe: Mapping[str, Any] | ProbeResult) -> dict[str, Any]:
-    d = dict(probe.to_dict() if hasattr(probe, "to_dict") else probe)
+    d = dict(probe.flat() if hasattr(probe, "flat") else probe)
     ci = d.get("grad_ratio_ci") or (None, None)
     d.setdefault("grad_ratio_lo", ci[0])
     d.setdefault("grad_ratio_hi", ci[1])
@@ -381,9 +391,10 @@ def _probe_row(run_id: int, probe: Mapping[str, Any] | ProbeResult) -> dict[str,
     return {
         "run_id": run_id,
         "step": int(d["step"]),
+        "judged_group": d.get("group"),
         **columns,
         "verdict": d.get("verdict"),
-        "per_batch_ratios": encode_float_list(d.get("per_batch_ratios")),
+        "per_batch_ratios": encode_float_lists(d.get("per_batch_ratios")),
         "nonfinite": nonfinite,
     }
 
@@ -446,6 +457,10 @@ def finish_run(
             steps = values.get("steps")
             run.steps = None if steps is None else int(steps)
             run.verdict = values.get("verdict")
+            run.judged_group = values.get("group")
+            run.frozen = values.get("frozen") or None
+            if values.get("adapter_gain_batches") is not None:
+                run.adapter_gain_batches = encode_float_list(values["adapter_gain_batches"])
         run.status = status
         run.error = error
         run.finished_at = utcnow()
@@ -461,21 +476,39 @@ def write_result(
     if metrics:
         write_metrics(engine, run_id, result.metrics)
     write_probes(engine, run_id, result.probes)
-    finish_run(engine, run_id, status, result.summary())
+    finish_run(engine, run_id, status, {**result.summary(), "adapter_gain_batches": result.adapter_gain_batches})
 
 
-def baseline_slopes(engine: Engine, study_id: int) -> dict[int, float]:
-    """seed -> loss_slope of the study's complete baseline runs (what trial slopes are compared to)."""
-    stmt = select(RunModel.seed, RunModel.loss_slope, RunModel.nonfinite).where(
-        RunModel.study_id == study_id, RunModel.role == "baseline", RunModel.status == "complete"
-    )
-    with engine.connect() as conn:
-        rows = conn.execute(stmt).all()
-    out = {}
-    for seed, slope, nonfinite in rows:
-        flags = json.loads(nonfinite) if nonfinite else {}
-        out[int(seed)] = decode_float(slope, flags.get("loss_slope"))
-    return out
+def reference_run(engine: Engine, study_id: int, seed: int, role: str = "baseline") -> dict[str, Any] | None:
+    """A seed's complete reference run as the comparison needs it, or None when it has not landed:
+    ``{"run_id", "loss_slope", "metrics": {name: [value per step]}, "gain_batches": [...]}``."""
+    key = REFERENCE_KEYS[role]
+    with Session(engine) as session:
+        run = RunModel.find(session, study_id, role, key, seed)
+        if run is None or run.status != "complete":
+            return None
+        flags = json.loads(run.nonfinite) if run.nonfinite else {}
+        rows = session.execute(
+            select(StepMetricModel.name, StepMetricModel.step, StepMetricModel.value, StepMetricModel.flag)
+            .where(StepMetricModel.run_id == run.id)
+            .order_by(StepMetricModel.name, StepMetricModel.step)
+        ).all()
+        metrics: dict[str, list[float]] = {}
+        for name, _step, value, flag in rows:
+            metrics.setdefault(name, []).append(decode_float(value, flag))
+        return {
+            "run_id": run.id,
+            "loss_slope": decode_float(run.loss_slope, flags.get("loss_slope")),
+            "metrics": metrics,
+            "gain_batches": decode_float_list(run.adapter_gain_batches),
+        }
+
+
+def reference_status(engine: Engine, study_id: int, seed: int, role: str = "baseline") -> str | None:
+    """The status of a seed's reference run ('running', 'complete', ...), None when there is none."""
+    with Session(engine) as session:
+        run = RunModel.find(session, study_id, role, REFERENCE_KEYS[role], seed)
+        return None if run is None else run.status
 
 
 def fail_stale_runs(engine: Engine, study_id: int, live_trials: set[int]) -> int:

@@ -7,6 +7,7 @@ measured. Running the same spec again resumes: finished trials and baselines are
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,17 +17,23 @@ import optuna
 from optuna.trial import TrialState
 
 from ablate.model.fixes import NO_BRANCH, parse_fix
+from ablate.objectives import seed_value, trial_value
 from ablate.spec import OBJECTIVE_DIRECTIONS, StudySpec, spec_hash
 from ablate.store import writer
 from ablate.store.engine import open_storage
+from ablate.store.schema import GROUPS, REFERENCE_KEYS
 from ablate.study.space import arm_of, default_arm_params, suggest_arm
 from ablate.train.arm import ArmSetup, train_arm
+from ablate.train.compare import compare_to_baseline
 from ablate.train.device import resolve_device
+from ablate.train.metrics import edge_means, loss_slope
 from ablate.train.result import TrainResult
+from ablate.train.run import RunConfig
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_S = 20  # a killed worker's trial is failed and retried after ~2 heartbeats
 BASELINE_LEASE_S = 6 * 3600  # a baseline left 'running' by a killed worker is retried after this
+REFERENCE_POLL_S = 5.0  # how often a trial waiting for another worker's baseline looks again
 
 
 class StudyReporter:
@@ -41,6 +48,8 @@ class StudyReporter:
     def run_end(self, label: str, result: TrainResult | None, status: str, error: str | None = None) -> None: ...
 
     def trial_end(self, trial: optuna.trial.FrozenTrial, best: list[optuna.trial.FrozenTrial]) -> None: ...
+
+    def waiting(self, what: str) -> None: ...
 
 
 @dataclass
@@ -61,11 +70,11 @@ class RunFailed(RuntimeError):
     """A seed's training run failed; the trial is marked FAIL and the study goes on."""
 
 
-def _metric(result: TrainResult, metric: str, baseline: dict[int, float]) -> float:
-    if metric == "loss_slope_rel":
-        base = baseline.get(result.seed, math.nan)
-        return result.loss_slope - base
-    return float(getattr(result, metric))
+def _intermediate(metric: str, losses: list[float], warmup_frac: float) -> float:
+    """The pruner's reading of ``metric`` on the losses so far (the same quantity the objective uses)."""
+    if metric == "loss_slope":
+        return loss_slope(losses, warmup_frac)
+    return edge_means(losses)[1]  # loss_last
 
 
 class _StudyRun:
@@ -74,6 +83,7 @@ class _StudyRun:
         self.engine = engine
         self.study_id = study_id
         self.reporter = reporter
+        self._refs: dict[int, dict[str, Any]] = {}  # seed -> the baseline run the comparison needs
 
     def run_arm(
         self,
@@ -83,16 +93,22 @@ class _StudyRun:
         scale: float | None,
         seed: int,
         on_block: Callable[[list[tuple[int, dict[str, float]]]], None] | None = None,
-    ) -> TrainResult:
-        """One seed of one arm, streamed into the database; the run row ends complete/failed/pruned."""
-        cfg = self.spec.arm(fix, scale, seed)
+    ) -> dict[str, Any]:
+        """One seed of one arm, streamed into the database; returns the run row it stored.
+
+        The row ends complete (with the comparison against the seed's baseline), failed or pruned.
+        """
+        cfg = self.spec.arm(fix, scale, seed, frozen=role == "control")
         choice, device = parse_fix(fix, scale), resolve_device(cfg.device)
-        # Baselines are not Optuna trials, so a lease keeps two workers off the same one.
-        lease = BASELINE_LEASE_S if role == "baseline" else None
+        # Reference runs are not Optuna trials, so a lease keeps two workers off the same one.
+        lease = BASELINE_LEASE_S if role in REFERENCE_KEYS else None
         run_id = writer.start_run(
             self.engine, self.study_id, role, trial_number, seed, choice.name, choice.scale, str(device), lease
         )
-        label = f"{'baseline' if role == 'baseline' else f'trial {trial_number}'} {choice.name}"
+        if role == "trial":
+            label = f"trial {trial_number} {choice.name}"
+        else:
+            label = "baseline no-branch" if role == "baseline" else "control frozen-adapters"
         label += f" s={choice.scale:.3g}" if choice.scale is not None else ""
         label += f" seed {seed}"
         self.reporter.run_start(label, cfg.run.steps)
@@ -114,6 +130,7 @@ class _StudyRun:
                 on_step=self.reporter.step,
                 setup=setup,
             )
+            row = self._row(role, result)
         except optuna.TrialPruned:
             writer.finish_run(self.engine, run_id, "pruned", None)
             self.reporter.run_end(label, None, "pruned")
@@ -126,43 +143,92 @@ class _StudyRun:
             writer.finish_run(self.engine, run_id, "failed", None, error=f"{type(exc).__name__}: {exc}")
             self.reporter.run_end(label, None, "failed", f"{type(exc).__name__}: {exc}")
             raise RunFailed(f"{label}: {exc}") from exc
-        writer.finish_run(self.engine, run_id, "complete", result.summary())
+        writer.finish_run(self.engine, run_id, "complete", row)
         self.reporter.run_end(label, result, "complete")
-        return result
+        return row
 
-    def run_baselines(self) -> None:
-        done = writer.baseline_slopes(self.engine, self.study_id)
+    def _row(self, role: str, result: TrainResult) -> dict[str, Any]:
+        """The run's summary plus its comparison with the same seed's no-branch baseline run."""
+        row = result.summary()
+        row["adapter_gain_batches"] = result.adapter_gain_batches
+        if role == "baseline":
+            ref = {"metrics": result.metrics, "gain_batches": result.adapter_gain_batches}
+            ref["loss_slope"] = result.loss_slope
+        else:
+            ref = self.reference(result.seed)
+        row.update(
+            compare_to_baseline(
+                result.metrics,
+                ref["metrics"],
+                result.adapter_gain_batches,
+                ref["gain_batches"],
+                GROUPS,
+                result.group,
+            )
+        )
+        row["loss_slope_rel"] = result.loss_slope - ref["loss_slope"]
+        if role == "baseline":
+            self._refs[result.seed] = ref
+        return row
+
+    def reference(self, seed: int) -> dict[str, Any]:
+        """The seed's complete baseline run: cached, read from the database, run here, or waited for
+        while another worker runs it (a trial never goes on without its baseline)."""
+        while seed not in self._refs:
+            ref = writer.reference_run(self.engine, self.study_id, seed)
+            if ref is not None:
+                self._refs[seed] = ref
+                break
+            try:
+                self.run_arm("baseline", None, NO_BRANCH, None, seed)
+            except writer.RunBusy:
+                self.reporter.waiting(f"baseline seed {seed} (running in another worker)")
+                time.sleep(REFERENCE_POLL_S)
+        return self._refs[seed]
+
+    def run_references(self) -> None:
+        """Every seed's baseline, then (if the spec asks) its frozen-adapter control."""
         for seed in self.spec.study.seeds:
-            if seed not in done:
-                try:
-                    self.run_arm("baseline", None, NO_BRANCH, None, seed)
-                except writer.RunBusy:
-                    continue  # another worker is on it; slopes relative to it appear once it lands
+            self.reference(seed)
+        if not self.spec.study.frozen_control:
+            return
+        for seed in self.spec.study.seeds:
+            if writer.reference_status(self.engine, self.study_id, seed, "control") == "complete":
+                continue
+            try:
+                self.run_arm("control", None, NO_BRANCH, None, seed)
+            except writer.RunBusy:
+                continue  # another worker is on it; trials do not need it
 
     def objective(self, trial: optuna.Trial) -> float | list[float]:
         fix, scale = suggest_arm(trial, self.spec)
         spec = self.spec.study
-        baseline = writer.baseline_slopes(self.engine, self.study_id)
-        results = []
+        watch = spec.objectives[0] if spec.pruning else None
+        rows = []
         for i, seed in enumerate(spec.seeds):
+            self.reference(seed)
             offset = i * self.spec.training.steps
+            losses: list[float] = []
 
-            def report(rows: list[tuple[int, dict[str, float]]], offset: int = offset) -> None:
-                if not spec.pruning:
+            def report(
+                block: list[tuple[int, dict[str, float]]], offset: int = offset, losses: list[float] = losses
+            ) -> None:
+                losses.extend(v["loss"] for _, v in block)
+                if watch is None:
                     return
-                losses = [v["loss"] for _, v in rows if math.isfinite(v["loss"])]
-                if losses:
-                    trial.report(sum(losses) / len(losses), offset + rows[-1][0])
+                value = _intermediate(watch, losses, RunConfig.warmup_frac)
+                if math.isfinite(value):
+                    trial.report(value, offset + block[-1][0])
                     if trial.should_prune():
                         raise optuna.TrialPruned()
 
-            results.append(self.run_arm("trial", trial.number, fix, scale, seed, on_block=report))
-        values = [sum(_metric(r, m, baseline) for r in results) / len(results) for m in spec.objectives]
+            rows.append(self.run_arm("trial", trial.number, fix, scale, seed, on_block=report))
+        values = [trial_value(m, rows) for m in spec.objectives]
         trial.set_user_attr(
-            "per_seed", {str(r.seed): {m: _metric(r, m, baseline) for m in spec.objectives} for r in results}
+            "per_seed", {str(seed): {m: seed_value(m, r) for m in spec.objectives} for seed, r in zip(spec.seeds, rows)}
         )
         if spec.constraint_metric is not None:
-            c = sum(_metric(r, spec.constraint_metric, baseline) for r in results) / len(results)
+            c = trial_value(spec.constraint_metric, rows)
             sign = 1.0 if OBJECTIVE_DIRECTIONS[spec.constraint_metric] == "maximize" else -1.0
             # Optuna: a constraint value <= 0 is satisfied; a NaN metric counts as violated.
             value = sign * (spec.constraint_min - c) if math.isfinite(c) else math.inf
@@ -335,7 +401,7 @@ def run_study(
 
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     reporter.study_start(study_name, done, total)
-    runner.run_baselines()
+    runner.run_references()
     remaining = max(0, total - done)
     _enqueue_defaults(study, spec, remaining)
     failed_before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))

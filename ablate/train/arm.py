@@ -21,6 +21,7 @@ from ablate.train.result import ProbeResult, TrainResult
 from ablate.train.run import RunConfig, StepRows, train_run
 
 PROBE_INDEX_OFFSET = 1_000_000  # probe images never appear in training
+PROBE_SEED_STRIDE = 10_000  # each seed draws its own held-out probe batches
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class ArmConfig:
     probe_batches: int = 8
     seed: int = 0
     device: str = "auto"
+    freeze_adapters: bool = False  # the frozen control: block adapters never updated
+
+    @property
+    def frozen_groups(self) -> tuple[str, ...]:
+        return ("layers",) if self.freeze_adapters else ()
 
     def with_fix(self, fix: str, scale: float | None) -> ArmConfig:
         return replace(self, model=replace(self.model, fix=fix, scale=scale))
@@ -54,6 +60,7 @@ def validate(cfg: ArmConfig) -> None:
     checks = [
         ("steps", cfg.run.steps >= 1, "must be >= 1"),
         ("batches", cfg.probe_batches >= 1, "must be >= 1"),
+        ("batches", cfg.probe_batches * cfg.data.batch_size <= PROBE_SEED_STRIDE, "too many probe images"),
         ("batch_size", cfg.data.batch_size >= 1, "must be >= 1"),
         ("train_size", cfg.data.train_size >= cfg.data.batch_size, "must be >= batch_size"),
         ("lr", cfg.run.lr > 0, "must be > 0"),
@@ -79,10 +86,10 @@ class ArmSetup:
         )
         self.model: AAClipModel = build_model(cfg.model, self.dataset.classes, cfg.seed).to(self.device)
         bs = cfg.data.batch_size
+        # Held out from training, and different for every seed, so seeds are independent replicates.
+        first = PROBE_INDEX_OFFSET + (cfg.seed % 10_000) * PROBE_SEED_STRIDE
         self.probe_batches = [
-            self.dataset.batch(list(range(PROBE_INDEX_OFFSET + i * bs, PROBE_INDEX_OFFSET + (i + 1) * bs))).to(
-                self.device
-            )
+            self.dataset.batch(list(range(first + i * bs, first + (i + 1) * bs))).to(self.device)
             for i in range(cfg.probe_batches)
         ]
         self._order = torch.randperm(cfg.data.train_size, generator=torch.Generator().manual_seed(cfg.seed))
@@ -114,7 +121,8 @@ def probe_arm(cfg: ArmConfig) -> ProbeResult:
         step=0,
         threshold=cfg.run.threshold,
         dropout=cfg.run.probe_dropout,
-        bootstrap_seed=cfg.seed,
+        rng_seed=cfg.seed,
+        group=cfg.run.group,
     )
 
 
@@ -131,7 +139,7 @@ def train_arm(
         setup.model,
         setup.train_batch,
         setup.probe_batches,
-        cfg.run,
+        replace(cfg.run, freeze=cfg.frozen_groups),
         setup.device,
         setup.fix_name,
         setup.scale,

@@ -2,20 +2,22 @@
 
 With and without the branch on identical weights, the same cached batches and the same RNG
 state, dropout off by default: the only difference between the two arms is the branch.
+Every adapter group (block adapters, projections, their union) is measured on the same passes.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ablate.stats import ratio_ci
 from ablate.train.device import autocast, grad_norm
-from ablate.train.metrics import bootstrap_ci, median
-from ablate.train.result import ProbeResult
-from ablate.train.subject import Subject
+from ablate.train.result import DEFAULT_GROUP, GroupProbe, ProbeResult
+from ablate.train.subject import Subject, watched_groups
 
 DEFAULT_THRESHOLD = 0.8  # the seed's line between "OK" and "CAUTION"
 
@@ -24,9 +26,9 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def _arm(subject: Subject, batch: Any, device: torch.device, rng_seed: int) -> dict[str, torch.Tensor]:
-    """One forward/backward on a batch; returns on-device scalars and the final features."""
-    params = [*subject.adapter_parameters(), *subject.branch_parameters()]
+def _arm(subject: Subject, groups: dict[str, list], batch: Any, device: torch.device, rng_seed: int) -> list:
+    """One forward/backward on a batch: [loss, inflation, g_X, g_G for each group], features."""
+    params = [*groups["all"], *subject.branch_parameters()]
     for p in params:
         p.grad = None
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -34,15 +36,11 @@ def _arm(subject: Subject, batch: Any, device: torch.device, rng_seed: int) -> d
         with autocast(device):
             loss, out = subject.compute_loss(batch)
         loss.backward()
+    zero = torch.zeros((), device=device)
     inflation = out.norm_inflation if out.norm_inflation is not None else torch.ones((), device=device)
-    return {
-        "loss": loss.detach().float(),
-        "g_a": grad_norm(subject.adapter_parameters()).float(),
-        "g_layers": grad_norm(subject.adapter_layer_parameters()).float(),
-        "g_x": grad_norm(subject.branch_parameters()).float() if subject.has_branch else torch.zeros((), device=device),
-        "inflation": inflation.float(),
-        "features": out.final_features.detach().float(),
-    }
+    g_x = grad_norm(subject.branch_parameters()) if subject.has_branch else zero
+    row = [loss.detach(), inflation, g_x, *(grad_norm(ps) for ps in groups.values())]
+    return [t.float() for t in row], out.final_features.detach().float()
 
 
 def run_probe(
@@ -54,67 +52,72 @@ def run_probe(
     step: int = 0,
     threshold: float = DEFAULT_THRESHOLD,
     dropout: bool = False,
-    bootstrap_seed: int = 0,
+    rng_seed: int = 0,
+    group: str = DEFAULT_GROUP,
 ) -> ProbeResult:
-    """Measure the gradient ratio R = ||grad_A L|| with / without the branch, per batch.
+    """Measure R_G = ||grad_G L|| with / without the branch, per batch and adapter group G.
 
     The subject's gradients and train/eval mode are restored afterwards, so a probe can run in
     the middle of training without disturbing it.
     """
     if not batches:
         raise ValueError("the probe needs at least one batch")
-    params = [*subject.adapter_parameters(), *subject.branch_parameters()]
+    groups = watched_groups(subject)
+    if group not in groups:
+        raise ValueError(f"unknown adapter group {group!r}; this subject has {', '.join(groups)}")
+    params = [*groups["all"], *subject.branch_parameters()]
     saved = [p.grad for p in params]
     was_training = getattr(subject, "training", False)
     subject.train(dropout)
     rows = []
     try:
         for i, batch in enumerate(batches):
-            with_ = _arm(subject, batch, device, rng_seed=bootstrap_seed + i)
+            with_, f_with = _arm(subject, groups, batch, device, rng_seed + i)
             with subject.branch_bypassed():
-                without = _arm(subject, batch, device, rng_seed=bootstrap_seed + i)
-            cos = F.cosine_similarity(with_["features"], without["features"], dim=-1).mean()
-            share = with_["g_a"] ** 2 / (with_["g_a"] ** 2 + with_["g_x"] ** 2).clamp_min(1e-30)
-            rows.append(
-                torch.stack(
-                    [
-                        with_["g_a"],
-                        without["g_a"],
-                        with_["g_layers"] / without["g_layers"].clamp_min(1e-30),
-                        share,
-                        with_["g_x"],
-                        with_["inflation"],
-                        with_["loss"],
-                        without["loss"],
-                        cos,
-                    ]
-                )
-            )
+                without, f_without = _arm(subject, groups, batch, device, rng_seed + i)
+            cos = F.cosine_similarity(f_with, f_without, dim=-1).mean()
+            rows.append(torch.stack([*with_, without[0], *without[3:], cos]))
         # One host transfer for the whole probe.
         table = torch.stack(rows).cpu().double().tolist()
     finally:
         for p, g in zip(params, saved):
             p.grad = g
         subject.train(was_training)
-    g_with, g_without, r_layers, share, g_x, infl, l_with, l_without, cos = (list(c) for c in zip(*table))
-    ratios = [a / b if b > 0 else float("nan") for a, b in zip(g_with, g_without)]
-    ratio = median(ratios)
+    k = len(groups)
+    cols = list(zip(*table))
+    l_with, infl, g_x = cols[0], cols[1], cols[2]
+    g_with = dict(zip(groups, cols[3 : 3 + k]))
+    l_without = cols[3 + k]
+    g_without = dict(zip(groups, cols[4 + k : 4 + 2 * k]))
+    cos = cols[4 + 2 * k]
+    per_group = {}
+    for name in groups:
+        ratios = [a / b if b > 0 else math.nan for a, b in zip(g_with[name], g_without[name])]
+        ci = ratio_ci([ratios])
+        shares = [a * a / max(a * a + x * x, 1e-30) for a, x in zip(g_with[name], g_x)]
+        per_group[name] = GroupProbe(
+            ratio=ci.estimate,
+            ratio_lo=ci.lo,
+            ratio_hi=ci.hi,
+            share=_mean(shares),
+            norm_with=_mean(list(g_with[name])),
+            norm_without=_mean(list(g_without[name])),
+            per_batch_ratios=ratios,
+        )
+    judged = per_group[group]
     return ProbeResult(
         fix=fix,
         scale=scale,
         step=step,
-        grad_norm_without=median(g_without),
-        grad_norm_with=median(g_with),
-        grad_ratio=ratio,
-        grad_ratio_ci=bootstrap_ci(ratios, seed=bootstrap_seed),
-        grad_ratio_layers=median(r_layers),
-        grad_share=median(share),
-        grad_norm_branch=median(g_x),
-        norm_inflation=_mean(infl),
-        loss_with=_mean(l_with),
-        loss_without=_mean(l_without),
-        feature_cosine=_mean(cos),
-        per_batch_ratios=ratios,
+        group=group,
+        grad_ratio=judged.ratio,
+        grad_ratio_ci=(judged.ratio_lo, judged.ratio_hi),
+        groups=per_group,
+        grad_norm_branch=_mean(list(g_x)),
+        norm_inflation=_mean(list(infl)),
+        loss_with=_mean(list(l_with)),
+        loss_without=_mean(list(l_without)),
+        feature_cosine=_mean(list(cos)),
         threshold=threshold,
-        verdict="OK" if ratio >= threshold else "CAUTION",
+        verdict="OK" if judged.ratio >= threshold else "CAUTION",
     )

@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 
+from ablate.stats import geo_mean, mean_ci
 from ablate.train.device import autocast, grad_norm
 from ablate.train.metrics import edge_means, loss_slope
 from ablate.train.probe import DEFAULT_THRESHOLD, run_probe
-from ablate.train.result import ProbeResult, TrainResult
-from ablate.train.subject import Subject
+from ablate.train.result import DEFAULT_GROUP, ProbeResult, TrainResult
+from ablate.train.subject import Subject, watched_groups
 
 StepRows = list[tuple[int, dict[str, float]]]
 
@@ -33,6 +34,9 @@ class RunConfig:
     probe_dropout: bool = False
     warmup_frac: float = 0.1  # steps skipped before fitting the loss slope
     flush_every: int = 50
+    group: str = DEFAULT_GROUP  # the adapter group verdicts and adapter_gain judge
+    # Adapter groups the optimiser leaves alone (their gradient is still measured): the frozen control.
+    freeze: tuple[str, ...] = ()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,15 +71,22 @@ def train_run(
     ``train_batches(step)`` returns the batch for a step (already on ``device``).
     """
     torch.manual_seed(seed)
-    groups = {"adapter": subject.adapter_parameters(), "branch": subject.branch_parameters()}
-    params = [p for ps in groups.values() for p in ps]
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+    groups = watched_groups(subject)
+    for name in (cfg.group, *cfg.freeze):
+        if name not in groups:
+            raise ValueError(f"unknown adapter group {name!r}; this subject has {', '.join(groups)}")
+    frozen = {id(p) for name in cfg.freeze for p in groups[name]}
+    branch = subject.branch_parameters()
+    trained = [p for p in groups["all"] if id(p) not in frozen] + branch
+    opt = torch.optim.Adam(trained, lr=cfg.lr, betas=cfg.betas)
+    judged_init = [p.detach().clone() for p in groups[cfg.group]]  # for adapter_gain at the end
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.cuda.synchronize(device)
 
     gate_names = sorted(subject.gate_values())
-    names = ["loss", "grad_norm_adapter", "grad_norm_branch", "upd_adapter", "upd_branch"]
+    watched = {**groups, "branch": branch}
+    names = ["loss", *(f"grad_norm_{g}" for g in watched), *(f"upd_{g}" for g in watched)]
     names += [f"gate/{g}" for g in gate_names]
     metrics: dict[str, list[float]] = {n: [] for n in names}
     probes: list[ProbeResult] = []
@@ -103,7 +114,9 @@ def train_run(
     def probe(step: int) -> None:
         nonlocal probe_s
         t = time.perf_counter()
-        p = run_probe(subject, probe_batches, device, fix, scale, step, cfg.threshold, cfg.probe_dropout, seed)
+        p = run_probe(
+            subject, probe_batches, device, fix, scale, step, cfg.threshold, cfg.probe_dropout, seed, cfg.group
+        )
         probe_s += time.perf_counter() - t
         probes.append(p)
         if on_probe is not None:
@@ -116,18 +129,24 @@ def train_run(
             probe(step)
         batch = train_batches(step)
         opt.zero_grad(set_to_none=True)
+        for p in groups["all"]:  # frozen groups are not in the optimiser; clear their gradient too
+            p.grad = None
         with autocast(device):
             loss, _ = subject.compute_loss(batch)
         loss.backward()
-        before = {k: [p.detach().clone() for p in ps] for k, ps in groups.items()}
+        before = {k: [p.detach().clone() for p in ps] for k, ps in watched.items() if k != "all"}
         opt.step()
-        row = [
-            loss.detach().float(),
-            grad_norm(groups["adapter"]),
-            grad_norm(groups["branch"]) if groups["branch"] else zero,
-        ]
-        for k in ("adapter", "branch"):
-            row.append(_update_ratio(groups[k], before[k]) if groups[k] else zero)
+        row = [loss.detach().float()]
+        row += [grad_norm(ps) if ps else zero for ps in watched.values()]
+        for k, ps in watched.items():
+            if not ps:
+                row.append(zero)
+            elif k == "all":  # the union's update, from the per-group snapshots
+                parts = [q for g in groups if g != "all" for q in groups[g]]
+                prev = [b for g in groups if g != "all" for b in before[g]]
+                row.append(_update_ratio(parts, prev))
+            else:
+                row.append(_update_ratio(ps, before[k]))
         gates = subject.gate_values()
         row += [gates[g].float() for g in gate_names]
         pending.append(torch.stack([r.float() for r in row]))
@@ -138,31 +157,74 @@ def train_run(
     flush()
     if cfg.steps == 0 or not probes or probes[-1].step != cfg.steps:
         probe(cfg.steps)
+    gains = held_out_gain(subject, groups[cfg.group], judged_init, probe_batches, device, seed)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
     losses = metrics["loss"]
     first, last = edge_means(losses)
     train_s = max(wall - probe_s, 1e-9)
-    ratios = [p.grad_ratio for p in probes]
+    gain = mean_ci(gains)
     return TrainResult(
         fix=fix,
         scale=scale,
         seed=seed,
         steps=cfg.steps,
         device=str(device),
+        group=cfg.group,
+        frozen=tuple(cfg.freeze),
         loss_first=first,
         loss_last=last,
         loss_slope=loss_slope(losses, cfg.warmup_frac),
         grad_ratio_init=probes[0].grad_ratio,
         grad_ratio_final=probes[-1].grad_ratio,
-        grad_ratio_mean=sum(ratios) / len(ratios),
+        grad_ratio_mean=geo_mean([p.grad_ratio for p in probes]),
+        adapter_gain=gain.estimate,
+        adapter_gain_lo=gain.lo,
+        adapter_gain_hi=gain.hi,
+        adapter_gain_batches=gains,
         wall_s=wall,
         steps_per_s=cfg.steps / train_s,
         peak_mem_mb=_peak_mem_mb(device),
         metrics=metrics,
         probes=probes,
     )
+
+
+@torch.no_grad()
+def held_out_gain(
+    subject: Subject,
+    params: list[torch.nn.Parameter],
+    initial: list[torch.Tensor],
+    batches: Sequence[Any],
+    device: torch.device,
+    rng_seed: int,
+) -> list[float]:
+    """Per held-out batch: loss with ``params`` reset to ``initial`` minus loss as trained.
+
+    Everything else (the other adapter groups, the branch) keeps its trained weights, so the
+    difference is what this group's learning is worth to the model. Eval mode (no dropout); the
+    weights are restored afterwards.
+    """
+    was_training = getattr(subject, "training", False)
+    subject.train(False)
+    trained = [p.detach().clone() for p in params]
+    out = []
+    try:
+        for i, batch in enumerate(batches):
+            pair = []
+            for weights in (trained, initial):
+                torch._foreach_copy_([p.data for p in params], weights)
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(rng_seed + i)
+                    with autocast(device):
+                        loss, _ = subject.compute_loss(batch)
+                pair.append(loss.float())
+            out.append(pair[1] - pair[0])
+    finally:
+        torch._foreach_copy_([p.data for p in params], trained)
+        subject.train(was_training)
+    return torch.stack(out).cpu().double().tolist() if out else []
 
 
 def _update_ratio(params: list[torch.nn.Parameter], before: list[torch.Tensor]) -> torch.Tensor:

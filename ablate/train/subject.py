@@ -1,6 +1,6 @@
 """What the probe and the training loop need from a model under study, and nothing more.
 
-Any PyTorch model can be a subject: name the adapters whose gradient we watch, the injected
+Any PyTorch model can be a subject: name the adapter groups whose gradient we watch, the injected
 branch, give a switch that bypasses the branch, and a loss on a batch.
 """
 
@@ -12,6 +12,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+# The union of every adapter group is reported as this group (the seed's "image adapter").
+ALL_GROUP = "all"
+
 
 class SubjectOutput(Protocol):
     final_features: torch.Tensor  # used for the with/without cosine
@@ -21,9 +24,9 @@ class SubjectOutput(Protocol):
 class Subject(Protocol):
     has_branch: bool
 
-    def adapter_parameters(self) -> list[nn.Parameter]: ...
-
-    def adapter_layer_parameters(self) -> list[nn.Parameter]: ...
+    def adapter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named, disjoint groups of trainable adapter parameters, e.g. {"layers": ..., "proj": ...}."""
+        ...
 
     def branch_parameters(self) -> list[nn.Parameter]: ...
 
@@ -36,3 +39,12 @@ class Subject(Protocol):
     def train(self, mode: bool = True) -> Any: ...
 
     def parameters(self) -> Any: ...
+
+
+def watched_groups(subject: Subject) -> dict[str, list[nn.Parameter]]:
+    """The subject's adapter groups plus their union under ``ALL_GROUP``, in that order."""
+    groups = dict(subject.adapter_groups())
+    if ALL_GROUP in groups:
+        raise ValueError(f"an adapter group may not be called {ALL_GROUP!r}: that name is the union")
+    groups[ALL_GROUP] = [p for ps in list(groups.values()) for p in ps]
+    return groups
