@@ -598,7 +598,14 @@ def _print_frame(frame, title: str, note: str = "") -> None:
     from rich import box
     from rich.markup import escape
 
-    table = Table(title=title, box=box.SIMPLE_HEAD, caption=escape(note) if note else None, caption_justify="left")
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        caption=escape(note) if note else None,
+        caption_justify="left",
+        pad_edge=False,
+        collapse_padding=True,
+    )
     for col in frame.columns:
         table.add_column(str(col), justify="right" if frame[col].dtype.kind in "if" else "left")
     for row in frame.itertuples(index=False):

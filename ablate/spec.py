@@ -85,6 +85,8 @@ class ProbeSection(_Strict):
     # The adapter group verdicts, adapter_gain and the dilution objectives judge: the block adapters
     # ("layers", default), the projections ("proj"), or both ("all", the seed's "image adapter").
     group: Literal["layers", "proj", "all"] = "layers"
+    # Held-out batches adapter_gain is measured on (forward passes only; more = less noise per seed).
+    gain_batches: int = Field(16, ge=2)
 
 
 class ScaleRange(_Strict):
@@ -255,6 +257,7 @@ class StudySpec(_Strict):
             seed=seed,
             device=self.training.device,
             freeze_adapters=frozen,
+            gain_batches=self.probe.gain_batches,
         )
 
 

@@ -15,12 +15,17 @@ def fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def fmt_ci(v: Any, lo: Any, hi: Any, digits: int = 3) -> str:
-    """'value [lo, hi]'; just the value when there is no interval."""
+def fmt_ci(v: Any, lo: Any, hi: Any, digits: int = 3, decimals: int | None = None) -> str:
+    """'value [lo, hi]' (significant digits, or fixed ``decimals``); the value alone without an interval."""
 
     def ok(x: Any) -> bool:
         return isinstance(x, int | float) and math.isfinite(float(x))
 
+    def one(x: Any, d: int) -> str:
+        if decimals is None or not ok(x):
+            return fmt(x, d)
+        return f"{float(x):.{decimals}f}"
+
     if not ok(lo) or not ok(hi):
-        return fmt(v, digits)
-    return f"{fmt(v, digits)} [{fmt(lo, 2)}, {fmt(hi, 2)}]"
+        return one(v, digits)
+    return f"{one(v, digits)} [{one(lo, 2)}, {one(hi, 2)}]"

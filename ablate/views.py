@@ -3,8 +3,10 @@ cell, narrow enough for an 80-column terminal. csv and json output carry every c
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ablate.textfmt import fmt, fmt_ci
@@ -22,8 +24,21 @@ SHORT = {
 }
 
 
-def _ci(row: Any, name: str) -> str:
-    return fmt_ci(row.get(name), row.get(f"{name}_lo"), row.get(f"{name}_hi"))
+# Short labels for the reference rows of the per-fix view (the frame keeps the long ones).
+REFERENCE_SHORT = {"no-branch (baseline)": "no-branch (base)", "frozen-adapters (control)": "frozen (control)"}
+
+
+def _decimals(frame: pd.DataFrame, name: str) -> int:
+    """Decimals that give the column's largest value three significant digits (one format per column,
+    so values line up and tiny bounds do not turn into long strings)."""
+    cols = [c for c in (name, f"{name}_lo", f"{name}_hi") if c in frame.columns]
+    vals = pd.to_numeric(frame[cols].stack(), errors="coerce").abs() if cols else pd.Series(dtype=float)
+    vals = vals[np.isfinite(vals) & (vals > 0)]
+    return 3 if vals.empty else int(min(6, max(0, 2 - math.floor(math.log10(vals.max())))))
+
+
+def _ci(row: Any, name: str, decimals: int) -> str:
+    return fmt_ci(row.get(name), row.get(f"{name}_lo"), row.get(f"{name}_hi"), decimals=decimals)
 
 
 def _scale(v: Any) -> str:
@@ -41,6 +56,7 @@ def scope_note(frame: pd.DataFrame) -> str:
 
 
 def trials_view(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFrame:
+    dec = {m: _decimals(frame, m) for m in objectives}
     rows = []
     for _, r in frame.iterrows():
         seeds = f"{r['n_seeds']}/{r['seeds_wanted']}"
@@ -50,25 +66,36 @@ def trials_view(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFrame:
                 "fix": r["fix"],
                 "scale": _scale(r["scale"]),
                 "seeds": seeds if r["ranked"] else f"{r['status']} {seeds}",
-                **{SHORT.get(m, m): _ci(r, m) for m in objectives},
-                "R train": fmt(r.get("train_grad_ratio"), 3),
+                **{SHORT.get(m, m): _ci(r, m, dec[m]) for m in objectives},
+                **_ratio_column(r, objectives),
             }
         )
     return pd.DataFrame(rows)
 
 
+def _ratio_column(row: Any, objectives: list[str]) -> dict[str, str]:
+    # dilution_train is -log of this ratio: showing both would say one thing twice
+    return {} if "dilution_train" in objectives else {"R train": fmt(row.get("train_grad_ratio"), 3)}
+
+
 def fixes_view(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFrame:
+    dec = {m: _decimals(frame, m) for m in objectives}
     rows = []
     for _, r in frame.iterrows():
         best = r.get("best_trial")
+        none_ranked = r["fix"] not in REFERENCE_SHORT and (best is None or pd.isna(best))
+        unranked = int(r.get("n_unranked") or 0)
         rows.append(
             {
-                "fix": r["fix"],
-                "trial": "-" if best is None or pd.isna(best) else str(int(best)),
+                "fix": REFERENCE_SHORT.get(r["fix"], r["fix"]),
+                "#": "-" if best is None or pd.isna(best) else str(int(best)),
                 "scale": _scale(r["scale"]),
-                "seeds": str(r["n_seeds"]),
-                **{SHORT.get(m, m): _ci(r, m) for m in objectives},
-                "R train": fmt(r.get("train_grad_ratio"), 3),
+                "seeds": "-" if none_ranked else str(r["n_seeds"]),
+                **{
+                    SHORT.get(m, m): (f"({unranked} unranked)" if none_ranked else _ci(r, m, dec[m]))
+                    for m in objectives
+                },
+                **_ratio_column(r, objectives),
             }
         )
     return pd.DataFrame(rows)

@@ -17,6 +17,7 @@ MINI = textwrap.dedent(
     [probe]
     batches = 2
     every = 3
+    gain_batches = 2
     [search]
     fixes = ["none", "fixed-scale", "tanh-gate"]
     [study]

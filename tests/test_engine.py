@@ -12,7 +12,7 @@ from ablate.train.loss import stage2_loss
 from ablate.train.probe import run_probe
 from ablate.train.run import RunConfig
 
-SMALL = ArmConfig(data=DataConfig(batch_size=2, train_size=16), probe_batches=3, device="cpu")
+SMALL = ArmConfig(data=DataConfig(batch_size=2, train_size=16), probe_batches=3, gain_batches=4, device="cpu")
 GROUPS = ("layers", "proj", "all")
 
 
@@ -85,6 +85,8 @@ def test_probe_interval_is_a_t_interval_on_log_ratios():
 def test_each_seed_draws_its_own_probe_batches():
     a, b = ArmSetup(small("none")), ArmSetup(replace(small("none"), seed=1))
     assert not torch.equal(a.probe_batches[0].images, b.probe_batches[0].images)
+    assert not torch.equal(a.eval_batches[0].images, b.eval_batches[0].images)
+    assert not torch.equal(a.eval_batches[0].images, a.probe_batches[0].images)
 
 
 @pytest.mark.parametrize("fix", ["learnable-alpha", "tanh-gate", "layerscale"])
@@ -194,7 +196,7 @@ def test_frozen_control_keeps_block_adapters_and_scores_zero_gain():
     assert all(torch.equal(a, b) for a, b in zip(init, after))  # never updated ...
     assert all(v > 0 for v in r.metrics["grad_norm_layers"])  # ... though its gradient is measured
     assert r.metrics["upd_layers"] == [0.0] * 6 and all(u > 0 for u in r.metrics["upd_proj"])
-    assert r.adapter_gain == 0.0 and r.adapter_gain_batches == [0.0] * 3
+    assert r.adapter_gain == 0.0 and r.adapter_gain_batches == [0.0] * 4
     assert r.frozen == ("layers",)
 
 
@@ -205,12 +207,12 @@ def test_adapter_gain_is_the_held_out_loss_difference_and_restores_weights():
     trained = [q.detach().clone() for q in model.adapter_groups()["layers"]]
     model.train(False)
     with torch.no_grad():
-        as_trained = [float(model.compute_loss(b)[0]) for b in setup.probe_batches]
-    assert r.adapter_gain == pytest.approx(sum(r.adapter_gain_batches) / 3)
+        as_trained = [float(model.compute_loss(b)[0]) for b in setup.eval_batches]
+    assert r.adapter_gain == pytest.approx(sum(r.adapter_gain_batches) / 4)
     assert all(torch.equal(a, b) for a, b in zip(trained, model.adapter_groups()["layers"]))
     fresh = ArmSetup(small("no-branch", steps=8, lr=5e-3)).model  # same seed: the initial weights
     for q, init in zip(model.adapter_groups()["layers"], fresh.adapter_groups()["layers"]):
         q.data.copy_(init.data)
     with torch.no_grad():
-        reset = [float(model.compute_loss(b)[0]) for b in setup.probe_batches]
+        reset = [float(model.compute_loss(b)[0]) for b in setup.eval_batches]
     assert r.adapter_gain_batches == pytest.approx([x - y for x, y in zip(reset, as_trained)], rel=1e-4, abs=1e-5)

@@ -48,9 +48,31 @@ def test_query_group_by_fix_csv(capsys, db_url):
     code, out, _ = cli(capsys, "query", "--storage", db_url, "--group-by", "fix", "--format", "csv")
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert {r["fix"] for r in rows} == {"no-branch", "none", "fixed-scale", "tanh-gate"}
-    base = next(r for r in rows if r["fix"] == "no-branch")
-    assert int(base["n_runs"]) == 2
+    refs = ["no-branch (baseline)", "frozen-adapters (control)"]
+    assert [r["fix"] for r in rows] == [*refs, "fixed-scale", "none", "tanh-gate"]
+    assert all(int(r["n_seeds"]) == 2 for r in rows)
+    base, control = rows[0], rows[1]
+    assert float(base["train_grad_ratio"]) == 1.0 and float(base["adapter_gain_rel"]) == 1.0
+    assert float(control["adapter_gain"]) == 0.0 and float(control["train_update_ratio"]) == pytest.approx(1e-6)
+    assert {r["ci_scope"] for r in rows} == {"seeds"}
+
+
+def test_query_tables_fit_80_columns_and_say_what_the_intervals_are(db_url):
+    import subprocess
+    import sys
+
+    for args in ([], ["--group-by", "fix"], ["--runs"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "ablate", "query", "--storage", db_url, *args],
+            capture_output=True,
+            text=True,
+            env={**__import__("os").environ, "COLUMNS": "80"},
+        )
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.rstrip("\n").splitlines()
+        assert max(len(line.rstrip()) for line in lines) <= 80, proc.stdout
+        if args != ["--runs"]:
+            assert "95% interval over seeds" in proc.stdout
 
 
 def test_query_studies_and_sql(capsys, db_url):
@@ -82,7 +104,7 @@ def test_query_bad_input(capsys, db_url, args, fragment):
     code, out, err = cli(capsys, "query", "--storage", db_url, *args)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and fragment in err
-    assert query.runs_frame(open_storage(db_url), "mini").shape[0] == 10  # nothing deleted
+    assert query.runs_frame(open_storage(db_url), "mini").shape[0] == 12  # nothing deleted
 
 
 def test_query_missing_database(capsys, tmp_path):
@@ -104,14 +126,18 @@ def test_plot_writes_every_kind(capsys, db_url, tmp_path):
 
 def test_tradeoff_data_from_the_database(db_url):
     engine = open_storage(db_url)
+    trials = query.trials_frame(engine, "mini")
+    per_fix = query.group_by_fix(engine, "mini")
+    refs = per_fix[per_fix.fix.isin(list(query.REFERENCE_LABELS.values()))]
+    data = extract_tradeoff(trials, refs, "dilution_train", "adapter_gain", "minimize", "maximize", threshold=0.8)
+    assert len(data.points) == 4 and not data.unranked
     runs = query.runs_frame(engine, "mini")
-    data = extract_tradeoff(runs, ratio_metric="grad_ratio_mean", threshold=0.8)
-    assert len(data.points) == 4
     none = next(p for p in data.points if p.fix == "none")
     t0 = runs[(runs.role == "trial") & (runs.trial_number == none.trial_number)]
-    assert none.ratio == pytest.approx(t0.grad_ratio_mean.mean())
-    assert none.slope == pytest.approx(t0.loss_slope.mean())
-    assert data.baseline is not None and data.baseline.ratio == 1.0
+    assert none.y == pytest.approx(t0.adapter_gain.mean())
+    assert [r.label for r in data.references] == list(query.REFERENCE_LABELS.values())
+    control = data.references[1]
+    assert control.y == 0.0 and data.references[0].x == 0.0
     assert data.front  # a non-empty Pareto front
 
 

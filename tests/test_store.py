@@ -1170,3 +1170,14 @@ def test_start_run_lease_keeps_a_second_worker_off(tmp_path):
         start_run(engine, sid, "baseline", None, 0, "no-branch", None, "cpu", lease_s=3600)
     # An expired lease (or no lease) takes the row over, as after a killed worker.
     assert start_run(engine, sid, "baseline", None, 0, "no-branch", None, "cpu", lease_s=0) == first
+
+
+def test_a_database_from_an_older_ablate_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as con:  # an ablate_runs table from before the per-group columns
+        con.execute("CREATE TABLE ablate_runs (id INTEGER PRIMARY KEY, study_id INTEGER, loss_slope FLOAT)")
+    for create in (True, False):
+        with pytest.raises(ValueError, match="older ablate: ablate_runs lacks"):
+            open_storage(f"sqlite:///{path}", create=create)

@@ -242,7 +242,7 @@ def test_study_on_postgresql(fresh_pg_url):
     study = optuna.load_study(study_name="mini", storage=fresh_pg_url)
     assert len(study.get_trials()) == 2
     frame = query.runs_frame(open_storage(fresh_pg_url), "mini")
-    assert len(frame) == 3 and set(frame.status) == {"complete"}
+    assert len(frame) == 4 and set(frame.status) == {"complete"}  # 2 trials + baseline + control
 
 
 def test_dashboard_serves_our_study(mini_study_db, tmp_path):

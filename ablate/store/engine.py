@@ -16,7 +16,7 @@ from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
-from ablate.store.schema import TABLE_NAMES, Base
+from ablate.store.schema import TABLE_NAMES, TABLES, Base
 
 DEFAULT_STORAGE = "sqlite:///results.db"
 STORAGE_ENV = "ABLATE_STORAGE"
@@ -161,6 +161,25 @@ def create_schema(engine: Engine) -> None:
         raise ValueError(f"cannot open storage {display_url(engine)!r}: {_first_line(exc)}") from exc
 
 
+def check_schema(engine: Engine) -> None:
+    """Refuse a database whose ablate_* tables predate columns this version reads and writes.
+
+    ``create_all`` adds missing tables, never missing columns, so an older file would otherwise fail
+    mid-study with an SQL error. There is no migration: the message says to start a new file.
+    """
+    present = set(inspect(engine).get_table_names())
+    for table in TABLES:
+        if table.name not in present:
+            continue
+        have = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        missing = [c.name for c in table.columns if c.name not in have]
+        if missing:
+            raise ValueError(
+                f"storage {display_url(engine)!r} was written by an older ablate: {table.name} lacks "
+                f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; use a new database file"
+            )
+
+
 def open_storage(url: str | None = None, create: bool = True) -> Engine:
     """Resolve the storage (explicit > $ABLATE_STORAGE > default), make its engine, ensure the schema.
 
@@ -178,6 +197,8 @@ def open_storage(url: str | None = None, create: bool = True) -> Engine:
                 pass
         except SQLAlchemyError as exc:
             raise ValueError(f"cannot open storage {display_url(engine)!r}: {_first_line(exc)}") from exc
+        check_schema(engine)
         return engine
     create_schema(engine)
+    check_schema(engine)
     return engine

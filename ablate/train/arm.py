@@ -21,7 +21,8 @@ from ablate.train.result import ProbeResult, TrainResult
 from ablate.train.run import RunConfig, StepRows, train_run
 
 PROBE_INDEX_OFFSET = 1_000_000  # probe images never appear in training
-PROBE_SEED_STRIDE = 10_000  # each seed draws its own held-out probe batches
+PROBE_SEED_STRIDE = 10_000  # each seed draws its own held-out probe and evaluation batches
+EVAL_OFFSET = 5_000  # within a seed's range: probe images first, then the adapter-gain images
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class ArmConfig:
     seed: int = 0
     device: str = "auto"
     freeze_adapters: bool = False  # the frozen control: block adapters never updated
+    gain_batches: int = 16  # held-out batches for adapter_gain (forward passes only, so cheap)
 
     @property
     def frozen_groups(self) -> tuple[str, ...]:
@@ -60,7 +62,9 @@ def validate(cfg: ArmConfig) -> None:
     checks = [
         ("steps", cfg.run.steps >= 1, "must be >= 1"),
         ("batches", cfg.probe_batches >= 1, "must be >= 1"),
-        ("batches", cfg.probe_batches * cfg.data.batch_size <= PROBE_SEED_STRIDE, "too many probe images"),
+        ("batches", cfg.probe_batches * cfg.data.batch_size <= EVAL_OFFSET, "too many probe images"),
+        ("gain_batches", cfg.gain_batches >= 2, "must be >= 2 (one batch gives no interval)"),
+        ("gain_batches", cfg.gain_batches * cfg.data.batch_size <= EVAL_OFFSET, "too many evaluation images"),
         ("batch_size", cfg.data.batch_size >= 1, "must be >= 1"),
         ("train_size", cfg.data.train_size >= cfg.data.batch_size, "must be >= batch_size"),
         ("lr", cfg.run.lr > 0, "must be > 0"),
@@ -85,14 +89,15 @@ class ArmSetup:
             spec.image_size, cfg.data.seed, cfg.data.classes, cfg.data.anomaly_fraction
         )
         self.model: AAClipModel = build_model(cfg.model, self.dataset.classes, cfg.seed).to(self.device)
-        bs = cfg.data.batch_size
         # Held out from training, and different for every seed, so seeds are independent replicates.
         first = PROBE_INDEX_OFFSET + (cfg.seed % 10_000) * PROBE_SEED_STRIDE
-        self.probe_batches = [
-            self.dataset.batch(list(range(first + i * bs, first + (i + 1) * bs))).to(self.device)
-            for i in range(cfg.probe_batches)
-        ]
+        self.probe_batches = self._held_out(first, cfg.probe_batches)
+        self.eval_batches = self._held_out(first + EVAL_OFFSET, cfg.gain_batches)
         self._order = torch.randperm(cfg.data.train_size, generator=torch.Generator().manual_seed(cfg.seed))
+
+    def _held_out(self, first: int, n: int) -> list[Batch]:
+        bs = self.cfg.data.batch_size
+        return [self.dataset.batch(list(range(first + i * bs, first + (i + 1) * bs))).to(self.device) for i in range(n)]
 
     @property
     def fix_name(self) -> str:
@@ -147,4 +152,5 @@ def train_arm(
         on_flush=on_flush,
         on_probe=on_probe,
         on_step=on_step,
+        eval_batches=setup.eval_batches,
     )

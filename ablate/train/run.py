@@ -65,10 +65,12 @@ def train_run(
     on_flush: Callable[[StepRows], None] | None = None,
     on_probe: Callable[[ProbeResult], None] | None = None,
     on_step: Callable[[int], None] | None = None,
+    eval_batches: Sequence[Any] | None = None,
 ) -> TrainResult:
     """Train the subject's adapters and branch for ``cfg.steps`` steps; return the result.
 
-    ``train_batches(step)`` returns the batch for a step (already on ``device``).
+    ``train_batches(step)`` returns the batch for a step (already on ``device``); ``eval_batches``
+    (default: the probe batches) are the held-out batches ``adapter_gain`` is measured on.
     """
     torch.manual_seed(seed)
     groups = watched_groups(subject)
@@ -157,7 +159,8 @@ def train_run(
     flush()
     if cfg.steps == 0 or not probes or probes[-1].step != cfg.steps:
         probe(cfg.steps)
-    gains = held_out_gain(subject, groups[cfg.group], judged_init, probe_batches, device, seed)
+    held_out = probe_batches if eval_batches is None else eval_batches
+    gains = held_out_gain(subject, groups[cfg.group], judged_init, held_out, device, seed)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
