@@ -218,12 +218,14 @@ def _print_probe_table(results: list, title: str, first: str) -> None:
     table = Table(
         title=title,
         box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        caption_justify="left",
         caption=escape(
             f"R: |grad {g}| with / without the branch [95% within this seed]; "
             f"{', '.join(o for o in GROUPS if o != g)}: R of those groups; "
             f"share: |g_{g}|^2 / (|g_{g}|^2 + |g_branch|^2); cos: final features with vs without"
         ),
-        caption_justify="left",
     )
     cols = [first, "scale"] if first == "fix" else [first]
     cols += ["R [95%]", *(o for o in GROUPS if o != g), "share", "cos", "verdict"]
@@ -347,7 +349,7 @@ def _print_train_summary(summary: dict, result, with_base: bool, seed: int, step
     title = f"Training run: {result.fix} (scale {fmt(result.scale)}), seed {seed}, {steps} steps"
     if result.frozen:
         title += f", frozen: {', '.join(result.frozen)}"
-    table = Table(title=title, box=box.SIMPLE_HEAD)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("meaning")
@@ -406,9 +408,11 @@ def study_run(
 ) -> None:
     """Run an Optuna study of the spec's fixes and scales; resume it if it exists.
 
-    Each trial trains every seed of the spec and stores every run; the no-branch baseline runs
-    once per seed. Running the same command again continues up to --trials finished trials
-    without repeating finished work. Ctrl-C stops cleanly; the same command resumes.
+    Each trial trains every seed of the spec and stores every run, compared step by step with
+    the no-branch baseline of the same seed; the baseline and the frozen-adapter control run once
+    per seed. At the end it prints each fix's best ranked trial (every seed complete) with 95%
+    intervals and draws the plots. Running the same command again continues up to --trials
+    finished trials without repeating finished work. Ctrl-C stops cleanly; the same command resumes.
     """
     from ablate.spec import load_spec
     from ablate.store.engine import storage_url
@@ -464,8 +468,11 @@ def study_run(
 def query(
     study: StudyOpt = None,
     storage: StorageOpt = None,
-    group_by: Annotated[str | None, typer.Option("--group-by", help="'fix': mean and 95% CI per fix.")] = None,
-    runs: Annotated[bool, typer.Option("--runs", help="One row per run (trial x seed, baselines).")] = False,
+    group_by: Annotated[
+        str | None,
+        typer.Option("--group-by", help="'fix': each fix's best ranked trial with 95% intervals, and the references."),
+    ] = None,
+    runs: Annotated[bool, typer.Option("--runs", help="One row per run (trial x seed, baselines, controls).")] = False,
     studies: Annotated[bool, typer.Option("--studies", help="List the studies in the database.")] = False,
     sql: Annotated[str | None, typer.Option("--sql", help="A read-only SELECT against the database.")] = None,
     fmt_: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
@@ -601,10 +608,10 @@ def _print_frame(frame, title: str, note: str = "") -> None:
     table = Table(
         title=title,
         box=box.SIMPLE_HEAD,
-        caption=escape(note) if note else None,
-        caption_justify="left",
         pad_edge=False,
         collapse_padding=True,
+        caption_justify="left",
+        caption=escape(note) if note else None,
     )
     for col in frame.columns:
         table.add_column(str(col), justify="right" if frame[col].dtype.kind in "if" else "left")

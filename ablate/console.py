@@ -67,6 +67,9 @@ class RichStudyReporter(StudyReporter):
         if status != "complete":
             self.console.print(f"{label}: {status}" + (f" ({error})" if error else ""), style="yellow", markup=False)
 
+    def waiting(self, what: str) -> None:
+        self.progress.update(self.steps_task, description=f"waiting for {what}", visible=True)
+
     def trial_end(self, trial: optuna.trial.FrozenTrial, best: list[optuna.trial.FrozenTrial]) -> None:
         if trial.state.is_finished() and trial.state != optuna.trial.TrialState.FAIL:
             self.progress.advance(self.trials_task)

@@ -42,6 +42,7 @@ def ranked_runs(runs: Any, trials: Any) -> Any:
     is_trial = runs["role"] == "trial"
     return runs[~is_trial | runs["trial_number"].isin(keep)]
 
+
 _RENDER_NAMES = frozenset(
     {
         "FixStyle",

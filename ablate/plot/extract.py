@@ -377,9 +377,7 @@ def extract_tradeoff(
                 )
             )
     seeds = sorted({p.n_seeds for p in ranked})
-    interval = (
-        "95% interval over seeds" if seeds[0] > 1 else "95% interval within one seed only (batch/step noise)"
-    )
+    interval = "95% interval over seeds" if seeds[0] > 1 else "95% interval within one seed only (batch/step noise)"
     threshold_x = None
     if threshold is not None and x_metric.startswith("dilution") and threshold > 0:
         threshold_x = max(0.0, -float(np.log(threshold)))

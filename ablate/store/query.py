@@ -2,8 +2,8 @@
 
 Every function takes an Engine and a study name (None = the most recently created study), decodes the
 non-finite encoding back to NaN/inf (:mod:`ablate.store.encode`), and never writes. Aggregates (means,
-standard deviations with ddof=1, bootstrap CIs) are over finite values only; a diverged run still shows
-its NaN/inf in :func:`runs_frame`.
+standard deviations with ddof=1, Student-t intervals from :mod:`ablate.stats`) are over finite values
+only; a diverged run still shows its NaN/inf in :func:`runs_frame`.
 """
 
 from __future__ import annotations

@@ -51,9 +51,7 @@ class ProbeResult:
 
     def flat(self) -> dict[str, Any]:
         """Flat scalar fields (what the store's probe table holds): grad_ratio_layers, grad_share_proj, ..."""
-        d: dict[str, Any] = {
-            k: v for k, v in asdict(self).items() if k not in ("groups", "grad_ratio_ci")
-        }
+        d: dict[str, Any] = {k: v for k, v in asdict(self).items() if k not in ("groups", "grad_ratio_ci")}
         d["grad_ratio_lo"], d["grad_ratio_hi"] = self.grad_ratio_ci
         d["grad_share"] = self.groups[self.group].share
         for name, g in self.groups.items():
