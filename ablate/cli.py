@@ -652,7 +652,7 @@ def _input_error_line(exc: AblateInputError) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input exits 2 with one line, a failed run exits 1, Ctrl-C exits 130."""
-    from ablate.train.run import NonFiniteLossError
+    from ablate.errors import NonFiniteLossError
 
     command = typer.main.get_command(app)
     try:

@@ -8,3 +8,14 @@ class AblateInputError(ValueError):
         self.field = field
         self.message = message
         super().__init__(f"{field}: {message}")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; raised at the flush that saw it (its rows are flushed).
+
+    Lives here, not in the training loop, so the CLI can catch it without importing torch.
+    """
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"non-finite loss at step {step}")
+        self.step = step

@@ -144,3 +144,22 @@ def test_tradeoff_data_from_the_database(db_url):
 def test_plot_unknown_kind(capsys, db_url, tmp_path):
     code, _, err = cli(capsys, "plot", "--storage", db_url, "--out", str(tmp_path), "--kind", "pie")
     assert code == 2 and "pie" in err and len(err.strip().splitlines()) == 1
+
+
+def test_query_commands_import_neither_torch_nor_open_clip(db_url):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from ablate.cli import main\n"
+        f"for args in (['--studies'], [], ['--group-by', 'fix'], ['--runs']):\n"
+        "    try:\n"
+        f"        main(['query', '--storage', {db_url!r}, '--json', *args])\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, args\n"
+        "print('heavy:', [m for m in ('torch', 'open_clip') if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "heavy: []"

@@ -319,6 +319,15 @@ def _f(row: pd.Series, key: str) -> float:
     return float("nan") if v is None or pd.isna(v) else float(v)
 
 
+def _coords(row: pd.Series, x_metric: str, y_metric: str) -> dict[str, float | int]:
+    """x, y with their interval ends, and the seed count, of one trial or reference row."""
+    out: dict[str, float | int] = {"n_seeds": int(row["n_seeds"])}
+    for axis, metric in (("x", x_metric), ("y", y_metric)):
+        out[axis] = _f(row, metric)
+        out[f"{axis}_lo"], out[f"{axis}_hi"] = _f(row, f"{metric}_lo"), _f(row, f"{metric}_hi")
+    return out
+
+
 def extract_tradeoff(
     trials: pd.DataFrame,
     references: pd.DataFrame | None,
@@ -332,7 +341,9 @@ def extract_tradeoff(
     ``<m>_lo``, ``<m>_hi`` and ``ranked``); the front over ranked trials; ``references`` (rows of
     ``query.group_by_fix`` whose fix is a reference label) become marks. ``threshold`` (a probe
     ratio) is placed on a dilution x axis as -log(threshold)."""
-    _require_columns(trials, "trials", ["trial_number", "fix", "scale", "status", "ranked", x_metric, y_metric])
+    _require_columns(
+        trials, "trials", ["study", "trial_number", "fix", "scale", "status", "ranked", "n_seeds", x_metric, y_metric]
+    )
     if trials.empty:
         raise NoPlotData("trials", "no trials to plot the tradeoff")
     pts = []
@@ -343,13 +354,7 @@ def extract_tradeoff(
                 trial_number=int(r["trial_number"]),
                 fix=str(r["fix"]),
                 scale=_f(r, "scale"),
-                x=_f(r, x_metric),
-                x_lo=_f(r, f"{x_metric}_lo"),
-                x_hi=_f(r, f"{x_metric}_hi"),
-                y=_f(r, y_metric),
-                y_lo=_f(r, f"{y_metric}_lo"),
-                y_hi=_f(r, f"{y_metric}_hi"),
-                n_seeds=int(r["n_seeds"]),
+                **_coords(r, x_metric, y_metric),
                 status=str(r["status"]),
                 ranked=bool(r["ranked"]),
             )
@@ -364,18 +369,7 @@ def extract_tradeoff(
     refs = []
     if references is not None:
         for _, r in references.iterrows():
-            refs.append(
-                ReferenceMark(
-                    label=str(r["fix"]),
-                    x=_f(r, x_metric),
-                    x_lo=_f(r, f"{x_metric}_lo"),
-                    x_hi=_f(r, f"{x_metric}_hi"),
-                    y=_f(r, y_metric),
-                    y_lo=_f(r, f"{y_metric}_lo"),
-                    y_hi=_f(r, f"{y_metric}_hi"),
-                    n_seeds=int(r["n_seeds"]),
-                )
-            )
+            refs.append(ReferenceMark(label=str(r["fix"]), **_coords(r, x_metric, y_metric)))
     seeds = sorted({p.n_seeds for p in ranked})
     interval = "95% interval over seeds" if seeds[0] > 1 else "95% interval within one seed only (batch/step noise)"
     threshold_x = None

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ablate.errors import NonFiniteLossError
 from ablate.stats import geo_mean, mean_ci
 from ablate.train.device import autocast, grad_norm
 from ablate.train.metrics import edge_means, loss_slope
@@ -37,14 +38,6 @@ class RunConfig:
     group: str = DEFAULT_GROUP  # the adapter group verdicts and adapter_gain judge
     # Adapter groups the optimiser leaves alone (their gradient is still measured): the frozen control.
     freeze: tuple[str, ...] = ()
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss; raised at the flush that saw it (its rows are flushed)."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__(f"non-finite loss at step {step}")
-        self.step = step
 
 
 def _peak_mem_mb(device: torch.device) -> float:
