@@ -53,6 +53,7 @@ from ablate.store.schema import (
 from ablate.store.writer import (
     MetricBuffer,
     RunBusy,
+    RunComplete,
     fail_stale_runs,
     finish_run,
     reference_run,
@@ -73,6 +74,7 @@ __all__ = [
     "Base",
     "MetricBuffer",
     "RunBusy",
+    "RunComplete",
     "ProbePointModel",
     "RunModel",
     "StepMetricModel",

@@ -196,6 +196,10 @@ class RunBusy(RuntimeError):
     """Another worker holds this run (see ``start_run``'s ``lease_s``)."""
 
 
+class RunComplete(ValueError):
+    """The run is already complete; finished work is not re-run."""
+
+
 def start_run(
     engine: Engine,
     study_id: int,
@@ -255,7 +259,7 @@ def start_run(
                     if age < lease_s:
                         raise RunBusy(f"{_describe(role, trial_number, seed)} is running elsewhere ({age:.0f} s)")
                 if run.status == "complete":
-                    raise ValueError(
+                    raise RunComplete(
                         f"{_describe(role, trial_number, seed)} of study {study_id} is already complete "
                         f"(run {run.id}); not re-running finished work"
                     )

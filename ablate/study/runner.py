@@ -181,6 +181,8 @@ class _StudyRun:
                 break
             try:
                 self.run_arm("baseline", None, NO_BRANCH, None, seed)
+            except writer.RunComplete:
+                continue  # another worker finished it between our read and our claim: read it
             except writer.RunBusy:
                 self.reporter.waiting(f"baseline seed {seed} (running in another worker)")
                 time.sleep(REFERENCE_POLL_S)
@@ -197,8 +199,8 @@ class _StudyRun:
                 continue
             try:
                 self.run_arm("control", None, NO_BRANCH, None, seed)
-            except writer.RunBusy:
-                continue  # another worker is on it; trials do not need it
+            except (writer.RunBusy, writer.RunComplete):
+                continue  # another worker is on it or has finished it; trials do not need it
 
     def objective(self, trial: optuna.Trial) -> float | list[float]:
         fix, scale = suggest_arm(trial, self.spec)
