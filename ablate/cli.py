@@ -80,6 +80,39 @@ FreezeOpt = Annotated[
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        help="torch CPU threads for this process (default: $ABLATE_THREADS, else $OMP_NUM_THREADS, else "
+        "the cores divided by the ablate processes training on this machine).",
+    ),
+]
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise AblateInputError("--threads", f"must be >= 1, got {threads}")
+
+
+class _worker_threads:
+    """Register this process as a local worker and take its share of the cores for the command."""
+
+    def __init__(self, threads: int | None) -> None:
+        from ablate.threads import LocalWorkers
+
+        _check_threads(threads)
+        self.threads = threads
+        self.workers = LocalWorkers()
+
+    def __enter__(self) -> None:
+        from ablate.threads import apply_threads, choose_threads
+
+        self.workers.__enter__()
+        apply_threads(choose_threads(self.threads, self.workers.live())[0])
+
+    def __exit__(self, *exc: Any) -> None:
+        self.workers.__exit__(*exc)
 
 
 def _arm_config(
@@ -155,6 +188,7 @@ def probe(
     threshold: ThresholdOpt = 0.8,
     group: GroupOpt = "layers",
     freeze_adapters: FreezeOpt = False,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -192,7 +226,7 @@ def probe(
         for f in names
     ]
     results = []
-    with _progress(quiet or as_json) as prog:
+    with _worker_threads(threads), _progress(quiet or as_json) as prog:
         task = prog.add_task("probe", total=len(cfgs))
         for cfg in cfgs:
             prog.update(task, description=f"probe {cfg.model.fix}")
@@ -270,6 +304,7 @@ def train(
             "step (train_grad_ratio, train_update_ratio, adapter_gain_rel); doubles the time.",
         ),
     ] = True,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -311,7 +346,7 @@ def train(
         base_cfg = replace(cfg.with_fix(NO_BRANCH, None), freeze_adapters=False)
         arms.insert(0, ("baseline no-branch", base_cfg, None))
     results = []
-    with _progress(quiet or as_json) as prog:
+    with _worker_threads(threads), _progress(quiet or as_json) as prog:
         for label, arm_cfg, arm_setup in arms:
             task = prog.add_task(label, total=steps)
             results.append(
@@ -403,6 +438,7 @@ def study_run(
         str | None, typer.Option("--plots", help="Directory for the plots (default: plots/<study>).")
     ] = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Do not draw plots at the end.")] = False,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -424,6 +460,7 @@ def study_run(
         raise AblateInputError("--trials", "must be >= 1")
     if name is not None and not name.strip():
         raise AblateInputError("--name", "must not be empty")
+    _check_threads(threads)
     url = storage_url(storage)
     from ablate.store.engine import open_storage
 
@@ -438,12 +475,12 @@ def study_run(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         if quiet or as_json:
-            outcome = run_study(spec, text, url, trials, name)
+            outcome = run_study(spec, text, url, trials, name, threads=threads)
         else:
             from ablate.console import RichStudyReporter
 
             with RichStudyReporter(err, spec.study.objectives) as reporter:
-                outcome = run_study(spec, text, url, trials, name, reporter)
+                outcome = run_study(spec, text, url, trials, name, reporter, threads=threads)
     except StudySpecConflict as exc:
         raise AblateInputError("--name", str(exc)) from None
     written: list[str] = []

@@ -100,6 +100,7 @@ def test_train_frozen_control_learns_nothing_in_its_block_adapters(capsys):
         (["probe", "--backbone", "vit-huge"], "--backbone: unknown backbone"),
         (["probe", "--fix", "zero-init+norm-match"], "invalid combination"),
         (["probe", "--group", "heads"], "--group: must be layers, proj or all"),
+        (["probe", "--threads", "0"], "--threads: must be >= 1"),
     ],
 )
 def test_bad_input_exit_2_one_line(capsys, args, fragment):

@@ -23,6 +23,7 @@ from ablate.store import writer
 from ablate.store.engine import open_storage
 from ablate.store.schema import GROUPS, REFERENCE_KEYS
 from ablate.study.space import arm_of, default_arm_params, suggest_arm
+from ablate.threads import LocalWorkers, apply_threads, choose_threads
 from ablate.train.arm import ArmSetup, train_arm
 from ablate.train.compare import compare_to_baseline
 from ablate.train.device import resolve_device
@@ -78,11 +79,19 @@ def _intermediate(metric: str, losses: list[float], warmup_frac: float) -> float
 
 
 class _StudyRun:
-    def __init__(self, spec: StudySpec, engine: Any, study_id: int, reporter: StudyReporter) -> None:
+    def __init__(
+        self,
+        spec: StudySpec,
+        engine: Any,
+        study_id: int,
+        reporter: StudyReporter,
+        threads: Callable[[], tuple[int, str]] | None = None,
+    ) -> None:
         self.spec = spec
         self.engine = engine
         self.study_id = study_id
         self.reporter = reporter
+        self.threads = threads  # re-read before every run: a worker started later shrinks our share
         self._refs: dict[int, dict[str, Any]] = {}  # seed -> the baseline run the comparison needs
 
     def run_arm(
@@ -111,6 +120,10 @@ class _StudyRun:
             label = "baseline no-branch" if role == "baseline" else "control frozen-adapters"
         label += f" s={choice.scale:.3g}" if choice.scale is not None else ""
         label += f" seed {seed}"
+        if self.threads is not None:
+            n, _why = self.threads()
+            apply_threads(n)
+            label += f" ({n} thread{'s' if n > 1 else ''})"
         self.reporter.run_start(label, cfg.run.steps)
         buffer = writer.MetricBuffer(self.engine, run_id, flush_every=10**9)
 
@@ -189,7 +202,18 @@ class _StudyRun:
         return self._refs[seed]
 
     def run_references(self) -> None:
-        """Every seed's baseline, then (if the spec asks) its frozen-adapter control."""
+        """Every seed's baseline, then (if the spec asks) its frozen-adapter control.
+
+        First pass: run each baseline no other worker holds (so two workers split them); second
+        pass: wait for the ones another worker is running.
+        """
+        for seed in self.spec.study.seeds:
+            if seed in self._refs or writer.reference_status(self.engine, self.study_id, seed) == "complete":
+                continue
+            try:
+                self.run_arm("baseline", None, NO_BRANCH, None, seed)
+            except (writer.RunBusy, writer.RunComplete):
+                continue
         for seed in self.spec.study.seeds:
             self.reference(seed)
         if not self.spec.study.frozen_control:
@@ -360,8 +384,12 @@ def run_study(
     n_trials: int | None = None,
     name: str | None = None,
     reporter: StudyReporter | None = None,
+    threads: int | None = None,
 ) -> StudyOutcome:
-    """Run (or resume) the study to ``n_trials`` finished trials; return what it holds now."""
+    """Run (or resume) the study to ``n_trials`` finished trials; return what it holds now.
+
+    ``threads``: torch threads for this worker; None = its share of the cores (ablate/threads.py).
+    """
     reporter = reporter or StudyReporter()
     preflight(spec)
     study_name = name or spec.name
@@ -398,7 +426,15 @@ def run_study(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(spec.study.objectives)
     study.set_user_attr("ablate_spec_hash", spec_hash(spec_text))
-    runner = _StudyRun(spec, engine, study_id, reporter)
+    with LocalWorkers() as workers:
+        runner = _StudyRun(spec, engine, study_id, reporter, lambda: choose_threads(threads, workers.live()))
+        return _optimize(study, runner, spec, study_name, url, total)
+
+
+def _optimize(
+    study: optuna.Study, runner: _StudyRun, spec: StudySpec, study_name: str, url: str, total: int
+) -> StudyOutcome:
+    engine, study_id, reporter = runner.engine, runner.study_id, runner.reporter
     writer.fail_stale_runs(engine, study_id, {t.number for t in study.get_trials(states=(TrialState.RUNNING,))})
 
     done = len(study.get_trials(deepcopy=False, states=FINISHED))

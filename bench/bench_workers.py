@@ -1,0 +1,85 @@
+"""The quick study with 1 and with 2 concurrent local workers, side by side in one run; prints JSON.
+
+Each case starts `ablate study run SPEC --quiet --no-plots` as a user would (fresh SQLite file in a
+temporary folder) and times it from start to the last worker's exit. Every worker takes its share
+of the cores (ablate/threads.py); ``--oversubscribed`` adds the 2-worker case with every worker
+forced to all cores (torch's default), which is what made a study 10x slower on a busy machine.
+Every arm both cases ran must give the same numbers (``identical``): splitting work changes speed only.
+
+    python bench/bench_workers.py                 # studies/quick.toml
+    python bench/bench_workers.py --trials 3      # shorter
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ablate.threads import available_cores  # noqa: E402
+
+
+def _study(spec: str, db: Path, workers: int, trials: int | None, threads: int | None) -> float:
+    cmd = [sys.executable, "-m", "ablate", "study", "run", spec, "--storage", f"sqlite:///{db}"]
+    cmd += ["--quiet", "--no-plots"]
+    cmd += ["--trials", str(trials)] if trials else []
+    cmd += ["--threads", str(threads)] if threads else []
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "ABLATE_THREADS")}
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(cmd, cwd=db.parent, env=env, stdout=subprocess.DEVNULL) for _ in range(workers)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise SystemExit(f"a worker failed ({codes}) on {db}")
+    return time.perf_counter() - t0
+
+
+def _per_arm(db: Path) -> dict[tuple, tuple]:
+    """(fix, scale) -> (adapter_gain, dilution_train) of every ranked trial (references included)."""
+    from ablate.store import open_storage, query
+
+    engine = open_storage(f"sqlite:///{db}", create=False)
+    frames = [query.trials_frame(engine), query.group_by_fix(engine)]
+    rows = [r for r in frames[0].itertuples() if r.ranked]
+    rows += [r for r in frames[1].itertuples() if r.fix in query.REFERENCE_LABELS.values()]
+    return {(r.fix, repr(r.scale)): (round(r.adapter_gain, 9), round(r.dilution_train, 9)) for r in rows}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", default=str(ROOT / "studies" / "quick.toml"))
+    ap.add_argument("--trials", type=int, default=None, help="finished trials (default: the spec's)")
+    ap.add_argument("--oversubscribed", action="store_true", help="add 2 workers x all cores (slow)")
+    args = ap.parse_args(argv)
+
+    cores = available_cores()
+    doc: dict = {"spec": args.spec, "cores": cores, "load_before": os.getloadavg()[0]}
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = [("one_worker", 1, None), ("two_workers", 2, None)]
+        if args.oversubscribed:
+            cases.append(("two_workers_all_cores_each", 2, cores))
+        for name, workers, threads in cases:
+            db = Path(tmp) / f"{name}.db"
+            doc[f"{name}_s"] = round(_study(args.spec, db, workers, args.trials, threads), 1)
+            doc[f"{name}_arms"] = _per_arm(db)
+        doc["load_after"] = os.getloadavg()[0]
+    doc["two_over_one_wall"] = round(doc["two_workers_s"] / doc["one_worker_s"], 3)
+    one, two = doc["one_worker_arms"], doc["two_workers_arms"]
+    shared = sorted(set(one) & set(two))
+    doc["arms_compared"] = len(shared)
+    doc["identical"] = bool(shared) and all(one[k] == two[k] for k in shared)
+    for name, *_ in cases:
+        doc.pop(f"{name}_arms")
+    print(json.dumps(doc, indent=2))
+    return doc
+
+
+if __name__ == "__main__":
+    main()
