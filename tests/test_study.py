@@ -243,6 +243,8 @@ def test_study_on_postgresql(fresh_pg_url):
     assert len(study.get_trials()) == 2
     frame = query.runs_frame(open_storage(fresh_pg_url), "mini")
     assert len(frame) == 4 and set(frame.status) == {"complete"}  # 2 trials + baseline + control
+    trials = query.trials_frame(open_storage(fresh_pg_url), "mini")  # Optuna's states read by SQL on PostgreSQL
+    assert list(trials.status) == ["complete", "complete"] and trials.ranked.all()
 
 
 def test_dashboard_serves_our_study(mini_study_db, tmp_path):

@@ -210,7 +210,7 @@ def held_out_gain(
         for i, batch in enumerate(batches):
             pair = []
             for weights in (trained, initial):
-                torch._foreach_copy_([p.data for p in params], weights)
+                _load(params, weights)
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     torch.manual_seed(rng_seed + i)
                     with autocast(device):
@@ -218,9 +218,14 @@ def held_out_gain(
                 pair.append(loss.float())
             out.append(pair[1] - pair[0])
     finally:
-        torch._foreach_copy_([p.data for p in params], trained)
+        _load(params, trained)
         subject.train(was_training)
     return torch.stack(out).cpu().double().tolist() if out else []
+
+
+def _load(params: list[torch.nn.Parameter], weights: list[torch.Tensor]) -> None:
+    for p, w in zip(params, weights):
+        p.data.copy_(w)
 
 
 def _update_ratio(params: list[torch.nn.Parameter], before: list[torch.Tensor]) -> torch.Tensor:
