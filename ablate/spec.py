@@ -40,7 +40,8 @@ SAMPLERS = ("tpe", "nsga2", "random")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # allow_inf_nan=False: an infinite lr, threshold or scale bound is refused here, not mid-study.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ModelSection(_Strict):
@@ -57,6 +58,13 @@ class ModelSection(_Strict):
             raise ValueError(f"unknown backbone {v!r}; valid: {', '.join(BACKBONES)}")
         return v
 
+    @model_validator(mode="after")
+    def _inject_within_depth(self) -> ModelSection:
+        depth = BACKBONES[self.backbone].depth
+        if self.inject_at >= depth:
+            raise ValueError(f"inject_at: must be in [0, {depth - 1}] for {self.backbone}, got {self.inject_at}")
+        return self
+
 
 class DataSection(_Strict):
     seed: int = 0
@@ -66,7 +74,7 @@ class DataSection(_Strict):
 
 
 class TrainingSection(_Strict):
-    steps: int = Field(100, ge=1)
+    steps: int = Field(100, ge=1, le=1_000_000)
     lr: float = Field(5e-4, gt=0)
     device: str = "auto"
 
@@ -161,7 +169,7 @@ class StudySection(_Strict):
     trials: int = Field(12, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0])
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
-    sampler_seed: int = 0
+    sampler_seed: int = Field(0, ge=0)  # Optuna's samplers (numpy) refuse negative seeds
     objectives: list[str] = Field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
     # Reference arms run once per seed beside the no-branch baseline: the block adapters frozen
     # (no branch), the known-bad case every objective should score below the baseline.
@@ -295,7 +303,10 @@ def load_spec(path: str | Path) -> tuple[StudySpec, str]:
     p = Path(path)
     if not p.is_file():
         raise AblateInputError("SPEC", f"no such file: {p}")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise AblateInputError("SPEC", f"{p} is not UTF-8 text (byte {exc.start}); a spec is a TOML file") from None
     return parse_spec(text, default_name=p.stem), text
 
 

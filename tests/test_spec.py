@@ -40,6 +40,16 @@ BAD = [
     ),
     ("no seeds", MINI.replace("seeds = [0, 1]", "seeds = []"), "study.seeds", "at least one seed"),
     ("bad backbone", MINI + '\n[model]\nbackbone = "vit-xxl"\n', "model.backbone", "unknown backbone"),
+    ("inject past the last block", MINI + "\n[model]\ninject_at = 99\n", "model.inject_at", "must be in [0, 7]"),
+    ("infinite lr", MINI.replace("steps = 6", "steps = 6\nlr = inf"), "training.lr", "finite"),
+    (
+        "infinite scale bound",
+        MINI.replace("[search]", "[search]\nscale = { min = 0.01, max = inf }"),
+        "search.scale.max",
+        "finite",
+    ),
+    ("negative sampler seed", MINI.replace("[study]", "[study]\nsampler_seed = -1"), "study.sampler_seed", "greater than or equal to 0"),
+    ("absurd step count", MINI.replace("steps = 6", "steps = 1000000000000"), "training.steps", "1000000"),
     (
         "pruning multi-objective",
         MINI.replace("[study]", "[study]\npruning = true"),
@@ -113,3 +123,11 @@ def test_arm_config_carries_the_spec():
     arm = spec.arm("fixed-scale", 0.2, seed=1)
     assert (arm.model.fix, arm.model.scale, arm.seed) == ("fixed-scale", 0.2, 1)
     assert (arm.run.steps, arm.run.probe_every, arm.probe_batches, arm.data.batch_size) == (6, 3, 2, 2)
+
+
+def test_a_binary_spec_is_one_line_naming_the_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b'name = "x"\n\xff\xfe\x00 binary')
+    with pytest.raises(AblateInputError) as info:
+        load_spec(path)
+    assert info.value.field == "SPEC" and "not UTF-8 text" in info.value.message

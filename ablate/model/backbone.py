@@ -23,6 +23,7 @@ class BackboneSpec:
 
     name: str
     image_size: int
+    depth: int  # visual transformer blocks (what inject_at, adapter_layers and levels index)
     adapter_layers: int  # adapters after blocks 0..k-1
     levels: tuple[int, ...]  # 1-based block indices whose output is a feature level
     open_clip_name: str | None = None  # a built-in open_clip config ...
@@ -34,6 +35,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "tiny": BackboneSpec(
         name="tiny",
         image_size=64,
+        depth=8,
         adapter_layers=2,
         levels=(2, 4, 6, 8),
         open_clip_cfg={
@@ -46,6 +48,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "vit-l-14-336@518": BackboneSpec(
         name="vit-l-14-336@518",
         image_size=518,
+        depth=24,
         adapter_layers=6,
         levels=(6, 12, 18, 24),
         open_clip_name="ViT-L-14-336",
