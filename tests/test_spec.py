@@ -48,7 +48,12 @@ BAD = [
         "search.scale.max",
         "finite",
     ),
-    ("negative sampler seed", MINI.replace("[study]", "[study]\nsampler_seed = -1"), "study.sampler_seed", "greater than or equal to 0"),
+    (
+        "negative sampler seed",
+        MINI.replace("[study]", "[study]\nsampler_seed = -1"),
+        "study.sampler_seed",
+        "greater than or equal to 0",
+    ),
     ("absurd step count", MINI.replace("steps = 6", "steps = 1000000000000"), "training.steps", "1000000"),
     (
         "pruning multi-objective",
