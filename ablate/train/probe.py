@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ablate.stats import ratio_ci
 from ablate.train.device import autocast, grad_norm
 from ablate.train.result import DEFAULT_GROUP, GroupProbe, ProbeResult
-from ablate.train.subject import Subject, watched_groups
+from ablate.train.subject import ALL_GROUP, Subject, watched_groups
 
 DEFAULT_THRESHOLD = 0.8  # the seed's line between "OK" and "CAUTION"
 
@@ -39,7 +39,10 @@ def _arm(subject: Subject, groups: dict[str, list], batch: Any, device: torch.de
     zero = torch.zeros((), device=device)
     inflation = out.norm_inflation if out.norm_inflation is not None else torch.ones((), device=device)
     g_x = grad_norm(subject.branch_parameters()) if subject.has_branch else zero
-    row = [loss.detach(), inflation, g_x, *(grad_norm(ps) for ps in groups.values())]
+    norms = {k: grad_norm(ps) for k, ps in groups.items() if k != ALL_GROUP}
+    # The union's norm follows from the disjoint groups' (no second pass over its gradients).
+    norms[ALL_GROUP] = torch.linalg.vector_norm(torch.stack(list(norms.values())))
+    row = [loss.detach(), inflation, g_x, *(norms[k] for k in groups)]
     return [t.float() for t in row], out.final_features.detach().float()
 
 

@@ -131,17 +131,17 @@ def train_run(
         loss.backward()
         before = {k: [p.detach().clone() for p in ps] for k, ps in watched.items() if k != "all"}
         opt.step()
-        row = [loss.detach().float()]
-        row += [grad_norm(ps) if ps else zero for ps in watched.values()]
+        # Norms per disjoint group once; the union's follow from them (||a, b|| = sqrt(|a|^2 + |b|^2)).
+        grads, deltas = {}, {}
         for k, ps in watched.items():
-            if not ps:
-                row.append(zero)
-            elif k == "all":  # the union's update, from the per-group snapshots
-                parts = [q for g in groups if g != "all" for q in groups[g]]
-                prev = [b for g in groups if g != "all" for b in before[g]]
-                row.append(_update_ratio(parts, prev))
-            else:
-                row.append(_update_ratio(ps, before[k]))
+            if k != "all":
+                grads[k] = grad_norm(ps) if ps else zero
+                deltas[k] = _delta_norms(ps, before[k]) if ps else (zero, zero)
+        parts = [k for k in groups if k != "all"]
+        grads["all"] = torch.linalg.vector_norm(torch.stack([grads[k] for k in parts]))
+        deltas["all"] = tuple(torch.linalg.vector_norm(torch.stack([deltas[k][i] for k in parts])) for i in (0, 1))
+        row = [loss.detach().float(), *(grads[k] for k in watched)]
+        row += [deltas[k][0] / deltas[k][1].clamp_min(1e-30) if watched[k] else zero for k in watched]
         gates = subject.gate_values()
         row += [gates[g].float() for g in gate_names]
         pending.append(torch.stack([r.float() for r in row]))
@@ -228,9 +228,10 @@ def _load(params: list[torch.nn.Parameter], weights: list[torch.Tensor]) -> None
         p.data.copy_(w)
 
 
-def _update_ratio(params: list[torch.nn.Parameter], before: list[torch.Tensor]) -> torch.Tensor:
-    """||delta theta|| / ||theta|| over a parameter group, for the step just taken."""
+def _delta_norms(params: list[torch.nn.Parameter], before: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(||delta theta||, ||theta before||) over a parameter group, for the step just taken; their
+    ratio is the update-to-weight ratio (kept apart so groups combine into their union)."""
     delta = torch._foreach_sub([p.detach() for p in params], before)
     num = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(delta)))
     den = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before)))
-    return num / den.clamp_min(1e-30)
+    return num, den
