@@ -272,7 +272,7 @@ def _print_probe_table(results: list, title: str, first: str) -> None:
             *head,
             fmt_ci(r.grad_ratio, *r.grad_ratio_ci),
             *others,
-            fmt(r.groups[g].share, 3),
+            fmt(r.groups[g].share, 2),
             fmt(r.feature_cosine, 3),
             r.verdict,
         )
@@ -391,7 +391,7 @@ def _print_train_summary(summary: dict, result, with_base: bool, seed: int, step
     g = result.group
     rows = [
         ("adapter_gain", fmt_ci(summary["adapter_gain"], summary["adapter_gain_lo"], summary["adapter_gain_hi"]),
-         f"held-out loss, {g} reset - trained"),
+         f"loss with {g} reset - trained"),
     ]  # fmt: skip
     if with_base:
         rows += [
@@ -401,7 +401,7 @@ def _print_train_summary(summary: dict, result, with_base: bool, seed: int, step
              f"|grad {g}| vs baseline run"),
             ("train_update_ratio",
              fmt_ci(summary["train_update_ratio"], summary["train_update_ratio_lo"], summary["train_update_ratio_hi"]),
-             f"update-to-weight {g} vs baseline"),
+             f"|dθ|/|θ| {g} vs baseline"),
             ("loss_slope_rel", fmt(summary["loss_slope_rel"], 3), "slope - baseline's slope"),
         ]  # fmt: skip
     rows += [
