@@ -60,7 +60,7 @@ def test_group_split_sums_to_the_whole():
     assert set(groups) == set(GROUPS)
     assert {id(q) for q in groups["all"]} == {id(q) for q in groups["layers"]} | {id(q) for q in groups["proj"]}
     assert not {id(q) for q in groups["layers"]} & {id(q) for q in groups["proj"]}
-    row, _ = _arm(setup.model, groups, setup.probe_batches[0], setup.device, 0)
+    row, _ = _arm(setup.model, groups, setup.probe_batches[0], setup.device, [0])
     g_layers, g_proj, g_all = (float(v) for v in row[3:6])
     assert g_all**2 == pytest.approx(g_layers**2 + g_proj**2, rel=1e-5)
     # the projections carry almost all of the gradient, which is why the whole-group ratio hides the layers

@@ -78,8 +78,13 @@ class FixedScale(Join):
     takes_scale = True
     default_scale = 0.1
 
+    def __init__(self, width: int, scale: float | None) -> None:
+        super().__init__(width, scale)
+        # A buffer, not a float: arms packed side by side may each have their own constant.
+        self.register_buffer("s", torch.tensor(float(scale)), persistent=False)
+
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return x + self.scale * c
+        return x + self.s.to(c.dtype) * c
 
 
 @register
@@ -162,9 +167,13 @@ class NormMatch(Join):
     zero_init_conflict = "c is exactly 0 at init, so c/|c| is undefined"
     eps: ClassVar[float] = 1e-6
 
+    def __init__(self, width: int, scale: float | None) -> None:
+        super().__init__(width, scale)
+        self.register_buffer("s", torch.tensor(float(scale)), persistent=False)  # per arm when packed
+
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         ratio = x.norm(dim=-1, keepdim=True) / (c.norm(dim=-1, keepdim=True) + self.eps)
-        return x + self.scale * c * ratio
+        return x + self.s.to(c.dtype) * c * ratio
 
 
 def fix_names(include_reference: bool = True) -> list[str]:

@@ -53,14 +53,73 @@ class CrossAttentionBranch(nn.Module):
         nn.init.zeros_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """x: [B, L, d_img]; context: [B, M, d_txt] -> [B, L, d_img]."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, L, d_img]; context: [B, M, d_txt] -> [B, L, d_img].
+
+        ``keep`` is the attention-dropout mask ([B, heads, L, M], True = kept) drawn by the caller from
+        the arm's own generator, so a packed arm sees exactly the draws it would see alone; None = no
+        dropout (eval, or dropout 0), which takes the fused SDPA kernel.
+        """
+        return self.output(attend(*self.qkv(x, context), keep, self.dropout))
+
+    def qkv(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-head queries [B, heads, L, d] and keys, values [B, heads, M, d]."""
         b, n, _ = x.shape
         m = context.shape[1]
         h = self.heads
         q = self.q_proj(x).view(b, n, h, -1).transpose(1, 2)
         k = self.k_proj(context).view(b, m, h, -1).transpose(1, 2)
         v = self.v_proj(context).view(b, m, h, -1).transpose(1, 2)
-        drop = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+        return q, k, v
+
+    def output(self, attended: torch.Tensor) -> torch.Tensor:
+        """[B, heads, L, d] -> [B, L, d_img]."""
+        b, _, n, _ = attended.shape
+        return self.out_proj(attended.transpose(1, 2).reshape(b, n, -1))
+
+    def keep_shape(self, x: torch.Tensor, context: torch.Tensor) -> tuple[int, int, int, int]:
+        """Shape of the dropout mask ``forward`` takes for these inputs."""
+        return (x.shape[0], self.heads, x.shape[1], context.shape[1])
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None, dropout: float
+) -> torch.Tensor:
+    """Scaled dot-product attention with an explicit dropout mask (None: SDPA, no dropout).
+
+    Kept outside the module so packed arms can run it once on their stacked heads.
+    """
+    if keep is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    attn = torch.softmax((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5, dim=-1)
+    return (attn * keep.to(attn.dtype) * (1.0 / (1.0 - dropout))) @ v
+
+
+class DropoutStream:
+    """An arm's own dropout randomness: a generator seeded from the arm's seed, on the arm's device.
+
+    Kept apart from torch's global RNG so arms trained side by side (packed) draw exactly what they
+    would draw alone, and so a probe can replay the same masks with and without the branch.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._gen: torch.Generator | None = None
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        if self._gen is None or self._gen.device != device:
+            self._gen = torch.Generator(device=device).manual_seed(self.seed)
+        return self._gen
+
+    def keep_mask(self, shape: tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
+        return torch.rand(shape, generator=self.generator(device), device=device) >= p
+
+    def reseed(self, seed: int, device: torch.device) -> torch.Tensor:
+        """Seed the stream with ``seed``; returns the previous state for ``restore``."""
+        gen = self.generator(device)
+        state = gen.get_state()
+        gen.manual_seed(seed)
+        return state
+
+    def restore(self, state: torch.Tensor, device: torch.device) -> None:
+        self.generator(device).set_state(state)

@@ -177,6 +177,7 @@ RUNS_COLUMNS = [
     "scale",
     "status",
     "steps",
+    "packed_arms",
     "judged_group",
     "frozen",
     *RUN_FLOAT_FIELDS,
@@ -206,6 +207,7 @@ def _runs(conn: Connection, study_id: int, study_name: str) -> pd.DataFrame:
             *_run_identity(),
             RunModel.status,
             RunModel.steps,
+            RunModel.packed_arms,
             RunModel.judged_group,
             RunModel.frozen,
             *(getattr(RunModel, f) for f in RUN_FLOAT_FIELDS),
@@ -233,6 +235,7 @@ def _runs(conn: Connection, study_id: int, study_name: str) -> pd.DataFrame:
             "seed": "int64",
             "scale": "float64",
             "steps": "Int64",
+            "packed_arms": "Int64",
             **dict.fromkeys(RUN_FLOAT_FIELDS, "float64"),
         }
     )

@@ -79,8 +79,10 @@ RUN_FLOAT_FIELDS = (
     "wall_s",
     "steps_per_s",
     "peak_mem_mb",
+    "step_flops",
+    "mfu",
 )
-RUN_SUMMARY_FIELDS = ("steps", *RUN_FLOAT_FIELDS, "verdict")
+RUN_SUMMARY_FIELDS = ("steps", "packed_arms", *RUN_FLOAT_FIELDS, "verdict")
 
 PROBE_FLOAT_FIELDS = (
     "grad_ratio",
@@ -173,6 +175,7 @@ class RunModel(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     steps: Mapped[int | None] = mapped_column(Integer)
+    packed_arms: Mapped[int | None] = mapped_column(Integer)  # arms trained side by side (timings are the pack's)
     judged_group: Mapped[str | None] = mapped_column(String(32))  # adapter group verdicts and gains judge
     frozen: Mapped[str | None] = mapped_column(String(128))  # comma-separated groups not updated
     # One Float column per RUN_FLOAT_FIELDS entry (declared in a loop so that tuple stays the one list).

@@ -229,6 +229,7 @@ def start_run(
         "started_at": utcnow(),
         "finished_at": None,
         "steps": None,
+        "packed_arms": None,
         "verdict": None,
         "nonfinite": None,
         "judged_group": None,
@@ -460,6 +461,8 @@ def finish_run(
             run.nonfinite = nonfinite
             steps = values.get("steps")
             run.steps = None if steps is None else int(steps)
+            packed = values.get("packed_arms")
+            run.packed_arms = None if packed is None else int(packed)
             run.verdict = values.get("verdict")
             run.judged_group = values.get("group")
             run.frozen = values.get("frozen") or None

@@ -24,7 +24,7 @@ from ablate.store.engine import open_storage
 from ablate.store.schema import GROUPS, REFERENCE_KEYS
 from ablate.study.space import arm_of, default_arm_params, suggest_arm
 from ablate.threads import LocalWorkers, apply_threads, choose_threads
-from ablate.train.arm import ArmSetup, train_arm
+from ablate.train.arm import ArmSetup, PackSetup, train_arm, train_pack
 from ablate.train.compare import compare_to_baseline
 from ablate.train.device import resolve_device
 from ablate.train.metrics import edge_means, loss_slope
@@ -93,6 +93,9 @@ class _StudyRun:
         self.reporter = reporter
         self.threads = threads  # re-read before every run: a worker started later shrinks our share
         self._refs: dict[int, dict[str, Any]] = {}  # seed -> the baseline run the comparison needs
+        # The first arm built: every later run shares its frozen backbone and data set (and the
+        # data set's drawn samples) instead of building them again. Same spec, so the same backbone.
+        self._like: ArmSetup | None = None
 
     def run_arm(
         self,
@@ -101,64 +104,109 @@ class _StudyRun:
         fix: str,
         scale: float | None,
         seed: int,
-        on_block: Callable[[list[tuple[int, dict[str, float]]]], None] | None = None,
+        on_block: Callable[[int, list[tuple[int, dict[str, float]]]], None] | None = None,
     ) -> dict[str, Any]:
-        """One seed of one arm, streamed into the database; returns the run row it stored.
+        """One seed of one arm, streamed into the database; returns the run row it stored."""
+        run_id = self.claim(role, trial_number, fix, scale, seed)
+        return self.run_claimed(role, trial_number, fix, scale, [(seed, run_id)], on_block)[0]
 
-        The row ends complete (with the comparison against the seed's baseline), failed or pruned.
-        """
-        cfg = self.spec.arm(fix, scale, seed, frozen=role == "control")
-        choice, device = parse_fix(fix, scale), resolve_device(cfg.device)
+    def claim(self, role: str, trial_number: int | None, fix: str, scale: float | None, seed: int) -> int:
+        """Mark a seed's run 'running' (RunBusy / RunComplete when another worker has it)."""
+        choice = parse_fix(fix, scale)
+        device = resolve_device(self.spec.training.device)
         # Reference runs are not Optuna trials, so a lease keeps two workers off the same one.
         lease = BASELINE_LEASE_S if role in REFERENCE_KEYS else None
-        run_id = writer.start_run(
+        return writer.start_run(
             self.engine, self.study_id, role, trial_number, seed, choice.name, choice.scale, str(device), lease
         )
+
+    def run_claimed(
+        self,
+        role: str,
+        trial_number: int | None,
+        fix: str,
+        scale: float | None,
+        claimed: list[tuple[int, int]],
+        on_block: Callable[[int, list[tuple[int, dict[str, float]]]], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train the claimed (seed, run id) pairs of one arm, side by side when there are several.
+
+        Every run row ends complete (with the comparison against its seed's baseline), failed or
+        pruned; returns the complete rows in ``claimed`` order.
+        """
+        seeds = [seed for seed, _ in claimed]
+        run_ids = [run_id for _, run_id in claimed]
+        cfgs = [self.spec.arm(fix, scale, seed, frozen=role == "control") for seed in seeds]
+        choice = parse_fix(fix, scale)
         if role == "trial":
             label = f"trial {trial_number} {choice.name}"
         else:
             label = "baseline no-branch" if role == "baseline" else "control frozen-adapters"
         label += f" s={choice.scale:.3g}" if choice.scale is not None else ""
-        label += f" seed {seed}"
+        label += f" seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
         if self.threads is not None:
             n, _why = self.threads()
             apply_threads(n)
             label += f" ({n} thread{'s' if n > 1 else ''})"
-        self.reporter.run_start(label, cfg.run.steps)
-        buffer = writer.MetricBuffer(self.engine, run_id, flush_every=10**9)
+        self.reporter.run_start(label, cfgs[0].run.steps)
+        buffers = [writer.MetricBuffer(self.engine, run_id, flush_every=10**9) for run_id in run_ids]
 
-        def flush(rows: list[tuple[int, dict[str, float]]]) -> None:
+        def flush(arm: int, rows: list[tuple[int, dict[str, float]]]) -> None:
             for step, values in rows:
-                buffer.add_step(step, values)
-            buffer.flush()  # one transaction per engine flush
+                buffers[arm].add_step(step, values)
+            buffers[arm].flush()  # one transaction per engine flush
             if on_block is not None:
-                on_block(rows)
+                on_block(arm, rows)
+
+        def finish_all(status: str, error: str | None) -> None:
+            for run_id in run_ids:
+                writer.finish_run(self.engine, run_id, status, None, error=error)
 
         try:
-            setup = ArmSetup(cfg)
-            result = train_arm(
-                cfg,
-                on_flush=flush,
-                on_probe=lambda p: writer.write_probe(self.engine, run_id, p),
-                on_step=self.reporter.step,
-                setup=setup,
-            )
-            row = self._row(role, result)
+            if len(cfgs) == 1:
+                setup = ArmSetup(cfgs[0], like=self._like)
+                self._like = self._like or setup
+                results = [
+                    train_arm(
+                        cfgs[0],
+                        on_flush=lambda rows: flush(0, rows),
+                        on_probe=lambda p: writer.write_probe(self.engine, run_ids[0], p),
+                        on_step=self.reporter.step,
+                        setup=setup,
+                    )
+                ]
+            else:
+                pack = PackSetup(cfgs, like=self._like)
+                self._like = self._like or pack.arms[0]
+                results = train_pack(
+                    cfgs,
+                    on_flush=flush,
+                    on_probe=lambda arm, p: writer.write_probe(self.engine, run_ids[arm], p),
+                    on_step=self.reporter.step,
+                    setup=pack,
+                )
+            rows = [self._row(role, result) for result in results]
         except optuna.TrialPruned:
-            writer.finish_run(self.engine, run_id, "pruned", None)
+            finish_all("pruned", None)
             self.reporter.run_end(label, None, "pruned")
             raise
         except KeyboardInterrupt:
-            writer.finish_run(self.engine, run_id, "failed", None, error="interrupted")
+            finish_all("failed", "interrupted")
             self.reporter.run_end(label, None, "interrupted")
             raise
         except Exception as exc:
-            writer.finish_run(self.engine, run_id, "failed", None, error=f"{type(exc).__name__}: {exc}")
+            finish_all("failed", f"{type(exc).__name__}: {exc}")
             self.reporter.run_end(label, None, "failed", f"{type(exc).__name__}: {exc}")
             raise RunFailed(f"{label}: {exc}") from exc
-        writer.finish_run(self.engine, run_id, "complete", row)
-        self.reporter.run_end(label, result, "complete")
-        return row
+        for run_id, row in zip(run_ids, rows):
+            writer.finish_run(self.engine, run_id, "complete", row)
+        for result in results:
+            self.reporter.run_end(label, result, "complete")
+        return rows
+
+    def _packs(self, seeds: list[int]) -> list[list[int]]:
+        size = self.spec.training.pack
+        return [seeds[i : i + size] for i in range(0, len(seeds), size)]
 
     def _row(self, role: str, result: TrainResult) -> dict[str, Any]:
         """The run's summary plus its comparison with the same seed's no-branch baseline run."""
@@ -207,48 +255,65 @@ class _StudyRun:
         First pass: run each baseline no other worker holds (so two workers split them); second
         pass: wait for the ones another worker is running.
         """
-        for seed in self.spec.study.seeds:
-            if seed in self._refs or writer.reference_status(self.engine, self.study_id, seed) == "complete":
-                continue
-            try:
-                self.run_arm("baseline", None, NO_BRANCH, None, seed)
-            except (writer.RunBusy, writer.RunComplete):
-                continue
+        free = [
+            seed
+            for seed in self.spec.study.seeds
+            if seed not in self._refs and writer.reference_status(self.engine, self.study_id, seed) != "complete"
+        ]
+        self._run_free("baseline", free)
         for seed in self.spec.study.seeds:
             self.reference(seed)
         if not self.spec.study.frozen_control:
             return
-        for seed in self.spec.study.seeds:
-            if writer.reference_status(self.engine, self.study_id, seed, "control") == "complete":
-                continue
-            try:
-                self.run_arm("control", None, NO_BRANCH, None, seed)
-            except (writer.RunBusy, writer.RunComplete):
-                continue  # another worker is on it or has finished it; trials do not need it
+        free = [
+            seed
+            for seed in self.spec.study.seeds
+            if writer.reference_status(self.engine, self.study_id, seed, "control") != "complete"
+        ]
+        # Seeds another worker is on or has finished are skipped; trials do not need the control.
+        self._run_free("control", free)
+
+    def _run_free(self, role: str, seeds: list[int]) -> None:
+        """Claim each seed's reference run no other worker holds, and run the claimed ones in packs."""
+        for pack in self._packs(seeds):
+            claimed = []
+            for seed in pack:
+                try:
+                    claimed.append((seed, self.claim(role, None, NO_BRANCH, None, seed)))
+                except (writer.RunBusy, writer.RunComplete):
+                    continue
+            if claimed:
+                self.run_claimed(role, None, NO_BRANCH, None, claimed)
 
     def objective(self, trial: optuna.Trial) -> float | list[float]:
         fix, scale = suggest_arm(trial, self.spec)
         spec = self.spec.study
         watch = spec.objectives[0] if spec.pruning else None
         rows = []
-        for i, seed in enumerate(spec.seeds):
+        for seed in spec.seeds:
             self.reference(seed)
-            offset = i * self.spec.training.steps
-            losses: list[float] = []
+        for k, pack in enumerate(self._packs(list(spec.seeds))):
+            offset = k * self.spec.training.steps
+            losses: list[list[float]] = [[] for _ in pack]
 
             def report(
-                block: list[tuple[int, dict[str, float]]], offset: int = offset, losses: list[float] = losses
+                arm: int,
+                block: list[tuple[int, dict[str, float]]],
+                offset: int = offset,
+                losses: list[list[float]] = losses,
             ) -> None:
-                losses.extend(v["loss"] for _, v in block)
-                if watch is None:
-                    return
-                value = _intermediate(watch, losses, RunConfig.warmup_frac)
+                losses[arm].extend(v["loss"] for _, v in block)
+                if watch is None or arm != len(losses) - 1:
+                    return  # a packed step is reported once, after its last arm's block
+                readings = [_intermediate(watch, arm_losses, RunConfig.warmup_frac) for arm_losses in losses]
+                value = sum(readings) / len(readings)
                 if math.isfinite(value):
                     trial.report(value, offset + block[-1][0])
                     if trial.should_prune():
                         raise optuna.TrialPruned()
 
-            rows.append(self.run_arm("trial", trial.number, fix, scale, seed, on_block=report))
+            claimed = [(seed, self.claim("trial", trial.number, fix, scale, seed)) for seed in pack]
+            rows.extend(self.run_claimed("trial", trial.number, fix, scale, claimed, on_block=report))
         values = [trial_value(m, rows) for m in spec.objectives]
         trial.set_user_attr(
             "per_seed", {str(seed): {m: seed_value(m, r) for m in spec.objectives} for seed, r in zip(spec.seeds, rows)}

@@ -6,19 +6,21 @@ split: set-up here, the loop in ``run.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from ablate.data.synthetic import TEXTURE_CLASSES, Batch, SyntheticAnomalyDataset
 from ablate.errors import AblateInputError
-from ablate.model.aaclip import AAClipConfig, AAClipModel, build_model
+from ablate.model.aaclip import AAClipConfig, AAClipModel, SharedBackbone, build_model
 from ablate.model.backbone import backbone_spec
+from ablate.model.fixes import parse_fix
+from ablate.model.packed import PackedAAClip
 from ablate.train.device import resolve_device
-from ablate.train.probe import run_probe
+from ablate.train.probe import ArmLabel, run_probe
 from ablate.train.result import ProbeResult, TrainResult
-from ablate.train.run import RunConfig, StepRows, train_run
+from ablate.train.run import RunConfig, StepRows, train_arms, train_run
 
 PROBE_INDEX_OFFSET = 1_000_000  # probe images never appear in training
 PROBE_SEED_STRIDE = 10_000  # each seed draws its own held-out probe and evaluation batches
@@ -55,8 +57,6 @@ class ArmConfig:
 
 def validate(cfg: ArmConfig) -> None:
     """Field-level checks that do not need a model (cheap, before anything is built or written)."""
-    from ablate.model.fixes import parse_fix
-
     backbone_spec(cfg.model.backbone)
     parse_fix(cfg.model.fix, cfg.model.scale)
     checks = [
@@ -68,7 +68,7 @@ def validate(cfg: ArmConfig) -> None:
         ("batch_size", cfg.data.batch_size >= 1, "must be >= 1"),
         ("train_size", cfg.data.train_size >= cfg.data.batch_size, "must be >= batch_size"),
         ("lr", cfg.run.lr > 0, "must be > 0"),
-        ("probe_every", cfg.run.probe_every >= 0, "must be >= 0"),
+        ("probe_every", cfg.run.probe_every >= -1, "must be >= 0 (or -1: no probes)"),
         ("threshold", 0 < cfg.run.threshold, "must be > 0"),
         ("anomaly_fraction", 0 <= cfg.data.anomaly_fraction <= 1, "must be in [0, 1]"),
     ]
@@ -78,17 +78,26 @@ def validate(cfg: ArmConfig) -> None:
 
 
 class ArmSetup:
-    """The built pieces of an arm: device, model, data set, probe batches, training batch source."""
+    """The built pieces of an arm: device, model, data set, probe batches, training batch source.
 
-    def __init__(self, cfg: ArmConfig) -> None:
+    ``like`` is an arm already built whose backbone and data set this one shares (a pack's first arm).
+    """
+
+    def __init__(self, cfg: ArmConfig, like: ArmSetup | None = None) -> None:
         validate(cfg)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         spec = backbone_spec(cfg.model.backbone)
-        self.dataset = SyntheticAnomalyDataset(
-            spec.image_size, cfg.data.seed, cfg.data.classes, cfg.data.anomaly_fraction
-        )
-        self.model: AAClipModel = build_model(cfg.model, self.dataset.classes, cfg.seed).to(self.device)
+        if like is None:
+            self.dataset = SyntheticAnomalyDataset(
+                spec.image_size, cfg.data.seed, cfg.data.classes, cfg.data.anomaly_fraction
+            )
+            shared = None
+        else:
+            self.dataset = like.dataset
+            m = like.model
+            shared = SharedBackbone(m.clip, m.classes, m.text_embeds, m.text_context)
+        self.model: AAClipModel = build_model(cfg.model, self.dataset.classes, cfg.seed, shared).to(self.device)
         # Held out from training, and different for every seed, so seeds are independent replicates.
         first = PROBE_INDEX_OFFSET + (cfg.seed % 10_000) * PROBE_SEED_STRIDE
         self.probe_batches = self._held_out(first, cfg.probe_batches)
@@ -107,11 +116,57 @@ class ArmSetup:
     def scale(self) -> float | None:
         return self.model.fix.scale
 
+    @property
+    def label(self) -> ArmLabel:
+        return ArmLabel(self.fix_name, self.scale, self.cfg.seed)
+
     def train_batch(self, step: int) -> Batch:
         bs, n = self.cfg.data.batch_size, self.cfg.data.train_size
         start = (step * bs) % n
         idx = [int(self._order[(start + j) % n]) for j in range(bs)]
         return self.dataset.batch(idx).to(self.device)
+
+
+def _packing_key(cfg: ArmConfig) -> tuple:
+    """What arms must share to train packed: everything but their seed, fix scale and init."""
+    m = cfg.model
+    return (
+        m.shared_part(),
+        (m.inject_at, m.adapter_layers, m.levels, m.adapter_weight, m.branch_heads, m.branch_dropout),
+        parse_fix(m.fix, m.scale).join,
+        cfg.data,
+        replace(cfg.run, freeze=()),
+        cfg.frozen_groups,
+        cfg.probe_batches,
+        cfg.gain_batches,
+        cfg.device,
+    )
+
+
+class PackSetup:
+    """Several arms built to train side by side: one shared backbone and data set, a packed model,
+    and every batch stacked over arms (each arm keeps its own data order and held-out batches)."""
+
+    def __init__(self, cfgs: Sequence[ArmConfig], like: ArmSetup | None = None) -> None:
+        if not cfgs:
+            raise ValueError("a pack needs at least one arm")
+        keys = [_packing_key(c) for c in cfgs]
+        if any(k != keys[0] for k in keys[1:]):
+            raise AblateInputError("pack", "packed arms may differ only in seed and scale (same fix type, settings)")
+        first = ArmSetup(cfgs[0], like=like)
+        self.arms = [first, *(ArmSetup(c, like=first) for c in cfgs[1:])]
+        self.cfg = cfgs[0]
+        self.device = first.device
+        self.model = PackedAAClip([a.model for a in self.arms])
+        self.probe_batches = [Batch.stack(list(bs)) for bs in zip(*(a.probe_batches for a in self.arms))]
+        self.eval_batches = [Batch.stack(list(bs)) for bs in zip(*(a.eval_batches for a in self.arms))]
+
+    @property
+    def labels(self) -> list[ArmLabel]:
+        return [a.label for a in self.arms]
+
+    def train_batch(self, step: int) -> Batch:
+        return Batch.stack([a.train_batch(step) for a in self.arms])
 
 
 def probe_arm(cfg: ArmConfig) -> ProbeResult:
@@ -128,6 +183,29 @@ def probe_arm(cfg: ArmConfig) -> ProbeResult:
         dropout=cfg.run.probe_dropout,
         rng_seed=cfg.seed,
         group=cfg.run.group,
+    )
+
+
+def train_pack(
+    cfgs: Sequence[ArmConfig],
+    on_flush: Callable[[int, StepRows], None] | None = None,
+    on_probe: Callable[[int, ProbeResult], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    setup: PackSetup | None = None,
+) -> list[TrainResult]:
+    """Train several arms side by side (one result each, in order); callbacks get the arm's index."""
+    setup = setup or PackSetup(cfgs)
+    return train_arms(
+        setup.model,
+        setup.train_batch,
+        setup.probe_batches,
+        replace(setup.cfg.run, freeze=setup.cfg.frozen_groups),
+        setup.device,
+        setup.labels,
+        on_flush=on_flush,
+        on_probe=on_probe,
+        on_step=on_step,
+        eval_batches=setup.eval_batches,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -31,9 +32,51 @@ def autocast(device: torch.device) -> Iterator[None]:
         yield
 
 
-def grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
-    """Global L2 norm of the parameters' gradients, computed on device (no host sync)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros((), device=params[0].device if params else "cpu")
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+def arm_norms(tensors: list[torch.Tensor | None], arms: int, device: torch.device) -> torch.Tensor:
+    """Global L2 norm of ``tensors`` per arm, [arms], computed on device (no host sync).
+
+    With one arm the tensors are a model's own; packed, each has a leading [arms] dimension. Missing
+    gradients (None) count as zero.
+    """
+    present = [t for t in tensors if t is not None]
+    if not present:
+        return torch.zeros(arms, device=device)
+    if arms == 1:  # one fused kernel for the common case
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present))).reshape(1)
+    per = torch.stack([torch.linalg.vector_norm(t.reshape(arms, -1), dim=1) for t in present])
+    return torch.linalg.vector_norm(per, dim=0)
+
+
+# Dense bf16 tensor-core peaks (vendor data sheets, no sparsity), matched on the CUDA device name.
+PEAK_BF16_TFLOPS = (
+    ("H200", 989.4),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.4),
+    ("GH200", 989.4),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.1),
+    ("A10G", 70.0),
+    ("RTX 4090", 165.2),
+)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's peak FLOP/s for the MFU: $ABLATE_PEAK_TFLOPS, else the table above; None if unknown.
+
+    CPUs have no entry (their peak depends on cores, clocks and vector units), so a CPU run's MFU is
+    NaN unless the variable is set.
+    """
+    env = os.environ.get("ABLATE_PEAK_TFLOPS")
+    if env:
+        try:
+            value = float(env)
+        except ValueError:
+            raise AblateInputError("ABLATE_PEAK_TFLOPS", f"must be a number of TFLOP/s, got {env!r}") from None
+        if not value > 0:
+            raise AblateInputError("ABLATE_PEAK_TFLOPS", f"must be > 0, got {env!r}")
+        return value * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tflops * 1e12 for key, tflops in PEAK_BF16_TFLOPS if key in name), None)

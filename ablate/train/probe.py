@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ablate.stats import ratio_ci
-from ablate.train.device import autocast, grad_norm
+from ablate.train.device import arm_norms, autocast
 from ablate.train.result import DEFAULT_GROUP, GroupProbe, ProbeResult
 from ablate.train.subject import ALL_GROUP, Subject, watched_groups
 
@@ -26,24 +27,34 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def _arm(subject: Subject, groups: dict[str, list], batch: Any, device: torch.device, rng_seed: int) -> list:
-    """One forward/backward on a batch: [loss, inflation, g_X, g_G for each group], features."""
+@dataclass(frozen=True)
+class ArmLabel:
+    """Who an arm is: its fix, scale and seed (a packed subject trains several)."""
+
+    fix: str
+    scale: float | None
+    seed: int
+
+
+def _arm(subject: Subject, groups: dict[str, list], batch: Any, device: torch.device, rng_seeds: Sequence[int]):  # noqa: ANN202
+    """One forward/backward on a batch: ([loss, inflation, g_X, g_G for each group] as [arms] tensors,
+    final features [arms, ...])."""
+    arms = getattr(subject, "n_arms", 1)
     params = [*groups["all"], *subject.branch_parameters()]
     for p in params:
         p.grad = None
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(rng_seed)
+    with subject.dropout_seeded(rng_seeds):
         with autocast(device):
             loss, out = subject.compute_loss(batch)
-        loss.backward()
-    zero = torch.zeros((), device=device)
-    inflation = out.norm_inflation if out.norm_inflation is not None else torch.ones((), device=device)
-    g_x = grad_norm(subject.branch_parameters()) if subject.has_branch else zero
-    norms = {k: grad_norm(ps) for k, ps in groups.items() if k != ALL_GROUP}
+        loss.sum().backward()
+    inflation = out.norm_inflation if out.norm_inflation is not None else torch.ones(arms, device=device)
+    g_x = arm_norms([p.grad for p in subject.branch_parameters()], arms, device)
+    norms = {k: arm_norms([p.grad for p in ps], arms, device) for k, ps in groups.items() if k != ALL_GROUP}
     # The union's norm follows from the disjoint groups' (no second pass over its gradients).
-    norms[ALL_GROUP] = torch.linalg.vector_norm(torch.stack(list(norms.values())))
+    norms[ALL_GROUP] = torch.linalg.vector_norm(torch.stack(list(norms.values())), dim=0)
     row = [loss.detach(), inflation, g_x, *(norms[k] for k in groups)]
-    return [t.float() for t in row], out.final_features.detach().float()
+    features = out.final_features.detach().float()
+    return [t.float().reshape(arms) for t in row], features.reshape(arms, -1, *features.shape[1:])
 
 
 def run_probe(
@@ -58,7 +69,21 @@ def run_probe(
     rng_seed: int = 0,
     group: str = DEFAULT_GROUP,
 ) -> ProbeResult:
-    """Measure R_G = ||grad_G L|| with / without the branch, per batch and adapter group G.
+    """Measure R_G = ||grad_G L|| with / without the branch, per batch and adapter group G (one arm)."""
+    return probe_arms(subject, batches, device, [ArmLabel(fix, scale, rng_seed)], step, threshold, dropout, group)[0]
+
+
+def probe_arms(
+    subject: Subject,
+    batches: Sequence[Any],
+    device: torch.device,
+    arms: Sequence[ArmLabel],
+    step: int = 0,
+    threshold: float = DEFAULT_THRESHOLD,
+    dropout: bool = False,
+    group: str = DEFAULT_GROUP,
+) -> list[ProbeResult]:
+    """The probe of every arm of ``subject`` (one, or a packed several), on the same passes.
 
     The subject's gradients and train/eval mode are restored afterwards, so a probe can run in
     the middle of training without disturbing it.
@@ -75,17 +100,28 @@ def run_probe(
     rows = []
     try:
         for i, batch in enumerate(batches):
-            with_, f_with = _arm(subject, groups, batch, device, rng_seed + i)
+            seeds = [a.seed + i for a in arms]
+            with_, f_with = _arm(subject, groups, batch, device, seeds)
             with subject.branch_bypassed():
-                without, f_without = _arm(subject, groups, batch, device, rng_seed + i)
-            cos = F.cosine_similarity(f_with, f_without, dim=-1).mean()
-            rows.append(torch.stack([*with_, without[0], *without[3:], cos]))
+                without, f_without = _arm(subject, groups, batch, device, seeds)
+            cos = F.cosine_similarity(f_with, f_without, dim=-1).reshape(len(arms), -1).mean(1)
+            rows.append(torch.stack([*with_, without[0], *without[3:], cos]))  # [columns, arms]
         # One host transfer for the whole probe.
-        table = torch.stack(rows).cpu().double().tolist()
+        table = torch.stack(rows).cpu().double().tolist()  # [batches][columns][arms]
     finally:
         for p, g in zip(params, saved):
             p.grad = g
         subject.train(was_training)
+    return [
+        _summarise([[col[a] for col in batch_row] for batch_row in table], list(groups), label, step, threshold, group)
+        for a, label in enumerate(arms)
+    ]
+
+
+def _summarise(
+    table: list[list[float]], groups: list[str], arm: ArmLabel, step: int, threshold: float, group: str
+) -> ProbeResult:
+    """One arm's probe from its per-batch rows [loss, inflation, g_X, g_G..., loss_without, g_G'..., cos]."""
     k = len(groups)
     cols = list(zip(*table))
     l_with, infl, g_x = cols[0], cols[1], cols[2]
@@ -109,8 +145,8 @@ def run_probe(
         )
     judged = per_group[group]
     return ProbeResult(
-        fix=fix,
-        scale=scale,
+        fix=arm.fix,
+        scale=arm.scale,
         step=step,
         group=group,
         grad_ratio=judged.ratio,

@@ -101,6 +101,9 @@ class TrainResult:
     wall_s: float
     steps_per_s: float  # training steps per second, probes excluded
     peak_mem_mb: float  # CUDA: max allocated; CPU: process peak RSS
+    packed_arms: int = 1  # arms trained side by side with this one (wall, speed, FLOPs are the pack's)
+    step_flops: float = float("nan")  # FLOPs of one step of the pack (forward + backward), counted
+    mfu: float = float("nan")  # step_flops / step time / the device's peak bf16 rate (NaN: peak unknown)
     metrics: dict[str, list[float]] = field(default_factory=dict)  # name -> value per step
     probes: list[ProbeResult] = field(default_factory=list)
 

@@ -6,6 +6,7 @@ Per-step values stay on the device and reach the host only at a flush (no per-st
 
 from __future__ import annotations
 
+import math
 import resource
 import time
 from collections.abc import Callable, Sequence
@@ -16,9 +17,9 @@ import torch
 
 from ablate.errors import NonFiniteLossError
 from ablate.stats import geo_mean, mean_ci
-from ablate.train.device import autocast, grad_norm
+from ablate.train.device import arm_norms, autocast, peak_flops
 from ablate.train.metrics import edge_means, loss_slope
-from ablate.train.probe import DEFAULT_THRESHOLD, run_probe
+from ablate.train.probe import DEFAULT_THRESHOLD, ArmLabel, probe_arms
 from ablate.train.result import DEFAULT_GROUP, ProbeResult, TrainResult
 from ablate.train.subject import Subject, watched_groups
 
@@ -30,7 +31,7 @@ class RunConfig:
     steps: int = 100
     lr: float = 5e-4  # AA-CLIP's Adam defaults
     betas: tuple[float, float] = (0.5, 0.999)
-    probe_every: int = 50  # probe at step 0, every K steps, and at the end; 0 = start and end only
+    probe_every: int = 50  # probe at step 0, every K steps, and at the end; 0 = start and end only; -1 = never
     threshold: float = DEFAULT_THRESHOLD
     probe_dropout: bool = False
     warmup_frac: float = 0.1  # steps skipped before fitting the loss slope
@@ -38,6 +39,8 @@ class RunConfig:
     group: str = DEFAULT_GROUP  # the adapter group verdicts and adapter_gain judge
     # Adapter groups the optimiser leaves alone (their gradient is still measured): the frozen control.
     freeze: tuple[str, ...] = ()
+    compile: bool = False  # torch.compile the loss computation (GPU runs; first steps pay the compile)
+    count_flops: bool = True  # FLOPs per step (once per configuration) for the MFU
 
 
 def _peak_mem_mb(device: torch.device) -> float:
@@ -60,12 +63,45 @@ def train_run(
     on_step: Callable[[int], None] | None = None,
     eval_batches: Sequence[Any] | None = None,
 ) -> TrainResult:
-    """Train the subject's adapters and branch for ``cfg.steps`` steps; return the result.
+    """Train one arm's adapters and branch for ``cfg.steps`` steps; return the result.
 
     ``train_batches(step)`` returns the batch for a step (already on ``device``); ``eval_batches``
     (default: the probe batches) are the held-out batches ``adapter_gain`` is measured on.
     """
-    torch.manual_seed(seed)
+    return train_arms(
+        subject,
+        train_batches,
+        probe_batches,
+        cfg,
+        device,
+        [ArmLabel(fix, scale, seed)],
+        on_flush=None if on_flush is None else lambda _arm, rows: on_flush(rows),
+        on_probe=None if on_probe is None else lambda _arm, p: on_probe(p),
+        on_step=on_step,
+        eval_batches=eval_batches,
+    )[0]
+
+
+def train_arms(
+    subject: Subject,
+    train_batches: Callable[[int], Any],
+    probe_batches: Sequence[Any],
+    cfg: RunConfig,
+    device: torch.device,
+    arms: Sequence[ArmLabel],
+    on_flush: Callable[[int, StepRows], None] | None = None,
+    on_probe: Callable[[int, ProbeResult], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    eval_batches: Sequence[Any] | None = None,
+) -> list[TrainResult]:
+    """Train every arm of ``subject`` (one model, or several packed) side by side; one result per arm.
+
+    Callbacks get the arm's index. All per-step values stay on the device until a flush.
+    """
+    n_arms = getattr(subject, "n_arms", 1)
+    if len(arms) != n_arms:
+        raise ValueError(f"{len(arms)} arm labels for a subject of {n_arms} arms")
+    torch.manual_seed(arms[0].seed)
     groups = watched_groups(subject)
     for name in (cfg.group, *cfg.freeze):
         if name not in groups:
@@ -73,118 +109,171 @@ def train_run(
     frozen = {id(p) for name in cfg.freeze for p in groups[name]}
     branch = subject.branch_parameters()
     trained = [p for p in groups["all"] if id(p) not in frozen] + branch
-    opt = torch.optim.Adam(trained, lr=cfg.lr, betas=cfg.betas)
+    # Fused Adam on CUDA: one kernel for every parameter (same update rule, elementwise per arm).
+    opt = torch.optim.Adam(trained, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda" or None)
     judged_init = [p.detach().clone() for p in groups[cfg.group]]  # for adapter_gain at the end
+    flops = step_flops(subject, train_batches(0), device) if cfg.count_flops else math.nan
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.cuda.synchronize(device)
+    compute_loss = torch.compile(subject.compute_loss) if cfg.compile else subject.compute_loss
 
     gate_names = sorted(subject.gate_values())
     watched = {**groups, "branch": branch}
     names = ["loss", *(f"grad_norm_{g}" for g in watched), *(f"upd_{g}" for g in watched)]
     names += [f"gate/{g}" for g in gate_names]
-    metrics: dict[str, list[float]] = {n: [] for n in names}
-    probes: list[ProbeResult] = []
+    metrics: list[dict[str, list[float]]] = [{n: [] for n in names} for _ in arms]
+    probes: list[list[ProbeResult]] = [[] for _ in arms]
     pending: list[torch.Tensor] = []
     pending_start = 0
     probe_s = 0.0
-    zero = torch.zeros((), device=device)
+    zero = torch.zeros(n_arms, device=device)
+    parts = [k for k in groups if k != "all"]
 
     def flush() -> None:
         nonlocal pending, pending_start
         if not pending:
             return
-        block = torch.stack(pending).cpu().double().tolist()
-        rows = [(pending_start + i, dict(zip(names, vals))) for i, vals in enumerate(block)]
-        for _, vals in rows:
-            for n in names:
-                metrics[n].append(vals[n])
+        block = torch.stack(pending).cpu().double().tolist()  # [steps][columns][arms]
+        for a in range(n_arms):
+            rows = [(pending_start + i, {n: col[a] for n, col in zip(names, vals)}) for i, vals in enumerate(block)]
+            for _, vals in rows:
+                for n in names:
+                    metrics[a][n].append(vals[n])
+            if on_flush is not None:
+                on_flush(a, rows)
+        bad = next(
+            (pending_start + i for i, vals in enumerate(block) if not all(math.isfinite(v) for v in vals[0])), None
+        )
         pending, pending_start = [], pending_start + len(block)
-        if on_flush is not None:
-            on_flush(rows)
-        bad = next((s for s, v in rows if v["loss"] != v["loss"] or abs(v["loss"]) == float("inf")), None)
         if bad is not None:
             raise NonFiniteLossError(bad)
 
     def probe(step: int) -> None:
         nonlocal probe_s
         t = time.perf_counter()
-        p = run_probe(
-            subject, probe_batches, device, fix, scale, step, cfg.threshold, cfg.probe_dropout, seed, cfg.group
-        )
+        results = probe_arms(subject, probe_batches, device, arms, step, cfg.threshold, cfg.probe_dropout, cfg.group)
         probe_s += time.perf_counter() - t
-        probes.append(p)
-        if on_probe is not None:
-            on_probe(p)
+        for a, p in enumerate(results):
+            probes[a].append(p)
+            if on_probe is not None:
+                on_probe(a, p)
 
     t0 = time.perf_counter()
     subject.train(True)
     for step in range(cfg.steps):
-        if step == 0 or (cfg.probe_every and step % cfg.probe_every == 0):
+        if cfg.probe_every >= 0 and (step == 0 or (cfg.probe_every and step % cfg.probe_every == 0)):
             probe(step)
         batch = train_batches(step)
         opt.zero_grad(set_to_none=True)
         for p in groups["all"]:  # frozen groups are not in the optimiser; clear their gradient too
             p.grad = None
         with autocast(device):
-            loss, _ = subject.compute_loss(batch)
-        loss.backward()
+            loss, _ = compute_loss(batch)
+        loss.sum().backward()
         before = {k: [p.detach().clone() for p in ps] for k, ps in watched.items() if k != "all"}
         opt.step()
         # Norms per disjoint group once; the union's follow from them (||a, b|| = sqrt(|a|^2 + |b|^2)).
         grads, deltas = {}, {}
         for k, ps in watched.items():
             if k != "all":
-                grads[k] = grad_norm(ps) if ps else zero
-                deltas[k] = _delta_norms(ps, before[k]) if ps else (zero, zero)
-        parts = [k for k in groups if k != "all"]
-        grads["all"] = torch.linalg.vector_norm(torch.stack([grads[k] for k in parts]))
-        deltas["all"] = tuple(torch.linalg.vector_norm(torch.stack([deltas[k][i] for k in parts])) for i in (0, 1))
-        row = [loss.detach().float(), *(grads[k] for k in watched)]
+                grads[k] = arm_norms([p.grad for p in ps], n_arms, device)
+                deltas[k] = _delta_norms(ps, before[k], n_arms, device)
+        grads["all"] = torch.linalg.vector_norm(torch.stack([grads[k] for k in parts]), dim=0)
+        deltas["all"] = tuple(
+            torch.linalg.vector_norm(torch.stack([deltas[k][i] for k in parts]), dim=0) for i in (0, 1)
+        )
+        row = [loss.detach().float().reshape(n_arms), *(grads[k] for k in watched)]
         row += [deltas[k][0] / deltas[k][1].clamp_min(1e-30) if watched[k] else zero for k in watched]
         gates = subject.gate_values()
-        row += [gates[g].float() for g in gate_names]
-        pending.append(torch.stack([r.float() for r in row]))
+        row += [gates[g].float().reshape(n_arms) for g in gate_names]
+        pending.append(torch.stack(row))  # [columns, arms]
         if len(pending) >= cfg.flush_every:
             flush()
         if on_step is not None:
             on_step(step)
     flush()
-    if cfg.steps == 0 or not probes or probes[-1].step != cfg.steps:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    loop_s = max(time.perf_counter() - t0 - probe_s, 1e-9)
+    if cfg.probe_every >= 0 and (cfg.steps == 0 or not probes[0] or probes[0][-1].step != cfg.steps):
         probe(cfg.steps)
     held_out = probe_batches if eval_batches is None else eval_batches
-    gains = held_out_gain(subject, groups[cfg.group], judged_init, held_out, device, seed)
+    gains = held_out_gain(subject, groups[cfg.group], judged_init, held_out, device, [a.seed for a in arms])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
-    losses = metrics["loss"]
-    first, last = edge_means(losses)
-    train_s = max(wall - probe_s, 1e-9)
-    gain = mean_ci(gains)
-    return TrainResult(
-        fix=fix,
-        scale=scale,
-        seed=seed,
-        steps=cfg.steps,
-        device=str(device),
-        group=cfg.group,
-        frozen=tuple(cfg.freeze),
-        loss_first=first,
-        loss_last=last,
-        loss_slope=loss_slope(losses, cfg.warmup_frac),
-        grad_ratio_init=probes[0].grad_ratio,
-        grad_ratio_final=probes[-1].grad_ratio,
-        grad_ratio_mean=geo_mean([p.grad_ratio for p in probes]),
-        adapter_gain=gain.estimate,
-        adapter_gain_lo=gain.lo,
-        adapter_gain_hi=gain.hi,
-        adapter_gain_batches=gains,
-        wall_s=wall,
-        steps_per_s=cfg.steps / train_s,
-        peak_mem_mb=_peak_mem_mb(device),
-        metrics=metrics,
-        probes=probes,
-    )
+    peak = peak_flops(device)
+    mfu = flops * cfg.steps / loop_s / peak if peak else math.nan
+    results = []
+    for a, label in enumerate(arms):
+        losses = metrics[a]["loss"]
+        first, last = edge_means(losses)
+        gain = mean_ci(gains[a])
+        ratios = [p.grad_ratio for p in probes[a]]
+        results.append(
+            TrainResult(
+                fix=label.fix,
+                scale=label.scale,
+                seed=label.seed,
+                steps=cfg.steps,
+                device=str(device),
+                group=cfg.group,
+                frozen=tuple(cfg.freeze),
+                loss_first=first,
+                loss_last=last,
+                loss_slope=loss_slope(losses, cfg.warmup_frac),
+                grad_ratio_init=probes[a][0].grad_ratio if probes[a] else math.nan,
+                grad_ratio_final=probes[a][-1].grad_ratio if probes[a] else math.nan,
+                grad_ratio_mean=geo_mean(ratios) if ratios else math.nan,
+                adapter_gain=gain.estimate,
+                adapter_gain_lo=gain.lo,
+                adapter_gain_hi=gain.hi,
+                adapter_gain_batches=gains[a],
+                wall_s=wall,
+                steps_per_s=cfg.steps / loop_s,
+                peak_mem_mb=_peak_mem_mb(device),
+                packed_arms=n_arms,
+                step_flops=flops,
+                mfu=mfu,
+                metrics=metrics[a],
+                probes=probes[a],
+            )
+        )
+    return results
+
+
+_FLOPS_CACHE: dict[tuple, float] = {}
+
+
+def step_flops(subject: Subject, batch: Any, device: torch.device) -> float:
+    """FLOPs of one training step (forward + backward, all arms), counted once per configuration.
+
+    Counted with torch's FlopCounterMode on one real step whose gradients are then dropped (and whose
+    dropout draws are replayed from a saved state), so training is not disturbed. The configuration is
+    the subject's type, arms, parameter shapes and the batch's shapes.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = [p for p in subject.parameters() if p.requires_grad]
+    shapes = tuple(tuple(t.shape) for t in (*params, *(v for v in vars(batch).values() if torch.is_tensor(v))))
+    key = (type(subject).__name__, getattr(subject, "n_arms", 1), subject.has_branch, device.type, shapes)
+    if key not in _FLOPS_CACHE:
+        saved = [p.grad for p in params]
+        was_training = getattr(subject, "training", False)
+        subject.train(True)
+        counter = FlopCounterMode(display=False)
+        try:
+            with subject.dropout_seeded([0] * getattr(subject, "n_arms", 1)), counter:
+                with autocast(device):
+                    loss, _ = subject.compute_loss(batch)
+                loss.sum().backward()
+        finally:
+            for p, g in zip(params, saved):
+                p.grad = g
+            subject.train(was_training)
+        _FLOPS_CACHE[key] = float(counter.get_total_flops())
+    return _FLOPS_CACHE[key]
 
 
 @torch.no_grad()
@@ -194,14 +283,15 @@ def held_out_gain(
     initial: list[torch.Tensor],
     batches: Sequence[Any],
     device: torch.device,
-    rng_seed: int,
-) -> list[float]:
-    """Per held-out batch: loss with ``params`` reset to ``initial`` minus loss as trained.
+    rng_seeds: Sequence[int],
+) -> list[list[float]]:
+    """Per arm, per held-out batch: loss with ``params`` reset to ``initial`` minus loss as trained.
 
     Everything else (the other adapter groups, the branch) keeps its trained weights, so the
     difference is what this group's learning is worth to the model. Eval mode (no dropout); the
     weights are restored afterwards.
     """
+    arms = getattr(subject, "n_arms", 1)
     was_training = getattr(subject, "training", False)
     subject.train(False)
     trained = [p.detach().clone() for p in params]
@@ -211,16 +301,16 @@ def held_out_gain(
             pair = []
             for weights in (trained, initial):
                 _load(params, weights)
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    torch.manual_seed(rng_seed + i)
-                    with autocast(device):
-                        loss, _ = subject.compute_loss(batch)
-                pair.append(loss.float())
+                with subject.dropout_seeded([s + i for s in rng_seeds]), autocast(device):
+                    loss, _ = subject.compute_loss(batch)
+                pair.append(loss.float().reshape(arms))
             out.append(pair[1] - pair[0])
     finally:
         _load(params, trained)
         subject.train(was_training)
-    return torch.stack(out).cpu().double().tolist() if out else []
+    if not out:
+        return [[] for _ in range(arms)]
+    return [list(col) for col in zip(*torch.stack(out).cpu().double().tolist())]
 
 
 def _load(params: list[torch.nn.Parameter], weights: list[torch.Tensor]) -> None:
@@ -228,10 +318,12 @@ def _load(params: list[torch.nn.Parameter], weights: list[torch.Tensor]) -> None
         p.data.copy_(w)
 
 
-def _delta_norms(params: list[torch.nn.Parameter], before: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(||delta theta||, ||theta before||) over a parameter group, for the step just taken; their
+def _delta_norms(
+    params: list[torch.nn.Parameter], before: list[torch.Tensor], arms: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per arm, (||delta theta||, ||theta before||) over a parameter group for the step just taken; their
     ratio is the update-to-weight ratio (kept apart so groups combine into their union)."""
+    if not params:
+        return torch.zeros(arms, device=device), torch.zeros(arms, device=device)
     delta = torch._foreach_sub([p.detach() for p in params], before)
-    num = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(delta)))
-    den = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before)))
-    return num, den
+    return arm_norms(delta, arms, device), arm_norms(before, arms, device)

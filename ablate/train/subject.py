@@ -6,6 +6,7 @@ branch, give a switch that bypasses the branch, and a loss on a batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -23,6 +24,9 @@ class SubjectOutput(Protocol):
 
 class Subject(Protocol):
     has_branch: bool
+    # Arms trained side by side (packed); parameters then carry a leading [n_arms] dimension and
+    # losses, gate values and norm inflation are [n_arms]. A plain model is one arm.
+    n_arms: int
 
     def adapter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Named, disjoint groups of trainable adapter parameters, e.g. {"layers": ..., "proj": ...}."""
@@ -33,6 +37,10 @@ class Subject(Protocol):
     def gate_values(self) -> dict[str, torch.Tensor]: ...
 
     def branch_bypassed(self) -> AbstractContextManager[None]: ...
+
+    def dropout_seeded(self, seeds: Sequence[int]) -> AbstractContextManager[None]:
+        """Draw arm a's dropout from ``seeds[a]`` inside the block, restoring each arm's stream after."""
+        ...
 
     def compute_loss(self, batch: Any) -> tuple[torch.Tensor, SubjectOutput]: ...
 
