@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ablate.errors import AblateInputError
+from ablate.model.attention import use_batch_first_attention
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,8 @@ def build_clip(spec: BackboneSpec, pretrained: str | None = None) -> nn.Module:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    # After loading: the swapped module keeps the parameter names, so checkpoints load either way.
+    use_batch_first_attention(model.visual.transformer.resblocks)
     return model
 
 
