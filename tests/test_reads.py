@@ -235,3 +235,13 @@ def test_summary_frames_equal_the_separate_reads(bench_db: str) -> None:
     pd.testing.assert_frame_equal(fixes, query.group_by_fix(engine, "bench"))
     pd.testing.assert_frame_equal(runs, query.runs_frame(engine, "bench"))
     assert [s.name for s in catalog.study_rows(engine)] == list(query.list_studies(engine)["name"])
+
+
+def test_plot_unknown_study_is_bad_input(bench_db: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from ablate.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["plot", "--storage", bench_db, "--study", "nope", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("error: --study: no study named 'nope'")
+    assert len(err.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
