@@ -525,7 +525,6 @@ def query(
     as_json: JsonOpt = False,
 ) -> None:
     """Query the results database: one row per trial (default), --group-by fix, --runs, --studies, --sql."""
-    from ablate.store import query as q
     from ablate.store.engine import open_storage
 
     if fmt_ not in ("table", "csv", "json"):
@@ -534,6 +533,11 @@ def query(
         raise AblateInputError("--group-by", f"only 'fix' is supported, got {group_by!r}")
     fmt_ = "json" if as_json else fmt_
     engine = _open_read(open_storage, storage)
+    if studies and sql is None and fmt_ != "csv":
+        _print_studies(engine, fmt_)  # plain SQLAlchemy: no pandas import for the quick look
+        return
+    from ablate.store import query as q
+
     with _lookup_errors():
         if sql is not None:
             frame, title = q.run_sql(engine, sql), "sql"
@@ -546,7 +550,9 @@ def query(
         else:
             frame, title = q.trials_frame(engine, study), "trials"
     if fmt_ == "json":
-        _emit_json(q.json_records(frame))
+        from ablate.jsonout import dumps_records
+
+        sys.stdout.write(dumps_records(q.json_records(frame)) + "\n")
     elif fmt_ == "csv":
         sys.stdout.write(frame.to_csv(index=False))
     else:  # the terminal view keeps the columns a reader compares; csv/json carry them all
@@ -579,6 +585,21 @@ def plot(
     else:
         for p in written:
             _out().print(f"plot: {p}")
+
+
+def _print_studies(engine, fmt_: str) -> None:
+    """``query --studies`` as a table or JSON, from the catalog's rows (the same text as the frame gave)."""
+    from ablate.jsonout import dumps_records
+    from ablate.store.catalog import STUDY_COLUMNS, study_rows
+
+    rows = study_rows(engine)
+    if fmt_ == "json":
+        docs = [r._asdict() | {"created_at": r.created_at.isoformat()} for r in rows or []]
+        sys.stdout.write(dumps_records(docs) + "\n")
+        return
+    counts = () if rows is None else ("n_trials", "n_runs")  # integer columns are right-justified
+    columns = [(c, "right" if c in counts else "left") for c in STUDY_COLUMNS]
+    _print_table("studies", columns, [[fmt(v) for v in r] for r in rows or []])
 
 
 def _open_read(open_storage, url):
@@ -621,49 +642,63 @@ def _print_view(engine, study: str | None, frame, title: str) -> None:
 
 def _draw(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet: bool) -> list:
     from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
-    from ablate.plot import ranked_runs, render_all
-    from ablate.store import query as q
+    from ablate.plot import render_all, source
+    from ablate.plot.extract import KINDS
     from ablate.store.engine import open_storage
 
+    bad = [k for k in kinds or () if k not in KINDS]
+    if bad:  # before any read: a typo should not cost a pass over the database
+        raise AblateInputError("kinds", f"unknown plot kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
     engine = open_storage(url, create=False)
-    settings = q.study_settings(engine, name)
     with _lookup_errors():
-        trials = q.trials_frame(engine, name)
-        groups = q.group_by_fix(engine, name)
-        runs = ranked_runs(q.runs_frame(engine, name), trials)
-        steps = q.step_metrics_frame(engine, name)
+        inputs = source.load(engine, name, kinds)
+    settings = inputs.settings
     objectives = [m for m in settings["objectives"] if m in OBJECTIVES]
     y, x = (objectives + [m for m in DEFAULT_OBJECTIVES if m not in objectives])[:2]
     return render_all(
-        runs,
-        steps,
+        inputs.runs,
+        inputs.steps,
         out_dir,
         kinds=kinds,
-        trials=trials,
-        references=groups[groups["fix"].isin(list(q.REFERENCE_LABELS.values()))],
+        trials=inputs.trials,
+        references=inputs.references,
         axes=(x, y, OBJECTIVES[x].direction, OBJECTIVES[y].direction),
         threshold=settings["threshold"],
         on_skip=(lambda k, why: None) if quiet else (lambda k, why: err.print(f"plot {k} skipped: {why}")),
+        gates_selection=inputs.gates_selection,
     )
 
 
 def _print_frame(frame, title: str, note: str = "") -> None:
+    columns = [(str(c), "right" if frame[c].dtype.kind in "if" else "left") for c in frame.columns]
+    _print_table(title, columns, [[fmt(v) for v in row] for row in frame.itertuples(index=False)], note)
+
+
+def _print_table(title: str, columns: list[tuple[str, str]], rows: list[list[str]], note: str = "") -> None:
     from rich import box
     from rich.markup import escape
 
+    from ablate import plaintable
+
+    console = _out()
+    caption = escape(note) if note else None
+    text = plaintable.render(console, title, columns, rows, caption)
+    if text is not None:  # the same text, without rich's per-cell layout (0.3 ms a row)
+        console.file.write(text)
+        return
     table = Table(
         title=title,
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,
         caption_justify="left",
-        caption=escape(note) if note else None,
+        caption=caption,
     )
-    for col in frame.columns:
-        table.add_column(str(col), justify="right" if frame[col].dtype.kind in "if" else "left")
-    for row in frame.itertuples(index=False):
-        table.add_row(*(fmt(v) for v in row))
-    _out().print(table)
+    for name, justify in columns:
+        table.add_column(name, justify=justify)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 def _progress(disabled: bool) -> Progress:

@@ -644,3 +644,15 @@ def test_import_extract_does_not_load_matplotlib() -> None:
     code = "import sys, ablate.plot; assert 'matplotlib' not in sys.modules, 'matplotlib loaded'"
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={"PYTHONPATH": str(root)})
+
+
+def test_plot_fix_order_is_the_registry_order_without_torch() -> None:
+    from ablate.model.fix_order import registry_names
+    from ablate.model.fixes import NO_BRANCH, fix_names
+    from ablate.plot.extract import FIX_ORDER
+
+    names, no_branch = registry_names()
+    assert names == FIX_ORDER == tuple(fix_names(include_reference=False)) and no_branch == NO_BRANCH
+    code = "import sys, ablate.plot; assert 'torch' not in sys.modules, 'torch loaded'"
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={"PYTHONPATH": str(root)})

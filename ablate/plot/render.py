@@ -385,9 +385,11 @@ def extract_kind(
     ratio_metric: str = "train_grad_ratio",
     slope_metric: str = "loss_slope",
     threshold: float = 0.8,
+    gates_selection: str | None = None,
 ) -> TradeoffData | LossCurvesData | RatioScaleData | GatesData | GradNormsData:
     """Run the extractor of one plot kind (see ``KINDS``). ``axes`` = (x metric, y metric, x
-    direction, y direction) of the tradeoff, which reads ``trials`` (``query.trials_frame``)."""
+    direction, y direction) of the tradeoff, which reads ``trials`` (``query.trials_frame``).
+    ``gates_selection`` says which trials ``steps`` holds gates for, when not every trial."""
     if kind == "tradeoff":
         if trials is None:
             raise NoPlotData("trials", "the tradeoff plot needs the trials frame")
@@ -401,7 +403,7 @@ def extract_kind(
     if kind == "loss":
         return extract_loss_curves(steps, runs, slope_metric)
     if kind == "gates":
-        return extract_gates(steps, runs)
+        return extract_gates(steps, runs, gates_selection)
     return extract_grad_norms(steps, runs, slope_metric)
 
 
@@ -419,6 +421,7 @@ def render_all(
     slope_metric: str = "loss_slope",
     threshold: float = 0.8,
     on_skip: Callable[[str, str], None] | None = None,
+    gates_selection: str | None = None,
 ) -> list[Path]:
     """Extract and render each kind to ``out_dir/<kind>.<fmt>``; returns the files written.
 
@@ -450,6 +453,7 @@ def render_all(
                 ratio_metric=ratio_metric,
                 slope_metric=slope_metric,
                 threshold=threshold,
+                gates_selection=gates_selection,
             )
         except NoPlotData as exc:
             if explicit:

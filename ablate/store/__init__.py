@@ -9,66 +9,84 @@
     finish_run(engine, run_id, "complete", result.summary())
     trials_frame(engine, "quick")
 
-Importing this package does not import optuna, torch or the CLI.
+Importing this package imports nothing heavy: each name loads its module on first use, so the
+engine set-up needs neither pandas nor optuna nor torch.
 """
 
-from ablate.store.encode import (
-    decode_fields,
-    decode_float,
-    decode_float_list,
-    encode_fields,
-    encode_float,
-    encode_float_list,
-)
-from ablate.store.engine import (
-    DEFAULT_STORAGE,
-    STORAGE_ENV,
-    create_schema,
-    display_url,
-    dispose_engines,
-    make_engine,
-    open_storage,
-    storage_url,
-)
-from ablate.store.query import (
-    group_by_fix,
-    json_records,
-    latest_study,
-    list_studies,
-    probe_frame,
-    run_sql,
-    runs_frame,
-    step_metrics_frame,
-    study_settings,
-    trials_frame,
-)
-from ablate.store.schema import (
-    TABLE_NAMES,
-    Base,
-    ProbePointModel,
-    RunModel,
-    StepMetricModel,
-    StudyModel,
-)
-from ablate.store.writer import (
-    MetricBuffer,
-    RunBusy,
-    RunComplete,
-    fail_stale_runs,
-    finish_run,
-    reference_run,
-    reference_status,
-    register_study,
-    runtime_meta,
-    start_run,
-    write_metrics,
-    write_probe,
-    write_probes,
-    write_result,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Loaded on first use (PEP 562), so `import ablate.store.engine` (every CLI command) does not pay
+# for pandas, which only the query functions need.
+_EXPORTS: dict[str, str] = {
+    "decode_fields": "ablate.store.encode",
+    "decode_float": "ablate.store.encode",
+    "decode_float_list": "ablate.store.encode",
+    "encode_fields": "ablate.store.encode",
+    "encode_float": "ablate.store.encode",
+    "encode_float_list": "ablate.store.encode",
+    "DEFAULT_STORAGE": "ablate.store.engine",
+    "STORAGE_ENV": "ablate.store.engine",
+    "create_schema": "ablate.store.engine",
+    "display_url": "ablate.store.engine",
+    "dispose_engines": "ablate.store.engine",
+    "make_engine": "ablate.store.engine",
+    "open_storage": "ablate.store.engine",
+    "storage_url": "ablate.store.engine",
+    "group_by_fix": "ablate.store.query",
+    "json_records": "ablate.store.query",
+    "latest_study": "ablate.store.query",
+    "list_studies": "ablate.store.query",
+    "probe_frame": "ablate.store.query",
+    "run_sql": "ablate.store.query",
+    "runs_frame": "ablate.store.query",
+    "step_metrics_frame": "ablate.store.query",
+    "study_settings": "ablate.store.query",
+    "trials_frame": "ablate.store.query",
+    "TABLE_NAMES": "ablate.store.schema",
+    "Base": "ablate.store.schema",
+    "ProbePointModel": "ablate.store.schema",
+    "RunModel": "ablate.store.schema",
+    "StepMetricModel": "ablate.store.schema",
+    "StudyModel": "ablate.store.schema",
+    "MetricBuffer": "ablate.store.writer",
+    "RunBusy": "ablate.store.writer",
+    "RunComplete": "ablate.store.writer",
+    "fail_stale_runs": "ablate.store.writer",
+    "finish_run": "ablate.store.writer",
+    "reference_run": "ablate.store.writer",
+    "reference_status": "ablate.store.writer",
+    "register_study": "ablate.store.writer",
+    "runtime_meta": "ablate.store.writer",
+    "start_run": "ablate.store.writer",
+    "write_metrics": "ablate.store.writer",
+    "write_probe": "ablate.store.writer",
+    "write_probes": "ablate.store.writer",
+    "write_result": "ablate.store.writer",
+    "FinishedRun": "ablate.store.bulk",
+    "write_finished_runs": "ablate.store.bulk",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ablate.store' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "DEFAULT_STORAGE",
+    "FinishedRun",
+    "write_finished_runs",
     "STORAGE_ENV",
     "TABLE_NAMES",
     "Base",

@@ -8,7 +8,6 @@ only; a diverged run still shows its NaN/inf in :func:`runs_frame`.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -17,12 +16,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, case, func, inspect, select, text
+from sqlalchemy import Engine, or_, select
 
-from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, column_interval, trial_interval
-from ablate.stats import SCOPE_SEEDS, SCOPE_WITHIN
+from ablate.objectives import OBJECTIVES
+from ablate.store import catalog, summaries
+from ablate.store.catalog import latest_study, study_settings
 from ablate.store.encode import decode_fields, decode_float, decode_float_lists
-from ablate.store.engine import display_url, is_sqlite
+from ablate.store.engine import is_sqlite
 from ablate.store.schema import (
     GROUPS,
     PROBE_FLOAT_FIELDS,
@@ -30,58 +30,28 @@ from ablate.store.schema import (
     ProbePointModel,
     RunModel,
     StepMetricModel,
-    StudyModel,
 )
+from ablate.store.summaries import REFERENCE_LABELS
 
-_STATUS_SEVERITY = {"failed": 3, "pruned": 2, "running": 1, "complete": 0}
 _RUN_INFO = ("run_id", "role", "trial_number", "seed", "fix", "scale")
+_resolve_study = catalog.resolve_study
 
-
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def _resolve_study(conn: Connection, study: str | None) -> tuple[int, str]:
-    """(id, name) of the named study, or of the latest one when ``study`` is None."""
-    url = display_url(conn.engine)
-    if not inspect(conn).has_table(StudyModel.__tablename__):
-        raise LookupError(f"no ablate studies in {url} (it has no {StudyModel.__tablename__} table)")
-    if study is None:
-        stmt = select(StudyModel.id, StudyModel.name).order_by(StudyModel.created_at.desc(), StudyModel.id.desc())
-        row = conn.execute(stmt.limit(1)).first()
-        if row is None:
-            raise LookupError(f"no studies in {url}")
-        return int(row[0]), str(row[1])
-    row = conn.execute(select(StudyModel.id, StudyModel.name).where(StudyModel.name == study)).first()
-    if row is None:
-        names = list(conn.scalars(select(StudyModel.name).order_by(StudyModel.created_at, StudyModel.id)))
-        shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-        raise LookupError(f"no study named {study!r} in {url}; studies: {shown or '(none)'}")
-    return int(row[0]), str(row[1])
-
-
-def _finite(values: Any) -> np.ndarray:
-    arr = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
-    return arr[np.isfinite(arr)]
-
-
-def _mean(values: Any) -> float:
-    arr = _finite(values)
-    return float(arr.mean()) if arr.size else math.nan
-
-
-def _std(values: Any) -> float:
-    arr = _finite(values)
-    return float(arr.std(ddof=1)) if arr.size > 1 else math.nan
-
-
-def _verdict(ratio: float, threshold: float) -> str | None:
-    if not (math.isfinite(ratio) and math.isfinite(threshold)):
-        return None
-    return "OK" if ratio >= threshold else "CAUTION"
-
-
-def _flags(nonfinite: str | None) -> dict[str, str]:
-    return json.loads(nonfinite) if nonfinite else {}
+__all__ = [
+    "METRIC_COLUMNS",
+    "REFERENCE_LABELS",
+    "RUNS_COLUMNS",
+    "group_by_fix",
+    "json_records",
+    "latest_study",
+    "list_studies",
+    "probe_frame",
+    "run_sql",
+    "runs_frame",
+    "step_metrics_for_runs",
+    "step_metrics_frame",
+    "study_settings",
+    "trials_frame",
+]
 
 
 # ------------------------------------------------------------------------------------------- studies
@@ -90,79 +60,12 @@ def _flags(nonfinite: str | None) -> dict[str, str]:
 def list_studies(engine: Engine) -> pd.DataFrame:
     """One row per study, oldest first: name, optuna_study_name, created_at, n_trials (trials whose
     runs are all complete), n_runs, spec_hash, git_revision."""
-    columns = ["name", "optuna_study_name", "created_at", "n_trials", "n_runs", "spec_hash", "git_revision"]
-    with engine.connect() as conn:
-        if not inspect(conn).has_table(StudyModel.__tablename__):
-            return pd.DataFrame(columns=columns)
-        per_trial = (
-            select(
-                RunModel.study_id,
-                RunModel.trial_number,
-                func.count().label("n"),
-                func.sum(case((RunModel.status == "complete", 1), else_=0)).label("n_ok"),
-            )
-            .where(RunModel.role == "trial")
-            .group_by(RunModel.study_id, RunModel.trial_number)
-            .subquery()
-        )
-        n_trials = (
-            select(per_trial.c.study_id, func.count().label("n_trials"))
-            .where(per_trial.c.n == per_trial.c.n_ok)
-            .group_by(per_trial.c.study_id)
-            .subquery()
-        )
-        n_runs = select(RunModel.study_id, func.count().label("n_runs")).group_by(RunModel.study_id).subquery()
-        stmt = (
-            select(
-                StudyModel.name,
-                StudyModel.optuna_study_name,
-                StudyModel.created_at,
-                func.coalesce(n_trials.c.n_trials, 0),
-                func.coalesce(n_runs.c.n_runs, 0),
-                StudyModel.spec_hash,
-                StudyModel.git_revision,
-            )
-            .outerjoin(n_trials, n_trials.c.study_id == StudyModel.id)
-            .outerjoin(n_runs, n_runs.c.study_id == StudyModel.id)
-            .order_by(StudyModel.created_at, StudyModel.id)
-        )
-        rows = conn.execute(stmt).all()
+    columns = list(catalog.STUDY_COLUMNS)
+    rows = catalog.study_rows(engine)
+    if rows is None:
+        return pd.DataFrame(columns=columns)
     df = pd.DataFrame([tuple(r) for r in rows], columns=columns)
     return df.astype({"n_trials": "int64", "n_runs": "int64"})
-
-
-def latest_study(engine: Engine) -> str:
-    """Name of the most recently created study (LookupError when there is none)."""
-    with engine.connect() as conn:
-        return _resolve_study(conn, None)[1]
-
-
-def study_settings(engine: Engine, study: str | None = None) -> dict[str, Any]:
-    """What the plots need from a study's stored spec: the ratio and slope metrics it optimised and
-    the probe threshold. Read from the stored objectives and spec text, so a database is self-describing."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
-
-    with engine.connect() as conn:
-        study_id, name = _resolve_study(conn, study)
-        row = conn.execute(select(StudyModel.objectives, StudyModel.spec_text).where(StudyModel.id == study_id)).one()
-    metrics = [o["metric"] for o in json.loads(row.objectives or "[]")]
-    try:
-        spec = tomllib.loads(row.spec_text or "")
-    except tomllib.TOMLDecodeError:
-        spec = {}
-    probe, study_sec = spec.get("probe", {}), spec.get("study", {})
-    threshold = float(probe.get("threshold", 0.8))
-    return {
-        "study": name,
-        "objectives": metrics,
-        "directions": {m: OBJECTIVES[m].direction for m in metrics if m in OBJECTIVES},
-        "threshold": threshold,
-        "seeds": [int(x) for x in study_sec.get("seeds", [0])],
-        "group": str(probe.get("group", "layers")),
-    }
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -201,32 +104,7 @@ def _run_identity() -> tuple[Any, ...]:
     )
 
 
-def _runs(conn: Connection, study_id: int, study_name: str) -> pd.DataFrame:
-    stmt = (
-        select(
-            *_run_identity(),
-            RunModel.status,
-            RunModel.steps,
-            RunModel.packed_arms,
-            RunModel.judged_group,
-            RunModel.frozen,
-            *(getattr(RunModel, f) for f in RUN_FLOAT_FIELDS),
-            RunModel.verdict,
-            RunModel.device,
-            RunModel.error,
-            RunModel.started_at,
-            RunModel.finished_at,
-            RunModel.nonfinite,
-        )
-        .where(RunModel.study_id == study_id)
-        .order_by(RunModel.role.desc(), RunModel.trial_key, RunModel.seed)  # trials first, then baselines
-    )
-    records = []
-    for row in conn.execute(stmt).mappings():
-        rec = dict(row)
-        rec.update(decode_fields(rec, RUN_FLOAT_FIELDS, rec.pop("nonfinite")))
-        rec["study"] = study_name
-        records.append(rec)
+def _runs_df(records: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame.from_records(records, columns=RUNS_COLUMNS)
     df = df.astype(
         {
@@ -248,60 +126,7 @@ def runs_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
     columns compare the run with the no-branch baseline run of the same seed."""
     with engine.connect() as conn:
         study_id, name = _resolve_study(conn, study)
-        return _runs(conn, study_id, name)
-
-
-def _optuna_states(conn: Connection, study_id: int) -> dict[int, str] | None:
-    """Optuna's state of each trial of the study ('complete', 'pruned', 'fail', ...), read from
-    Optuna's own tables by SQL (no optuna import); None when this database has no Optuna tables."""
-    tables = set(inspect(conn).get_table_names())
-    if not {"trials", "studies"} <= tables:
-        return None
-    optuna_name = conn.execute(select(StudyModel.optuna_study_name).where(StudyModel.id == study_id)).scalar_one()
-    rows = conn.execute(
-        text(
-            "SELECT t.number, t.state FROM trials t JOIN studies s ON s.study_id = t.study_id"
-            " WHERE s.study_name = :name"
-        ),
-        {"name": optuna_name},
-    ).all()
-    if not rows:
-        return None
-    return {int(n): str(state).split(".")[-1].lower() for n, state in rows}
-
-
-def _metric_columns(rows: list[dict[str, Any]], objectives: Sequence[str], threshold: float) -> dict[str, Any]:
-    """The metric columns of a trial (or reference arm) from its complete seeds' run rows."""
-    rec: dict[str, Any] = {}
-    scopes = set()
-    for name in dict.fromkeys([*objectives, *DEFAULT_OBJECTIVES]):  # the plots' default axes always exist
-        ci = trial_interval(name, rows)
-        rec[name], rec[f"{name}_lo"], rec[f"{name}_hi"] = ci.estimate, ci.lo, ci.hi
-        scopes.add(ci.scope)
-    for column, ratio in (
-        ("adapter_gain", False),
-        ("adapter_gain_rel", False),
-        ("adapter_gain_diff", False),
-        ("train_grad_ratio", True),
-        ("train_update_ratio", True),
-        ("grad_ratio_init", True),
-    ):
-        ci = column_interval(column, rows, ratio)
-        rec.setdefault(column, ci.estimate)
-        rec.setdefault(f"{column}_lo", ci.lo)
-        rec.setdefault(f"{column}_hi", ci.hi)
-    for g in GROUPS:
-        for column in (f"train_grad_ratio_{g}", f"train_update_ratio_{g}", f"grad_ratio_init_{g}"):
-            rec[column] = column_interval(column, rows, ratio=True).estimate
-        rec[f"grad_share_init_{g}"] = _mean([r.get(f"grad_share_init_{g}") for r in rows])
-    rec["grad_ratio_mean"] = column_interval("grad_ratio_mean", rows, ratio=True).estimate
-    for column in ("loss_slope", "loss_slope_rel", "loss_first", "loss_last"):
-        rec[column] = _mean([r.get(column) for r in rows])
-    rec["loss_slope_std"] = _std([r.get("loss_slope") for r in rows])
-    rec["ci_scope"] = SCOPE_SEEDS if len(rows) > 1 else (SCOPE_WITHIN if rows else None)
-    rec["threshold"] = threshold
-    rec["verdict"] = _verdict(rec["grad_ratio_init"], threshold)
-    return rec
+        return _runs_df(summaries.run_records(conn, study_id, name))
 
 
 TRIALS_ID_COLUMNS = ["study", "trial_number", "fix", "scale", "status", "ranked", "n_seeds", "seeds_wanted"]
@@ -319,12 +144,42 @@ METRIC_COLUMNS = [
     "grad_ratio_mean", "loss_slope", "loss_slope_std", "loss_slope_rel", "loss_first", "loss_last",
     "ci_scope", "threshold", "verdict",
 ]  # fmt: skip
+FIX_HEAD_COLUMNS = ["study", "fix", "n_trials", "n_unranked", "best_trial", "scale", "n_seeds"]
 
 
 def _ordered(records: list[dict[str, Any]], head: list[str], objectives: Sequence[str]) -> pd.DataFrame:
     obj_cols = [c for m in objectives for c in (m, f"{m}_lo", f"{m}_hi")]
     columns = [*head, *obj_cols, *[c for c in METRIC_COLUMNS if c not in obj_cols], "wall_s"]
     return pd.DataFrame.from_records(records, columns=list(dict.fromkeys(columns)))
+
+
+def _trial_records(
+    conn: Any, study: str | None, runs: list[dict[str, Any]] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any], int, str]:
+    """The study's trial records (from ``runs``, or one SQL read of the trial runs' summary
+    columns), its settings, id and name."""
+    study_id, name = _resolve_study(conn, study)
+    settings = catalog.settings(conn, study_id, name)
+    objectives = [m for m in settings["objectives"] if m in OBJECTIVES]
+    if runs is None:
+        runs = summaries.run_records(conn, study_id, name, roles=("trial",))
+    trial_runs = [r for r in runs if r["role"] == "trial"]
+    states = summaries.optuna_states(conn, study_id)
+    records = summaries.trial_records(
+        trial_runs, name, states, objectives, set(settings["seeds"]), settings["threshold"]
+    )
+    return records, settings, study_id, name
+
+
+def _trials_df(records: list[dict[str, Any]], objectives: Sequence[str]) -> pd.DataFrame:
+    df = _ordered(records, TRIALS_ID_COLUMNS, objectives)
+    return df.astype(
+        {"trial_number": "int64", "n_seeds": "int64", "seeds_wanted": "int64", "scale": "float64", "ranked": "bool"}
+    )
+
+
+def _objectives(settings: dict[str, Any]) -> list[str]:
+    return [m for m in settings["objectives"] if m in OBJECTIVES]
 
 
 def trials_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
@@ -337,55 +192,30 @@ def trials_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
     are several (``ci_scope`` 'seeds'), else within the one seed ('within-seed'). Ratios are geometric
     means over seeds; ``adapter_gain_diff`` is paired with the baseline by seed (and by held-out batch).
     """
-    settings = study_settings(engine, study)
     with engine.connect() as conn:
-        study_id, name = _resolve_study(conn, study)
-        runs = _runs(conn, study_id, name)
-        states = _optuna_states(conn, study_id)
-    objectives = [m for m in settings["objectives"] if m in OBJECTIVES]
-    wanted = set(settings["seeds"])
-    runs = runs[runs["role"] == "trial"]
-    records = []
-    for trial_number, g in runs.groupby("trial_number", sort=True):
-        ok = g[g["status"] == "complete"]
-        worst = max(g["status"], key=lambda st: _STATUS_SEVERITY.get(st, 4))
-        status = "complete" if (g["status"] == "complete").all() else worst
-        if states is not None and int(trial_number) in states:
-            status = {"fail": "failed"}.get(states[int(trial_number)], states[int(trial_number)])
-        complete_seeds = set(ok["seed"].astype(int))
-        ranked = status == "complete" and wanted <= complete_seeds
-        rows = ok.to_dict(orient="records")
-        records.append(
-            {
-                "study": name,
-                "trial_number": int(trial_number),
-                "fix": g["fix"].iloc[0],
-                "scale": g["scale"].iloc[0],
-                "status": status,
-                "ranked": bool(ranked),
-                "n_seeds": len(complete_seeds),
-                "seeds_wanted": len(wanted),
-                **_metric_columns(rows, objectives, settings["threshold"]),
-                "wall_s": float(g["wall_s"].sum(min_count=1)),
-            }
-        )
-    df = _ordered(records, TRIALS_ID_COLUMNS, objectives)
-    return df.astype(
-        {"trial_number": "int64", "n_seeds": "int64", "seeds_wanted": "int64", "scale": "float64", "ranked": "bool"}
-    )
+        records, settings, _, _ = _trial_records(conn, study)
+    return _trials_df(records, _objectives(settings))
 
 
 # ---------------------------------------------------------------------------------------------- fixes
 
-REFERENCE_LABELS = {"baseline": "no-branch (baseline)", "control": "frozen-adapters (control)"}
+
+def _fix_records(
+    conn: Any, study: str | None, runs: list[dict[str, Any]] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """(fix records, trial records, settings) from the study's runs (read here when not given)."""
+    trials, settings, study_id, name = _trial_records(conn, study, runs)
+    if runs is None:
+        refs = summaries.run_records(conn, study_id, name, roles=tuple(REFERENCE_LABELS))
+    else:
+        refs = [r for r in runs if r["role"] in REFERENCE_LABELS]
+    fixes = summaries.fix_records(trials, refs, name, _objectives(settings), settings["threshold"], METRIC_COLUMNS)
+    return fixes, trials, settings
 
 
-def _better(direction: str, a: float, b: float) -> bool:
-    if not math.isfinite(a):
-        return False
-    if not math.isfinite(b):
-        return True
-    return a > b if direction == "maximize" else a < b
+def _fixes_df(records: list[dict[str, Any]], objectives: Sequence[str]) -> pd.DataFrame:
+    df = _ordered(records, FIX_HEAD_COLUMNS, objectives)
+    return df.astype({"n_trials": "int64", "n_unranked": "int64", "best_trial": "Int64", "n_seeds": "int64"})
 
 
 def group_by_fix(engine: Engine, study: str | None = None) -> pd.DataFrame:
@@ -395,90 +225,87 @@ def group_by_fix(engine: Engine, study: str | None = None) -> pd.DataFrame:
     arms, so they are never pooled as replicates; unranked (pruned, failed, incomplete) trials never
     count. Rows: the references first, then the fixes by name.
     """
-    settings = study_settings(engine, study)
-    trials = trials_frame(engine, study)
-    objectives = [m for m in settings["objectives"] if m in OBJECTIVES]
-    primary = objectives[0] if objectives else "loss_slope"
-    direction = OBJECTIVES[primary].direction
+    with engine.connect() as conn:
+        fixes, _, settings = _fix_records(conn, study)
+    return _fixes_df(fixes, _objectives(settings))
+
+
+def summary_frames(engine: Engine, study: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``trials_frame``, ``group_by_fix`` and ``runs_frame`` from one read of the study's runs
+    (what ``ablate plot`` needs)."""
     with engine.connect() as conn:
         study_id, name = _resolve_study(conn, study)
-        runs = _runs(conn, study_id, name)
-    records = []
-    for role, label in REFERENCE_LABELS.items():
-        ok = runs[(runs["role"] == role) & (runs["status"] == "complete")]
-        if ok.empty:
-            continue
-        rows = ok.to_dict(orient="records")
-        records.append(
-            {
-                "study": name,
-                "fix": label,
-                "n_trials": 0,
-                "n_unranked": 0,
-                "best_trial": None,
-                "scale": math.nan,
-                "n_seeds": len(rows),
-                **_metric_columns(rows, objectives, settings["threshold"]),
-                "wall_s": float(ok["wall_s"].sum(min_count=1)),
-            }
-        )
-    for fix, g in trials.groupby("fix", sort=True):
-        ranked = g[g["ranked"]]
-        best = None
-        for _, row in ranked.iterrows():
-            if best is None or _better(direction, row[primary], best[primary]):
-                best = row
-        rec = {"study": name, "fix": fix, "n_trials": len(ranked), "n_unranked": len(g) - len(ranked)}
-        if best is None:
-            rec.update({"best_trial": None, "scale": math.nan, "n_seeds": 0})
-        else:
-            rec.update(
-                {k: best[k] for k in ("scale", "n_seeds", *METRIC_COLUMNS, "wall_s") if k in best.index}
-                | {c: best[c] for m in objectives for c in (m, f"{m}_lo", f"{m}_hi")}
-            )
-            rec["best_trial"] = int(best["trial_number"])
-        records.append(rec)
-    head = ["study", "fix", "n_trials", "n_unranked", "best_trial", "scale", "n_seeds"]
-    df = _ordered(records, head, objectives)
-    return df.astype({"n_trials": "int64", "n_unranked": "int64", "best_trial": "Int64", "n_seeds": "int64"})
+        runs = summaries.run_records(conn, study_id, name)
+        fixes, trials, settings = _fix_records(conn, name, runs)
+    objectives = _objectives(settings)
+    return _trials_df(trials, objectives), _fixes_df(fixes, objectives), _runs_df(runs)
 
 
 # ------------------------------------------------------------------------------- step metrics, probes
 
 
-def step_metrics_frame(engine: Engine, study: str | None = None, names: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per-step metrics in long format: run_id, role, trial_number, seed, fix, scale, step, name, value.
+_STEP_COLUMNS = [*_RUN_INFO, "step", "name", "value"]
 
-    ``names`` restricts to those metric names (e.g. ``["loss"]``); non-finite values come back as
-    NaN/inf.
-    """
-    columns = [*_RUN_INFO, "step", "name", "value"]
-    with engine.connect() as conn:
-        study_id, _ = _resolve_study(conn, study)
-        M = StepMetricModel
-        stmt = (
-            select(
-                *_run_identity(),
-                M.step,
-                M.name,
-                M.value,
-                M.flag,
-            )
-            .join(RunModel, RunModel.id == M.run_id)
-            .where(RunModel.study_id == study_id)
-            .order_by(M.run_id, M.name, M.step)
-        )
-        if names is not None:
-            stmt = stmt.where(M.name.in_(list(names)))
-        rows = conn.execute(stmt).all()
-    df = pd.DataFrame([tuple(r) for r in rows], columns=[*columns, "flag"])
+
+def _steps_select() -> Any:
+    M = StepMetricModel
+    return (
+        select(*_run_identity(), M.step, M.name, M.value, M.flag)
+        .join(RunModel, RunModel.id == M.run_id)
+        .order_by(M.run_id, M.name, M.step)
+    )
+
+
+def _steps_df(rows: list[Any]) -> pd.DataFrame:
+    df = pd.DataFrame([tuple(r) for r in rows], columns=[*_STEP_COLUMNS, "flag"])
     df = df.astype({"run_id": "int64", "trial_number": "Int64", "seed": "int64", "scale": "float64", "step": "int64"})
     value = df["value"].astype("float64")
     flagged = df["flag"].notna()
     if flagged.any():
         value[flagged] = df.loc[flagged, "flag"].map(lambda f: decode_float(None, f)).astype("float64")
     df["value"] = value
-    return df[columns]
+    return df[_STEP_COLUMNS]
+
+
+def step_metrics_frame(engine: Engine, study: str | None = None, names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-step metrics in long format: run_id, role, trial_number, seed, fix, scale, step, name, value.
+
+    ``names`` restricts to those metric names (e.g. ``["loss"]``); non-finite values come back as
+    NaN/inf. This reads every run of the study: for a figure, :func:`step_metrics_for_runs` reads
+    only the runs it draws.
+    """
+    with engine.connect() as conn:
+        study_id, _ = _resolve_study(conn, study)
+        stmt = _steps_select().where(RunModel.study_id == study_id)
+        if names is not None:
+            stmt = stmt.where(StepMetricModel.name.in_(list(names)))
+        rows = conn.execute(stmt).all()
+    return _steps_df(rows)
+
+
+def step_metrics_for_runs(
+    engine: Engine, run_ids: Sequence[int], names: Sequence[str] = (), prefix: str | None = None
+) -> pd.DataFrame:
+    """The per-step metrics of the given runs only, in :func:`step_metrics_frame`'s format: the
+    metrics named in ``names``, plus those whose name starts with ``prefix`` (e.g. ``"gate/"``).
+
+    Each run is found through the step table's primary key (run_id, step, name), so the cost
+    follows the runs asked for, not the size of the study.
+    """
+    M = StepMetricModel
+    wanted = []
+    if names:
+        wanted.append(M.name.in_(list(names)))
+    if prefix:
+        wanted.append(M.name.startswith(prefix, autoescape=True))
+    ids = sorted({int(i) for i in run_ids})
+    rows: list[Any] = []
+    if ids and wanted:
+        with engine.connect() as conn:
+            for start in range(0, len(ids), 500):  # bounded IN lists on every backend
+                chunk = ids[start : start + 500]
+                rows += conn.execute(_steps_select().where(M.run_id.in_(chunk), or_(*wanted))).all()
+    return _steps_df(rows)
 
 
 PROBE_COLUMNS = [*_RUN_INFO, "status", "step", "judged_group", *PROBE_FLOAT_FIELDS, "verdict", "per_batch_ratios"]
@@ -544,13 +371,30 @@ def _json_value(v: Any) -> Any:
     return v
 
 
+def _json_float(f: float) -> float | str | None:
+    if f != f:  # NaN
+        return None
+    return f if -math.inf < f < math.inf else ("inf" if f > 0 else "-inf")
+
+
 def json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """The frame's rows as strict-JSON-safe dicts (for ``--json`` output).
 
     NaN and missing values become null, infinities the strings "inf"/"-inf" (so a diverged run is
     still visible), timestamps ISO strings, numpy scalars Python numbers; lists are converted inside.
+    Converted column by column (a float column needs no per-value type dispatch): 10,000 trials x 60
+    columns take a tenth of the time of converting row by row.
     """
-    return [{str(k): _json_value(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+    keys = [str(k) for k in frame.columns]
+    columns = []
+    for i in range(frame.shape[1]):
+        col = frame.iloc[:, i]
+        values = col.tolist()
+        if col.dtype == np.float64:
+            columns.append([_json_float(v) for v in values])
+        else:
+            columns.append([_json_value(v) for v in values])
+    return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
 # ----------------------------------------------------------------------------------------- raw SQL

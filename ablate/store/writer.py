@@ -192,6 +192,27 @@ def _describe(role: str, trial_number: int | None, seed: int) -> str:
     return f"{role} run (seed {seed})" if role in REFERENCE_KEYS else f"trial {trial_number} seed {seed}"
 
 
+def _fresh_run_fields(fix: str, scale: float | None, device: str | None) -> dict[str, Any]:
+    """The columns of a run row as :func:`start_run` leaves it: running, no summary yet."""
+    return {
+        "fix": fix,
+        "scale": None if scale is None else float(scale),
+        "device": device,
+        "status": "running",
+        "error": None,
+        "started_at": utcnow(),
+        "finished_at": None,
+        "steps": None,
+        "packed_arms": None,
+        "verdict": None,
+        "nonfinite": None,
+        "judged_group": None,
+        "frozen": None,
+        "adapter_gain_batches": None,
+        **dict.fromkeys(RUN_FLOAT_FIELDS),
+    }
+
+
 class RunBusy(RuntimeError):
     """Another worker holds this run (see ``start_run``'s ``lease_s``)."""
 
@@ -220,23 +241,7 @@ def start_run(
     'running' raises RunBusy instead of being taken over (for runs no Optuna trial coordinates).
     """
     trial_key = _trial_key(role, trial_number)
-    fields = {
-        "fix": fix,
-        "scale": None if scale is None else float(scale),
-        "device": device,
-        "status": "running",
-        "error": None,
-        "started_at": utcnow(),
-        "finished_at": None,
-        "steps": None,
-        "packed_arms": None,
-        "verdict": None,
-        "nonfinite": None,
-        "judged_group": None,
-        "frozen": None,
-        "adapter_gain_batches": None,
-        **dict.fromkeys(RUN_FLOAT_FIELDS),
-    }
+    fields = _fresh_run_fields(fix, scale, device)
     for attempt in range(2):
         try:
             with Session(engine) as session, session.begin():
@@ -291,6 +296,23 @@ def _host_floats(values: list[Any]) -> list[Any]:
         for i, v in zip(idx, stacked, strict=True):
             out[i] = v
     return out
+
+
+def _metric_rows(run_id: int, values: Mapping[tuple[int, str], Any]) -> list[dict[str, Any]]:
+    """ablate_step_metrics rows for ``{(step, name): value}``, non-finite values encoded."""
+    keys = list(values)
+    rows = []
+    for (step, name), raw in zip(keys, _host_floats(list(values.values())), strict=True):
+        value, flag = encode_float(raw)
+        rows.append({"run_id": run_id, "step": step, "name": name, "value": value, "flag": flag})
+    return rows
+
+
+def _series_values(metrics: Mapping[str, Sequence[Any]]) -> dict[tuple[int, str], Any]:
+    """A finished run's series (name -> value per step) keyed (step, name), in the order
+    :func:`write_metrics` buffers them: step by step, names in the series' order."""
+    n_steps = max((len(v) for v in metrics.values()), default=0)
+    return {(step, name): vals[step] for step in range(n_steps) for name, vals in metrics.items() if step < len(vals)}
 
 
 class MetricBuffer:
@@ -352,12 +374,7 @@ class MetricBuffer:
         """
         if not self._rows:
             return 0
-        keys = list(self._rows)
-        values = _host_floats(list(self._rows.values()))
-        rows = []
-        for (step, name), raw in zip(keys, values, strict=True):
-            value, flag = encode_float(raw)
-            rows.append({"run_id": self.run_id, "step": step, "name": name, "value": value, "flag": flag})
+        rows = _metric_rows(self.run_id, self._rows)
         with self.engine.begin() as conn:
             conn.execute(insert(StepMetricModel.__table__), rows)
         self.n_flushes += 1
@@ -431,13 +448,7 @@ def finish_run(
     the summary does not carry (grad_share_init, norm_inflation_init, loss0_with/without,
     feature_cosine_init, verdict, and the ratio CI) are taken from the run's first stored probe point.
     """
-    if status not in FINAL_STATUSES:
-        raise ValueError(f"status must be one of {', '.join(FINAL_STATUSES)}, got {status!r}")
-    values: dict[str, Any] = dict(summary or {})
-    ci = values.get("grad_ratio_init_ci")
-    if ci is not None:
-        values.setdefault("grad_ratio_init_lo", ci[0])
-        values.setdefault("grad_ratio_init_hi", ci[1])
+    _check_final_status(status)
     with Session(engine) as session, session.begin():
         run = session.get(RunModel, run_id)
         if run is None:
@@ -447,30 +458,51 @@ def finish_run(
         probe = session.scalars(
             select(ProbePointModel).where(ProbePointModel.run_id == run_id).order_by(ProbePointModel.step)
         ).first()
-        if probe is not None:
-            flags = json.loads(probe.nonfinite) if probe.nonfinite else {}
-            for col, src in _INIT_FROM_PROBE.items():
-                if values.get(col) is None:
-                    values[col] = decode_float(getattr(probe, src), flags.get(src))
-            if values.get("verdict") is None:
-                values["verdict"] = probe.verdict
-        if summary is not None or probe is not None:
-            columns, nonfinite = encode_fields(values, RUN_FLOAT_FIELDS)
-            for key, value in columns.items():
-                setattr(run, key, value)
-            run.nonfinite = nonfinite
-            steps = values.get("steps")
-            run.steps = None if steps is None else int(steps)
-            packed = values.get("packed_arms")
-            run.packed_arms = None if packed is None else int(packed)
-            run.verdict = values.get("verdict")
-            run.judged_group = values.get("group")
-            run.frozen = values.get("frozen") or None
-            if values.get("adapter_gain_batches") is not None:
-                run.adapter_gain_batches = encode_float_list(values["adapter_gain_batches"])
-        run.status = status
-        run.error = error
-        run.finished_at = utcnow()
+        first = None if probe is None else {c: getattr(probe, c) for c in _PROBE_INIT_COLUMNS}
+        for key, value in _finished_columns(status, summary, first, error).items():
+            setattr(run, key, value)
+
+
+_PROBE_INIT_COLUMNS = (*_INIT_FROM_PROBE.values(), "verdict", "nonfinite")
+
+
+def _check_final_status(status: str) -> None:
+    if status not in FINAL_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(FINAL_STATUSES)}, got {status!r}")
+
+
+def _finished_columns(
+    status: str, summary: Mapping[str, Any] | None, first_probe: Mapping[str, Any] | None, error: str | None
+) -> dict[str, Any]:
+    """The run columns :func:`finish_run` sets, given the run's first stored probe row (or None)."""
+    values: dict[str, Any] = dict(summary or {})
+    ci = values.get("grad_ratio_init_ci")
+    if ci is not None:
+        values.setdefault("grad_ratio_init_lo", ci[0])
+        values.setdefault("grad_ratio_init_hi", ci[1])
+    out: dict[str, Any] = {}
+    if first_probe is not None:
+        flags = json.loads(first_probe["nonfinite"]) if first_probe["nonfinite"] else {}
+        for col, src in _INIT_FROM_PROBE.items():
+            if values.get(col) is None:
+                values[col] = decode_float(first_probe[src], flags.get(src))
+        if values.get("verdict") is None:
+            values["verdict"] = first_probe["verdict"]
+    if summary is not None or first_probe is not None:
+        columns, nonfinite = encode_fields(values, RUN_FLOAT_FIELDS)
+        out.update(columns)
+        out["nonfinite"] = nonfinite
+        steps = values.get("steps")
+        out["steps"] = None if steps is None else int(steps)
+        packed = values.get("packed_arms")
+        out["packed_arms"] = None if packed is None else int(packed)
+        out["verdict"] = values.get("verdict")
+        out["judged_group"] = values.get("group")
+        out["frozen"] = values.get("frozen") or None
+        if values.get("adapter_gain_batches") is not None:
+            out["adapter_gain_batches"] = encode_float_list(values["adapter_gain_batches"])
+    out.update(status=status, error=error, finished_at=utcnow())
+    return out
 
 
 def write_result(

@@ -1,0 +1,93 @@
+"""Storing many finished runs in one transaction (imports, and the read benchmark's large databases).
+
+A worker streams a run through :func:`~ablate.store.writer.start_run`, a
+:class:`~ablate.store.writer.MetricBuffer`, :func:`~ablate.store.writer.write_probes` and
+:func:`~ablate.store.writer.finish_run`: four transactions per run, each a commit (an fsync on
+SQLite). Writing thousands of runs that way is bound by commits, not by rows. This path builds
+every row with the same helpers those functions use, so a run stored here has exactly the columns
+it would have had through them (``tests/test_store_bulk.py`` compares the two), only without the
+intermediate ``running`` state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, insert
+
+from ablate.store.schema import ProbePointModel, RunModel, StepMetricModel
+from ablate.store.writer import (
+    _PROBE_INIT_COLUMNS,
+    _check_final_status,
+    _finished_columns,
+    _fresh_run_fields,
+    _metric_rows,
+    _probe_row,
+    _series_values,
+    _trial_key,
+)
+
+if TYPE_CHECKING:
+    from ablate.train.result import ProbeResult
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """One run as a worker would have stored it: identity, final status, summary, series, probes."""
+
+    role: str
+    trial_number: int | None
+    seed: int
+    fix: str
+    scale: float | None
+    device: str | None
+    status: str  # complete | failed | pruned
+    summary: Mapping[str, Any] | None  # TrainResult.summary() plus the comparison, as for finish_run
+    metrics: Mapping[str, Sequence[Any]] = field(default_factory=dict)  # name -> value per step
+    probes: Sequence[Mapping[str, Any] | ProbeResult] = ()
+    error: str | None = None
+
+
+def write_finished_runs(engine: Engine, study_id: int, runs: Sequence[FinishedRun]) -> list[int]:
+    """Insert new finished runs with their step metrics and probe points in one transaction.
+
+    Returns the run ids in the order given. A run that already exists (same study, role, trial and
+    seed) violates the unique constraint and nothing is written.
+    """
+    if not runs:
+        return []
+    run_rows, probe_rows = [], []
+    for run in runs:
+        _check_final_status(run.status)
+        probes = [_probe_row(0, p) for p in run.probes]  # run_id filled in once the run has one
+        first = min(probes, key=lambda p: p["step"], default=None)
+        first_cols = None if first is None else {c: first[c] for c in _PROBE_INIT_COLUMNS}
+        run_rows.append(
+            {
+                "study_id": study_id,
+                "role": run.role,
+                "trial_number": run.trial_number,
+                "trial_key": _trial_key(run.role, run.trial_number),
+                "seed": run.seed,
+                **_fresh_run_fields(run.fix, run.scale, run.device),
+                **_finished_columns(run.status, run.summary, first_cols, run.error),
+            }
+        )
+        probe_rows.append(probes)
+    runs_table = RunModel.__table__
+    with engine.begin() as conn:
+        ids = [
+            int(r[0])
+            for r in conn.execute(insert(runs_table).returning(runs_table.c.id, sort_by_parameter_order=True), run_rows)
+        ]
+        metric_rows: list[dict[str, Any]] = []
+        for run_id, run in zip(ids, runs, strict=True):
+            metric_rows += _metric_rows(run_id, _series_values(run.metrics))
+        if metric_rows:
+            conn.execute(insert(StepMetricModel.__table__), metric_rows)
+        points = [{**p, "run_id": run_id} for run_id, probes in zip(ids, probe_rows, strict=True) for p in probes]
+        if points:
+            conn.execute(insert(ProbePointModel.__table__), points)
+    return ids
