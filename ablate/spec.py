@@ -50,6 +50,8 @@ class ModelSection(_Strict):
     inject_at: int = Field(0, ge=0)
     context_norm: bool = False
     adapter_weight: float = Field(0.1, gt=0, le=1)
+    # Seed of a random-init backbone (ignored with pretrained weights): one network for every arm.
+    backbone_seed: int = Field(0, ge=0)
 
     @field_validator("backbone")
     @classmethod
@@ -251,6 +253,7 @@ class StudySpec(_Strict):
                 inject_at=self.model.inject_at,
                 context_norm=self.model.context_norm,
                 adapter_weight=self.model.adapter_weight,
+                backbone_seed=self.model.backbone_seed,
             ),
             data=DataConfig(
                 seed=self.data.seed,

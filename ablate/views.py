@@ -102,6 +102,8 @@ def fixes_view(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFrame:
 
 
 def runs_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """One line per run; an ``mfu`` column only where some run has one (GPU runs with a known peak)."""
+    with_mfu = "mfu" in frame.columns and bool(frame["mfu"].notna().any())
     rows = []
     for _, r in frame.iterrows():
         tn = r.get("trial_number")
@@ -117,6 +119,7 @@ def runs_view(frame: pd.DataFrame) -> pd.DataFrame:
                 "R train": fmt(r.get("train_grad_ratio"), 3),
                 "R @0": fmt(r.get("grad_ratio_init"), 3),
                 "slope": fmt(r.get("loss_slope"), 3),
+                **({"mfu": fmt(r.get("mfu"), 2)} if with_mfu else {}),
             }
         )
     return pd.DataFrame(rows)

@@ -146,3 +146,16 @@ def test_study_with_packed_seeds_stores_what_an_unpacked_study_stores(tmp_path):
         assert (a[5], b[5]) == (1, 2)
         for x, y in zip(a[6:], b[6:]):
             assert y == pytest.approx(x, rel=1e-3, abs=1e-6)
+
+
+def test_runs_view_shows_mfu_only_where_a_run_has_one():
+    import pandas as pd
+
+    from ablate import views
+
+    base = {"run_id": 1, "role": "trial", "trial_number": 0, "seed": 0, "fix": "none", "status": "complete"}
+    cpu = pd.DataFrame([{**base, "mfu": float("nan")}])
+    gpu = pd.DataFrame([{**base, "mfu": 0.266}, {**base, "run_id": 2, "mfu": float("nan")}])
+    assert "mfu" not in views.runs_view(cpu).columns
+    shown = views.runs_view(gpu)
+    assert list(shown["mfu"]) == ["0.27", views.fmt(float("nan"), 2)]

@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from sqlalchemy import text
 
 from ablate.errors import AblateInputError
 from ablate.objectives import trial_value
@@ -342,3 +343,27 @@ def test_sqlite_workers_never_claim_the_same_enqueued_trial(tmp_path):
         assert proc.returncode == 0, err
     ran = [int(line) for log in logs for line in log.read_text().split()]
     assert len(ran) == len(set(ran)) >= 60
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_three_workers_started_together_on_an_empty_database_all_finish(tmp_path, backend, request):
+    """Optuna creates its schema without a lock; workers that lose that race retry instead of exiting."""
+    url = sqlite_url(tmp_path / "fresh.db") if backend == "sqlite" else request.getfixturevalue("fresh_pg_url")
+    spec = write_spec(tmp_path, MINI.replace("seeds = [0, 1]", "seeds = [0]").replace("trials = 4", "trials = 3"))
+    cmd = [sys.executable, "-m", "ablate", "study", "run", str(spec), "--storage", url, "--quiet", "--no-plots"]
+    env = {**os.environ, "ABLATE_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    engine = open_storage(url)
+    with engine.connect() as conn:
+        dup = conn.execute(
+            text(
+                "select role, trial_key, seed, count(*) from ablate_runs where status = 'complete' "
+                "group by role, trial_key, seed having count(*) > 1"
+            )
+        ).all()
+        running = conn.execute(text("select count(*) from ablate_runs where status = 'running'")).scalar()
+    assert dup == [] and running == 0
+    study = optuna.load_study(study_name="mini", storage=url)
+    assert len([t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]) >= 3

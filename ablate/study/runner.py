@@ -365,16 +365,37 @@ def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
         else:  # pragma: no cover - optuna < 4.9
             retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=2)}
         sqlite = url.startswith("sqlite")
-        storage = optuna.storages.RDBStorage(
-            url,
-            engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else None,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=3 * HEARTBEAT_S,
-            **retry,
+        storage = _retry_schema_race(
+            lambda: optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else None,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=3 * HEARTBEAT_S,
+                **retry,
+            )
         )
     if sqlite:
         _serialize_sqlite_transactions(storage.engine)
     return storage
+
+
+_SCHEMA_RACE = ("already exists", "duplicate key value", "database is locked")
+
+
+def _retry_schema_race(create: Callable[[], Any], attempts: int = 6) -> Any:
+    """Optuna creates its tables on first use without a lock: workers started together on an empty
+    database race, and the losers see "table ... already exists" (SQLite) or a unique violation on
+    a type (PostgreSQL). Once the winner has committed, the same call succeeds: retry it."""
+    from sqlalchemy.exc import DBAPIError
+
+    for attempt in range(attempts):
+        try:
+            return create()
+        except DBAPIError as exc:
+            if attempt == attempts - 1 or not any(s in str(exc) for s in _SCHEMA_RACE):
+                raise
+            time.sleep(0.25 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _serialize_sqlite_transactions(engine: Any) -> None:
