@@ -731,17 +731,42 @@ def _input_error_line(exc: AblateInputError) -> str:
     return f"error: {field}: {' '.join(exc.message.split())}"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (the running run is marked failed, Optuna's trial FAIL), exit 143."""
+
+
+_terminated = False  # click turns any KeyboardInterrupt into Abort; this says which signal it was
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    import signal
+
+    global _terminated
+    _terminated = True
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM while cleaning up changes nothing
+    raise Terminated()
+
+
+def _fail_interrupted() -> None:
+    if _terminated:
+        _fail("terminated; run the same command again to resume", 143)
+    _fail("interrupted; run the same command again to resume", 130)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: bad input exits 2 with one line, a failed run exits 1, Ctrl-C exits 130."""
+    """Entry point: bad input exits 2 with one line, a failed run exits 1, Ctrl-C exits 130, SIGTERM 143."""
+    import signal
+
     from ablate.errors import NonFiniteLossError
 
+    signal.signal(signal.SIGTERM, _on_sigterm)
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name="ablate", standalone_mode=False)
     except AblateInputError as exc:
         _fail(_input_error_line(exc), 2)
     except KeyboardInterrupt:
-        _fail("interrupted; run the same command again to resume", 130)
+        _fail_interrupted()
     except NonFiniteLossError as exc:
         _fail(f"run failed: {exc}", 1)
     except Exception as exc:
@@ -753,10 +778,10 @@ def main(argv: list[str] | None = None) -> None:
                 sys.exit(0)
             _fail("error: " + " ".join(exc.format_message().split()), 2)
         if type(exc).__name__ == "Abort":
-            _fail("interrupted; run the same command again to resume", 130)
+            _fail_interrupted()
         if os.environ.get("ABLATE_DEBUG"):
             raise
         _fail(f"run failed: {type(exc).__name__}: {_one_line(exc)} (ABLATE_DEBUG=1 for a traceback)", 1)
     if rv == 130:  # Typer turns Ctrl-C inside a command into exit code 130
-        _fail("interrupted; run the same command again to resume", 130)
+        _fail_interrupted()
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -71,7 +71,7 @@ def _stream(engine: Engine, study_id: int, run: FinishedRun) -> None:
 
 def _stored(engine: Engine, study_id: int) -> dict:
     """Everything stored for the study, keyed by run identity (ids and timestamps left out)."""
-    skip = {"id", "study_id", "started_at", "finished_at"}
+    skip = {"id", "study_id", "started_at", "finished_at", "heartbeat_at"}  # wall-clock times
     out = {}
     with engine.connect() as conn:
         runs = conn.execute(select(RunModel.__table__).where(RunModel.study_id == study_id)).mappings().all()

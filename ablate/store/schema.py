@@ -173,6 +173,9 @@ class RunModel(Base):
     device: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Refreshed by the worker running it (ablate.store.writer.RunHeartbeat): a 'running' row whose
+    # heartbeat has stopped belongs to a killed worker and may be taken over.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     steps: Mapped[int | None] = mapped_column(Integer)
     packed_arms: Mapped[int | None] = mapped_column(Integer)  # arms trained side by side (timings are the pack's)

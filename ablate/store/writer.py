@@ -12,6 +12,7 @@ import json
 import platform
 import socket
 import subprocess
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
@@ -19,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -202,6 +203,7 @@ def _fresh_run_fields(fix: str, scale: float | None, device: str | None) -> dict
         "error": None,
         "started_at": utcnow(),
         "finished_at": None,
+        "heartbeat_at": utcnow(),
         "steps": None,
         "packed_arms": None,
         "verdict": None,
@@ -237,8 +239,9 @@ def start_run(
     A leftover row that is not 'complete' (a crashed, failed or pruned attempt) is reset and reused:
     its step metrics and probe points are deleted and its summary cleared, so a retry never mixes
     with a dead attempt's numbers. A 'complete' row raises ValueError: finished work is not re-run.
-    With ``lease_s``, a row another worker started less than ``lease_s`` seconds ago and still has
-    'running' raises RunBusy instead of being taken over (for runs no Optuna trial coordinates).
+    With ``lease_s``, a 'running' row whose worker's heartbeat (see :class:`RunHeartbeat`) is less
+    than ``lease_s`` seconds old raises RunBusy instead of being taken over (for runs no Optuna trial
+    coordinates); a killed worker's row is taken over once its heartbeat is that old.
     """
     trial_key = _trial_key(role, trial_number)
     fields = _fresh_run_fields(fix, scale, device)
@@ -260,10 +263,13 @@ def start_run(
                     session.add(run)
                     session.flush()
                     return run.id
-                if run.status == "running" and lease_s is not None and run.started_at is not None:
-                    age = (utcnow() - run.started_at).total_seconds()
+                last = run.heartbeat_at or run.started_at
+                if run.status == "running" and lease_s is not None and last is not None:
+                    age = (utcnow() - last).total_seconds()
                     if age < lease_s:
-                        raise RunBusy(f"{_describe(role, trial_number, seed)} is running elsewhere ({age:.0f} s)")
+                        raise RunBusy(
+                            f"{_describe(role, trial_number, seed)} is running elsewhere (heartbeat {age:.0f} s ago)"
+                        )
                 if run.status == "complete":
                     raise RunComplete(
                         f"{_describe(role, trial_number, seed)} of study {study_id} is already complete "
@@ -548,6 +554,36 @@ def reference_status(engine: Engine, study_id: int, seed: int, role: str = "base
     with Session(engine) as session:
         run = RunModel.find(session, study_id, role, REFERENCE_KEYS[role], seed)
         return None if run is None else run.status
+
+
+class RunHeartbeat:
+    """While a worker runs these runs, a background thread refreshes their ``heartbeat_at`` every
+    ``interval_s`` seconds; a worker killed outright stops beating, and its rows become stale."""
+
+    def __init__(self, engine: Engine, run_ids: list[int], interval_s: float) -> None:
+        self.engine, self.run_ids, self.interval_s = engine, list(run_ids), interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="ablate-run-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                with Session(self.engine) as session, session.begin():
+                    session.execute(
+                        update(RunModel)
+                        .where(RunModel.id.in_(self.run_ids), RunModel.status == "running")
+                        .values(heartbeat_at=utcnow())
+                    )
+            except Exception:  # noqa: BLE001 - a missed beat only delays nothing; the run goes on
+                continue
+
+    def __enter__(self) -> RunHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def fail_stale_runs(engine: Engine, study_id: int, live_trials: set[int]) -> int:

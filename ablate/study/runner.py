@@ -7,6 +7,7 @@ measured. Running the same spec again resumes: finished trials and baselines are
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -32,8 +33,26 @@ from ablate.train.result import TrainResult
 from ablate.train.run import RunConfig
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-HEARTBEAT_S = 20  # a killed worker's trial is failed and retried after ~2 heartbeats
-BASELINE_LEASE_S = 6 * 3600  # a baseline left 'running' by a killed worker is retried after this
+
+
+def _heartbeat_s() -> float:
+    raw = os.environ.get("ABLATE_HEARTBEAT_S", "20")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 1 <= value <= 3600:
+        from ablate.errors import AblateInputError
+
+        raise AblateInputError("ABLATE_HEARTBEAT_S", f"must be a number of seconds in [1, 3600], got {raw!r}")
+    return value
+
+
+# Every worker beats for its Optuna trial (Optuna's heartbeat) and its runs (RunHeartbeat); a worker
+# killed outright is detected once its beat is 2 intervals old, and its work is failed and retried.
+HEARTBEAT_S = _heartbeat_s()
+GRACE_S = 2 * HEARTBEAT_S
+BASELINE_LEASE_S = GRACE_S  # a reference run whose worker stopped beating this long ago is taken over
 REFERENCE_POLL_S = 5.0  # how often a trial waiting for another worker's baseline looks again
 
 
@@ -163,28 +182,8 @@ class _StudyRun:
                 writer.finish_run(self.engine, run_id, status, None, error=error)
 
         try:
-            if len(cfgs) == 1:
-                setup = ArmSetup(cfgs[0], like=self._like)
-                self._like = self._like or setup
-                results = [
-                    train_arm(
-                        cfgs[0],
-                        on_flush=lambda rows: flush(0, rows),
-                        on_probe=lambda p: writer.write_probe(self.engine, run_ids[0], p),
-                        on_step=self.reporter.step,
-                        setup=setup,
-                    )
-                ]
-            else:
-                pack = PackSetup(cfgs, like=self._like)
-                self._like = self._like or pack.arms[0]
-                results = train_pack(
-                    cfgs,
-                    on_flush=flush,
-                    on_probe=lambda arm, p: writer.write_probe(self.engine, run_ids[arm], p),
-                    on_step=self.reporter.step,
-                    setup=pack,
-                )
+            with writer.RunHeartbeat(self.engine, run_ids, HEARTBEAT_S):
+                results = self._train(cfgs, run_ids, flush)
             rows = [self._row(role, result) for result in results]
         except optuna.TrialPruned:
             finish_all("pruned", None)
@@ -203,6 +202,29 @@ class _StudyRun:
         for result in results:
             self.reporter.run_end(label, result, "complete")
         return rows
+
+    def _train(self, cfgs: list, run_ids: list[int], flush: Callable) -> list[TrainResult]:
+        """One arm alone, or several packed; the first arm built lends its backbone to every later one."""
+        if len(cfgs) == 1:
+            setup = ArmSetup(cfgs[0], like=self._like)
+            self._like = self._like or setup
+            result = train_arm(
+                cfgs[0],
+                on_flush=lambda rows: flush(0, rows),
+                on_probe=lambda p: writer.write_probe(self.engine, run_ids[0], p),
+                on_step=self.reporter.step,
+                setup=setup,
+            )
+            return [result]
+        pack = PackSetup(cfgs, like=self._like)
+        self._like = self._like or pack.arms[0]
+        return train_pack(
+            cfgs,
+            on_flush=flush,
+            on_probe=lambda arm, p: writer.write_probe(self.engine, run_ids[arm], p),
+            on_step=self.reporter.step,
+            setup=pack,
+        )
 
     def _packs(self, seeds: list[int]) -> list[list[int]]:
         size = self.spec.training.pack
@@ -369,8 +391,8 @@ def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
             lambda: optuna.storages.RDBStorage(
                 url,
                 engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else None,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=3 * HEARTBEAT_S,
+                heartbeat_interval=max(1, round(HEARTBEAT_S)),
+                grace_period=max(2, round(GRACE_S)),
                 **retry,
             )
         )
@@ -517,6 +539,31 @@ def run_study(
         return _optimize(study, runner, spec, study_name, url, total)
 
 
+def _settle(study: optuna.Study, runner: _StudyRun, total: int, on_trial: Callable) -> None:
+    """Wait for trials other workers still run; fail the ones whose worker stopped beating (Optuna's
+    retry callback re-enqueues each as WAITING) and run those retries, so no trial stays RUNNING and
+    no arm goes unevaluated because its worker was killed."""
+    engine, study_id, reporter = runner.engine, runner.study_id, runner.reporter
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        writer.fail_stale_runs(engine, study_id, {t.number for t in running})
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        retries = [t for t in waiting if "failed_trial" in t.system_attrs or "retry_history" in t.system_attrs]
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if retries and done + len(running) < total:
+            study.optimize(
+                runner.objective, n_trials=len(retries), catch=(RunFailed,), callbacks=[on_trial], gc_after_trial=False
+            )
+            continue
+        if not running:
+            return
+        reporter.waiting(f"trial {', '.join(str(t.number) for t in running)} (another worker, or a stopped one)")
+        time.sleep(min(HEARTBEAT_S / 2, 5.0))
+
+
 def _optimize(
     study: optuna.Study, runner: _StudyRun, spec: StudySpec, study_name: str, url: str, total: int
 ) -> StudyOutcome:
@@ -526,7 +573,10 @@ def _optimize(
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     reporter.study_start(study_name, done, total)
     runner.run_references()
-    remaining = max(0, total - done)
+    # Trials RUNNING now belong to another worker or to a killed one: either way they are not ours
+    # to repeat. A killed worker's are failed and retried by _settle once their heartbeat is stale.
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    remaining = max(0, total - done - running)
     _enqueue_defaults(study, spec, remaining)
     failed_before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
 
@@ -542,6 +592,7 @@ def _optimize(
             callbacks=[optuna.study.MaxTrialsCallback(total, states=FINISHED), on_trial],
             gc_after_trial=False,
         )
+    _settle(study, runner, total, on_trial)
     failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - failed_before
     best = [
         {"trial": t.number, **dict(zip(("fix", "scale"), arm_of(t.params))), "values": t.values} for t in _best(study)
