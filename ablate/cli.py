@@ -471,8 +471,14 @@ def study_run(
         raise AblateInputError("--name", "must not be empty")
     _check_threads(threads)
     url = storage_url(storage)
-    from ablate.store.engine import open_storage
+    from ablate.store.engine import is_memory_sqlite, open_storage
 
+    if is_memory_sqlite(url):
+        raise AblateInputError(
+            "--storage", "an in-memory SQLite database ends with the process; use sqlite:///results.db"
+        )
+    if not no_plots:
+        _check_out_dir(plots, "--plots")
     preflight(spec)
     try:
         open_storage(url)
@@ -579,6 +585,7 @@ def plot(
     engine = _open_read(open_storage, url)
     with _lookup_errors():
         name = study or q.latest_study(engine)
+    _check_out_dir(out_dir, "--out")
     written = _draw(url, name, out_dir or f"plots/{name}", kind, quiet=as_json)
     if as_json:
         _emit_json({"study": name, "plots": [str(p) for p in written]})
@@ -717,6 +724,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _check_out_dir(path: str | None, option: str) -> None:
+    """Plots go into a folder: refuse an existing file before any work is done."""
+    if path is not None and os.path.exists(path) and not os.path.isdir(path):
+        raise AblateInputError(option, f"{path} is a file; give a folder for the plots")
+
+
 def _fail(message: str, code: int) -> None:
     # Plain stderr, one line: rich would wrap long messages at the terminal width.
     sys.stderr.write(message + "\n")
@@ -726,7 +739,9 @@ def _fail(message: str, code: int) -> None:
 def _input_error_line(exc: AblateInputError) -> str:
     # Top-level fields are CLI options here ("scale" -> "--scale"); dotted ones are spec fields.
     # Positional arguments (SPEC) stay upper case.
-    keep = "." in exc.field or exc.field.startswith("-") or exc.field.isupper()
+    from ablate.errors import SpecInputError
+
+    keep = isinstance(exc, SpecInputError) or "." in exc.field or exc.field.startswith("-") or exc.field.isupper()
     field = exc.field if keep else "--" + exc.field.replace("_", "-")
     return f"error: {field}: {' '.join(exc.message.split())}"
 

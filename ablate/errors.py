@@ -10,6 +10,10 @@ class AblateInputError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
+class SpecInputError(AblateInputError):
+    """Bad input inside a spec file: ``field`` is the spec's own key path (``search.scale``, ``foo``)."""
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; raised at the flush that saw it (its rows are flushed).
 

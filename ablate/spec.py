@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ablate.errors import AblateInputError
+from ablate.errors import AblateInputError, SpecInputError
 from ablate.model.aaclip import AAClipConfig
 from ablate.model.backbone import BACKBONES
 from ablate.model.fixes import NO_BRANCH, fix_names, parse_fix
@@ -290,7 +290,7 @@ def _first_error(exc: ValidationError) -> AblateInputError:
         head, rest = msg.split(": ", 1)
         if " " not in head:
             loc, msg = [*loc, head], rest
-    return AblateInputError(".".join(loc) or "spec", msg)
+    return SpecInputError(".".join(loc) or "spec", msg)
 
 
 def parse_spec(text: str, default_name: str = "study") -> StudySpec:
@@ -298,7 +298,7 @@ def parse_spec(text: str, default_name: str = "study") -> StudySpec:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise AblateInputError("spec", f"not valid TOML: {exc}") from None
+        raise SpecInputError("spec", f"not valid TOML: {exc}") from None
     raw.setdefault("name", default_name)
     try:
         return StudySpec.model_validate(raw)

@@ -80,12 +80,16 @@ MACHINE = [
         "not found",
     ),
     ("uncached tag", MINI + '\n[model]\npretrained = "openai"\n', "model.pretrained", "local checkpoint"),
+    ("garbage checkpoint", MINI + '\n[model]\npretrained = "{tmp}/garbage.pt"\n', "model.pretrained", "not a PyTorch"),
+    ("not TOML", MINI + "\n[[[", "spec", "not valid TOML"),
+    ("unknown top-level key", "foo = 1\n" + MINI, "foo", "unknown key"),
 ]
 
 
 @pytest.mark.parametrize("label, text, field, fragment", BAD[:6] + MACHINE, ids=[b[0] for b in BAD[:6] + MACHINE])
 def test_bad_spec_cli_exit_2_nothing_written(tmp_path, label, text, field, fragment):
-    spec = write_spec(tmp_path, text)
+    (tmp_path / "garbage.pt").write_bytes(b"this is not a checkpoint")
+    spec = write_spec(tmp_path, text.replace("{tmp}", str(tmp_path)))
     db = tmp_path / "results.db"
     proc = subprocess.run(
         [sys.executable, "-m", "ablate", "study", "run", str(spec), "--storage", f"sqlite:///{db}"],
@@ -96,7 +100,8 @@ def test_bad_spec_cli_exit_2_nothing_written(tmp_path, label, text, field, fragm
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and field in lines[0] and "Traceback" not in proc.stderr
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert lines[0].startswith(f"error: {field}: ") and fragment in lines[0], lines[0]  # a spec key, never --key
     assert proc.stdout == ""
     assert not db.exists()
     assert not (tmp_path / "plots").exists()
@@ -136,3 +141,48 @@ def test_a_binary_spec_is_one_line_naming_the_file(tmp_path):
     with pytest.raises(AblateInputError) as info:
         load_spec(path)
     assert info.value.field == "SPEC" and "not UTF-8 text" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "label, extra, field",
+    [
+        ("in-memory storage", ["--storage", "sqlite://"], "--storage"),
+        ("plots into a file", ["--plots", "{tmp}/taken.png"], "--plots"),
+    ],
+)
+def test_bad_study_arguments_are_refused_before_any_work(tmp_path, label, extra, field):
+    (tmp_path / "taken.png").write_bytes(b"x")
+    spec = write_spec(tmp_path, MINI)
+    db = tmp_path / "results.db"
+    args = ["--storage", f"sqlite:///{db}", *[a.replace("{tmp}", str(tmp_path)) for a in extra]]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ablate", "study", "run", str(spec), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: {field}: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert not db.exists()
+
+
+def test_plot_into_a_file_exits_2(mini_study_db, tmp_path):
+    (tmp_path / "taken").write_bytes(b"x")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ablate",
+            "plot",
+            "--storage",
+            f"sqlite:///{mini_study_db}",
+            "--out",
+            str(tmp_path / "taken"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --out: "), proc.stderr

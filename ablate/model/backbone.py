@@ -90,6 +90,23 @@ def _cached_tag_path(model_name: str, tag: str) -> str | None:
     return None
 
 
+def check_checkpoint_file(path: str) -> None:
+    """Refuse a file that cannot be a checkpoint, from its first bytes (cheap: nothing is loaded).
+
+    torch.save writes a zip archive (or, before 1.6, a pickle), TorchScript a zip archive, and
+    safetensors an 8-byte little-endian header length followed by a JSON header.
+    """
+    with open(path, "rb") as f:
+        head = f.read(9)
+    is_zip = head[:4] == b"PK\x03\x04"
+    is_pickle = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    is_safetensors = len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 2**32
+    if not (is_zip or is_pickle or is_safetensors):
+        raise AblateInputError(
+            "pretrained", f"{path} is not a PyTorch (.pt/.bin) or safetensors checkpoint (first bytes {head[:4]!r})"
+        )
+
+
 def resolve_pretrained(spec: BackboneSpec, pretrained: str | None) -> str | None:
     """Map ``pretrained`` (None | local path | cached open_clip tag) to a local file path."""
     if pretrained in (None, "", "none"):
@@ -97,6 +114,7 @@ def resolve_pretrained(spec: BackboneSpec, pretrained: str | None) -> str | None
     path = Path(pretrained).expanduser()
     looks_like_path = os.sep in pretrained or path.suffix in (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
     if path.is_file():
+        check_checkpoint_file(str(path))
         return str(path)
     if looks_like_path:
         raise AblateInputError("pretrained", f"checkpoint file not found: {pretrained}")

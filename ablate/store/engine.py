@@ -77,6 +77,15 @@ def normalize_url(url: str) -> URL:
     raise ValueError(f"unsupported storage {display_url(parsed)!r}: use sqlite:///path.db or postgresql://user@host/db")
 
 
+def is_memory_sqlite(url: str) -> bool:
+    """True for a SQLite URL with no file (``sqlite://``, ``:memory:``): it vanishes with the process."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False
+    return parsed.drivername.partition("+")[0] == "sqlite" and _sqlite_file(parsed) is None
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
