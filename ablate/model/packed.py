@@ -121,9 +121,6 @@ class PackedAAClip(_AAClipBase):
             if not same:
                 raise AblateInputError("pack", f"arm {a.fix.name!r} does not match {first.fix.name!r} in structure")
         self.n_arms = len(arms)
-        self.arm_models_cfg = [a.cfg for a in arms]
-        self.fixes = [a.fix for a in arms]
-        self.seeds = [a.seed for a in arms]
         self._init_shared(SharedBackbone(first.clip, first.classes, first.text_embeds, first.text_context))
         self._gate_names = sorted(first.gate_values())
         self.adapter_layers, self.levels, self.grid, self.inject_at = (
@@ -137,7 +134,7 @@ class PackedAAClip(_AAClipBase):
         self.det_proj = Stacked([a.det_proj for a in arms])
         self.branch: Stacked | None = None
         self.dropout = first.branch.dropout if first.branch is not None else 0.0
-        self._template_branch = first.branch
+        self.branch_heads = first.branch.heads if first.branch is not None else 0
         if first.has_branch:
             self.branch = Stacked([_BranchJoin(a.branch, a.join) for a in arms])
         self.dropout_streams = [a.dropout_streams[0] for a in arms]
@@ -166,7 +163,7 @@ class PackedAAClip(_AAClipBase):
         xa, ca = self._per_arm(x), self._per_arm(context)
         keep = None
         if self.training and self.dropout > 0:
-            shape = self._template_branch.keep_shape(xa[0], ca[0])
+            shape = (xa.shape[1], self.branch_heads, xa.shape[2], ca.shape[2])  # per arm: [B, heads, L, M]
             keep = torch.stack([s.keep_mask(shape, self.dropout, x.device) for s in self.dropout_streams])
         q, k, v = self.branch.call(_qkv, xa, ca)  # [arms, B, heads, L|M, d]
         # Attention is per sample, so the arms fold into the batch: one fused kernel for all of them.
@@ -185,17 +182,3 @@ class PackedAAClip(_AAClipBase):
     def _det_proj(self, pooled: torch.Tensor) -> torch.Tensor:
         out = self.det_proj(self._per_arm(pooled))
         return out.reshape(-1, *out.shape[2:])
-
-    def unstack_into(self, arms: Sequence[AAClipModel]) -> None:
-        """Copy each arm's trained weights back into its own model (for saving or unpacked probing)."""
-        pairs = [(self.adapters[i], [a.adapters[i] for a in arms]) for i in range(self.adapter_layers)]
-        pairs += [(self.seg_proj[i], [a.seg_proj[i] for a in arms]) for i in range(len(self.levels))]
-        pairs.append((self.det_proj, [a.det_proj for a in arms]))
-        if self.branch is not None:
-            pairs.append((self.branch, [_BranchJoin(a.branch, a.join) for a in arms]))
-        with torch.no_grad():
-            for stacked, mods in pairs:
-                params, _ = stacked.state()
-                for k, mod in enumerate(mods):
-                    for name, p in mod.named_parameters():
-                        p.copy_(params[name][k])

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
-from ablate.store.schema import TABLE_NAMES, TABLES, Base
+from ablate.store.schema import TABLES, Base
+
+T = TypeVar("T")
 
 DEFAULT_STORAGE = "sqlite:///results.db"
 STORAGE_ENV = "ABLATE_STORAGE"
@@ -154,18 +158,34 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(orig).__name__
 
 
+_SCHEMA_RACE = ("already exists", "duplicate key value", "database is locked")
+
+
+def retry_schema_race(create: Callable[[], T], attempts: int = 6) -> T:
+    """Run a call that creates tables, retrying while another process is creating the same ones.
+
+    Schema creation (ours, and Optuna's on first use) takes no lock: workers started together on an
+    empty database race, and the losers see "table ... already exists" (SQLite) or a unique
+    violation on a type (PostgreSQL). Once the winner has committed, the same call succeeds.
+    """
+    for attempt in range(attempts):
+        try:
+            return create()
+        except DBAPIError as exc:
+            if attempt == attempts - 1 or not any(s in str(exc) for s in _SCHEMA_RACE):
+                raise
+            time.sleep(0.25 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def create_schema(engine: Engine) -> None:
     """Create the ablate_* tables that do not exist yet; never touches any other table.
 
-    Concurrent workers may race on a fresh database; a loser's "already exists" error is retried once.
-    A storage that cannot be opened raises ValueError naming it.
+    Concurrent workers may race on a fresh database (see :func:`retry_schema_race`). A storage that
+    cannot be opened raises ValueError naming it.
     """
     try:
-        try:
-            Base.metadata.create_all(engine, checkfirst=True)
-        except DBAPIError:
-            if set(TABLE_NAMES) - set(inspect(engine).get_table_names()):
-                Base.metadata.create_all(engine, checkfirst=True)
+        retry_schema_race(lambda: Base.metadata.create_all(engine, checkfirst=True))
     except DBAPIError as exc:
         raise ValueError(f"cannot open storage {display_url(engine)!r}: {_first_line(exc)}") from exc
 

@@ -21,7 +21,7 @@ from ablate.model.fixes import NO_BRANCH, parse_fix
 from ablate.objectives import seed_value, trial_value
 from ablate.spec import OBJECTIVE_DIRECTIONS, StudySpec, spec_hash
 from ablate.store import writer
-from ablate.store.engine import open_storage
+from ablate.store.engine import open_storage, retry_schema_race
 from ablate.store.schema import GROUPS, REFERENCE_KEYS
 from ablate.study.space import arm_of, default_arm_params, suggest_arm
 from ablate.threads import LocalWorkers, apply_threads, choose_threads
@@ -387,7 +387,7 @@ def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
         else:  # pragma: no cover - optuna < 4.9
             retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=2)}
         sqlite = url.startswith("sqlite")
-        storage = _retry_schema_race(
+        storage = retry_schema_race(
             lambda: optuna.storages.RDBStorage(
                 url,
                 engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else None,
@@ -399,25 +399,6 @@ def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
     if sqlite:
         _serialize_sqlite_transactions(storage.engine)
     return storage
-
-
-_SCHEMA_RACE = ("already exists", "duplicate key value", "database is locked")
-
-
-def _retry_schema_race(create: Callable[[], Any], attempts: int = 6) -> Any:
-    """Optuna creates its tables on first use without a lock: workers started together on an empty
-    database race, and the losers see "table ... already exists" (SQLite) or a unique violation on
-    a type (PostgreSQL). Once the winner has committed, the same call succeeds: retry it."""
-    from sqlalchemy.exc import DBAPIError
-
-    for attempt in range(attempts):
-        try:
-            return create()
-        except DBAPIError as exc:
-            if attempt == attempts - 1 or not any(s in str(exc) for s in _SCHEMA_RACE):
-                raise
-            time.sleep(0.25 * (attempt + 1))
-    raise AssertionError("unreachable")
 
 
 def _serialize_sqlite_transactions(engine: Any) -> None:
