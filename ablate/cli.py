@@ -408,7 +408,7 @@ def _print_train_summary(summary: dict, result, with_base: bool, seed: int, step
         ("loss_slope", fmt(summary["loss_slope"], 3), "loss per 100 steps"),
         ("loss_first/last", f"{fmt(summary['loss_first'], 4)} / {fmt(summary['loss_last'], 4)}", ""),
         ("steps_per_s", fmt(summary["steps_per_s"], 3), f"{summary['device']}, probes excluded"),
-        ("mfu", fmt(summary["mfu"], 3), _mfu_note(summary)),
+        ("mfu", fmt(summary["mfu"], 3) if summary["mfu"] == summary["mfu"] else "-", _mfu_note(summary)),
         ("wall_s", fmt(summary["wall_s"], 3), ""),
     ]
     for row in rows:
@@ -420,9 +420,9 @@ def _print_train_summary(summary: dict, result, with_base: bool, seed: int, step
 def _mfu_note(summary: dict) -> str:
     flops = summary.get("step_flops")
     head = f"{flops / 1e9:.3g} GFLOP/step" if isinstance(flops, float) and flops == flops else "FLOPs not counted"
-    if summary.get("mfu") != summary.get("mfu"):  # NaN: no peak rate known for this device
-        return f"{head}; set ABLATE_PEAK_TFLOPS"
-    return f"{head}, of peak bf16"
+    if summary.get("mfu") != summary.get("mfu"):  # NaN: no peak rate known (ABLATE_PEAK_TFLOPS sets one)
+        return f"{head}; peak unknown"
+    return f"{head} / peak bf16"
 
 
 study_app = typer.Typer(help="Optuna studies over fix types and scales.", no_args_is_help=True)

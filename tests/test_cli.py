@@ -1,6 +1,7 @@
 """The command line as a user runs it: JSON contract, exit codes, one-line errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -120,3 +121,15 @@ def test_console_script_end_to_end():
         [sys.executable, "-m", "ablate", "probe", "--fix", "zero-init", "--json", *FAST], capture_output=True, text=True
     )
     assert proc.returncode == 0 and json.loads(proc.stdout)["grad_ratio"] == 1.0
+
+
+def test_train_table_fits_80_columns_and_says_when_the_mfu_is_unknown(tmp_path):
+    env = {**os.environ, "COLUMNS": "80"}
+    env.pop("ABLATE_PEAK_TFLOPS", None)
+    cmd = [sys.executable, "-m", "ablate", "train", "--fix", "none", "--steps", "4", "--probe-every", "2", *FAST]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    mfu = next(line for line in lines if line.strip().startswith("mfu"))
+    assert mfu.split()[1] == "-" and "GFLOP/step; peak unknown" in mfu  # CPU: no peak rate in the table
