@@ -467,6 +467,8 @@ def study_run(
     spec, text = load_spec(spec_path)
     if trials is not None and trials < 1:
         raise AblateInputError("--trials", "must be >= 1")
+    if trials is not None and spec.max_distinct_trials is not None and trials > spec.max_distinct_trials:
+        raise AblateInputError("--trials", spec.distinct_limit_message(trials))
     if name is not None and not name.strip():
         raise AblateInputError("--name", "must not be empty")
     _check_threads(threads)
@@ -751,21 +753,37 @@ class Terminated(KeyboardInterrupt):
 
 
 _terminated = False  # click turns any KeyboardInterrupt into Abort; this says which signal it was
+_stopping = False
 
 
-def _on_sigterm(_signum: int, _frame: object) -> None:
+def _on_stop_signal(signum: int, _frame: object) -> None:
+    """The first SIGINT or SIGTERM stops the work; later ones are ignored until the database is
+    consistent. (A second Ctrl-C inside Optuna's own clean-up left a trial RUNNING and crashed it
+    with UnboundLocalError; SIGKILL still stops at once, and the next worker repairs after it.)"""
     import signal
 
-    global _terminated
-    _terminated = True
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM while cleaning up changes nothing
-    raise Terminated()
+    global _terminated, _stopping
+    if _stopping:
+        return
+    _stopping = True
+    _terminated = signum == signal.SIGTERM
+    raise Terminated() if _terminated else KeyboardInterrupt()
+
+
+_own_process = False  # main() runs as the `ablate` process (not called in-process by tests)
 
 
 def _fail_interrupted() -> None:
-    if _terminated:
-        _fail("terminated; run the same command again to resume", 143)
-    _fail("interrupted; run the same command again to resume", 130)
+    code, word = (143, "terminated") if _terminated else (130, "interrupted")
+    if _own_process:
+        # The database is consistent now. Python's shutdown (torch's teardown takes seconds) restores
+        # the default SIGINT handler, so a second Ctrl-C in that window killed the process with
+        # signal 2 instead of exit 130; nothing is left to flush but the streams, so leave at once.
+        sys.stderr.write(f"{word}; run the same command again to resume\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    _fail(f"{word}; run the same command again to resume", code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -774,7 +792,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from ablate.errors import NonFiniteLossError
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    global _own_process
+    _own_process = argv is None
+
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the shell ignores it
+        signal.signal(signal.SIGINT, _on_stop_signal)
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name="ablate", standalone_mode=False)

@@ -71,7 +71,10 @@ class RichStudyReporter(StudyReporter):
         self.progress.update(self.steps_task, description=f"waiting for {what}", visible=True)
 
     def trial_end(self, trial: optuna.trial.FrozenTrial, best: list[optuna.trial.FrozenTrial]) -> None:
-        if trial.state.is_finished() and trial.state != optuna.trial.TrialState.FAIL:
+        skipped = trial.user_attrs.get("skipped")  # ablate/study/distinct.py: never ran, never counts
+        if skipped:
+            self.console.print(f"trial {trial.number} skipped: {skipped}", style="dim", markup=False)
+        elif trial.state.is_finished() and trial.state != optuna.trial.TrialState.FAIL:
             self.progress.advance(self.trials_task)
         self.best = best
         self.live.update(self._view())

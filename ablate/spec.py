@@ -242,6 +242,25 @@ class StudySpec(_Strict):
     search: SearchSection = Field(default_factory=SearchSection)
     study: StudySection = Field(default_factory=StudySection)
 
+    @model_validator(mode="after")
+    def _enough_distinct_trials(self) -> StudySpec:
+        limit = self.max_distinct_trials
+        if limit is not None and self.study.trials > limit:
+            raise ValueError(f"study.trials: {self.distinct_limit_message(self.study.trials)}")
+        return self
+
+    @property
+    def max_distinct_trials(self) -> int | None:
+        """How many distinct parameter sets the search has; None when a scale is searched (unbounded)."""
+        fixes = self.search.fixes
+        return None if any(parse_fix(f).scale is not None for f in fixes) else len(fixes)
+
+    def distinct_limit_message(self, trials: int) -> str:
+        return (
+            f"{trials} trials asked, but no fix in search.fixes takes a scale, so the search has only "
+            f"{self.max_distinct_trials} distinct parameter sets (a study never repeats one; seeds are the replicates)"
+        )
+
     def arm(self, fix: str, scale: float | None, seed: int, frozen: bool = False) -> ArmConfig:
         """The engine's config for one arm of this study (``frozen``: the frozen-adapter control)."""
         return ArmConfig(

@@ -23,6 +23,7 @@ from ablate.spec import OBJECTIVE_DIRECTIONS, StudySpec, spec_hash
 from ablate.store import writer
 from ablate.store.engine import open_storage, retry_schema_race
 from ablate.store.schema import GROUPS, REFERENCE_KEYS
+from ablate.study.distinct import FINISHED, HOLDING, SKIPPED_ATTR, PerTrialSeedSampler, counted, is_skipped, skip_reason
 from ablate.study.space import arm_of, default_arm_params, suggest_arm
 from ablate.threads import LocalWorkers, apply_threads, choose_threads
 from ablate.train.arm import ArmSetup, PackSetup, train_arm, train_pack
@@ -31,8 +32,6 @@ from ablate.train.device import resolve_device
 from ablate.train.metrics import edge_means, loss_slope
 from ablate.train.result import TrainResult
 from ablate.train.run import RunConfig
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def _heartbeat_s() -> float:
@@ -105,8 +104,10 @@ class _StudyRun:
         study_id: int,
         reporter: StudyReporter,
         threads: Callable[[], tuple[int, str]] | None = None,
+        total: int | None = None,
     ) -> None:
         self.spec = spec
+        self.total = total if total is not None else spec.study.trials  # the study's trial count
         self.engine = engine
         self.study_id = study_id
         self.reporter = reporter
@@ -310,6 +311,10 @@ class _StudyRun:
     def objective(self, trial: optuna.Trial) -> float | list[float]:
         fix, scale = suggest_arm(trial, self.spec)
         spec = self.spec.study
+        why = skip_reason(trial.study.get_trials(deepcopy=False), trial.number, trial.params, self.total)
+        if why is not None:
+            trial.set_user_attr(SKIPPED_ATTR, why)
+            raise optuna.TrialPruned(f"skipped: {why}")  # before any run: no evidence anywhere
         watch = spec.objectives[0] if spec.pruning else None
         rows = []
         for seed in spec.seeds:
@@ -360,21 +365,27 @@ def _constraints(frozen: optuna.trial.FrozenTrial) -> list[float]:
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, reseeded per trial (see PerTrialSeedSampler) so no worker or resume
+    re-draws another trial's point."""
     s = spec.study
     cons = _constraints if s.constraint_metric is not None and not _NATIVE_CONSTRAINTS else None
-    if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.sampler_seed)
-    if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=s.sampler_seed, constraints_func=cons)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
-            seed=s.sampler_seed,
-            multivariate=True,
-            group=True,  # the scale parameters exist only under their fix
-            constraints_func=cons,
-            n_startup_trials=max(len(spec.search.fixes), 4),
-        )
+
+    def build(seed: int | None) -> optuna.samplers.BaseSampler:
+        if s.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if s.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=cons)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=seed,
+                multivariate=True,
+                group=True,  # the scale parameters exist only under their fix
+                constraints_func=cons,
+                n_startup_trials=max(len(spec.search.fixes), 4),
+            )
+
+    return PerTrialSeedSampler(build, s.sampler_seed)
 
 
 def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
@@ -426,11 +437,7 @@ def _enqueue_defaults(study: optuna.Study, spec: StudySpec, limit: int) -> None:
 
     At most ``limit`` are enqueued (the trials this call will run), so no trial is left waiting.
     """
-    taken = {
-        tuple(sorted(t.params.items()))
-        for t in study.get_trials(deepcopy=False)
-        if t.state in (*FINISHED, TrialState.WAITING, TrialState.RUNNING)
-    }
+    taken = {tuple(sorted(t.params.items())) for t in counted(study.get_trials(deepcopy=False), HOLDING)}
     waiting = {
         tuple(sorted(t.system_attrs.get("fixed_params", {}).items()))
         for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
@@ -516,73 +523,69 @@ def run_study(
         study.set_metric_names(spec.study.objectives)
     study.set_user_attr("ablate_spec_hash", spec_hash(spec_text))
     with LocalWorkers() as workers:
-        runner = _StudyRun(spec, engine, study_id, reporter, lambda: choose_threads(threads, workers.live()))
+        runner = _StudyRun(spec, engine, study_id, reporter, lambda: choose_threads(threads, workers.live()), total)
         return _optimize(study, runner, spec, study_name, url, total)
 
 
-def _settle(study: optuna.Study, runner: _StudyRun, total: int, on_trial: Callable) -> None:
-    """Wait for trials other workers still run; fail the ones whose worker stopped beating (Optuna's
-    retry callback re-enqueues each as WAITING) and run those retries, so no trial stays RUNNING and
-    no arm goes unevaluated because its worker was killed."""
-    engine, study_id, reporter = runner.engine, runner.study_id, runner.reporter
-    while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        writer.fail_stale_runs(engine, study_id, {t.number for t in running})
-        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        retries = [t for t in waiting if "failed_trial" in t.system_attrs or "retry_history" in t.system_attrs]
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
-        if retries and done + len(running) < total:
-            study.optimize(
-                runner.objective, n_trials=len(retries), catch=(RunFailed,), callbacks=[on_trial], gc_after_trial=False
-            )
-            continue
-        if not running:
-            return
-        reporter.waiting(f"trial {', '.join(str(t.number) for t in running)} (another worker, or a stopped one)")
-        time.sleep(min(HEARTBEAT_S / 2, 5.0))
+# A study whose parameter sets run out only draws duplicates; stop asking after this many in a row.
+MAX_SKIPS_IN_A_ROW = 25
 
 
 def _optimize(
     study: optuna.Study, runner: _StudyRun, spec: StudySpec, study_name: str, url: str, total: int
 ) -> StudyOutcome:
+    """Run trials until the study holds ``total`` counted trials and none is RUNNING or WAITING.
+
+    One trial per ``study.optimize`` call, so each start sees every other worker's claims (see
+    ablate/study/distinct.py). Between trials, trials whose worker stopped beating are failed (Optuna's
+    retry callback re-enqueues each as WAITING) and their runs marked failed; waiting trials are run
+    (a retry or a default arm) even when the count is reached, so none is left WAITING; and a worker
+    with nothing left to run waits for the trials other workers still run, so no arm goes unevaluated
+    because its worker was killed.
+    """
     engine, study_id, reporter = runner.engine, runner.study_id, runner.reporter
     writer.fail_stale_runs(engine, study_id, {t.number for t in study.get_trials(states=(TrialState.RUNNING,))})
-
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    reporter.study_start(study_name, done, total)
+    reporter.study_start(study_name, len(counted(study.get_trials(deepcopy=False))), total)
     runner.run_references()
-    # Trials RUNNING now belong to another worker or to a killed one: either way they are not ours
-    # to repeat. A killed worker's are failed and retried by _settle once their heartbeat is stale.
-    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-    remaining = max(0, total - done - running)
+    trials = study.get_trials(deepcopy=False)
+    remaining = max(0, total - len(counted(trials, (*FINISHED, TrialState.RUNNING))))
     _enqueue_defaults(study, spec, remaining)
-    failed_before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    ran: list[optuna.trial.FrozenTrial] = []
 
     def on_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        ran.append(trial)
         reporter.trial_end(trial, _best(st))
 
-    if remaining:
-        study.optimize(
-            runner.objective,
-            n_trials=remaining,
-            catch=(RunFailed,),
-            # Other workers on the same study count too: stop when the study as a whole is done.
-            callbacks=[optuna.study.MaxTrialsCallback(total, states=FINISHED), on_trial],
-            gc_after_trial=False,
-        )
-    _settle(study, runner, total, on_trial)
-    failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - failed_before
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        writer.fail_stale_runs(engine, study_id, {t.number for t in running})
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        claimed = len(counted(trials, (*FINISHED, TrialState.RUNNING)))
+        streak = next((i for i, t in enumerate(reversed(ran)) if not is_skipped(t)), len(ran))
+        # As many failures as trials this call set out to run: stop instead of failing forever.
+        failing = sum(t.state == TrialState.FAIL for t in ran) >= max(remaining, 1)
+        if (claimed < total or waiting) and streak < MAX_SKIPS_IN_A_ROW and not failing:
+            study.optimize(runner.objective, n_trials=1, catch=(RunFailed,), callbacks=[on_trial], gc_after_trial=False)
+            continue
+        if streak >= MAX_SKIPS_IN_A_ROW:
+            reporter.waiting(f"no new parameter set in {streak} draws; stopping at {claimed} trials")
+            break
+        if not running or failing:
+            break
+        reporter.waiting(f"trial {', '.join(str(t.number) for t in running)} (another worker, or a stopped one)")
+        time.sleep(min(HEARTBEAT_S / 2, 5.0))
     best = [
         {"trial": t.number, **dict(zip(("fix", "scale"), arm_of(t.params))), "values": t.values} for t in _best(study)
     ]
     return StudyOutcome(
         name=study_name,
         storage=url,
-        n_trials=len(study.get_trials(deepcopy=False, states=FINISHED)),
-        ran=remaining,
-        failed=failed,
+        n_trials=len(counted(study.get_trials(deepcopy=False))),
+        ran=len([t for t in ran if not is_skipped(t)]),
+        failed=len([t for t in ran if t.state == TrialState.FAIL]),
         best=best,
     )
