@@ -262,6 +262,30 @@ def test_study_on_postgresql(fresh_pg_url):
     assert len(frame) == 4 and set(frame.status) == {"complete"}  # 2 trials + baseline + control
     trials = query.trials_frame(open_storage(fresh_pg_url), "mini")  # Optuna's states read by SQL on PostgreSQL
     assert list(trials.status) == ["complete", "complete"] and trials.ranked.all()
+    _optuna_fails_one_trial_and_no_view_counts_it(fresh_pg_url)
+
+
+def _optuna_fails_one_trial_and_no_view_counts_it(url: str) -> None:
+    """A trial whose runs all completed but that Optuna holds FAIL (e.g. a NaN objective) is counted
+    complete nowhere: not by --studies, not as a ranked trial, not in --group-by fix."""
+    from ablate.store.catalog import study_rows
+
+    engine = open_storage(url)
+    before = {r.name: r.n_trials for r in study_rows(engine)}["mini"]
+    study = optuna.load_study(study_name="mini", storage=url)
+    victim = next(t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE trials SET state = 'FAIL' WHERE trial_id = :id"), {"id": victim._trial_id})
+    assert {r.name: r.n_trials for r in study_rows(engine)}["mini"] == before - 1
+    trials = query.trials_frame(engine, "mini")
+    row = trials[trials.trial_number == victim.number].iloc[0]
+    assert row.status == "failed" and not row.ranked
+    groups = query.group_by_fix(engine, "mini")
+    assert groups.n_trials.sum() == before - 1
+
+
+def test_optuna_and_ablate_agree_on_a_failed_trial_sqlite(mini_study_db, tmp_path):
+    _optuna_fails_one_trial_and_no_view_counts_it(sqlite_url(copy_db(mini_study_db, tmp_path / "r.db")))
 
 
 def test_dashboard_serves_our_study(mini_study_db, tmp_path):
@@ -393,31 +417,50 @@ def test_three_workers_started_together_on_an_empty_database_all_finish(tmp_path
     assert all(r.status == "complete" for r in runs)
 
 
-@pytest.mark.parametrize("when", ["baseline", "trial"])
+# The kill points: by timing (somewhere in a run), or exactly through ABLATE_FAULT (ablate/faults.py):
+# in trial 0's second probe (the baseline's 60 steps probe at 0, 30 and 60), between its first
+# flush's rows and their commit (the baseline flushes twice), and after its runs completed but
+# before Optuna was told.
+KILL_POINTS = {"baseline": None, "trial": None, "probe": "probe:5", "flush": "flush:3", "finish": "finish:1"}
+
+
+@pytest.mark.parametrize("when", list(KILL_POINTS))
 def test_a_worker_killed_outright_loses_only_its_run(tmp_path, when):
-    """SIGKILL (no handler runs) during a baseline or a trial; the rerun, started at once, detects the
-    dead run within about two heartbeats, fails and retries it, and ends with every default arm
-    evaluated exactly once, no run left 'running' and no trial left RUNNING."""
+    """SIGKILL (no handler runs) at each point of a worker's work; the rerun, started at once,
+    detects the dead run within about two heartbeats, fails and retries it, and ends with every
+    default arm evaluated exactly once, no run left 'running' and no trial left RUNNING."""
     text = (
         MINI.replace("steps = 6", "steps = 60").replace("every = 3", "every = 30").replace("trials = 4", "trials = 3")
     )
     spec = write_spec(tmp_path, text.replace("seeds = [0, 1]", "seeds = [0]\nfrozen_control = false"))
     db = tmp_path / "results.db"
     env = {**os.environ, "ABLATE_HEARTBEAT_S": "1", "ABLATE_THREADS": "1"}
-    proc = subprocess.Popen(study_cmd(spec, db), cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        try:
-            rows = _runs(db) if db.exists() else []
-        except sqlite3.OperationalError:
-            continue
-        if any(r[0] == when and r[5] == "running" for r in rows):
-            time.sleep(0.3)  # into the run: building, training or probing
-            break
-    proc.kill()
-    proc.wait(timeout=60)
-    assert any(r[0] == when and r[5] == "running" for r in _runs(db)), "the kill did not land mid-run"
+    if KILL_POINTS[when] is not None:
+        proc = subprocess.run(
+            study_cmd(spec, db), cwd=tmp_path, env={**env, "ABLATE_FAULT": KILL_POINTS[when]}, timeout=600
+        )
+        assert proc.returncode == -signal.SIGKILL
+        role = "trial"
+    else:
+        proc = subprocess.Popen(study_cmd(spec, db), cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                rows = _runs(db) if db.exists() else []
+            except sqlite3.OperationalError:
+                continue
+            if any(r[0] == when and r[5] == "running" for r in rows):
+                time.sleep(0.3)  # into the run: building, training or probing
+                break
+        proc.kill()
+        proc.wait(timeout=60)
+        role = when
+    if when == "finish":  # its runs are complete; Optuna still holds the trial RUNNING
+        states = [t.state for t in optuna.load_study(study_name="mini", storage=sqlite_url(db)).trials]
+        assert optuna.trial.TrialState.RUNNING in states
+    else:
+        assert any(r[0] == role and r[5] == "running" for r in _runs(db)), "the kill did not land mid-run"
 
     done = subprocess.run(study_cmd(spec, db), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr

@@ -10,7 +10,7 @@ import json
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, case, func, inspect, select
+from sqlalchemy import Connection, Engine, String, and_, case, cast, column, func, inspect, select, table
 
 from ablate.objectives import OBJECTIVES
 from ablate.store.engine import display_url
@@ -20,7 +20,9 @@ STUDY_COLUMNS = ("name", "optuna_study_name", "created_at", "n_trials", "n_runs"
 
 
 class StudyRow(NamedTuple):
-    """One line of ``ablate query --studies``: n_trials counts trials whose runs are all complete."""
+    """One line of ``ablate query --studies``: n_trials counts trials whose runs are all complete
+    and, where the database has Optuna's tables, that Optuna holds COMPLETE (so the two never
+    disagree: a trial Optuna failed, e.g. on a NaN objective, is not counted here either)."""
 
     name: str
     optuna_study_name: str
@@ -62,19 +64,28 @@ def study_rows(engine: Engine) -> list[StudyRow] | None:
         per_trial = (
             select(
                 RunModel.study_id,
+                RunModel.trial_number,
                 func.count().label("n"),
                 func.sum(case((RunModel.status == "complete", 1), else_=0)).label("n_ok"),
             )
             .where(RunModel.role == "trial")
-            .group_by(RunModel.study_id, RunModel.trial_key)  # trial_key = trial_number for trial runs
+            .group_by(RunModel.study_id, RunModel.trial_key, RunModel.trial_number)  # one trial per key
             .subquery()
         )
-        n_trials = (
-            select(per_trial.c.study_id, func.count().label("n_trials"))
-            .where(per_trial.c.n == per_trial.c.n_ok)
-            .group_by(per_trial.c.study_id)
-            .subquery()
-        )
+        complete = select(per_trial.c.study_id, func.count().label("n_trials")).where(per_trial.c.n == per_trial.c.n_ok)
+        if {"trials", "studies"} <= set(inspect(conn).get_table_names()):
+            o_studies = table("studies", column("study_id"), column("study_name"))
+            o_trials = table("trials", column("study_id"), column("number"), column("state"))
+            complete = (
+                complete.join(StudyModel, StudyModel.id == per_trial.c.study_id)
+                .join(o_studies, o_studies.c.study_name == StudyModel.optuna_study_name)
+                .join(
+                    o_trials,
+                    and_(o_trials.c.study_id == o_studies.c.study_id, o_trials.c.number == per_trial.c.trial_number),
+                )
+                .where(cast(o_trials.c.state, String) == "COMPLETE")  # an enum on PostgreSQL
+            )
+        n_trials = complete.group_by(per_trial.c.study_id).subquery()
         n_runs = select(RunModel.study_id, func.count().label("n_runs")).group_by(RunModel.study_id).subquery()
         stmt = (
             select(

@@ -603,3 +603,33 @@ def fail_stale_runs(engine: Engine, study_id: int, live_trials: set[int]) -> int
                 run.status, run.error, run.finished_at = "failed", "interrupted (worker stopped)", utcnow()
                 n += 1
     return n
+
+
+def adopt_runs(
+    engine: Engine, study_id: int, from_trials: Sequence[int], to_trial: int, fix: str, scale: float | None
+) -> list[int]:
+    """Move the complete runs of earlier attempts of a trial (Optuna's retries of a trial whose
+    worker died after its runs finished) to the retry's number; returns the adopted run ids.
+
+    One run per seed, the latest; the retry then trains only the seeds without one, so a worker
+    killed at any point loses only the work it had not finished.
+    """
+    with Session(engine) as session, session.begin():
+        runs = session.scalars(
+            select(RunModel)
+            .where(
+                RunModel.study_id == study_id,
+                RunModel.role == "trial",
+                RunModel.status == "complete",
+                RunModel.trial_number.in_(list(from_trials)),
+                RunModel.fix == fix,
+            )
+            .order_by(RunModel.id.desc())
+        ).all()
+        by_seed: dict[int, RunModel] = {}
+        for run in runs:
+            if run.seed not in by_seed and (run.scale == scale or (run.scale is None and scale is None)):
+                by_seed[run.seed] = run
+        for run in by_seed.values():
+            run.trial_number = run.trial_key = to_trial
+        return [run.id for run in by_seed.values()]

@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from ablate import faults
 from ablate.model.fixes import NO_BRANCH, parse_fix
 from ablate.objectives import seed_value, trial_value
 from ablate.spec import OBJECTIVE_DIRECTIONS, StudySpec, spec_hash
@@ -174,6 +175,7 @@ class _StudyRun:
         def flush(arm: int, rows: list[tuple[int, dict[str, float]]]) -> None:
             for step, values in rows:
                 buffers[arm].add_step(step, values)
+            faults.point("flush")  # rows buffered, not yet committed
             buffers[arm].flush()  # one transaction per engine flush
             if on_block is not None:
                 on_block(arm, rows)
@@ -308,18 +310,37 @@ class _StudyRun:
             if claimed:
                 self.run_claimed(role, None, NO_BRANCH, None, claimed)
 
+    def _adopt(self, trial: optuna.trial.FrozenTrial, fix: str, scale: float | None) -> dict[int, dict[str, Any]]:
+        """seed -> run row for the seeds an earlier attempt of this trial already completed (its worker
+        died before Optuna heard of it; Optuna's retry callback made this trial to retry it)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            earlier = optuna.storages.RetryFailedTrialCallback.retry_history(trial)
+        if not earlier:
+            return {}
+        ids = set(writer.adopt_runs(self.engine, self.study_id, earlier, trial.number, fix, scale))
+        if not ids:
+            return {}
+        from ablate.store.summaries import run_records
+
+        with self.engine.connect() as conn:
+            records = run_records(conn, self.study_id, "", roles=("trial",))
+        return {int(r["seed"]): r for r in records if r["run_id"] in ids}
+
     def objective(self, trial: optuna.Trial) -> float | list[float]:
         fix, scale = suggest_arm(trial, self.spec)
         spec = self.spec.study
-        why = skip_reason(trial.study.get_trials(deepcopy=False), trial.number, trial.params, self.total)
+        trials = trial.study.get_trials(deepcopy=False)
+        why = skip_reason(trials, trial.number, trial.params, self.total)
         if why is not None:
             trial.set_user_attr(SKIPPED_ATTR, why)
             raise optuna.TrialPruned(f"skipped: {why}")  # before any run: no evidence anywhere
         watch = spec.objectives[0] if spec.pruning else None
-        rows = []
         for seed in spec.seeds:
             self.reference(seed)
-        for k, pack in enumerate(self._packs(list(spec.seeds))):
+        done = self._adopt(next(t for t in trials if t.number == trial.number), fix, scale)
+        rows_by_seed: dict[int, dict[str, Any]] = dict(done)
+        for k, pack in enumerate(self._packs([s for s in spec.seeds if s not in done])):
             offset = k * self.spec.training.steps
             losses: list[list[float]] = [[] for _ in pack]
 
@@ -340,7 +361,9 @@ class _StudyRun:
                         raise optuna.TrialPruned()
 
             claimed = [(seed, self.claim("trial", trial.number, fix, scale, seed)) for seed in pack]
-            rows.extend(self.run_claimed("trial", trial.number, fix, scale, claimed, on_block=report))
+            ran = self.run_claimed("trial", trial.number, fix, scale, claimed, on_block=report)
+            rows_by_seed.update(zip(pack, ran))
+        rows = [rows_by_seed[seed] for seed in spec.seeds]
         values = [trial_value(m, rows) for m in spec.objectives]
         trial.set_user_attr(
             "per_seed", {str(seed): {m: seed_value(m, r) for m in spec.objectives} for seed, r in zip(spec.seeds, rows)}
@@ -353,6 +376,7 @@ class _StudyRun:
             trial.set_user_attr("constraint", [value])
             if _NATIVE_CONSTRAINTS:
                 trial.set_constraint(spec.constraint_metric, value)
+        faults.point("finish")  # every run complete, Optuna not yet told
         return values[0] if len(values) == 1 else values
 
 

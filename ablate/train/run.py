@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ablate import faults
 from ablate.errors import NonFiniteLossError
 from ablate.stats import geo_mean, mean_ci
 from ablate.train.device import arm_norms, autocast, peak_flops
@@ -151,6 +152,7 @@ def train_arms(
 
     def probe(step: int) -> None:
         nonlocal probe_s
+        faults.point("probe")
         t = time.perf_counter()
         results = probe_arms(subject, probe_batches, device, arms, step, cfg.threshold, cfg.probe_dropout, cfg.group)
         probe_s += time.perf_counter() - t
