@@ -326,3 +326,20 @@ def test_cli_sql_timeout(capsys, tmp_path: Path) -> None:
         assert info.value.code == 2 and cap.out == "" and cap.err.startswith(fragment), cap.err
         assert len(cap.err.strip().splitlines()) == 1
     dispose_engines()
+
+
+def test_postgresql_allowed_names_call_the_builtins(fresh_pg_url: str) -> None:
+    """A same-named function earlier on the role's search path is not what `lower(...)` calls."""
+    engine = open_storage(fresh_pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE FUNCTION public.lower(text) RETURNS text LANGUAGE sql AS $$ SELECT 'EVIL' $$"))
+        db = conn.execute(text("SELECT current_database()")).scalar_one()
+        conn.execute(text(f'ALTER DATABASE "{db}" SET search_path = public, pg_catalog'))
+    dispose_engines()
+    engine = open_storage(fresh_pg_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT lower('ABC')")).scalar_one() == "EVIL"  # the trap is set
+    assert run_sql(engine, "SELECT lower('ABC') AS x")["x"].tolist() == ["abc"]
+    with engine.connect() as conn:  # and the search path is the role's again afterwards
+        assert conn.exec_driver_sql("SHOW search_path").scalar() == "public, pg_catalog"
+    dispose_engines()

@@ -23,7 +23,8 @@ Two layers, both needed:
 
 2. :func:`execute_read_only` runs it in a transaction the database keeps read-only and always rolls
    back, with a timeout: PostgreSQL ``SET TRANSACTION READ ONLY`` plus ``SET LOCAL statement_timeout``
-   (and ``standard_conforming_strings``, so the regenerated literals read as written); SQLite
+   (and ``standard_conforming_strings``, so the regenerated literals read as written, and
+   ``pg_catalog`` first on the search path, so an allowed name always calls the built-in); SQLite
    ``PRAGMA query_only`` plus a progress handler that aborts once the deadline has passed. The pooled
    connection is reset afterwards (or discarded when it cannot be).
 
@@ -354,6 +355,8 @@ def execute_read_only(
                 cur.execute("SET TRANSACTION READ ONLY")
                 cur.execute(f"SET LOCAL statement_timeout = {max(1, round(timeout_s * 1000))}")
                 cur.execute("SET LOCAL standard_conforming_strings = on")
+                # Built-in functions win over same-named ones elsewhere, whatever the role's search_path.
+                cur.execute("SELECT set_config('search_path', 'pg_catalog, ' || current_setting('search_path'), true)")
             try:
                 cur.execute(sql)
                 columns = [d[0] for d in cur.description] if cur.description else []
