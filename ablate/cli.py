@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ablate.errors import AblateInputError
+from ablate.errors import AblateInputError, SQLInputError
 from ablate.textfmt import fmt
 
 app = typer.Typer(
@@ -528,7 +528,13 @@ def query(
     ] = None,
     runs: Annotated[bool, typer.Option("--runs", help="One row per run (trial x seed, baselines, controls).")] = False,
     studies: Annotated[bool, typer.Option("--studies", help="List the studies in the database.")] = False,
-    sql: Annotated[str | None, typer.Option("--sql", help="A read-only SELECT against the database.")] = None,
+    sql: Annotated[
+        str | None,
+        typer.Option("--sql", help="One read-only SELECT/WITH query over the study tables (pure functions only)."),
+    ] = None,
+    sql_timeout: Annotated[
+        float, typer.Option("--sql-timeout", metavar="SECONDS", help="Stop a --sql query after this long.")
+    ] = 10.0,
     fmt_: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
     as_json: JsonOpt = False,
 ) -> None:
@@ -539,6 +545,8 @@ def query(
         raise AblateInputError("--format", f"must be table, csv or json, got {fmt_!r}")
     if group_by not in (None, "fix"):
         raise AblateInputError("--group-by", f"only 'fix' is supported, got {group_by!r}")
+    if not sql_timeout > 0 or sql_timeout == float("inf"):
+        raise AblateInputError("--sql-timeout", f"must be a positive number of seconds, got {sql_timeout:g}")
     fmt_ = "json" if as_json else fmt_
     engine = _open_read(open_storage, storage)
     if studies and sql is None and fmt_ != "csv":
@@ -548,7 +556,7 @@ def query(
 
     with _lookup_errors():
         if sql is not None:
-            frame, title = q.run_sql(engine, sql), "sql"
+            frame, title = q.run_sql(engine, sql, sql_timeout), "sql"
         elif studies:
             frame, title = q.list_studies(engine), "studies"
         elif group_by == "fix":
@@ -627,10 +635,10 @@ class _lookup_errors:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is LookupError:
             raise AblateInputError("--study", str(exc).strip("'\"")) from None
+        if exc_type is not None and issubclass(exc_type, SQLInputError):
+            raise AblateInputError("--sql", str(exc)) from None
         if exc_type is ValueError and not isinstance(exc, AblateInputError):
-            raise AblateInputError(
-                "--sql" if "sql" in str(exc).lower() or "statement" in str(exc).lower() else "query", str(exc)
-            ) from None
+            raise AblateInputError("query", str(exc)) from None
         return False
 
 

@@ -23,3 +23,8 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, step: int) -> None:
         super().__init__(f"non-finite loss at step {step}")
         self.step = step
+
+
+class SQLInputError(ValueError):
+    """``query --sql`` refused a statement, or the database stopped it (error, timeout): the CLI prints
+    ``error: --sql: <message>`` and exits 2."""

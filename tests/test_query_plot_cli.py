@@ -94,7 +94,10 @@ def test_query_studies_and_sql(capsys, db_url):
     "args, fragment",
     [
         (["--sql", "delete from ablate_runs"], "--sql"),
-        (["--sql", "select 1; drop table ablate_runs"], "--sql"),
+        (["--sql", "select 1; drop table ablate_runs"], "--sql: only one SQL statement is allowed"),
+        (["--sql", "select pg_read_file('/etc/passwd')"], "--sql: the function pg_read_file() is not allowed"),
+        (["--sql", "select * from sqlite_master"], "--sql: the table sqlite_master is not a study table"),
+        (["--sql", "select * from ablate_runs; -- x\n delete from ablate_runs"], "--sql: only one SQL statement"),
         (["--study", "nope"], "--study: no study named 'nope'"),
         (["--format", "xml"], "--format"),
         (["--group-by", "seed"], "--group-by"),
@@ -158,8 +161,15 @@ def test_query_commands_import_neither_torch_nor_open_clip(db_url):
         f"        main(['query', '--storage', {db_url!r}, '--json', *args])\n"
         "    except SystemExit as e:\n"
         "        assert e.code == 0, args\n"
+        "print('heavy:', [m for m in ('torch', 'open_clip', 'sqlglot') if m in sys.modules])\n"
+        "try:\n"
+        f"    main(['query', '--storage', {db_url!r}, '--json', '--sql', 'SELECT count(*) FROM trials'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0\n"
         "print('heavy:', [m for m in ('torch', 'open_clip') if m in sys.modules])\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "heavy: []"
+    # sqlglot is imported only for --sql; nothing imports torch.
+    heavy = [line for line in proc.stdout.splitlines() if line.startswith("heavy:")]
+    assert heavy == ["heavy: []", "heavy: []"] and '"count(*)": 4' in proc.stdout, proc.stdout

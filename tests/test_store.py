@@ -54,7 +54,8 @@ from ablate.store import (
     write_result,
 )
 from ablate.store.encode import decode_float_lists, encode_float_lists
-from ablate.store.query import METRIC_COLUMNS, _execute_read_only
+from ablate.store.query import METRIC_COLUMNS
+from ablate.store.readonly_sql import execute_read_only
 from ablate.train.result import GroupProbe, ProbeResult, TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -1123,16 +1124,18 @@ def test_run_sql_reads(populated: Engine) -> None:
     n = run_sql(populated, "-- count\nWITH r AS (SELECT * FROM ablate_runs) SELECT count(*) AS n FROM r; -- end")
     assert n["n"].tolist() == [26]
     assert not run_sql(populated, "EXPLAIN SELECT * FROM ablate_runs").empty
-    with pytest.raises(ValueError, match="SQL error"):
+    with pytest.raises(ValueError, match="not a study table"):
         run_sql(populated, "SELECT * FROM no_such_table")
+    with pytest.raises(ValueError, match="SQL error"):
+        run_sql(populated, "SELECT no_such_column FROM ablate_runs")
 
 
 def test_run_sql_is_read_only_in_the_database(populated: Engine) -> None:
     """Past the text check, the database itself refuses writes, and the connection is reset after."""
     with pytest.raises(ValueError, match="(?i)read-?only"):
-        _execute_read_only(populated, "DELETE FROM ablate_step_metrics")
+        execute_read_only(populated, "DELETE FROM ablate_step_metrics")
     with pytest.raises(ValueError, match="(?i)read-?only"):
-        _execute_read_only(populated, "UPDATE ablate_studies SET name = 'x'")
+        execute_read_only(populated, "UPDATE ablate_studies SET name = 'x'")
     assert list_studies(populated)["name"].tolist() == ["old", "abl"]
     new_study(populated, "after")  # pooled connections can write again
     with populated.connect() as conn:

@@ -9,7 +9,6 @@ only; a diverged run still shows its NaN/inf in :func:`runs_frame`.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -19,10 +18,9 @@ import pandas as pd
 from sqlalchemy import Engine, or_, select
 
 from ablate.objectives import OBJECTIVES
-from ablate.store import catalog, summaries
+from ablate.store import catalog, readonly_sql, summaries
 from ablate.store.catalog import latest_study, study_settings
 from ablate.store.encode import decode_fields, decode_float, decode_float_lists
-from ablate.store.engine import is_sqlite
 from ablate.store.schema import (
     GROUPS,
     PROBE_FLOAT_FIELDS,
@@ -399,83 +397,14 @@ def json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------------------- raw SQL
 
-_LEXEMES = re.compile(
-    r"""
-      (?P<comment>--[^\n]*|/\*.*?\*/)
-    | (?P<literal>'(?:[^']|'')*'|"(?:[^"]|"")*"|`[^`]*`|\[[^\]]*\]|\$(?P<tag>\w*)\$.*?\$(?P=tag)\$)
-    | (?P<open>/\*|['"`\[]|\$\w*\$)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
-_ALLOWED_FIRST = {"select", "with", "explain"}
-# Words that only appear in writing SQL: a WITH may wrap a DELETE (PostgreSQL), SELECT ... INTO creates a
-# table, EXPLAIN ANALYZE runs its statement. (Not REPLACE or SET: replace() and set-returning functions.)
-_FORBIDDEN = {
-    "insert", "update", "delete", "merge", "into", "drop", "alter", "create", "truncate", "attach",
-    "detach", "pragma", "vacuum", "reindex", "grant", "revoke", "copy", "call",
-}  # fmt: skip
 
+def run_sql(engine: Engine, sql: str, timeout_s: float = readonly_sql.DEFAULT_TIMEOUT_S) -> pd.DataFrame:
+    """Run one read-only query over the study tables and return its rows (``ablate query --sql``).
 
-def _check_read_only_sql(sql: str) -> str:
-    """The statement with any trailing ';' removed, or ValueError unless it is one read-only query."""
-
-    def blank(m: re.Match[str]) -> str:
-        if m.group("open"):
-            raise ValueError("SQL has an unterminated string, quoted name or comment")
-        # Same length, so positions in `code` are positions in `sql`. Literals become a non-blank filler so
-        # that trimming trailing blanks below never cuts into a string at the end of the statement.
-        return ("0" if m.group("literal") else " ") * len(m.group(0))
-
-    code = _LEXEMES.sub(blank, sql)
-    if not code.strip():
-        raise ValueError("empty SQL")
-    body = code.rstrip().rstrip(";").rstrip()
-    if ";" in body:
-        raise ValueError("only one SQL statement is allowed (found ';' between statements)")
-    words = re.findall(r"[A-Za-z_][A-Za-z_0-9$]*", body)
-    if not words or words[0].lower() not in _ALLOWED_FIRST:
-        raise ValueError("only read-only queries are allowed: the statement must start with SELECT, WITH or EXPLAIN")
-    bad = sorted({w.upper() for w in words if w.lower() in _FORBIDDEN})
-    if bad:
-        raise ValueError(f"only read-only queries are allowed; found {', '.join(bad)}")
-    return sql[: len(body)]
-
-
-def _execute_read_only(engine: Engine, sql: str) -> pd.DataFrame:
-    """Run ``sql`` in a database-enforced read-only transaction that is always rolled back."""
-    sqlite = is_sqlite(engine)
-    with engine.connect() as conn:
-        raw = conn.connection  # the pooled DBAPI connection; SQL text goes to the driver as-is
-        raw.rollback()  # start clean (e.g. after a pool pre-ping that opened a transaction)
-        cur = raw.cursor()
-        try:
-            cur.execute("PRAGMA query_only = ON" if sqlite else "SET TRANSACTION READ ONLY")
-            try:
-                cur.execute(sql)
-                columns = [d[0] for d in cur.description] if cur.description else []
-                rows = cur.fetchall() if cur.description else []
-            except engine.dialect.loaded_dbapi.Error as exc:
-                text = str(exc).strip()
-                raise ValueError(f"SQL error: {text.splitlines()[0] if text else type(exc).__name__}") from exc
-        finally:
-            try:
-                cur.close()
-                raw.rollback()
-                if sqlite:
-                    reset = raw.cursor()
-                    reset.execute("PRAGMA query_only = OFF")
-                    reset.close()
-            except Exception:
-                conn.invalidate()  # never hand a read-only (or broken) connection back to the pool
-                raise
-    return pd.DataFrame([tuple(r) for r in rows], columns=columns)
-
-
-def run_sql(engine: Engine, sql: str) -> pd.DataFrame:
-    """Run one read-only query (SELECT / WITH / EXPLAIN) and return its rows.
-
-    Checked twice: the text must be a single query without writing keywords (ValueError otherwise),
-    and the database itself enforces it (SQLite ``PRAGMA query_only``; PostgreSQL ``SET TRANSACTION
-    READ ONLY``); the transaction is always rolled back.
+    Checked by a SQL parser (one SELECT / WITH query, study tables only, pure functions only) and run
+    in a database-enforced read-only transaction, always rolled back, stopped after ``timeout_s``
+    seconds; see :mod:`ablate.store.readonly_sql`. Refusals and database errors raise SQLInputError
+    (a ValueError).
     """
-    return _execute_read_only(engine, _check_read_only_sql(sql))
+    columns, rows = readonly_sql.run_read_only(engine, sql, timeout_s)
+    return pd.DataFrame(rows, columns=columns)
