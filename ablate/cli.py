@@ -46,7 +46,10 @@ FixOpt = Annotated[
     ),
 ]
 ScaleOpt = Annotated[
-    float | None, typer.Option("--scale", help="The fix's scale s (> 0); default: the fix's own default.")
+    float | None,
+    typer.Option(
+        "--scale", help="The fix's scale s (> 0; tanh-gate also takes 0, its closed default); default: the fix's own."
+    ),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for initialisation and batch order.")]
 BatchesOpt = Annotated[int, typer.Option("--batches", help="Cached batches the gradient probe averages over.")]
@@ -138,6 +141,8 @@ def _arm_config(
 
     if group not in ("layers", "proj", "all"):
         raise AblateInputError("--group", f"must be layers, proj or all, got {group!r}")
+    if batches < 2:
+        raise AblateInputError("--batches", "must be >= 2 (one batch gives no interval)")
     cfg = ArmConfig(
         model=AAClipConfig(
             backbone=backbone,
@@ -665,7 +670,7 @@ def _draw(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet: boo
 
     bad = [k for k in kinds or () if k not in KINDS]
     if bad:  # before any read: a typo should not cost a pass over the database
-        raise AblateInputError("kinds", f"unknown plot kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
+        raise AblateInputError("--kind", f"unknown plot kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
     engine = open_storage(url, create=False)
     with _lookup_errors():
         inputs = source.load(engine, name, kinds)

@@ -69,9 +69,9 @@ class ModelSection(_Strict):
 
 
 class DataSection(_Strict):
-    seed: int = 0
-    batch_size: int = Field(4, ge=1)
-    train_size: int = Field(256, ge=1)
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(4, ge=1, le=4096)
+    train_size: int = Field(256, ge=1, le=10_000_000)
     anomaly_fraction: float = Field(0.5, ge=0, le=1)
 
 
@@ -145,7 +145,7 @@ class SearchSection(_Strict):
     def _ranges_fit(self) -> SearchSection:
         for name in self.scale_per_fix:
             if name not in self.fixes:
-                raise ValueError(f"scale_per_fix names {name!r}, which is not in fixes")
+                raise ValueError(f"scale_per_fix: names {name!r}, which is not in fixes")
         for name in self.fixes:
             choice = parse_fix(name)
             if choice.scale is None:

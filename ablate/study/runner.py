@@ -482,11 +482,31 @@ def _best(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.best_trials if len(study.directions) > 1 else [study.best_trial]
 
 
+# The engine's field names (ablate/train/arm.py validate) as the spec spells them.
+_SPEC_FIELDS = {
+    "steps": "training.steps",
+    "lr": "training.lr",
+    "batches": "probe.batches",
+    "gain_batches": "probe.gain_batches",
+    "probe_every": "probe.every",
+    "threshold": "probe.threshold",
+    "batch_size": "data.batch_size",
+    "train_size": "data.train_size",
+    "anomaly_fraction": "data.anomaly_fraction",
+}
+
+
 def preflight(spec: StudySpec) -> None:
-    """Checks that need this machine (device, weights file) before anything is written."""
+    """Checks that need the engine or this machine (cross-field limits, device, weights file), before
+    anything is written."""
     from ablate.errors import AblateInputError
     from ablate.model.backbone import backbone_spec, resolve_pretrained
+    from ablate.train.arm import validate
 
+    try:
+        validate(spec.arm(spec.search.fixes[0], None, spec.study.seeds[0]))
+    except AblateInputError as exc:
+        raise AblateInputError(_SPEC_FIELDS.get(exc.field, exc.field), exc.message) from None
     for spec_field, check in (
         ("training.device", lambda: resolve_device(spec.training.device)),
         ("model.pretrained", lambda: resolve_pretrained(backbone_spec(spec.model.backbone), spec.model.pretrained)),
