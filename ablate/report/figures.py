@@ -1,0 +1,47 @@
+"""The report's figures: ``ablate plot``'s own extraction and renderers, PNG only, into the report's
+folder (so the markdown can show them beside the text and the HTML can embed them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
+
+# What each figure shows, for the captions (the figures' own titles carry their numbers' meaning).
+CAPTIONS = {
+    "tradeoff": "The study's objectives per ranked trial with 95% intervals, the Pareto front and the references.",
+    "loss": "Training loss of each fix's best trial and of the no-branch baseline (band: min..max over seeds).",
+    "ratio-scale": "The judged group's training-time gradient ratio against the baseline, by scale.",
+    "gates": "Gate trajectories of the fixes that learn one.",
+    "grad-norms": "Gradient norms per step: block adapters, projections and the branch.",
+}
+
+
+def render_figures(engine: Engine, study: str, out_dir: Path) -> dict[str, Path]:
+    """Draw every figure the study has data for as ``out_dir/<kind>.png``; {kind: path}."""
+    from ablate.plot import render_all, source
+    from ablate.plot.extract import NoPlotData
+
+    inputs = source.load(engine, study)
+    settings = inputs.settings
+    objectives = [m for m in settings["objectives"] if m in OBJECTIVES]
+    y, x = (objectives + [m for m in DEFAULT_OBJECTIVES if m not in objectives])[:2]
+    skipped: dict[str, str] = {}
+    try:
+        written = render_all(
+            inputs.runs,
+            inputs.steps,
+            out_dir,
+            formats=("png",),
+            trials=inputs.trials,
+            references=inputs.references,
+            axes=(x, y, OBJECTIVES[x].direction, OBJECTIVES[y].direction),
+            threshold=settings["threshold"],
+            on_skip=lambda kind, why: skipped.__setitem__(kind, why),
+            gates_selection=inputs.gates_selection,
+        )
+    except NoPlotData:  # nothing at all to draw (no complete trial): the report says so in words
+        return {}
+    return {p.stem: p for p in written}
