@@ -1,0 +1,332 @@
+"""`ablate report`: every number in the report equals the query's, the HTML is self-contained, and
+bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ablate.cli import main
+from tests.study_helpers import MINI, copy_db
+
+NUM = r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?"
+
+
+def cli(capsys, *args):
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    cap = capsys.readouterr()
+    return info.value.code, cap.out, cap.err
+
+
+@pytest.fixture(scope="module")
+def written(mini_study_db, tmp_path_factory):
+    """The mini study's report, written once through the CLI, and the query's JSON for the same study."""
+    tmp = tmp_path_factory.mktemp("report")
+    url = f"sqlite:///{copy_db(mini_study_db, tmp / 'results.db')}"
+    out = tmp / "out"
+
+    def run(*args):  # module scope has no capsys: read stdout through a buffer
+        import contextlib
+        import io
+
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as info:
+            main(list(args))
+        assert info.value.code == 0, args
+        return buf.getvalue()
+
+    doc = json.loads(run("report", "mini", "--out", str(out), "--storage", url, "--json"))
+    per_fix = json.loads(run("query", "--study", "mini", "--storage", url, "--group-by", "fix", "--format", "json"))
+    trials = json.loads(run("query", "--study", "mini", "--storage", url, "--format", "json"))
+    runs = json.loads(run("query", "--study", "mini", "--storage", url, "--runs", "--format", "json"))
+    return {
+        "url": url,
+        "out": out,
+        "doc": doc,
+        "md": (out / "report.md").read_text(),
+        "html": (out / "report.html").read_text(),
+        "per_fix": per_fix,
+        "trials": trials,
+        "runs": runs,
+    }
+
+
+# ------------------------------------------------------------------------------------------ parsing
+
+
+def section(md: str, heading: str) -> str:
+    """The text from the heading that starts with ``heading`` to the next heading of any level."""
+    start = md.index("\n" + heading)
+    nxt = re.search(r"\n#{1,3} ", md[start + 1 :])
+    return md[start : start + 1 + nxt.start()] if nxt else md[start:]
+
+
+def table(text: str) -> list[dict[str, str]]:
+    """The first Markdown table in ``text`` as dicts keyed by the header cells."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    split = [[c.strip() for c in ln.strip().strip("|").split(" | ")] for ln in lines]
+    header, rows = split[0], split[2:]
+    return [dict(zip(header, r, strict=True)) for r in rows]
+
+
+def numbers(cell: str) -> list[float]:
+    """The numbers of a cell: 'v', 'v [lo, hi]', 'v [lo, hi] (n = 2)' -> [v, lo, hi] (n dropped)."""
+    cell = re.sub(r"\(n = \d+\)", "", cell)
+    return [float(x) for x in re.findall(NUM, cell)]
+
+
+def same(printed: float, value: float | None) -> bool:
+    """A printed number (4 significant digits) equals the query's value."""
+    if value is None:
+        return math.isnan(printed)
+    return printed == pytest.approx(float(value), rel=6e-4, abs=1e-12)
+
+
+def check_cell(cell: str, row: dict, column: str, interval: bool = True) -> None:
+    got = numbers(cell)
+    want = [row[column]] + ([row[f"{column}_lo"], row[f"{column}_hi"]] if interval else [])
+    want = [w for w in want if w is not None] if interval and row.get(f"{column}_lo") is None else want
+    assert len(got) == len(want), (cell, column, want)
+    assert all(same(g, w) for g, w in zip(got, want)), (cell, column, want)
+
+
+# -------------------------------------------------------------------------------------------- tests
+
+
+def test_report_writes_markdown_html_json_and_figures(written):
+    out, doc = written["out"], written["doc"]
+    assert doc["study"] == "mini"
+    for key in ("markdown", "html", "json"):
+        assert Path(doc[key]).is_file()
+    figures = [Path(p) for p in doc["figures"]]
+    assert {p.name for p in figures} >= {"tradeoff.png", "loss.png"}
+    assert all(p.parent == out and p.stat().st_size > 1000 for p in figures)
+    md = written["md"]
+    for heading in (
+        "## 1. The question",
+        "## 2. In brief",
+        "## 3. Setting",
+        "## 4. Evidence per fix",
+        "## 5. The fixes ranked on the Pareto front",
+        "## 6. Paired comparisons with the baseline across seeds",
+        "## 7. Caveats",
+        "## 8. Recommendation",
+        "## 10. Excluded trials",
+    ):
+        assert heading in md
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)  # the figures sit beside the markdown
+    assert linked and all((out / p).is_file() for p in linked)
+    assert set(linked) == {p.name for p in figures}
+
+
+def test_evidence_tables_equal_query_group_by_fix(written):
+    md = written["md"]
+    rows = {r["fix"]: r for r in written["per_fix"]}
+    t41 = table(section(md, "### 4.1"))
+    t42 = table(section(md, "### 4.2"))
+    t43 = table(section(md, "### 4.3"))
+    t45 = table(section(md, "### 4.5"))
+    assert [r["arm"] for r in t45] == ["no-branch (baseline)", "frozen-adapters (control)", "none", "fixed-scale",
+                                       "tanh-gate"]  # fmt: skip
+    for r41, r42, r43, r45 in zip(t41, t42, t43, t45, strict=True):
+        q = rows[r45["arm"]]
+        assert r45["seeds"] == str(q["n_seeds"])
+        assert r45["trial"] == ("-" if q["best_trial"] is None else str(q["best_trial"]))
+        if q["scale"] is not None:
+            assert same(float(r45["scale"]), q["scale"])
+        check_cell(r41["R@0 layers [95%]"], q, "grad_ratio_init")
+        for g in ("proj", "all"):
+            check_cell(r41[f"R@0 {g}"], q, f"grad_ratio_init_{g}", interval=False)
+            check_cell(r42[f"R train {g}"], q, f"train_grad_ratio_{g}", interval=False)
+            check_cell(r43[f"R update {g}"], q, f"train_update_ratio_{g}", interval=False)
+        check_cell(r41["share layers"], q, "grad_share_init_layers", interval=False)
+        assert r41["verdict"] == q["verdict"]
+        check_cell(r42["R train layers [95%]"], q, "train_grad_ratio")
+        check_cell(r42["dilution_train [95%]"], q, "dilution_train")
+        check_cell(r43["R update layers [95%]"], q, "train_update_ratio")
+        check_cell(r45["adapter gain [95%]"], q, "adapter_gain")
+        check_cell(r45["gain / baseline"], q, "adapter_gain_rel", interval=False)
+        check_cell(r45["gain - baseline [95%]"], q, "adapter_gain_diff")
+        check_cell(r45["loss slope"], q, "loss_slope", interval=False)
+        check_cell(r45["slope - baseline"], q, "loss_slope_rel", interval=False)
+    assert "Not evaluated" in section(md, "### 4.6")  # no AUROC is stored: said, not invented
+
+
+def test_forward_disruption_equals_the_runs(written):
+    """Loss with - without the branch and the feature cosine at step 0, mean over the best trial's seeds."""
+    t44 = {r["arm"]: r for r in table(section(written["md"], "### 4.4"))}
+    best = {r["fix"]: r["best_trial"] for r in written["per_fix"]}
+    for fix in ("none", "fixed-scale", "tanh-gate"):
+        runs = [r for r in written["runs"] if r["role"] == "trial" and r["trial_number"] == best[fix]]
+        delta = sum(r["loss0_with"] - r["loss0_without"] for r in runs) / len(runs)
+        cos = sum(r["feature_cosine_init"] for r in runs) / len(runs)
+        assert same(numbers(t44[fix]["loss with - without [95%]"])[0], delta)
+        assert same(numbers(t44[fix]["feature cosine [95%]"])[0], cos)
+
+
+def dominates(a: dict, b: dict) -> bool:
+    ge = a["adapter_gain"] >= b["adapter_gain"] and a["dilution_train"] <= b["dilution_train"]
+    gt = a["adapter_gain"] > b["adapter_gain"] or a["dilution_train"] < b["dilution_train"]
+    return ge and gt
+
+
+def test_ranking_is_the_pareto_front_of_the_ranked_trials(written):
+    md = written["md"]
+    ranked = [t for t in written["trials"] if t["ranked"]]
+    front = [t for t in ranked if not any(dominates(o, t) for o in ranked)]
+    front.sort(key=lambda t: -t["adapter_gain"])
+    said = section(md, "## 5.")
+    m = re.search(r"The front holds \d+ trials?: (.*)\.\n", said)
+    assert re.findall(r"\(trial (\d+)\)", m.group(1)) == [str(t["trial_number"]) for t in front]
+    rows = table(said)
+    by_trial = {t["trial_number"]: t for t in ranked}
+    assert len(rows) == len({t["fix"] for t in ranked})  # one row per fix
+    assert rows[0]["Pareto rank"] == "1"
+    for r in rows:
+        t = by_trial[int(r["trial"])]
+        assert r["fix"] == t["fix"]
+        check_cell(r["adapter_gain (max) [95%]"], t, "adapter_gain")
+        check_cell(r["dilution_train (min) [95%]"], t, "dilution_train")
+    # the recommendation names the front's best trial on the first objective
+    rec = section(md, "## 8.")
+    assert f"(trial {front[0]['trial_number']})**" in rec
+
+
+def test_paired_comparisons_equal_the_query(written):
+    """gain - baseline and R train over seeds equal the trial table's paired columns; the loss slope
+    difference equals the runs' per-seed slope minus the same seed's baseline slope."""
+    rows = table(section(written["md"], "## 6."))
+    trials = {t["trial_number"]: t for t in written["trials"]}
+    base = {r["seed"]: r for r in written["runs"] if r["role"] == "baseline"}
+    assert rows
+    for r in rows:
+        t = trials[int(r["trial"])]
+        assert r["seeds"] == "0, 1" and "(n = 2)" in r["adapter gain - baseline"]
+        check_cell(r["adapter gain - baseline"], t, "adapter_gain_diff")
+        check_cell(r["R train layers (vs baseline)"], t, "train_grad_ratio")
+        check_cell(r["R update layers (vs baseline)"], t, "train_update_ratio")
+        runs = [x for x in written["runs"] if x["role"] == "trial" and x["trial_number"] == t["trial_number"]]
+        diffs = [x["loss_slope"] - base[x["seed"]]["loss_slope"] for x in runs]
+        assert same(numbers(r["loss slope - baseline"])[0], sum(diffs) / len(diffs))
+        assert same(numbers(r["loss slope - baseline"])[0], t["loss_slope_rel"])
+
+
+def test_setting_and_caveats_come_from_the_stored_study(written):
+    md = written["md"]
+    setting = {r["what"]: r["value"] for r in table(section(md, "## 3."))}
+    assert setting["backbone"].startswith("`tiny`") and setting["weights"] == "random init"
+    assert "6 Adam steps" in setting["training"] and "seeds 0, 1" in setting["study"]
+    hw = [k for k in setting if k.startswith("hardware (")]  # recorded by this ablate's study runner
+    assert hw and "CPU cores" in setting[hw[0]]
+    assert setting["devices of the runs"] == "cpu"
+    caveats = section(md, "## 7.")
+    assert "2 seeds" in caveats and "Toy model" in caveats and "Random init" in caveats
+    assert "each run has 6 steps" in caveats
+
+
+def test_html_is_self_contained(written):
+    page = written["html"]
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page and "<link" not in page
+    srcs = re.findall(r'src="([^"]*)"', page)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == len(written["doc"]["figures"])
+    assert re.findall(r"url\(", page) == []
+    # the same numbers as the markdown: one evidence row spot-checked
+    row = table(section(written["md"], "### 4.5"))[2]
+    assert f"<td>{row['adapter gain [95%]']}</td>" in page
+
+
+def test_excluded_trials_never_rank(mini_study_db, tmp_path, capsys):
+    """A trial with a failed seed is listed as excluded and appears in no ranking or comparison."""
+    db = copy_db(mini_study_db, tmp_path / "results.db")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE ablate_runs SET status = 'failed' WHERE role = 'trial' AND trial_number = 0 AND seed = 1")
+    code, _, err = cli(capsys, "report", "mini", "--out", str(tmp_path / "out"), "--storage", f"sqlite:///{db}")
+    assert code == 0, err
+    md = (tmp_path / "out" / "report.md").read_text()
+    excluded = table(section(md, "## 10."))
+    assert [(r["trial"], r["fix"], r["complete seeds"]) for r in excluded] == [("0", "none", "1/2")]
+    for heading in ("## 5.", "## 6."):
+        assert "0" not in [r["trial"] for r in table(section(md, heading))]
+    assert "(trial 0)" not in section(md, "## 8.") and "(trial 0)" not in section(md, "## 2.")
+
+
+def test_one_seed_says_no_interval(tmp_path, capsys):
+    from ablate.spec import parse_spec
+    from ablate.study import run_study
+
+    text = MINI.replace("seeds = [0, 1]", "seeds = [0]").replace("trials = 4", "trials = 2")
+    text = text.replace('fixes = ["none", "fixed-scale", "tanh-gate"]', 'fixes = ["none", "tanh-gate"]')
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    run_study(parse_spec(text), text, url)
+    code, _, err = cli(capsys, "report", "mini", "--out", str(tmp_path / "out"), "--storage", url)
+    assert code == 0, err
+    md = (tmp_path / "out" / "report.md").read_text()
+    for r in table(section(md, "## 6.")):
+        assert r["adapter gain - baseline"].endswith("(one seed: no interval)")
+    assert "One seed:" in section(md, "## 7.")
+    assert "WITHIN ONE SEED" in section(md, "## 4.")
+
+
+def test_unknown_study_exits_2_naming_study(written, tmp_path, capsys):
+    code, out, err = cli(capsys, "report", "nope", "--out", str(tmp_path / "o"), "--storage", written["url"])
+    assert code == 2 and out == ""
+    assert err.startswith("error: STUDY: ") and "nope" in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_out_naming_a_file_exits_2(written, tmp_path, capsys):
+    f = tmp_path / "taken.txt"
+    f.write_text("x")
+    code, _, err = cli(capsys, "report", "mini", "--out", str(f), "--storage", written["url"])
+    assert code == 2 and err.startswith("error: --out: ") and "Traceback" not in err
+    assert f.read_text() == "x"
+
+
+def test_missing_database_exits_2(tmp_path, capsys):
+    code, _, err = cli(capsys, "report", "mini", "--out", str(tmp_path / "o"), "--storage",
+                       f"sqlite:///{tmp_path / 'none.db'}")  # fmt: skip
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+
+
+def test_report_imports_neither_torch_nor_open_clip(written, tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from ablate.cli import main\n"
+        "try:\n"
+        f"    main(['report', 'mini', '--out', {str(tmp_path / 'o')!r}, '--storage', {written['url']!r}, '--json'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "print('heavy:', [m for m in ('torch', 'open_clip', 'optuna') if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "heavy: []"
+
+
+def test_spec_defaults_match_the_spec_models():
+    """The report fills unwritten spec fields from a copy of the defaults (ablate.spec imports torch)."""
+    from ablate import spec
+    from ablate.report.model import SPEC_DEFAULTS
+
+    models = {
+        "model": spec.ModelSection,
+        "data": spec.DataSection,
+        "training": spec.TrainingSection,
+        "probe": spec.ProbeSection,
+        "study": spec.StudySection,
+    }
+    for section_name, defaults in SPEC_DEFAULTS.items():
+        made = models[section_name]()
+        for key, value in defaults.items():
+            assert getattr(made, key) == value, (section_name, key)
