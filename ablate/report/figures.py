@@ -12,10 +12,12 @@ from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
 # What each figure shows, for the captions (the figures' own titles carry their numbers' meaning).
 CAPTIONS = {
     "tradeoff": "The study's objectives per ranked trial with 95% intervals, the Pareto front and the references.",
-    "loss": "Training loss of each fix's best trial and of the no-branch baseline (band: min..max over seeds).",
+    "loss": "Training loss per fix and of the no-branch baseline (band: min..max over seeds). The figure picks "
+    "each fix's trial by its own rule (in its title), which may differ from the trial in the tables.",
     "ratio-scale": "The judged group's training-time gradient ratio against the baseline, by scale.",
     "gates": "Gate trajectories of the fixes that learn one.",
-    "grad-norms": "Gradient norms per step: block adapters, projections and the branch.",
+    "grad-norms": "Gradient norms per step: block adapters, projections and the branch (each fix's trial chosen "
+    "as in the loss figure).",
 }
 
 
