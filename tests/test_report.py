@@ -330,3 +330,31 @@ def test_spec_defaults_match_the_spec_models():
         made = models[section_name]()
         for key, value in defaults.items():
             assert getattr(made, key) == value, (section_name, key)
+
+
+def test_pareto_ranks_peel_the_plots_front():
+    """Rank 1 is exactly pareto_front's front, and each later rank is the front of what is left
+    (ties, duplicates and one objective included), for both directions."""
+    import random
+
+    from ablate.plot.pareto import pareto_front
+    from ablate.report.model import _pareto_ranks
+
+    rng = random.Random(0)
+    for trial in range(300):
+        n = rng.randint(1, 30)
+        pts = [(float(rng.randint(0, 6)), float(rng.randint(0, 6))) for _ in range(n)]
+        dirs = [rng.choice(["maximize", "minimize"]), rng.choice(["maximize", "minimize"])]
+        ranks = _pareto_ranks(pts, dirs)
+        left = list(range(n))
+        rank = 0
+        while left:
+            rank += 1
+            front = pareto_front(
+                [pts[i] for i in left], maximize_x=dirs[0] == "maximize", minimize_y=dirs[1] == "minimize"
+            )
+            want = sorted(left[i] for i in front)
+            assert sorted(i for i in left if ranks[i] == rank) == want, (trial, pts, dirs)
+            left = [i for i in left if ranks[i] != rank]
+    assert _pareto_ranks([(1.0,), (3.0,), (3.0,), (2.0,)], ["maximize"]) == [3, 1, 1, 2]
+    assert _pareto_ranks([(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (1.0, 1.0, 1.0)], ["maximize"] * 3) == [2, 2, 1]

@@ -11,6 +11,7 @@ Torch-free (like ``query`` and ``plot``): pandas, numpy and SQLAlchemy only.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import sys
@@ -24,7 +25,6 @@ from sqlalchemy import Engine, inspect, select, text
 
 from ablate.objectives import OBJECTIVES, seed_value
 from ablate.plot.extract import fix_sort_key
-from ablate.plot.pareto import pareto_front
 from ablate.stats import SCOPE_NONE, SCOPE_SEEDS, Interval, mean_ci, ratio_ci
 from ablate.store import query as q
 from ablate.store.schema import GROUPS, HARDWARE_ATTR, RUN_FLOAT_FIELDS, StudyModel
@@ -314,26 +314,51 @@ class Paired:
     update_ratio: Interval  # train_update_ratio, the same way
 
 
+def _ranks_2d(keyed: list[tuple[float, float]]) -> list[int]:
+    """Non-dominated sorting of points where smaller is better on both axes, in O(n log n).
+
+    Points are taken best x first (ties: best y first); a point goes to the first layer none of whose
+    points dominates it. Every point already placed has x <= this one's, so a distinct earlier point
+    dominates it exactly when its y is <= this y; a layer is free when its lowest y is above this y,
+    and the layers' lowest ys never decrease with the layer, so a binary search finds it. Exact
+    duplicates do not dominate each other and share a rank (as on ``pareto_front``'s front).
+    """
+    order = sorted(range(len(keyed)), key=lambda i: keyed[i])
+    ranks = [0] * len(keyed)
+    lowest: list[float] = []  # per layer, the lowest y placed in it
+    previous: int | None = None
+    for i in order:
+        if previous is not None and keyed[i] == keyed[previous]:
+            ranks[i] = ranks[previous]
+            continue
+        y = keyed[i][1]
+        layer = bisect.bisect_right(lowest, y)
+        if layer == len(lowest):
+            lowest.append(y)
+        else:
+            lowest[layer] = min(lowest[layer], y)
+        ranks[i] = layer + 1
+        previous = i
+    return ranks
+
+
 def _pareto_ranks(points: list[tuple[float, ...]], directions: Sequence[str]) -> list[int]:
-    """Non-dominated sorting: rank 1 is the front, rank 2 the front of the rest, ..."""
+    """Non-dominated sorting: rank 1 is the front (``ablate.plot.pareto.pareto_front``'s), rank 2 the
+    front once rank 1 is removed, ... One or two objectives in O(n log n); more, pairwise."""
     signs = [1.0 if d == "minimize" else -1.0 for d in directions]
     keyed = [tuple(s * v for s, v in zip(signs, p)) for p in points]  # smaller is better on every axis
+    if len(directions) <= 2:
+        return _ranks_2d([(k[0], k[1] if len(k) > 1 else 0.0) for k in keyed])
     ranks = [0] * len(points)
     left = list(range(len(points)))
     rank = 0
     while left:
         rank += 1
-        if len(directions) == 2:
-            idx = pareto_front([keyed[i] for i in left], maximize_x=False, minimize_y=True)
-            front = [left[i] for i in idx]
-        else:
-            front = [
-                i
-                for i in left
-                if not any(
-                    all(a <= b for a, b in zip(keyed[j], keyed[i])) and keyed[j] != keyed[i] for j in left if j != i
-                )
-            ]
+        front = [
+            i
+            for i in left
+            if not any(all(a <= b for a, b in zip(keyed[j], keyed[i])) and keyed[j] != keyed[i] for j in left)
+        ]
         for i in front:
             ranks[i] = rank
         chosen = set(front)
