@@ -76,16 +76,20 @@ def table(text: str) -> list[dict[str, str]]:
 
 
 def numbers(cell: str) -> list[float]:
-    """The numbers of a cell: 'v', 'v [lo, hi]', 'v [lo, hi] (n = 2)' -> [v, lo, hi] (n dropped)."""
+    """The numbers of a cell: 'v', 'v [lo, hi]', 'v [lo, hi] (n = 2)' -> [v, lo, hi] (n dropped);
+    'n/a' reads as NaN, 'inf' as infinity."""
     cell = re.sub(r"\(n = \d+\)", "", cell)
-    return [float(x) for x in re.findall(NUM, cell)]
+    return [math.nan if x == "n/a" else float(x) for x in re.findall(rf"n/a|-?inf|{NUM}", cell)]
 
 
-def same(printed: float, value: float | None) -> bool:
-    """A printed number (4 significant digits) equals the query's value."""
+def same(printed: float, value: float | str | None) -> bool:
+    """A printed number (4 significant digits) equals the query's value (JSON: None for NaN, 'inf')."""
     if value is None:
         return math.isnan(printed)
-    return printed == pytest.approx(float(value), rel=6e-4, abs=1e-12)
+    value = float(value)
+    if math.isinf(value):
+        return printed == value
+    return printed == pytest.approx(value, rel=6e-4, abs=1e-12)
 
 
 def check_cell(cell: str, row: dict, column: str, interval: bool = True) -> None:
@@ -125,15 +129,15 @@ def test_report_writes_markdown_html_json_and_figures(written):
     assert set(linked) == {p.name for p in figures}
 
 
-def test_evidence_tables_equal_query_group_by_fix(written):
-    md = written["md"]
-    rows = {r["fix"]: r for r in written["per_fix"]}
+def check_evidence(md: str, per_fix: list[dict]) -> None:
+    """Every evidence table's row equals ``ablate query --group-by fix``'s row for that arm."""
+    rows = {r["fix"]: r for r in per_fix}
     t41 = table(section(md, "### 4.1"))
     t42 = table(section(md, "### 4.2"))
     t43 = table(section(md, "### 4.3"))
     t45 = table(section(md, "### 4.5"))
-    assert [r["arm"] for r in t45] == ["no-branch (baseline)", "frozen-adapters (control)", "none", "fixed-scale",
-                                       "tanh-gate"]  # fmt: skip
+    shown = [r["fix"] for r in per_fix if r.get("best_trial") is not None or r["fix"] in REFS]
+    assert sorted(r["arm"] for r in t45) == sorted(shown)
     for r41, r42, r43, r45 in zip(t41, t42, t43, t45, strict=True):
         q = rows[r45["arm"]]
         assert r45["seeds"] == str(q["n_seeds"])
@@ -146,7 +150,7 @@ def test_evidence_tables_equal_query_group_by_fix(written):
             check_cell(r42[f"R train {g}"], q, f"train_grad_ratio_{g}", interval=False)
             check_cell(r43[f"R update {g}"], q, f"train_update_ratio_{g}", interval=False)
         check_cell(r41["share layers"], q, "grad_share_init_layers", interval=False)
-        assert r41["verdict"] == q["verdict"]
+        assert r41["verdict"] == (q["verdict"] or "n/a")
         check_cell(r42["R train layers [95%]"], q, "train_grad_ratio")
         check_cell(r42["dilution_train [95%]"], q, "dilution_train")
         check_cell(r43["R update layers [95%]"], q, "train_update_ratio")
@@ -155,6 +159,16 @@ def test_evidence_tables_equal_query_group_by_fix(written):
         check_cell(r45["gain - baseline [95%]"], q, "adapter_gain_diff")
         check_cell(r45["loss slope"], q, "loss_slope", interval=False)
         check_cell(r45["slope - baseline"], q, "loss_slope_rel", interval=False)
+
+
+REFS = ("no-branch (baseline)", "frozen-adapters (control)")
+
+
+def test_evidence_tables_equal_query_group_by_fix(written):
+    md = written["md"]
+    arms = [r["arm"] for r in table(section(md, "### 4.5"))]
+    assert arms == [*REFS, "none", "fixed-scale", "tanh-gate"]
+    check_evidence(md, written["per_fix"])
     assert "Not evaluated" in section(md, "### 4.6")  # no AUROC is stored: said, not invented
 
 
@@ -238,6 +252,7 @@ def test_html_is_self_contained(written):
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert len(srcs) == len(written["doc"]["figures"])
     assert re.findall(r"url\(", page) == []
+    assert "**" not in page and "<strong><code>" in page  # markup converted, bold around code included
     # the same numbers as the markdown: one evidence row spot-checked
     row = table(section(written["md"], "### 4.5"))[2]
     assert f"<td>{row['adapter gain [95%]']}</td>" in page
@@ -358,3 +373,32 @@ def test_pareto_ranks_peel_the_plots_front():
             left = [i for i in left if ranks[i] != rank]
     assert _pareto_ranks([(1.0,), (3.0,), (3.0,), (2.0,)], ["maximize"]) == [3, 1, 1, 2]
     assert _pareto_ranks([(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (1.0, 1.0, 1.0)], ["maximize"] * 3) == [2, 2, 1]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_larger_study_with_failures_and_non_finite_values(backend, tmp_path, request, capsys):
+    """A 40-trial study written by the read benchmark's builder (failed and pruned trials, a NaN
+    slope, an infinite ratio, no hardware note): the evidence equals the query's, the excluded
+    trials are exactly the unranked ones, on SQLite and PostgreSQL."""
+    from ablate.store import dispose_engines, open_storage, query
+    from bench.read_db import build
+
+    url = f"sqlite:///{tmp_path / 'bench.db'}" if backend == "sqlite" else request.getfixturevalue("fresh_pg_url")
+    build(url, trials=40, seeds=2, steps=10, probes=2, optuna=True, fail=0.05)
+    try:
+        code, _, err = cli(capsys, "report", "bench", "--out", str(tmp_path / "out"), "--storage", url)
+        assert code == 0, err
+        md = (tmp_path / "out" / "report.md").read_text()
+        engine = open_storage(url, create=False)
+        check_evidence(md, query.json_records(query.group_by_fix(engine, "bench")))
+        trials = query.trials_frame(engine, "bench")
+    finally:
+        dispose_engines()
+    unranked = trials[~trials["ranked"]]
+    assert len(unranked) > 0
+    excluded = table(section(md, "## 10."))
+    assert sorted(int(r["trial"]) for r in excluded) == sorted(unranked["trial_number"])
+    ranked_numbers = set(trials.loc[trials["ranked"], "trial_number"])
+    assert all(int(r["trial"]) in ranked_numbers for r in table(section(md, "## 5.")))
+    assert all(int(r["trial"]) in ranked_numbers for r in table(section(md, "## 6.")))
+    assert "no hardware description stored" in section(md, "## 3.")

@@ -509,6 +509,17 @@ def _paired_row(p: Paired) -> tuple[str, ...]:
     )
 
 
+def _gain_verdict(iv: Interval) -> str:
+    """What a paired gain difference against the baseline says, from its interval."""
+    if iv.n < 2 or not _has_bounds(iv):
+        return f"gain - baseline {paired_ci(iv)}"
+    if iv.hi < 0:
+        return f"the adapters learn less than without the branch ({ci(iv)}, below 0)"
+    if iv.lo > 0:
+        return f"the adapters learn more than without the branch ({ci(iv)}, above 0)"
+    return f"no difference from the baseline is resolved ({ci(iv)} holds 0)"
+
+
 def _paired(doc: Document, r: Report) -> None:
     doc.add(Heading(2, "6. Paired comparisons with the baseline across seeds"))
     if not r.paired:
@@ -529,18 +540,7 @@ def _paired(doc: Document, r: Report) -> None:
             "Differences: mean [95% t-interval] over seeds; ratios: geometric mean, interval on the logs.",
         ),
     )  # fmt: skip
-    lines = []
-    for p in r.paired:
-        iv = p.gain_diff
-        name = arm_name(p.fix, p.scale, p.trial_number)
-        if iv.n < 2 or not _has_bounds(iv):
-            lines.append(f"{name}: gain - baseline {paired_ci(iv)}.")
-        elif iv.hi < 0:
-            lines.append(f"{name}: the adapters learn less than without the branch ({ci(iv)}, below 0).")
-        elif iv.lo > 0:
-            lines.append(f"{name}: the adapters learn more than without the branch ({ci(iv)}, above 0).")
-        else:
-            lines.append(f"{name}: no difference from the baseline is resolved ({ci(iv)} holds 0).")
+    lines = [f"{arm_name(p.fix, p.scale, p.trial_number)}: {_gain_verdict(p.gain_diff)}." for p in r.paired]
     doc.add(Bullets(tuple(lines)))
 
 
@@ -628,7 +628,7 @@ def _recommendation(doc: Document, r: Report) -> None:
         f"Use **{arm_name(t.fix, t.scale, t.trial_number)}**: on the Pareto front and the front's best on "
         f"`{rec.primary}`; {other} over {t.n_seeds} seed{'s' * (t.n_seeds != 1)}.",
         f"Against the no-branch baseline, paired by seed: adapter gain {paired_ci(rec.paired.gain_diff)}, "
-        f"R train {paired_ci(rec.paired.grad_ratio)}.",
+        f"R train {paired_ci(rec.paired.grad_ratio)}: {_gain_verdict(rec.paired.gain_diff)}.",
         _told_apart(rec),
     ]
     if rec.overlapping:

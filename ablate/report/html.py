@@ -29,15 +29,15 @@ _BOLD = re.compile(r"\*\*(.+?)\*\*")
 
 
 def inline(text: str) -> str:
-    """Escape ``text`` and turn its `code` and **bold** into HTML."""
-    parts = _CODE.split(text)  # odd indices are code spans
-    out = []
-    for i, part in enumerate(parts):
-        if i % 2:
-            out.append(f"<code>{html.escape(part)}</code>")
-        else:
-            out.append(_BOLD.sub(r"<strong>\1</strong>", html.escape(part)))
-    return "".join(out)
+    """Escape ``text`` and turn its `code` and **bold** (which may hold code) into HTML."""
+    spans: list[str] = []
+
+    def hold(m: re.Match[str]) -> str:
+        spans.append(f"<code>{html.escape(m.group(1))}</code>")
+        return f"\x00{len(spans) - 1}\x00"
+
+    out = _BOLD.sub(r"<strong>\1</strong>", html.escape(_CODE.sub(hold, text)))
+    return re.sub("\x00(\\d+)\x00", lambda m: spans[int(m.group(1))], out)
 
 
 def data_uri(path: Path) -> str:
