@@ -402,3 +402,22 @@ def test_larger_study_with_failures_and_non_finite_values(backend, tmp_path, req
     assert all(int(r["trial"]) in ranked_numbers for r in table(section(md, "## 5.")))
     assert all(int(r["trial"]) in ranked_numbers for r in table(section(md, "## 6.")))
     assert "no hardware description stored" in section(md, "## 3.")
+
+
+def test_hardware_note_names_the_gpu(monkeypatch):
+    """What a CUDA worker records (no GPU here: torch's device query is stubbed); plain JSON values."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from ablate.train.device import describe_hardware
+
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda d: SimpleNamespace(name="NVIDIA H200", total_memory=141 * 2**30)
+    )
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    info = describe_hardware(torch.device("cuda"))
+    assert info["gpu"] == "NVIDIA H200" and info["gpu_memory_gib"] == 141.0 and info["cuda"] == "12.4"
+    assert info["device"] == "cuda" and info["cpu_count"] >= 1
+    assert json.loads(json.dumps(info)) == info
+    assert "gpu" not in describe_hardware(torch.device("cpu"))
