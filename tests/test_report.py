@@ -421,3 +421,24 @@ def test_hardware_note_names_the_gpu(monkeypatch):
     assert info["device"] == "cuda" and info["cpu_count"] >= 1
     assert json.loads(json.dumps(info)) == info
     assert "gpu" not in describe_hardware(torch.device("cpu"))
+
+
+def test_recommendation_against_every_other_fix_is_paired_by_seed(written):
+    """recommended - other fix's best trial on adapter_gain, seed by seed, mean and t-interval over seeds,
+    recomputed here from ``ablate query --runs``."""
+    import statistics
+
+    from ablate.stats import t_ppf
+
+    rec = section(written["md"], "## 8.")
+    rec_trial = int(re.search(r"\(trial (\d+)\)\*\*", rec).group(1))
+    gain = {(r["trial_number"], r["seed"]): r["adapter_gain"] for r in written["runs"] if r["role"] == "trial"}
+    found = re.findall(rf"`([a-z-]+)`[^;(]*\(trial (\d+)\) ({NUM}) \[({NUM}), ({NUM})\] \(n = (\d+)\)", rec)
+    others = {f for f, *_ in found if int(_[0]) != rec_trial}
+    assert others == {"none", "fixed-scale"}  # every other fix with a ranked trial
+    for _fix, trial, est, lo, hi, n in found:
+        diffs = [gain[(rec_trial, s)] - gain[(int(trial), s)] for s in (0, 1)]
+        mean = statistics.mean(diffs)
+        half = t_ppf(0.975, 1) * statistics.stdev(diffs) / math.sqrt(2)
+        assert int(n) == 2
+        assert same(float(est), mean) and same(float(lo), mean - half) and same(float(hi), mean + half)

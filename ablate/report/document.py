@@ -237,6 +237,7 @@ def _setting(doc: Document, r: Report) -> None:
     backbone = f"`{s.backbone}`" + (" (the CPU toy backbone)" if s.toy else "")
     objectives = ", ".join(f"`{m}` ({s.directions[m]})" for m in s.objectives)
     scales = spec["search"].get("scale")
+    per_fix = spec["search"].get("scale_per_fix") or {}
     v = val
     rows = [
         ("study", f"`{s.study}`" + (f": {s.description}" if s.description else "")),
@@ -264,7 +265,8 @@ def _setting(doc: Document, r: Report) -> None:
         (
             "search",
             (", ".join(f"`{f}`" for f in spec["search"].get("fixes", [])) or "every registered fix (default)")
-            + (f"; scale range {scales}" if scales else ""),
+            + (f"; scale {_range(scales)}" if isinstance(scales, dict) else "; scale range: the spec's default")
+            + "".join(f"; {fix}: {_range(rng)}" for fix, rng in per_fix.items() if isinstance(rng, dict)),
         ),
         (
             "study",
@@ -297,6 +299,13 @@ def _setting(doc: Document, r: Report) -> None:
              "the study's and runs' records."),
         Table(("what", "value"), tuple(rows)),
     )  # fmt: skip
+
+
+def _range(rng: dict) -> str:
+    """A spec scale range as '[min, max] (log)'; missing ends are the spec's defaults."""
+    lo, hi = rng.get("min", "default"), rng.get("max", "default")
+    scale = "log" if rng.get("log", True) else "linear"
+    return f"[{lo}, {hi}] ({scale})"
 
 
 def _evidence_rows(r: Report) -> list[ArmEvidence]:
@@ -631,14 +640,22 @@ def _recommendation(doc: Document, r: Report) -> None:
         f"R train {paired_ci(rec.paired.grad_ratio)}: {_gain_verdict(rec.paired.gain_diff)}.",
         _told_apart(rec),
     ]
-    if rec.overlapping:
-        items.append(
-            f"Fixes whose best trial's interval on `{rec.primary}` overlaps the recommendation's: "
-            + ", ".join(f"`{f}`" for f in rec.overlapping)
-            + ". On this objective the study does not separate them."
-        )
-    elif rec.runner_up is not None:
-        items.append(f"No other fix's interval on `{rec.primary}` overlaps the recommendation's.")
+    apart, close, unknown = [], [], []
+    for t, diff in rec.versus_fixes:
+        entry = f"{arm_name(t.fix, t.scale, t.trial_number)} {paired_ci(diff)}"
+        if diff.n < 2 or not _has_bounds(diff):
+            unknown.append(entry)
+        elif _holds(diff, 0.0):
+            close.append(entry)
+        else:
+            apart.append(entry)
+    what = f"recommended - other on `{rec.primary}`, paired by seed"
+    if apart:
+        items.append(f"Told apart from ({what}; the interval excludes 0): " + "; ".join(apart) + ".")
+    if close:
+        items.append(f"Not told apart from ({what}; the interval holds 0): " + "; ".join(close) + ".")
+    if unknown:
+        items.append(f"Without an interval ({what}): " + "; ".join(unknown) + ".")
     if len(r.setting.seeds) == 1:
         items.append("One seed: the choice has no interval over seeds; run more seeds before relying on it.")
     doc.add(Bullets(tuple(items)))

@@ -426,7 +426,9 @@ class Recommendation:
     paired: Paired
     runner_up: RankedTrial | None  # the best trial of another fix by the same rule
     versus_runner_up: Interval | None  # the primary objective, recommended - runner-up, paired by seed
-    overlapping: tuple[str, ...]  # other fixes whose best trial's interval on the primary overlaps
+    # Each other fix's best trial on the primary objective, and recommended - it on that objective,
+    # paired by seed (the seeds share the backbone, initial adapters and batches), in fix order.
+    versus_fixes: tuple[tuple[RankedTrial, Interval], ...]
 
 
 def _seed_values(name: str, runs: pd.DataFrame, trial_number: int) -> dict[int, float]:
@@ -448,20 +450,19 @@ def _recommend(ranked: list[RankedTrial], objectives: Sequence[str], directions:
     if runner is not None:
         a = _seed_values(primary, runs, best.trial_number)
         b = _seed_values(primary, runs, runner.trial_number)
-        versus = _over_seeds([a[s] - b[s] for s in sorted(set(a) & set(b))])
-    ci = best.objectives[primary]
-    overlapping = []
-    sign = 1.0 if direction == "minimize" else -1.0
+        versus = _over_seeds([a[k] - b[k] for k in sorted(set(a) & set(b))])
     per_fix: dict[str, RankedTrial] = {}
     for t in ranked:  # each fix's best trial on the primary objective
         cur = per_fix.get(t.fix)
         if cur is None or sign * t.objectives[primary].estimate < sign * cur.objectives[primary].estimate:
             per_fix[t.fix] = t
-    for fix, t in per_fix.items():
-        o = t.objectives[primary]
-        if fix != best.fix and all(math.isfinite(x) for x in (ci.lo, ci.hi, o.lo, o.hi)):
-            if o.lo <= ci.hi and ci.lo <= o.hi:
-                overlapping.append(fix)
+    mine = _seed_values(primary, runs, best.trial_number)
+    versus_fixes = []
+    for fix in sorted(per_fix, key=fix_sort_key):
+        if fix != best.fix:
+            theirs = _seed_values(primary, runs, per_fix[fix].trial_number)
+            diff = _over_seeds([mine[k] - theirs[k] for k in sorted(set(mine) & set(theirs))])
+            versus_fixes.append((per_fix[fix], diff))
     return Recommendation(
         best,
         primary,
@@ -469,7 +470,7 @@ def _recommend(ranked: list[RankedTrial], objectives: Sequence[str], directions:
         _paired(best, runs),
         runner,
         versus,
-        tuple(sorted(overlapping, key=fix_sort_key)),
+        tuple(versus_fixes),
     )
 
 
