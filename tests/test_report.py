@@ -442,3 +442,16 @@ def test_recommendation_against_every_other_fix_is_paired_by_seed(written):
         half = t_ppf(0.975, 1) * statistics.stdev(diffs) / math.sqrt(2)
         assert int(n) == 2
         assert same(float(est), mean) and same(float(lo), mean - half) and same(float(hi), mean + half)
+
+
+def test_study_without_a_ranked_trial_says_so(mini_study_db, tmp_path, capsys):
+    db = copy_db(mini_study_db, tmp_path / "results.db")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE ablate_runs SET status = 'failed' WHERE role = 'trial'")
+    code, _, err = cli(capsys, "report", "mini", "--out", str(tmp_path / "out"), "--storage", f"sqlite:///{db}")
+    assert code == 0, err
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "nothing to compare or recommend" in section(md, "## 2.")
+    assert [r["arm"] for r in table(section(md, "### 4.5"))] == list(REFS)
+    assert len(table(section(md, "## 10."))) == 4
+    assert "None: no trial is ranked." in section(md, "## 8.")

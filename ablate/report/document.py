@@ -187,8 +187,32 @@ def _question(doc: Document, r: Report) -> None:
     )
 
 
+def _ratio_verdict(iv: Interval, what: str) -> str:
+    """Whether a ratio against the baseline is below, above or not resolved from 1, by its interval."""
+    if not _has_bounds(iv):
+        return f"{what} {num(iv.estimate)} (no interval)"
+    text = f"{what} {ci(iv)}" + (" (interval within one seed)" if iv.scope == SCOPE_WITHIN else "")
+    if iv.hi < 1:
+        return f"{text}, below 1"
+    if iv.lo > 1:
+        return f"{text}, above 1"
+    return f"{text}, which holds 1"
+
+
 def _brief(doc: Document, r: Report) -> None:
     doc.add(Heading(2, "2. In brief"))
+    bare = r.arm("none")  # the original report's join: the branch added at full scale
+    if bare is not None and bare.trial_number is not None:
+        g = r.setting.judged_group
+        doc.add(
+            Para(
+                f"Does the branch dilute the adapters' gradient? Added at full scale (`none`, trial "
+                f"{bare.trial_number}), the `{g}` adapters' gradient during training against the baseline run of "
+                f"the same seed is {_ratio_verdict(bare.train_grad_ratio, 'R train')}; the step-0 bypass probe "
+                f"(the original report's measurement) gives {_ratio_verdict(bare.grad_ratio_init, 'R@0')}; and "
+                f"in what they learned, {_gain_verdict(bare.adapter_gain_diff)}."
+            )
+        )
     rec = r.recommendation
     if rec is None:
         doc.add(Para("No trial is ranked (complete, every seed): there is nothing to compare or recommend yet."))
