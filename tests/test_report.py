@@ -242,6 +242,9 @@ def test_setting_and_caveats_come_from_the_stored_study(written):
     caveats = section(md, "## 7.")
     assert "2 seeds" in caveats and "Toy model" in caveats and "Random init" in caveats
     assert "each run has 6 steps" in caveats
+    control = next(r for r in written["per_fix"] if r["fix"] == "frozen-adapters (control)")
+    m = re.search(r"the frozen control - the baseline on `adapter_gain`, paired by seed: ([^;]*);", caveats)
+    check_cell(m.group(1), control, "adapter_gain_diff")  # the query's paired gain difference of the control
 
 
 def test_html_is_self_contained(written):

@@ -497,6 +497,9 @@ class Report:
     recommendation: Recommendation | None
     excluded: tuple[Excluded, ...]
     n_trials: int
+    # The frozen control minus the baseline on each objective, paired by seed (None without a control):
+    # the check that an objective scores adapters that never learn worse than the baseline's.
+    control_vs_baseline: dict[str, Interval] | None = None
     auroc_columns: tuple[str, ...] = field(default=AUROC_COLUMNS)
 
     @property
@@ -566,7 +569,17 @@ def gather(engine: Engine, study: str | None = None) -> Report:
         recommendation=_recommend(ranked, objectives, directions, runs),
         excluded=excluded,
         n_trials=len(trials),
+        control_vs_baseline=_control_vs_baseline(runs, objectives),
     )
+
+
+def _control_vs_baseline(runs: pd.DataFrame, objectives: Sequence[str]) -> dict[str, Interval] | None:
+    base = {int(r["seed"]): r for r in _runs_of(runs, "baseline", None)}
+    control = {int(r["seed"]): r for r in _runs_of(runs, "control", None)}
+    seeds = sorted(set(base) & set(control))
+    if not seeds:
+        return None
+    return {m: _over_seeds([seed_value(m, control[k]) - seed_value(m, base[k]) for k in seeds]) for m in objectives}
 
 
 __all__ = [
