@@ -290,6 +290,7 @@ def test_one_seed_says_no_interval(tmp_path, capsys):
     for r in table(section(md, "## 6.")):
         assert r["adapter gain - baseline"].endswith("(one seed: no interval)")
     assert "One seed:" in section(md, "## 7.")
+    assert "without an interval this check cannot be judged" in section(md, "## 7.")
     assert "WITHIN ONE SEED" in section(md, "## 4.")
 
 

@@ -624,7 +624,9 @@ def _caveats(doc: Document, r: Report) -> None:
         for m, diff in r.control_vs_baseline.items():
             worse = diff.hi < 0 if s.directions[m] == "maximize" else diff.lo > 0
             said = f"the frozen control - the baseline on `{m}`, paired by seed: {paired_ci(diff)}"
-            if diff.n >= 2 and _has_bounds(diff) and worse:
+            if diff.n < 2 or not _has_bounds(diff):
+                items.append(f"Validity: {said}; without an interval this check cannot be judged.")
+            elif worse:
                 items.append(f"Validity: {said}; the objective scores adapters that never learn worse.")
             else:
                 items.append(
