@@ -17,7 +17,7 @@ from pathlib import Path
 from ablate.objectives import OBJECTIVES
 from ablate.report.figures import CAPTIONS
 from ablate.report.model import BASELINE_LABEL, CONTROL_LABEL, SPEC_DEFAULTS, ArmEvidence, Paired, Report
-from ablate.stats import LEVEL, SCOPE_SEEDS, SCOPE_WITHIN, Interval, t_ppf
+from ablate.stats import LEVEL, RATIO_FLOOR, SCOPE_SEEDS, SCOPE_WITHIN, Interval, t_ppf
 from ablate.store.schema import GROUPS
 
 # --------------------------------------------------------------------------------------------- blocks
@@ -73,6 +73,7 @@ class Document:
 # ------------------------------------------------------------------------------------------ numbers
 
 DIGITS = 4  # significant digits of every number in the report
+PCT = f"{LEVEL:.0%}"  # the intervals' level, as the report writes it
 
 
 def num(v: float | int | None) -> str:
@@ -133,10 +134,10 @@ def _overlap(a: Interval, b: Interval) -> bool:
 def _scope_words(arms: Sequence[ArmEvidence]) -> str:
     scopes = {a.ci_scope for a in arms if a.ci_scope}
     if scopes <= {SCOPE_SEEDS}:
-        return "[lo, hi]: 95% Student-t interval over seeds (on the logs for ratios)."
+        return f"[lo, hi]: {PCT} Student-t interval over seeds (on the logs for ratios)."
     if SCOPE_WITHIN in scopes:
         return (
-            "[lo, hi]: 95% interval WITHIN ONE SEED (batch or step-block noise): it says how well that "
+            f"[lo, hi]: {PCT} interval WITHIN ONE SEED (batch or step-block noise): it says how well that "
             "seed is measured, not how another seed would come out."
         )
     return "No intervals: one value per arm."
@@ -380,7 +381,7 @@ def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
             f"of the squared gradient against the branch's. Verdict: R@0 of `{g}` >= {num(s.threshold)} is OK."
         ),
         Table(
-            (*ARM_HEADER, f"R@0 {g} [95%]", *(f"R@0 {o}" for o in others), f"share {g}", "verdict"),
+            (*ARM_HEADER, f"R@0 {g} [{PCT}]", *(f"R@0 {o}" for o in others), f"share {g}", "verdict"),
             tuple(
                 (*_arm_cells(e), ci(e.grad_ratio_init), *(num(e.grad_ratio_init_groups[o]) for o in others),
                  num(e.grad_share_init_groups[g]), e.verdict or "n/a")
@@ -398,8 +399,8 @@ def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
             "during training)." + (" dilution_train = max(0, -log R train of the judged group)." if dil else "")
         ),
         Table(
-            (*ARM_HEADER, f"R train {g} [95%]", *(f"R train {o}" for o in others),
-             *(("dilution_train [95%]",) if dil else ())),
+            (*ARM_HEADER, f"R train {g} [{PCT}]", *(f"R train {o}" for o in others),
+             *((f"dilution_train [{PCT}]",) if dil else ())),
             tuple(
                 (*_arm_cells(e), ci(e.train_grad_ratio), *(num(e.train_grad_ratio_groups[o]) for o in others),
                  *((ci(e.objectives["dilution_train"]),) if dil else ()))
@@ -413,10 +414,10 @@ def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
         Para(
             "R update: the same ratio for the update-to-weight ratio ||dθ||/||θ|| per step, what Adam actually did "
             "(Adam normalises gradient scale, so a uniform gradient shrink alone changes little here; frozen "
-            "adapters score the floor 1e-06)."
+            f"adapters score the floor {num(RATIO_FLOOR)})."
         ),
         Table(
-            (*ARM_HEADER, f"R update {g} [95%]", *(f"R update {o}" for o in others)),
+            (*ARM_HEADER, f"R update {g} [{PCT}]", *(f"R update {o}" for o in others)),
             tuple((*_arm_cells(e), ci(e.train_update_ratio), *(num(e.train_update_ratio_groups[o]) for o in others))
                   for e in arms),
             note,
@@ -430,9 +431,9 @@ def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
             "with and without it, and the norm inflation |x + join(c)| / |x| where it joins."
         ),
         Table(
-            (*ARM_HEADER, "loss with - without [95%]", "feature cosine [95%]", "norm inflation [95%]"),
+            (*ARM_HEADER, f"loss with - without [{PCT}]", f"feature cosine [{PCT}]", f"norm inflation [{PCT}]"),
             tuple((*_arm_cells(e), ci(e.loss0_delta), ci(e.feature_cosine), ci(e.norm_inflation)) for e in arms),
-            "[lo, hi]: 95% t-interval over the seeds' values (one seed: no interval).",
+            f"[lo, hi]: {PCT} t-interval over the seeds' values (one seed: no interval).",
         ),
     )  # fmt: skip
     doc.add(
@@ -444,7 +445,7 @@ def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
             "warm-up (negative = learning)."
         ),
         Table(
-            (*ARM_HEADER, "adapter gain [95%]", "gain / baseline", "gain - baseline [95%]", "loss slope",
+            (*ARM_HEADER, f"adapter gain [{PCT}]", "gain / baseline", f"gain - baseline [{PCT}]", "loss slope",
              "slope - baseline"),
             tuple(
                 (*_arm_cells(e), ci(e.adapter_gain), num(e.adapter_gain_rel), ci(e.adapter_gain_diff),
@@ -467,12 +468,12 @@ def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
         cols = sorted({c for e in evaluated for c in e.auroc})
         doc.add(
             Table(
-                (*ARM_HEADER, *(f"{c} [95%]" for c in cols)),
+                (*ARM_HEADER, *(f"{c} [{PCT}]" for c in cols)),
                 tuple(
                     (*_arm_cells(e), *(ci(e.auroc[c]) if c in e.auroc else "not evaluated" for c in cols))
                     for e in arms
                 ),
-                "[lo, hi]: 95% t-interval over the seeds' values.",
+                f"[lo, hi]: {PCT} t-interval over the seeds' values.",
             )
         )  # fmt: skip
     for kind in ("loss", "grad-norms"):
@@ -482,7 +483,7 @@ def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
 
 def _obj_header(r: Report) -> tuple[str, ...]:
     return tuple(
-        f"{m} ({'max' if r.setting.directions[m] == 'maximize' else 'min'}) [95%]" for m in r.setting.objectives
+        f"{m} ({'max' if r.setting.directions[m] == 'maximize' else 'min'}) [{PCT}]" for m in r.setting.objectives
     )
 
 
@@ -565,14 +566,14 @@ def _paired(doc: Document, r: Report) -> None:
         Para(
             "Each seed's run is compared with the no-branch baseline run of the same seed (same initial weights "
             "of the backbone, adapters and projections, same training and held-out batches); the per-seed "
-            "differences are then averaged with a 95% t-interval over the seeds (n = seeds with both runs "
+            f"differences are then averaged with a {PCT} t-interval over the seeds (n = seeds with both runs "
             "complete). Rows: each fix's best-placed trial and every trial on the front."
         ),
         Table(
             ("fix", "trial", "scale", "seeds", "adapter gain - baseline", "loss slope - baseline",
              f"R train {g} (vs baseline)", f"R update {g} (vs baseline)"),
             tuple(_paired_row(p) for p in r.paired),
-            "Differences: mean [95% t-interval] over seeds; ratios: geometric mean, interval on the logs.",
+            f"Differences: mean [{PCT} t-interval] over seeds; ratios: geometric mean, interval on the logs.",
         ),
     )  # fmt: skip
     lines = [f"{arm_name(p.fix, p.scale, p.trial_number)}: {_gain_verdict(p.gain_diff)}." for p in r.paired]

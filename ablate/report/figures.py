@@ -8,10 +8,13 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
+from ablate.stats import LEVEL
+
+PCT = f"{LEVEL:.0%}"
 
 # What each figure shows, for the captions (the figures' own titles carry their numbers' meaning).
 CAPTIONS = {
-    "tradeoff": "The study's objectives per ranked trial with 95% intervals, the Pareto front and the references.",
+    "tradeoff": f"The study's objectives per ranked trial with {PCT} intervals, the Pareto front and the references.",
     "loss": "Training loss per fix and of the no-branch baseline (band: min..max over seeds). The figure picks "
     "each fix's trial by its own rule (in its title), which may differ from the trial in the tables.",
     "ratio-scale": "The judged group's training-time gradient ratio against the baseline, by scale.",
