@@ -459,3 +459,20 @@ def test_study_without_a_ranked_trial_says_so(mini_study_db, tmp_path, capsys):
     assert [r["arm"] for r in table(section(md, "### 4.5"))] == list(REFS)
     assert len(table(section(md, "## 10."))) == 4
     assert "None: no trial is ranked." in section(md, "## 8.")
+
+
+def test_auroc_is_shown_when_the_store_has_one(written, tmp_path, monkeypatch):
+    """No AUROC column exists yet (another issue adds one): a stand-in run column named as one is
+    shown per arm as its mean over seeds, and the 'not evaluated' lines go."""
+    from ablate.report import model, write_report
+    from ablate.store import open_storage
+
+    monkeypatch.setattr(model, "AUROC_COLUMNS", ("loss_first",))
+    write_report(open_storage(written["url"], create=False), "mini", tmp_path, "db")
+    md = (tmp_path / "report.md").read_text()
+    rows = {r["arm"]: r for r in table(section(md, "### 4.6"))}
+    best = {r["fix"]: r["best_trial"] for r in written["per_fix"]}
+    for fix in ("none", "fixed-scale", "tanh-gate"):
+        runs = [r for r in written["runs"] if r["role"] == "trial" and r["trial_number"] == best[fix]]
+        assert same(numbers(rows[fix]["loss_first [95%]"])[0], sum(r["loss_first"] for r in runs) / len(runs))
+    assert "not evaluated" not in md.lower()
