@@ -21,7 +21,9 @@ from ablate.errors import AblateInputError, SQLInputError
 from ablate.textfmt import fmt
 
 app = typer.Typer(
-    help="Measure and search how a new branch should join a frozen model's residual stream.",
+    help="Measure and search how a new branch should join a frozen model's residual stream. "
+    "Run a study (ablate study run SPEC), read it (ablate query, ablate plot) and write it up "
+    "(ablate report STUDY --out DIR: Markdown with figures, one self-contained HTML file).",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -609,6 +611,42 @@ def plot(
             _out().print(f"plot: {p}")
 
 
+@app.command()
+def report(
+    study: Annotated[str, typer.Argument(metavar="STUDY", help="Name of the study to write up.")],
+    out_dir: Annotated[str, typer.Option("--out", help="Folder for report.md, report.html, report.json and the PNGs.")],
+    storage: StorageOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a study up from the database alone: the question, the setting, the evidence per fix with
+    intervals, the fixes ranked on the Pareto front, paired comparisons with the baseline across seeds,
+    the caveats and a recommendation. Markdown with the figures beside it (report.md + PNGs), one
+    self-contained HTML file (report.html) and the numbers as JSON (report.json)."""
+    from ablate.report import write_report
+    from ablate.store.engine import display_url, open_storage, storage_url
+
+    url = storage_url(storage)
+    engine = _open_read(open_storage, url)
+    _check_out_dir(out_dir, "--out", "the report")
+    try:
+        files = write_report(engine, study, out_dir, display_url(url))
+    except LookupError as exc:
+        raise AblateInputError("STUDY", str(exc).strip("'\"")) from None
+    if as_json:
+        _emit_json(
+            {
+                "study": files.study,
+                "markdown": str(files.markdown),
+                "html": str(files.html),
+                "json": str(files.json),
+                "figures": [str(p) for p in files.figures],
+            }
+        )
+        return
+    for p in (files.markdown, files.html, files.json, *files.figures):
+        _out().print(f"report: {p}")
+
+
 def _print_studies(engine, fmt_: str) -> None:
     """``query --studies`` as a table or JSON, from the catalog's rows (the same text as the frame gave)."""
     from ablate.jsonout import dumps_records
@@ -739,10 +777,10 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _check_out_dir(path: str | None, option: str) -> None:
-    """Plots go into a folder: refuse an existing file before any work is done."""
+def _check_out_dir(path: str | None, option: str, what: str = "the plots") -> None:
+    """Plots and reports go into a folder: refuse an existing file before any work is done."""
     if path is not None and os.path.exists(path) and not os.path.isdir(path):
-        raise AblateInputError(option, f"{path} is a file; give a folder for the plots")
+        raise AblateInputError(option, f"{path} is a file; give a folder for {what}")
 
 
 def _fail(message: str, code: int) -> None:

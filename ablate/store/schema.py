@@ -40,6 +40,9 @@ ROLES = ("trial", "baseline", "control")
 REFERENCE_KEYS = {"baseline": BASELINE_TRIAL_KEY, "control": CONTROL_TRIAL_KEY}
 GROUPS = ("layers", "proj", "all")
 STATUSES = ("running", "complete", "failed", "pruned")
+# Optuna study user attribute (+ host) where the study runner notes each machine's hardware; an
+# attribute rather than a column, so databases written before it need nothing (ablate report reads it).
+HARDWARE_ATTR = "ablate_hardware:"
 
 # Summary columns of ablate_runs that are floats (``steps`` is the one integer summary column).
 # ``grad_ratio_*`` are bypass-probe ratios of the run's judged group; ``train_*_ratio*`` compare the

@@ -23,13 +23,13 @@ from ablate.objectives import seed_value, trial_value
 from ablate.spec import OBJECTIVE_DIRECTIONS, StudySpec, spec_hash
 from ablate.store import writer
 from ablate.store.engine import open_storage, retry_schema_race
-from ablate.store.schema import GROUPS, REFERENCE_KEYS
+from ablate.store.schema import GROUPS, HARDWARE_ATTR, REFERENCE_KEYS
 from ablate.study.distinct import FINISHED, HOLDING, SKIPPED_ATTR, PerTrialSeedSampler, counted, is_skipped, skip_reason
 from ablate.study.space import arm_of, default_arm_params, suggest_arm
 from ablate.threads import LocalWorkers, apply_threads, choose_threads
 from ablate.train.arm import ArmSetup, PackSetup, train_arm, train_pack
 from ablate.train.compare import compare_to_baseline
-from ablate.train.device import resolve_device
+from ablate.train.device import describe_hardware, resolve_device
 from ablate.train.metrics import edge_means, loss_slope
 from ablate.train.result import TrainResult
 from ablate.train.run import RunConfig
@@ -566,9 +566,27 @@ def run_study(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(spec.study.objectives)
     study.set_user_attr("ablate_spec_hash", spec_hash(spec_text))
+    _record_hardware(study, spec)
     with LocalWorkers() as workers:
         runner = _StudyRun(spec, engine, study_id, reporter, lambda: choose_threads(threads, workers.live()), total)
         return _optimize(study, runner, spec, study_name, url, total)
+
+
+def _record_hardware(study: optuna.Study, spec: StudySpec) -> None:
+    """Note this machine's hardware on the study (read back by ``ablate report``), once per host.
+
+    A study user attribute rather than a column, so databases written before it stay readable and
+    Optuna's tools show it. Best effort: two workers of one host starting together may both try to
+    insert the same key; the loser's note is the winner's, so its error is dropped.
+    """
+    info = describe_hardware(resolve_device(spec.training.device))
+    key = HARDWARE_ATTR + str(info["host"])
+    if study.user_attrs.get(key) == info:
+        return
+    try:
+        study.set_user_attr(key, info)
+    except Exception:  # noqa: BLE001 - an informational note must never stop a study
+        pass
 
 
 # A study whose parameter sets run out only draws duplicates; stop asking after this many in a row.

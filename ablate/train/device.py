@@ -80,3 +80,26 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((tflops * 1e12 for key, tflops in PEAK_BF16_TFLOPS if key in name), None)
+
+
+def describe_hardware(device: torch.device) -> dict[str, object]:
+    """What this worker runs on, for the study's record (``ablate report``'s setting section): the
+    host, OS, CPU and its core count, and the CUDA device's name and memory when
+    the study trains on one. Plain values only (stored as JSON)."""
+    import platform
+    import socket
+
+    info: dict[str, object] = {
+        "host": socket.gethostname(),
+        "platform": platform.platform(terse=True),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["cuda"] = torch.version.cuda
+    return info

@@ -1,0 +1,594 @@
+"""Everything ``ablate report`` says, gathered from the database into plain dataclasses.
+
+No number in a report is typed: each is read here from the store, through the same functions the
+queries use (``query.summary_frames``: the per-trial, per-fix and per-run frames of ``ablate query``)
+or computed here from the stored run rows with :mod:`ablate.stats` (the paired comparisons with the
+baseline, the forward disruption at step 0). Only ranked trials (Optuna says COMPLETE and every seed
+of the spec has a complete run) are compared, ranked or recommended; the rest are listed as excluded.
+
+Torch-free (like ``query`` and ``plot``): pandas, numpy and SQLAlchemy only.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Engine, inspect, select, text
+
+from ablate.objectives import OBJECTIVES, seed_value
+from ablate.plot.extract import fix_sort_key
+from ablate.stats import SCOPE_NONE, SCOPE_SEEDS, Interval, mean_ci, ratio_ci
+from ablate.store import query as q
+from ablate.store.schema import GROUPS, HARDWARE_ATTR, RUN_FLOAT_FIELDS, StudyModel
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BASELINE_LABEL, CONTROL_LABEL = q.REFERENCE_LABELS["baseline"], q.REFERENCE_LABELS["control"]
+# AUROC columns are matched by name, so a store that gains one (another issue adds it) is reported
+# without a change here; until then the report says AUROC was not evaluated.
+AUROC_COLUMNS = tuple(c for c in RUN_FLOAT_FIELDS if "auroc" in c.lower())
+
+# The spec's defaults for what the setting section shows (ablate/spec.py; importing it would import
+# torch). tests/test_report.py checks these equal the spec models' defaults.
+SPEC_DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"backbone": "tiny", "pretrained": None, "inject_at": 0, "context_norm": False, "adapter_weight": 0.1},
+    "data": {"seed": 0, "batch_size": 4, "train_size": 256, "anomaly_fraction": 0.5},
+    "training": {"steps": 100, "lr": 5e-4, "device": "auto", "pack": 1},
+    "probe": {"batches": 6, "every": 50, "threshold": 0.8, "group": "layers", "gain_batches": 16},
+    "study": {"trials": 12, "seeds": [0], "sampler": "tpe", "frozen_control": True},
+}
+TOY_BACKBONES = frozenset({"tiny"})
+
+
+def _f(v: Any) -> float:
+    if v is None or v is pd.NA:
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _interval(row: Mapping[str, Any], column: str) -> Interval:
+    """A frame row's ``column`` with its stored ``_lo/_hi`` (NaN when it has none), n and scope."""
+    n = int(row.get("n_seeds") or 0)
+    scope = row.get("ci_scope") or SCOPE_NONE
+    lo, hi = _f(row.get(f"{column}_lo")), _f(row.get(f"{column}_hi"))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        scope = SCOPE_NONE
+    return Interval(_f(row.get(column)), lo, hi, n, str(scope))
+
+
+# ------------------------------------------------------------------------------------------ setting
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The study's recipe (its stored spec, defaults filled in) and what it ran on."""
+
+    study: str
+    description: str
+    created_at: datetime | None
+    spec_hash: str
+    spec_text: str
+    spec: dict[str, dict[str, Any]]  # the sections the report shows, defaults filled in
+    defaulted: frozenset[str]  # "section.key" taken from the spec's defaults (not written in the spec)
+    objectives: tuple[str, ...]
+    directions: dict[str, str]
+    judged_group: str
+    threshold: float
+    seeds: tuple[int, ...]
+    versions: dict[str, str | None]  # ablate, torch, open_clip, optuna, python
+    git_revision: str | None
+    host: str | None  # the machine that created the study
+    devices: tuple[str, ...]  # the devices its runs were trained on (ablate_runs.device)
+    hardware: tuple[dict[str, Any], ...]  # per machine, when the study recorded it (newer ablate)
+    run_steps: tuple[int, ...]  # distinct step counts of its complete runs
+    n_runs: int
+    wall_s: float  # sum of the runs' wall times
+    packed: int  # largest number of arms trained side by side
+
+    @property
+    def backbone(self) -> str:
+        return str(self.spec["model"]["backbone"])
+
+    @property
+    def pretrained(self) -> str | None:
+        p = self.spec["model"]["pretrained"]
+        return None if p in (None, "", "none") else str(p)
+
+    @property
+    def toy(self) -> bool:
+        return self.backbone in TOY_BACKBONES
+
+
+def _spec_sections(spec_text: str) -> tuple[dict[str, dict[str, Any]], frozenset[str], str]:
+    try:
+        raw = tomllib.loads(spec_text or "")
+    except tomllib.TOMLDecodeError:
+        raw = {}
+    out: dict[str, dict[str, Any]] = {}
+    defaulted = set()
+    for section, defaults in SPEC_DEFAULTS.items():
+        given = raw.get(section, {}) if isinstance(raw.get(section), dict) else {}
+        out[section] = {**defaults, **given}
+        defaulted |= {f"{section}.{k}" for k in defaults if k not in given}
+    out["search"] = dict(raw.get("search", {})) if isinstance(raw.get("search"), dict) else {}
+    return out, frozenset(defaulted), str(raw.get("description", ""))
+
+
+def _hardware(conn: Any, optuna_name: str) -> tuple[dict[str, Any], ...]:
+    """The per-host hardware notes the study runner leaves as Optuna study user attributes."""
+    if not {"studies", "study_user_attributes"} <= set(inspect(conn).get_table_names()):
+        return ()
+    rows = conn.execute(
+        text(
+            "SELECT a.key, a.value_json FROM study_user_attributes a JOIN studies s ON s.study_id = a.study_id"
+            " WHERE s.study_name = :name ORDER BY a.key"
+        ),
+        {"name": optuna_name},
+    ).all()
+    out = []
+    for key, value in rows:
+        if str(key).startswith(HARDWARE_ATTR):
+            try:
+                info = json.loads(value)
+            except (TypeError, ValueError):
+                continue
+            if isinstance(info, dict):
+                out.append(info)
+    return tuple(out)
+
+
+def _setting(engine: Engine, name: str, settings: dict[str, Any], runs: pd.DataFrame) -> Setting:
+    with engine.connect() as conn:
+        study = conn.execute(select(StudyModel.__table__).where(StudyModel.name == name)).one()
+        hardware = _hardware(conn, study.optuna_study_name)
+    spec, defaulted, description = _spec_sections(study.spec_text)
+    done = runs[runs["status"] == "complete"]
+    wall = pd.to_numeric(runs["wall_s"], errors="coerce")
+    packed = pd.to_numeric(runs["packed_arms"], errors="coerce").dropna()
+    return Setting(
+        study=name,
+        description=description,
+        created_at=study.created_at,
+        spec_hash=study.spec_hash,
+        spec_text=study.spec_text,
+        spec=spec,
+        defaulted=defaulted,
+        objectives=tuple(settings["objectives"]),
+        directions=dict(settings["directions"]),
+        judged_group=str(settings["group"]),
+        threshold=float(settings["threshold"]),
+        seeds=tuple(settings["seeds"]),
+        versions={
+            "ablate": study.ablate_version,
+            "torch": study.torch_version,
+            "open_clip": study.open_clip_version,
+            "optuna": study.optuna_version,
+            "python": study.python_version,
+        },
+        git_revision=study.git_revision,
+        host=study.host,
+        devices=tuple(sorted({str(d) for d in runs["device"].dropna()})),
+        hardware=hardware,
+        run_steps=tuple(sorted({int(s) for s in done["steps"].dropna()})),
+        n_runs=len(runs),
+        wall_s=float(wall.sum(min_count=1)),
+        packed=int(packed.max()) if not packed.empty else 1,
+    )
+
+
+# ----------------------------------------------------------------------------------------- evidence
+
+
+@dataclass(frozen=True)
+class ArmEvidence:
+    """One row of the evidence: a fix's best ranked trial (``ablate query --group-by fix``), or a
+    reference arm (the no-branch baseline, the frozen-adapter control) over its seeds."""
+
+    label: str  # the fix, or the reference label of group_by_fix
+    reference: bool
+    trial_number: int | None
+    scale: float
+    n_seeds: int
+    n_trials: int  # ranked trials of the fix
+    n_unranked: int
+    ci_scope: str | None
+    objectives: dict[str, Interval]
+    # training-time comparison with the baseline (the judged group with its interval, every group)
+    train_grad_ratio: Interval
+    train_grad_ratio_groups: dict[str, float]
+    train_update_ratio: Interval  # the update sizes: ||dθ||/||θ|| vs the baseline run
+    train_update_ratio_groups: dict[str, float]
+    # bypass probe at step 0, per group
+    grad_ratio_init: Interval
+    grad_ratio_init_groups: dict[str, float]
+    grad_share_init_groups: dict[str, float]
+    verdict: str | None
+    # what the adapters learned
+    adapter_gain: Interval
+    adapter_gain_rel: float
+    adapter_gain_diff: Interval
+    loss_slope: float
+    loss_slope_rel: float
+    # forward disruption at step 0 (from the runs, over the seeds)
+    loss0_delta: Interval  # loss with the branch - without, same weights and batches
+    feature_cosine: Interval
+    norm_inflation: Interval
+    auroc: dict[str, Interval]  # column -> mean over seeds; empty when not evaluated
+
+
+def _runs_of(runs: pd.DataFrame, role: str, trial_number: int | None) -> list[dict[str, Any]]:
+    done = runs[(runs["status"] == "complete") & (runs["role"] == role)]
+    if trial_number is not None:
+        done = done[done["trial_number"] == trial_number]
+    return done.sort_values("seed").to_dict(orient="records")
+
+
+def _over_seeds(values: Sequence[float]) -> Interval:
+    """Mean over seeds with a t-interval (scope seeds); one seed: the value, no interval."""
+    ci = mean_ci([v for v in values if math.isfinite(v)], scope=SCOPE_SEEDS)
+    return ci
+
+
+def _evidence(row: Mapping[str, Any], rows: list[dict[str, Any]], objectives: Sequence[str]) -> ArmEvidence:
+    reference = row["fix"] in (BASELINE_LABEL, CONTROL_LABEL)
+    best = row.get("best_trial")
+    return ArmEvidence(
+        label=str(row["fix"]),
+        reference=reference,
+        trial_number=None if best is None or pd.isna(best) else int(best),
+        scale=_f(row.get("scale")),
+        n_seeds=int(row.get("n_seeds") or 0),
+        n_trials=int(row.get("n_trials") or 0),
+        n_unranked=int(row.get("n_unranked") or 0),
+        ci_scope=None if pd.isna(row.get("ci_scope")) else str(row.get("ci_scope")),
+        objectives={m: _interval(row, m) for m in objectives},
+        train_grad_ratio=_interval(row, "train_grad_ratio"),
+        train_grad_ratio_groups={g: _f(row.get(f"train_grad_ratio_{g}")) for g in GROUPS},
+        train_update_ratio=_interval(row, "train_update_ratio"),
+        train_update_ratio_groups={g: _f(row.get(f"train_update_ratio_{g}")) for g in GROUPS},
+        grad_ratio_init=_interval(row, "grad_ratio_init"),
+        grad_ratio_init_groups={g: _f(row.get(f"grad_ratio_init_{g}")) for g in GROUPS},
+        grad_share_init_groups={g: _f(row.get(f"grad_share_init_{g}")) for g in GROUPS},
+        verdict=None if pd.isna(row.get("verdict")) else str(row.get("verdict")),
+        adapter_gain=_interval(row, "adapter_gain"),
+        adapter_gain_rel=_f(row.get("adapter_gain_rel")),
+        adapter_gain_diff=_interval(row, "adapter_gain_diff"),
+        loss_slope=_f(row.get("loss_slope")),
+        loss_slope_rel=_f(row.get("loss_slope_rel")),
+        loss0_delta=_over_seeds([_f(r.get("loss0_with")) - _f(r.get("loss0_without")) for r in rows]),
+        feature_cosine=_over_seeds([_f(r.get("feature_cosine_init")) for r in rows]),
+        norm_inflation=_over_seeds([_f(r.get("norm_inflation_init")) for r in rows]),
+        auroc={
+            c: ci
+            for c in AUROC_COLUMNS
+            if (ci := _over_seeds([_f(r.get(c)) for r in rows])).n > 0  # noqa: B023 - used at once
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------ ranking, pairs
+
+
+@dataclass(frozen=True)
+class RankedTrial:
+    """A ranked trial with its objectives and its Pareto rank (1 = on the front)."""
+
+    trial_number: int
+    fix: str
+    scale: float
+    n_seeds: int
+    pareto_rank: int
+    objectives: dict[str, Interval]
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A trial against the no-branch baseline of the same seed, seed by seed.
+
+    Each difference is taken within a seed (the trial's run minus the baseline run of that seed,
+    which shares its initial weights, batches and held-out batches), then averaged over the seeds
+    with a t-interval (n = seeds with both runs complete; one seed: no interval).
+    """
+
+    trial_number: int
+    fix: str
+    scale: float
+    seeds: tuple[int, ...]
+    gain_diff: Interval  # adapter_gain - baseline's
+    slope_diff: Interval  # loss_slope - baseline's (per 100 steps; > 0: learns slower)
+    grad_ratio: Interval  # train_grad_ratio: geometric mean over seeds, interval on the logs
+    update_ratio: Interval  # train_update_ratio, the same way
+
+
+def _ranks_2d(keyed: list[tuple[float, float]]) -> list[int]:
+    """Non-dominated sorting of points where smaller is better on both axes, in O(n log n).
+
+    Points are taken best x first (ties: best y first); a point goes to the first layer none of whose
+    points dominates it. Every point already placed has x <= this one's, so a distinct earlier point
+    dominates it exactly when its y is <= this y; a layer is free when its lowest y is above this y,
+    and the layers' lowest ys never decrease with the layer, so a binary search finds it. Exact
+    duplicates do not dominate each other and share a rank (as on ``pareto_front``'s front).
+    """
+    order = sorted(range(len(keyed)), key=lambda i: keyed[i])
+    ranks = [0] * len(keyed)
+    lowest: list[float] = []  # per layer, the lowest y placed in it
+    previous: int | None = None
+    for i in order:
+        if previous is not None and keyed[i] == keyed[previous]:
+            ranks[i] = ranks[previous]
+            continue
+        y = keyed[i][1]
+        layer = bisect.bisect_right(lowest, y)
+        if layer == len(lowest):
+            lowest.append(y)
+        else:
+            lowest[layer] = min(lowest[layer], y)
+        ranks[i] = layer + 1
+        previous = i
+    return ranks
+
+
+def _pareto_ranks(points: list[tuple[float, ...]], directions: Sequence[str]) -> list[int]:
+    """Non-dominated sorting: rank 1 is the front (``ablate.plot.pareto.pareto_front``'s), rank 2 the
+    front once rank 1 is removed, ... One or two objectives in O(n log n); more, pairwise."""
+    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+    keyed = [tuple(s * v for s, v in zip(signs, p)) for p in points]  # smaller is better on every axis
+    if len(directions) <= 2:
+        return _ranks_2d([(k[0], k[1] if len(k) > 1 else 0.0) for k in keyed])
+    ranks = [0] * len(points)
+    left = list(range(len(points)))
+    rank = 0
+    while left:
+        rank += 1
+        front = [
+            i
+            for i in left
+            if not any(all(a <= b for a, b in zip(keyed[j], keyed[i])) and keyed[j] != keyed[i] for j in left)
+        ]
+        for i in front:
+            ranks[i] = rank
+        chosen = set(front)
+        left = [i for i in left if i not in chosen]
+    return ranks
+
+
+def _ranked_trials(trials: pd.DataFrame, objectives: Sequence[str], directions: Sequence[str]) -> list[RankedTrial]:
+    rows = [r for r in trials.to_dict(orient="records") if r["ranked"]]
+    rows = [r for r in rows if all(math.isfinite(_f(r.get(m))) for m in objectives)]
+    ranks = _pareto_ranks([tuple(_f(r[m]) for m in objectives) for r in rows], directions) if objectives else []
+    out = [
+        RankedTrial(
+            trial_number=int(r["trial_number"]),
+            fix=str(r["fix"]),
+            scale=_f(r["scale"]),
+            n_seeds=int(r["n_seeds"]),
+            pareto_rank=rank,
+            objectives={m: _interval(r, m) for m in objectives},
+        )
+        for r, rank in zip(rows, ranks)
+    ]
+    primary, sign = objectives[0], (1.0 if directions[0] == "minimize" else -1.0)
+    out.sort(key=lambda t: (t.pareto_rank, sign * t.objectives[primary].estimate, t.trial_number))
+    return out
+
+
+def _paired(trial: RankedTrial, runs: pd.DataFrame) -> Paired:
+    base = {int(r["seed"]): r for r in _runs_of(runs, "baseline", None)}
+    mine = [r for r in _runs_of(runs, "trial", trial.trial_number) if int(r["seed"]) in base]
+    seeds = tuple(int(r["seed"]) for r in mine)
+
+    def diff(column: str) -> Interval:
+        return _over_seeds([_f(r.get(column)) - _f(base[int(r["seed"])].get(column)) for r in mine])
+
+    def ratio(column: str) -> Interval:
+        vals = [_f(r.get(column)) for r in mine]
+        vals = [v for v in vals if not math.isnan(v)]
+        if len(vals) == 1:  # one seed: the value, no interval over seeds
+            return Interval(vals[0], math.nan, math.nan, 1, SCOPE_NONE)
+        return ratio_ci([[v] for v in vals])
+
+    return Paired(
+        trial.trial_number,
+        trial.fix,
+        trial.scale,
+        seeds,
+        diff("adapter_gain"),
+        diff("loss_slope"),
+        ratio("train_grad_ratio"),
+        ratio("train_update_ratio"),
+    )
+
+
+# ------------------------------------------------------------------------------------ recommendation
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The front's best trial by the study's first objective, and how sure that choice is."""
+
+    trial: RankedTrial
+    primary: str
+    direction: str
+    paired: Paired
+    runner_up: RankedTrial | None  # the best trial of another fix by the same rule
+    versus_runner_up: Interval | None  # the primary objective, recommended - runner-up, paired by seed
+    # Each other fix's best trial on the primary objective, and recommended - it on that objective,
+    # paired by seed (the seeds share the backbone, initial adapters and batches), in fix order.
+    versus_fixes: tuple[tuple[RankedTrial, Interval], ...]
+
+
+def _seed_values(name: str, runs: pd.DataFrame, trial_number: int) -> dict[int, float]:
+    return {int(r["seed"]): seed_value(name, r) for r in _runs_of(runs, "trial", trial_number)}
+
+
+def _recommend(ranked: list[RankedTrial], objectives: Sequence[str], directions: Sequence[str], runs: pd.DataFrame):
+    front = [t for t in ranked if t.pareto_rank == 1]
+    if not front:
+        return None
+    primary, direction = objectives[0], directions[0]
+    best = front[0]  # ranked is sorted by (rank, primary objective)
+    others = [t for t in ranked if t.fix != best.fix]
+    sign = 1.0 if direction == "minimize" else -1.0
+    runner = None
+    if others:
+        runner = min(others, key=lambda t: (sign * t.objectives[primary].estimate, t.pareto_rank, t.trial_number))
+    versus = None
+    if runner is not None:
+        a = _seed_values(primary, runs, best.trial_number)
+        b = _seed_values(primary, runs, runner.trial_number)
+        versus = _over_seeds([a[k] - b[k] for k in sorted(set(a) & set(b))])
+    per_fix: dict[str, RankedTrial] = {}
+    for t in ranked:  # each fix's best trial on the primary objective
+        cur = per_fix.get(t.fix)
+        if cur is None or sign * t.objectives[primary].estimate < sign * cur.objectives[primary].estimate:
+            per_fix[t.fix] = t
+    mine = _seed_values(primary, runs, best.trial_number)
+    versus_fixes = []
+    for fix in sorted(per_fix, key=fix_sort_key):
+        if fix != best.fix:
+            theirs = _seed_values(primary, runs, per_fix[fix].trial_number)
+            diff = _over_seeds([mine[k] - theirs[k] for k in sorted(set(mine) & set(theirs))])
+            versus_fixes.append((per_fix[fix], diff))
+    return Recommendation(
+        best,
+        primary,
+        direction,
+        _paired(best, runs),
+        runner,
+        versus,
+        tuple(versus_fixes),
+    )
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class Excluded:
+    trial_number: int
+    fix: str
+    scale: float
+    status: str
+    n_seeds: int
+    seeds_wanted: int
+
+
+@dataclass(frozen=True)
+class Report:
+    setting: Setting
+    evidence: tuple[ArmEvidence, ...]  # baseline, control, then fixes in registry order
+    ranked: tuple[RankedTrial, ...]  # every ranked trial, by Pareto rank then primary objective
+    fix_ranking: tuple[RankedTrial, ...]  # each fix's best-placed trial, in that order
+    paired: tuple[Paired, ...]  # every fix's best-placed trial and every front trial
+    recommendation: Recommendation | None
+    excluded: tuple[Excluded, ...]
+    n_trials: int
+    # The frozen control minus the baseline on each objective, paired by seed (None without a control):
+    # the check that an objective scores adapters that never learn worse than the baseline's.
+    control_vs_baseline: dict[str, Interval] | None = None
+    auroc_columns: tuple[str, ...] = field(default=AUROC_COLUMNS)
+
+    @property
+    def front(self) -> tuple[RankedTrial, ...]:
+        return tuple(t for t in self.ranked if t.pareto_rank == 1)
+
+    def arm(self, label: str) -> ArmEvidence | None:
+        return next((e for e in self.evidence if e.label == label), None)
+
+    @property
+    def seeds_used(self) -> int:
+        """Seeds per ranked trial (the spec's seeds: a ranked trial has all of them)."""
+        return len(self.setting.seeds)
+
+
+def gather(engine: Engine, study: str | None = None) -> Report:
+    """Read the study and compute the report's numbers (LookupError for an unknown study)."""
+    settings = q.study_settings(engine, study)
+    name = settings["study"]
+    trials, fixes, runs = q.summary_frames(engine, name)
+    objectives = [m for m in settings["objectives"] if m in OBJECTIVES] or ["adapter_gain"]
+    directions = [OBJECTIVES[m].direction for m in objectives]
+    setting = _setting(
+        engine, name, {**settings, "objectives": objectives, "directions": dict(zip(objectives, directions))}, runs
+    )
+
+    evidence = []
+    for row in fixes.to_dict(orient="records"):
+        label = row["fix"]
+        if label == BASELINE_LABEL:
+            rows = _runs_of(runs, "baseline", None)
+        elif label == CONTROL_LABEL:
+            rows = _runs_of(runs, "control", None)
+        elif row.get("best_trial") is None or pd.isna(row.get("best_trial")):
+            rows = []
+        else:
+            rows = _runs_of(runs, "trial", int(row["best_trial"]))
+        evidence.append(_evidence(row, rows, objectives))
+    evidence.sort(
+        key=lambda e: (0 if e.label == BASELINE_LABEL else 1 if e.label == CONTROL_LABEL else 2, fix_sort_key(e.label))
+    )
+
+    ranked = _ranked_trials(trials, objectives, directions)
+    fix_ranking: dict[str, RankedTrial] = {}
+    for t in ranked:
+        fix_ranking.setdefault(t.fix, t)
+    chosen = list(fix_ranking.values()) + [t for t in ranked if t.pareto_rank == 1]
+    paired_for = list({t.trial_number: t for t in chosen}.values())
+    excluded = tuple(
+        Excluded(
+            int(r["trial_number"]),
+            str(r["fix"]),
+            _f(r["scale"]),
+            str(r["status"]),
+            int(r["n_seeds"]),
+            int(r["seeds_wanted"]),
+        )
+        for r in trials.to_dict(orient="records")
+        if not r["ranked"]
+    )
+    return Report(
+        setting=setting,
+        evidence=tuple(evidence),
+        ranked=tuple(ranked),
+        fix_ranking=tuple(fix_ranking.values()),
+        paired=tuple(_paired(t, runs) for t in paired_for),
+        recommendation=_recommend(ranked, objectives, directions, runs),
+        excluded=excluded,
+        n_trials=len(trials),
+        control_vs_baseline=_control_vs_baseline(runs, objectives),
+    )
+
+
+def _control_vs_baseline(runs: pd.DataFrame, objectives: Sequence[str]) -> dict[str, Interval] | None:
+    base = {int(r["seed"]): r for r in _runs_of(runs, "baseline", None)}
+    control = {int(r["seed"]): r for r in _runs_of(runs, "control", None)}
+    seeds = sorted(set(base) & set(control))
+    if not seeds:
+        return None
+    return {m: _over_seeds([seed_value(m, control[k]) - seed_value(m, base[k]) for k in seeds]) for m in objectives}
+
+
+__all__ = [
+    "ArmEvidence",
+    "Excluded",
+    "Paired",
+    "RankedTrial",
+    "Recommendation",
+    "Report",
+    "Setting",
+    "gather",
+]
