@@ -30,10 +30,10 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
-def _out() -> Console:
-    # Made per call so redirected stdout (pipes, tests) gets a wide console instead of 80 columns.
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
+def _out(wide: bool = False) -> Console:
+    # Made per call: the width is the terminal's, else $COLUMNS, else 80 (rich's rule), so a piped
+    # table fits what the reader will view it in; --wide lifts the limit.
+    return Console(width=100_000) if wide else Console()
 
 
 FixOpt = Annotated[
@@ -513,7 +513,7 @@ def study_run(
         if outcome.failed:
             err.print(f"{outcome.failed} trial(s) failed this time; run the same command to retry them.")
         for p in written:
-            _out().print(f"plot: {p}")
+            sys.stdout.write(f"plot: {p}\n")  # plain: a long path must not wrap
 
 
 @app.command()
@@ -528,6 +528,14 @@ def query(
     studies: Annotated[bool, typer.Option("--studies", help="List the studies in the database.")] = False,
     sql: Annotated[str | None, typer.Option("--sql", help="A read-only SELECT against the database.")] = None,
     fmt_: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide",
+            help="Table: every column, whatever the width (default: the columns that fit the terminal, "
+            "$COLUMNS or 80; the table names those left out).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Query the results database: one row per trial (default), --group-by fix, --runs, --studies, --sql."""
@@ -540,7 +548,7 @@ def query(
     fmt_ = "json" if as_json else fmt_
     engine = _open_read(open_storage, storage)
     if studies and sql is None and fmt_ != "csv":
-        _print_studies(engine, fmt_)  # plain SQLAlchemy: no pandas import for the quick look
+        _print_studies(engine, fmt_, wide)  # plain SQLAlchemy: no pandas import for the quick look
         return
     from ablate.store import query as q
 
@@ -562,7 +570,7 @@ def query(
     elif fmt_ == "csv":
         sys.stdout.write(frame.to_csv(index=False))
     else:  # the terminal view keeps the columns a reader compares; csv/json carry them all
-        _print_view(engine, study, frame, title)
+        _print_view(engine, study, frame, title, wide)
 
 
 @app.command()
@@ -591,11 +599,12 @@ def plot(
         _emit_json({"study": name, "plots": [str(p) for p in written]})
     else:
         for p in written:
-            _out().print(f"plot: {p}")
+            sys.stdout.write(f"plot: {p}\n")  # plain: a long path must not wrap
 
 
-def _print_studies(engine, fmt_: str) -> None:
+def _print_studies(engine, fmt_: str, wide: bool = False) -> None:
     """``query --studies`` as a table or JSON, from the catalog's rows (the same text as the frame gave)."""
+    from ablate import views
     from ablate.jsonout import dumps_records
     from ablate.store.catalog import STUDY_COLUMNS, study_rows
 
@@ -604,9 +613,10 @@ def _print_studies(engine, fmt_: str) -> None:
         docs = [r._asdict() | {"created_at": r.created_at.isoformat()} for r in rows or []]
         sys.stdout.write(dumps_records(docs) + "\n")
         return
-    counts = () if rows is None else ("n_trials", "n_runs")  # integer columns are right-justified
-    columns = [(c, "right" if c in counts else "left") for c in STUDY_COLUMNS]
-    _print_table("studies", columns, [[fmt(v) for v in r] for r in rows or []])
+    if rows is None:  # no ablate tables: the headers alone say what would be listed
+        _print_table("studies", views.TableView(tuple(views.Col(c) for c in STUDY_COLUMNS), []), wide)
+        return
+    _print_table("studies", views.studies_view(rows, wide), wide)
 
 
 def _open_read(open_storage, url):
@@ -632,7 +642,7 @@ class _lookup_errors:
         return False
 
 
-def _print_view(engine, study: str | None, frame, title: str) -> None:
+def _print_view(engine, study: str | None, frame, title: str, wide: bool = False) -> None:
     from ablate import views
     from ablate.objectives import OBJECTIVES
     from ablate.store import query as q
@@ -640,11 +650,11 @@ def _print_view(engine, study: str | None, frame, title: str) -> None:
     if title in ("trials", "per fix") and not frame.empty:
         objectives = [m for m in q.study_settings(engine, study)["objectives"] if m in OBJECTIVES]
         view = views.trials_view(frame, objectives) if title == "trials" else views.fixes_view(frame, objectives)
-        _print_frame(view, title, views.scope_note(frame))
     elif title == "runs" and not frame.empty:
-        _print_frame(views.runs_view(frame), title)
+        view = views.runs_view(frame)
     else:
-        _print_frame(frame, title)
+        view = views.frame_view(frame)
+    _print_table(title, view, wide)
 
 
 def _draw(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet: bool) -> list:
@@ -676,19 +686,18 @@ def _draw(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet: boo
     )
 
 
-def _print_frame(frame, title: str, note: str = "") -> None:
-    columns = [(str(c), "right" if frame[c].dtype.kind in "if" else "left") for c in frame.columns]
-    _print_table(title, columns, [[fmt(v) for v in row] for row in frame.itertuples(index=False)], note)
-
-
-def _print_table(title: str, columns: list[tuple[str, str]], rows: list[list[str]], note: str = "") -> None:
+def _print_table(title: str, view, wide: bool = False) -> None:
+    """A view as a table that fits the console: ``tablefit`` drops low-ranked columns and says so."""
     from rich import box
     from rich.markup import escape
 
-    from ablate import plaintable
+    from ablate import plaintable, tablefit
 
-    console = _out()
-    caption = escape(note) if note else None
+    console = _out(wide)
+    kept = tablefit.fit(view.columns, view.rows, None if wide else console.width)
+    columns = [(view.columns[i].header, view.columns[i].justify) for i in kept]
+    rows = [[row[i] for i in kept] for row in view.rows]
+    caption = escape(view.caption(kept)) or None
     text = plaintable.render(console, title, columns, rows, caption)
     if text is not None:  # the same text, without rich's per-cell layout (0.3 ms a row)
         console.file.write(text)

@@ -57,22 +57,35 @@ def test_query_group_by_fix_csv(capsys, db_url):
     assert {r["ci_scope"] for r in rows} == {"seeds"}
 
 
-def test_query_tables_fit_80_columns_and_say_what_the_intervals_are(db_url):
-    import subprocess
-    import sys
+FORMS = ([], ["--group-by", "fix"], ["--runs"], ["--studies"], ["--sql", "select * from ablate_runs"])
 
-    for args in ([], ["--group-by", "fix"], ["--runs"]):
-        proc = subprocess.run(
-            [sys.executable, "-m", "ablate", "query", "--storage", db_url, *args],
-            capture_output=True,
-            text=True,
-            env={**__import__("os").environ, "COLUMNS": "80"},
-        )
-        assert proc.returncode == 0, proc.stderr
-        lines = proc.stdout.rstrip("\n").splitlines()
-        assert max(len(line.rstrip()) for line in lines) <= 80, proc.stdout
-        if args != ["--runs"]:
-            assert "95% interval over seeds" in proc.stdout
+
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("args", FORMS, ids=["trials", "per-fix", "runs", "studies", "sql"])
+def test_query_tables_fit_the_width_whole_cells_and_say_what_is_left_out(capsys, monkeypatch, db_url, args, width):
+    monkeypatch.setenv("COLUMNS", str(width))
+    code, out, err = cli(capsys, "query", "--storage", db_url, *args)
+    assert code == 0, err
+    lines = out.rstrip("\n").splitlines()
+    if args[:1] != ["--sql"]:  # every column of ablate_runs cannot fit: rich wraps that one
+        assert max(len(line) for line in lines) <= width, out
+        assert "…" not in out  # no cut cells
+    if args in ([], ["--group-by", "fix"]):
+        assert "95% interval over seeds" in out and "gain = adapter_gain" in out
+        assert "nan" not in out  # a missing scale is '-', as everywhere
+    code, wide, _ = cli(capsys, "query", "--storage", db_url, "--wide", *args)
+    head = wide.splitlines()[2].split()
+    if "not shown:" in out:
+        hidden = out.split("not shown:")[1].split("(--wide")[0]
+        assert all(h.strip() in wide for h in hidden.replace("\n", " ").split(","))
+        assert "not shown" not in wide and len(head) > len(lines[2].split())
+
+
+def test_query_runs_lists_the_references_first(capsys, db_url):
+    code, out, _ = cli(capsys, "query", "--storage", db_url, "--runs", "--wide")
+    rows = [line.split() for line in out.splitlines()[4:] if line.strip() and line.split()[0].isdigit()]
+    assert [r[1] for r in rows] == ["base"] * 2 + ["ctrl"] * 2 + ["0", "0", "1", "1", "2", "2", "3", "3"]
+    assert "<NA>" not in out and "nan" not in out
 
 
 def test_query_studies_and_sql(capsys, db_url):
