@@ -46,7 +46,7 @@ FixOpt = Annotated[
     ),
 ]
 ScaleOpt = Annotated[
-    float | None, typer.Option("--scale", help="The fix's scale s (> 0); default: the fix's own default.")
+    float | None, typer.Option("--scale", help="The fix's scale s (> 0; tanh-gate's alpha init may be 0, its default); default: the fix's own default.")
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for initialisation and batch order.")]
 BatchesOpt = Annotated[int, typer.Option("--batches", help="Cached batches the gradient probe averages over.")]
@@ -492,12 +492,17 @@ def study_run(
         if quiet or as_json:
             outcome = run_study(spec, text, url, trials, name, threads=threads)
         else:
-            from ablate.console import RichStudyReporter
+            from ablate.console import study_reporter
 
-            with RichStudyReporter(err, spec.study.objectives) as reporter:
+            with study_reporter(err, spec.study.objectives) as reporter:
                 outcome = run_study(spec, text, url, trials, name, reporter, threads=threads)
     except StudySpecConflict as exc:
         raise AblateInputError("--name", str(exc)) from None
+    if not (quiet or as_json):
+        err.file.write(
+            f"study {outcome.name}: {outcome.n_trials} finished trials ({outcome.ran} run now, "
+            f"{outcome.failed} failed)\n"
+        )
     written: list[str] = []
     if not no_plots:
         written = [str(p) for p in _draw(url, outcome.name, plots or f"plots/{outcome.name}", None, quiet=True)]
@@ -665,7 +670,7 @@ def _draw(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet: boo
 
     bad = [k for k in kinds or () if k not in KINDS]
     if bad:  # before any read: a typo should not cost a pass over the database
-        raise AblateInputError("kinds", f"unknown plot kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
+        raise AblateInputError("--kind", f"unknown plot kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
     engine = open_storage(url, create=False)
     with _lookup_errors():
         inputs = source.load(engine, name, kinds)
