@@ -46,7 +46,11 @@ FixOpt = Annotated[
     ),
 ]
 ScaleOpt = Annotated[
-    float | None, typer.Option("--scale", help="The fix's scale s (> 0; tanh-gate's alpha init may be 0, its default); default: the fix's own default.")
+    float | None,
+    typer.Option(
+        "--scale",
+        help="The fix's scale s (> 0; tanh-gate's alpha init may be 0, its default); default: the fix's own default.",
+    ),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for initialisation and batch order.")]
 BatchesOpt = Annotated[int, typer.Option("--batches", help="Cached batches the gradient probe averages over.")]

@@ -4,9 +4,8 @@ display only reaches a file as its last frame (a 27-minute study printed nothing
 
 from __future__ import annotations
 
-from typing import Any
-
 import time
+from typing import Any
 
 import optuna
 from rich.console import Console, Group
