@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from ablate.store import find_storage

@@ -176,3 +176,18 @@ def test_query_commands_import_neither_torch_nor_open_clip(db_url):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "heavy: []"
+
+
+def test_every_figure_of_a_real_study_reads_cleanly(db_url):
+    """On a real database: no text over text, no legend over a plot area, in every kind."""
+    from ablate.plot import RENDERERS, extract_kind, source
+    from ablate.plot.layout import legends_over_axes, overlapping_texts
+
+    inputs = source.load(open_storage(db_url), "mini")
+    for kind, render in RENDERERS.items():
+        data = extract_kind(
+            kind, inputs.runs, inputs.steps, trials=inputs.trials, references=inputs.references, threshold=0.8
+        )
+        fig = render(data)
+        assert overlapping_texts(fig) == [], kind
+        assert legends_over_axes(fig) == [], kind
