@@ -83,28 +83,43 @@ def legends_over_axes(fig: Figure) -> list[str]:
     return out
 
 
-# Offsets (points) tried in turn for a label beside its marker: right, above, left, below, diagonals.
-_OFFSETS = ((7, 4), (7, -11), (-7, 4), (-7, -11), (0, 9), (0, -15), (12, 12), (-12, -18))
+# Offsets (points) tried in turn for a label beside its marker: right, above, left, below, then
+# farther out with a thin leader line back to the marker.
+_NEAR = ((7, 4), (7, -11), (-7, 4), (-7, -11), (0, 9), (0, -15))
+_FAR = ((22, 16), (-22, 16), (22, -26), (-22, -26), (34, 0), (-34, 0), (0, 26), (0, -32))
+MARKER_PX = 6.0  # half the side of the box kept clear around each marker
 
 
-def place_labels(ax: Axes, points: Sequence[tuple[float, float, str]], fontsize: str = "x-small") -> int:
-    """Label data points without overlapping each other or the axes' texts; returns how many were
-    left out because every position overlapped. Call after the rest of the figure is drawn."""
+def place_labels(
+    ax: Axes,
+    points: Sequence[tuple[float, float, str]],
+    avoid: Sequence[tuple[float, float]] = (),
+    fontsize: str = "x-small",
+) -> int:
+    """Label data points without overlapping each other, the axes' texts or the markers at
+    ``avoid`` (data coordinates); returns how many were left out because every position overlapped.
+    Call after the rest of the figure is drawn."""
     renderer = draw(ax.figure)
     taken = [_shrunk(t.get_window_extent(renderer)) for t in _axes_texts(ax) if _shown(t)]
+    for x, y in avoid:
+        px, py = ax.transData.transform((x, y))
+        taken.append(Bbox.from_extents(px - MARKER_PX, py - MARKER_PX, px + MARKER_PX, py + MARKER_PX))
     area = ax.get_window_extent(renderer)
     skipped = 0
     for x, y, text in points:
-        for dx, dy in _OFFSETS:
+        for dx, dy in (*_NEAR, *_FAR):
+            far = (dx, dy) in _FAR
             ann = ax.annotate(
                 text,
                 (x, y),
                 xytext=(dx, dy),
                 textcoords="offset points",
                 ha="left" if dx > 0 else ("right" if dx < 0 else "center"),
+                va="center",
                 fontsize=fontsize,
                 color="0.2",
                 annotation_clip=True,
+                arrowprops={"arrowstyle": "-", "color": "0.5", "linewidth": 0.6, "shrinkB": 4} if far else None,
             )
             ann.set_in_layout(False)  # labels must not move the axes they were placed in
             box = ann.get_window_extent(renderer)

@@ -37,6 +37,7 @@ from ablate.plot.extract import (
     RatioScaleData,
     ScaleSeries,
     TradeoffData,
+    TrialPoint,
     extract_gates,
     extract_grad_norms,
     extract_loss_curves,
@@ -178,6 +179,10 @@ def _symlog_if_crowded(ax: Axes, xs: Sequence[float]) -> str:
     return f" [symlog: linear below {linthresh:g}]"
 
 
+def _point_label(p: TrialPoint) -> str:
+    return scale_text(p.scale) or f"trial {p.trial_number}"
+
+
 def render_tradeoff(data: TradeoffData) -> Figure:
     """The study's two objectives per ranked trial: where each fix lands, the front, the references."""
     fig = _figure(9.0, 5.5)
@@ -253,16 +258,18 @@ def render_tradeoff(data: TradeoffData) -> Figure:
     ax.grid(alpha=0.3)
     _legend(ax)
     # where one fix has several points, markers repeat: each such point says its scale
-    repeated = [p for pts in data.by_fix().values() if len(pts) > 1 for p in pts if not np.isnan(p.scale)]
+    repeated = [p for pts in data.by_fix().values() if len(pts) > 1 for p in pts]
     front = {id(p) for p in data.front}
     repeated.sort(key=lambda p: id(p) not in front)
     shown = repeated[:MAX_POINT_LABELS]
     left_out = len(repeated) - len(shown)
-    left_out += place_labels(ax, [(p.x, p.y, scale_text(p.scale)) for p in shown])
+    marks = [(m.x, m.y) for m in (*data.points, *data.references, *data.unranked)]
+    left_out += place_labels(ax, [(p.x, p.y, _point_label(p)) for p in shown], avoid=marks)
     better_x = "left" if data.x_direction == "minimize" else "right"
     better_y = "up" if data.y_direction == "maximize" else "down"
     what = f"bars = {data.interval}" if bars else f"no bars: no interval of non-zero width ({data.interval})"
-    labels = f"; {left_out} scale label(s) left out where they would overlap" if left_out else ""
+    labels = "\nlabels: the scale s (or trial) of each trial of a fix with several" if len(shown) > left_out else ""
+    labels += f" ({left_out} left out where they would overlap)" if left_out else ""
     ax.set_title(
         f"{data.y_metric} vs {data.x_metric}{_study_suffix(data.studies)}\n"
         f"{what}; better is {better_x} and {better_y}{labels}",
@@ -427,13 +434,29 @@ def render_ratio_vs_scale(data: RatioScaleData) -> Figure:
     return fig
 
 
+def _symlog_y_if_spread(ax: Axes, values: Sequence[np.ndarray]) -> str:
+    """A symlog y axis when a panel's trials sit decades apart (a gate opened to 0.76 beside gates
+    near 0.01 flattens those to a line on a linear axis). Returns the label note ('' if linear)."""
+    from matplotlib.ticker import FuncFormatter
+
+    finals = np.abs(np.concatenate([np.asarray(v, dtype=float) for v in values]))
+    finals = finals[np.isfinite(finals) & (finals > 0)]
+    if finals.size < 2 or finals.max() / np.percentile(finals, 25) < 20:
+        return ""
+    linthresh = 10.0 ** np.floor(np.log10(np.percentile(finals, 25)))
+    ax.set_yscale("symlog", linthresh=linthresh, linscale=0.5)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    return f"\n(symlog, linear below {linthresh:g})"
+
+
 def render_gates(data: GatesData) -> Figure:
     """Learned gate values per step, one panel per fix (each gate has its own range): does the gate
     open, and how fast?"""
     groups = data.by_fix()
     fig = _figure(9.0, 1.0 + 2.4 * len(groups))
     axes = fig.subplots(len(groups), 1, sharex=True, squeeze=False)[:, 0]
-    styles = ("-", "--", "-.", ":")
+    # a fix shows up to GATE_TRIALS_PER_FIX (8) trials: four dash patterns, then the same with markers
+    styles = [(ls, None) for ls in ("-", "--", "-.", ":")] + [(ls, m) for ls, m in zip(("-", "--", "-.", ":"), "os^D")]
     band = False
     for ax, (fix, series) in zip(axes, groups.items()):
         st = fix_style(fix)
@@ -442,14 +465,18 @@ def render_gates(data: GatesData) -> Figure:
                 g.steps,
                 g.mean,
                 color=st.colour,
-                linestyle=styles[k % len(styles)],
+                linestyle=styles[k % len(styles)][0],
+                marker=styles[k % len(styles)][1],
+                markevery=max(1, len(g.steps) // 6),
+                markersize=4,
                 linewidth=1.4,
                 label=f"{scale_text(g.scale) or 'no scale'} (trial {g.trial_number}), {_seeds(g.n_seeds)}",
             )
             if g.n_seeds > 1 and np.nanmax(g.hi - g.lo) > 0:
                 band = True
                 ax.fill_between(g.steps, g.lo, g.hi, color=st.colour, alpha=0.12, linewidth=0)
-        ax.set_ylabel(series[0].param)
+        note = _symlog_y_if_spread(ax, [g.mean for g in series])
+        ax.set_ylabel(series[0].param + note)
         ax.set_title(fix, fontsize="small", loc="left")
         ax.grid(alpha=0.3)
         _legend(ax, "x-small")
