@@ -159,7 +159,7 @@ def test_plot_unknown_kind(capsys, db_url, tmp_path):
     assert code == 2 and "pie" in err and len(err.strip().splitlines()) == 1
 
 
-def test_query_commands_import_neither_torch_nor_open_clip(db_url):
+def test_read_commands_import_neither_torch_nor_open_clip(db_url, tmp_path):
     import subprocess
     import sys
 
@@ -167,10 +167,15 @@ def test_query_commands_import_neither_torch_nor_open_clip(db_url):
         "import sys\n"
         "from ablate.cli import main\n"
         f"for args in (['--studies'], [], ['--group-by', 'fix'], ['--runs']):\n"
+        "  for form in (['--json'], []):\n"
         "    try:\n"
-        f"        main(['query', '--storage', {db_url!r}, '--json', *args])\n"
+        f"        main(['query', '--storage', {db_url!r}, *form, *args])\n"
         "    except SystemExit as e:\n"
         "        assert e.code == 0, args\n"
+        "try:\n"
+        f"    main(['plot', '--storage', {db_url!r}, '--out', {str(tmp_path / 'p')!r}, '--kind', 'loss'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0\n"
         "print('heavy:', [m for m in ('torch', 'open_clip') if m in sys.modules])\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
