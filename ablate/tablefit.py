@@ -17,6 +17,7 @@ from rich.cells import cell_len
 # space of padding and one divider (see ``plaintable``).
 EDGE = 2
 GAP = 2
+NAMED = 8  # columns named in the note; a wide --sql result says how many more
 
 
 @dataclass(frozen=True)
@@ -51,4 +52,7 @@ def fit(columns: Sequence[Col], rows: Sequence[Sequence[str]], width: int | None
 def hidden_note(columns: Sequence[Col], kept: Sequence[int]) -> str:
     """One line naming the columns ``fit`` left out ('' when none)."""
     gone = [c.header for i, c in enumerate(columns) if i not in set(kept)]
-    return f"not shown: {', '.join(gone)} (--wide: every column)" if gone else ""
+    if not gone:
+        return ""
+    names = ", ".join(gone[:NAMED]) + (f" and {len(gone) - NAMED} more" if len(gone) > NAMED else "")
+    return f"not shown: {names} (--wide: every column)"

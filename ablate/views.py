@@ -245,14 +245,15 @@ def studies_view(rows: Sequence[Any], wide: bool = False) -> TableView:
 
 
 def frame_view(frame: pd.DataFrame) -> TableView:
-    """Any frame (``--sql``, an empty result): every column kept, float columns by the one rule."""
+    """Any frame (``--sql``, an empty result), float columns by the one rule; when it is too wide the
+    rightmost columns go first (the query's own order says what matters), the first always stays."""
     columns = []
-    for name in frame.columns:
+    for rank, name in enumerate(frame.columns):
         kind = frame[name].dtype.kind
         if kind == "f":
             dec = column_decimals(_num(v) for v in frame[name])
-            columns.append((Col(str(name), "right"), lambda v, d=dec: fixed(_num(v), d)))
+            columns.append((Col(str(name), "right", rank), lambda v, d=dec: fixed(_num(v), d)))
         else:
-            columns.append((Col(str(name), "right" if kind in "iu" else "left"), lambda v: fmt(_num(v))))
+            columns.append((Col(str(name), "right" if kind in "iu" else "left", rank), lambda v: fmt(_num(v))))
     rows = [[cell(v) for (_, cell), v in zip(columns, row, strict=True)] for row in frame.itertuples(index=False)]
     return TableView(tuple(c for c, _ in columns), rows)

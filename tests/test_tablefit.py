@@ -19,6 +19,8 @@ def test_fit_drops_the_highest_rank_rightmost_first_and_never_rank_0() -> None:
     assert fit(cols, rows, 5) == [0]  # rank 0 stays even when it does not fit
     assert hidden_note(cols, [0, 1]) == "not shown: c, dddd (--wide: every column)"
     assert hidden_note(cols, [0, 1, 2, 3]) == ""
+    many = [Col(f"c{i}", rank=i) for i in range(12)]
+    assert hidden_note(many, [0]) == "not shown: c1, c2, c3, c4, c5, c6, c7, c8 and 3 more (--wide: every column)"
 
 
 def test_numbers_have_one_format() -> None:
