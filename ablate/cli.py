@@ -236,6 +236,7 @@ def probe(
             prog.update(task, description=f"probe {cfg.model.fix}")
             results.append(probe_arm(cfg))
             prog.advance(task)
+            _plain_line(quiet or as_json, f"probe {cfg.model.fix}: R {fmt(results[-1].grad_ratio, 3)}")
     if as_json:
         docs = [r.flat() for r in results]
         _emit_json(docs[0] if len(docs) == 1 else docs)
@@ -355,6 +356,11 @@ def train(
             task = prog.add_task(label, total=steps)
             results.append(
                 train_arm(arm_cfg, on_step=lambda s, t=task: prog.update(t, completed=s + 1), setup=arm_setup)
+            )
+            done = results[-1]
+            _plain_line(
+                quiet or as_json,
+                f"{label}: {steps} steps in {done.wall_s:.1f} s, loss slope {fmt(done.loss_slope, 3)}",
             )
     result = results[-1]
     summary = result.summary()
@@ -726,7 +732,17 @@ def _print_table(title: str, view, wide: bool = False) -> None:
     console.print(table)
 
 
+def _plain_line(quiet: bool, text: str) -> None:
+    """Where stderr is no terminal (a log file, CI), a finished arm is one plain line instead of
+    bar frames; a terminal has the bar."""
+    if not quiet and not err.is_terminal:
+        err.file.write(text + "\n")
+        err.file.flush()
+
+
 def _progress(disabled: bool) -> Progress:
+    # bars on a terminal only: elsewhere rich would leave a stray frame or blank line in the log
+    disabled = disabled or not err.is_terminal
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),

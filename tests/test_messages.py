@@ -67,3 +67,15 @@ def test_study_to_a_file_prints_one_plain_line_per_run(capsys, tmp_path):
     other = write_spec(tmp_path, MINI.replace("steps = 6", "steps = 5"), "other.toml")
     code, out, err = cli(capsys, "study", "run", str(other), "--storage", url, "--no-plots", "--name", "mini")
     assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("error: --name: ")
+
+
+def test_probe_and_train_to_a_file_print_a_plain_line_per_arm(capsys):
+    code, out, err = cli(capsys, "train", "--fix", "none", "--steps", "2", "--batches", "1", "--device", "cpu")
+    assert code == 0 and "Training run: none" in out
+    lines = err.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["baseline no-branch", "train none"]
+    assert all(" steps in " in line and "loss slope" in line for line in lines)
+    code, out, err = cli(capsys, "probe", "--fix", "zero-init", "--batches", "1", "--device", "cpu")
+    assert code == 0 and err == "probe zero-init: R 1\n"
+    code, out, err = cli(capsys, "probe", "--fix", "zero-init", "--batches", "1", "--device", "cpu", "--quiet")
+    assert code == 0 and err == ""
