@@ -247,41 +247,10 @@ def probe(
 
 
 def _print_probe_table(results: list, title: str, first: str) -> None:
-    from rich import box
-    from rich.markup import escape
-
+    from ablate import views
     from ablate.store.schema import GROUPS
-    from ablate.textfmt import fmt_ci
 
-    g = results[0].group
-    table = Table(
-        title=title,
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-        caption_justify="left",
-        caption=escape(
-            f"R: |grad {g}| with / without the branch [95% within this seed]; "
-            f"{', '.join(o for o in GROUPS if o != g)}: R of those groups; "
-            f"share: |g_{g}|^2 / (|g_{g}|^2 + |g_branch|^2); cos: final features with vs without"
-        ),
-    )
-    cols = [first, "scale"] if first == "fix" else [first]
-    cols += ["R [95%]", *(o for o in GROUPS if o != g), "share", "cos", "verdict"]
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("fix", "verdict") else "right")
-    for r in results:
-        head = [r.fix, fmt(r.scale, 3)] if first == "fix" else [str(r.step)]
-        others = [fmt(r.groups[o].ratio, 3) for o in GROUPS if o != g]
-        table.add_row(
-            *head,
-            fmt_ci(r.grad_ratio, *r.grad_ratio_ci),
-            *others,
-            fmt(r.groups[g].share, 2),
-            fmt(r.feature_cosine, 3),
-            r.verdict,
-        )
-    _out().print(table)
+    _print_table(title, views.probe_view(results, first, GROUPS))
 
 
 @app.command()

@@ -257,3 +257,32 @@ def frame_view(frame: pd.DataFrame) -> TableView:
             columns.append((Col(str(name), "right" if kind in "iu" else "left", rank), lambda v: fmt(_num(v))))
     rows = [[cell(v) for (_, cell), v in zip(columns, row, strict=True)] for row in frame.itertuples(index=False)]
     return TableView(tuple(c for c, _ in columns), rows)
+
+
+def probe_view(results: Sequence[Any], first: str, groups: Sequence[str]) -> TableView:
+    """``ablate probe`` (one row per fix) or the bypass probe points of ``ablate train`` (one row per
+    step): R with its interval for the judged group, the other groups' R, the share, the cosine."""
+    g = results[0].group
+    others = [o for o in groups if o != g]
+    r_dec = column_decimals(v for r in results for v in (r.grad_ratio, *r.grad_ratio_ci))
+    o_dec = column_decimals(r.groups[o].ratio for r in results for o in others)
+    s_dec = column_decimals(r.groups[g].share for r in results)
+    c_dec = column_decimals((r.feature_cosine for r in results), digits=4)
+    columns = (
+        [(Col("fix"), lambda r: r.fix), (Col("scale", "right"), lambda r: _scale(r.scale))]
+        if first == "fix"
+        else [(Col(first, "right"), lambda r: str(r.step))]
+    )
+    columns += [
+        (Col("R [95%]"), lambda r: fmt_ci(r.grad_ratio, *r.grad_ratio_ci, decimals=r_dec)),
+        *[(Col(o, "right", 1), lambda r, o=o: fixed(r.groups[o].ratio, o_dec)) for o in others],
+        (Col("share", "right", 2), lambda r: fixed(r.groups[g].share, s_dec)),
+        (Col("cos", "right", 2), lambda r: fixed(r.feature_cosine, c_dec)),
+        (Col("verdict"), lambda r: r.verdict),
+    ]
+    note = (
+        f"R: |grad {g}| with / without the branch [95% within this seed]; "
+        f"{', '.join(others)}: R of those groups; "
+        f"share: |g_{g}|^2 / (|g_{g}|^2 + |g_branch|^2); cos: final features with vs without"
+    )
+    return TableView(tuple(c for c, _ in columns), [[cell(r) for _, cell in columns] for r in results], (note,))

@@ -27,6 +27,7 @@ def test_numbers_have_one_format() -> None:
     assert fmt(None) == fmt(math.nan) == fixed(math.nan, 2) == fixed(None, 2) == "-"
     assert column_decimals([0.0608, -0.0009, None, math.nan]) == 4  # 3 significant digits of the largest
     assert column_decimals([1.32, 0.69]) == 2 and column_decimals([123.4]) == 0 and column_decimals([]) == 3
+    assert column_decimals([0.997, 1.0, 0.811], digits=4) == 3  # a cosine: 0.997 and 1 must differ
     assert fixed(-0.00001, 3) == "0.000" and fixed(1.0, 2) == "1.00" and fixed(math.inf, 2) == "inf"
     assert fmt_ci(0.0203, -0.0009, 0.0415, decimals=4) == "0.0203 [-0.0009, 0.0415]"
     assert fmt_ci(0.5, math.nan, 1.0, decimals=2) == "0.50"
