@@ -590,17 +590,15 @@ def _print_studies(engine, fmt_: str, wide: bool = False) -> None:
     """``query --studies`` as a table or JSON, from the catalog's rows (the same text as the frame gave)."""
     from ablate import views
     from ablate.jsonout import dumps_records
-    from ablate.store.catalog import STUDY_COLUMNS, study_rows
+    from ablate.store.catalog import study_rows
 
     rows = study_rows(engine)
     if fmt_ == "json":
         docs = [r._asdict() | {"created_at": r.created_at.isoformat()} for r in rows or []]
         sys.stdout.write(dumps_records(docs) + "\n")
         return
-    if rows is None:  # no ablate tables: the headers alone say what would be listed
-        _print_table("studies", views.TableView(tuple(views.Col(c) for c in STUDY_COLUMNS), []), wide)
-        return
-    _print_table("studies", views.studies_view(rows, wide), wide)
+    # no ablate tables (rows is None): the headers alone say what would be listed
+    _print_table("studies", views.studies_view(rows or [], wide), wide)
 
 
 def _open_read(open_storage, url):
