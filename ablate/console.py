@@ -15,7 +15,7 @@ from rich.table import Table
 
 from ablate.study.runner import StudyReporter
 from ablate.study.space import arm_of
-from ablate.textfmt import fmt
+from ablate.textfmt import column_decimals, fixed, fmt
 from ablate.train.result import TrainResult
 
 
@@ -50,9 +50,14 @@ class RichStudyReporter(StudyReporter):
         table = Table(title="best so far", title_justify="left")
         for col in ("trial", "fix", "scale", *self.objectives):
             table.add_column(col, justify="right" if col not in ("fix",) else "left")
-        for t in self.best[:8]:
+        shown = self.best[:8]
+        # the tables' one rule: per-column decimals, '-' for missing
+        decimals = [column_decimals((t.values or [None] * len(self.objectives))[i] for t in shown)
+                    for i in range(len(self.objectives))]  # fmt: skip
+        for t in shown:
             fix, scale = arm_of(t.params)
-            table.add_row(str(t.number), fix, fmt(scale, 3), *(fmt(v) for v in (t.values or [])))
+            values = [fixed(v, d) for v, d in zip(t.values or [], decimals, strict=False)]
+            table.add_row(str(t.number), fix, fmt(scale, 3), *values)
         return table
 
     def _view(self) -> Group:
