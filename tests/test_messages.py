@@ -77,5 +77,6 @@ def test_probe_and_train_to_a_file_print_a_plain_line_per_arm(capsys):
     assert all(" steps in " in line and "loss slope" in line for line in lines)
     code, out, err = cli(capsys, "probe", "--fix", "zero-init", "--batches", "1", "--device", "cpu")
     assert code == 0 and err == "probe zero-init: R 1\n"
+    assert max(len(line) for line in out.splitlines()) <= 80  # piped, no COLUMNS: 80 columns
     code, out, err = cli(capsys, "probe", "--fix", "zero-init", "--batches", "1", "--device", "cpu", "--quiet")
     assert code == 0 and err == ""

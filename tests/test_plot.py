@@ -766,3 +766,17 @@ def test_the_overlap_check_sees_an_overlap() -> None:
     ax.legend(loc="center")
     assert ("one label", "another") in overlapping_texts(fig)
     assert legends_over_axes(fig) == ["data"]
+
+
+def test_tradeoff_with_many_trials_bars_only_the_front_and_counts_missing_labels() -> None:
+    from ablate.plot import render_tradeoff
+    from ablate.plot.render import MAX_BARRED_POINTS, MAX_POINT_LABELS
+
+    n = MAX_BARRED_POINTS + 10
+    specs = [(i, "fixed-scale", 0.01 * (i + 1), "complete", True, 3, 0.01 * (i % 7), 0.01 * (i % 11)) for i in range(n)]
+    data = tradeoff(make_trials(specs), threshold=None)
+    ax = render_tradeoff(data).axes[0]
+    barred = {tuple(np.round(seg[0], 9)) for c in ax.collections for seg in getattr(c, "get_segments", list)()}
+    assert len(barred) <= 2 * len(data.front)  # one x and one y bar per front point, nothing else
+    assert "bars (Pareto front only)" in ax.get_title()
+    assert len(ax.texts) <= MAX_POINT_LABELS and f"of {n} left out" in ax.get_title()

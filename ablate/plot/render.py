@@ -161,6 +161,7 @@ def _bars(ax: Axes, xs, ys, x_lo, x_hi, y_lo, y_hi, colour: str, zorder: float =
 
 
 MAX_POINT_LABELS = 40  # beyond this many, labels would bury the points they name
+MAX_BARRED_POINTS = 60  # beyond this many trials, interval bars only on the front
 
 
 def _symlog_if_crowded(ax: Axes, xs: Sequence[float]) -> str:
@@ -188,9 +189,13 @@ def render_tradeoff(data: TradeoffData) -> Figure:
     fig = _figure(9.0, 5.5)
     ax = fig.add_subplot()
     bars = 0
+    # hundreds of bars hide the points they belong to: then only the front's are drawn
+    front_ids = {id(p) for p in data.front}
+    few = len(data.points) <= MAX_BARRED_POINTS
     for fix, pts in data.by_fix().items():
         st = fix_style(fix)
         xs, ys = [p.x for p in pts], [p.y for p in pts]
+        barred = pts if few else [p for p in pts if id(p) in front_ids]
         ax.scatter(
             xs,
             ys,
@@ -203,12 +208,12 @@ def render_tradeoff(data: TradeoffData) -> Figure:
         )
         bars += _bars(
             ax,
-            xs,
-            ys,
-            [p.x_lo for p in pts],
-            [p.x_hi for p in pts],
-            [p.y_lo for p in pts],
-            [p.y_hi for p in pts],
+            [p.x for p in barred],
+            [p.y for p in barred],
+            [p.x_lo for p in barred],
+            [p.x_hi for p in barred],
+            [p.y_lo for p in barred],
+            [p.y_hi for p in barred],
             st.colour,
         )
     if data.unranked:
@@ -260,21 +265,27 @@ def render_tradeoff(data: TradeoffData) -> Figure:
     # where one fix has several points, markers repeat: each such point says its scale
     repeated = [p for pts in data.by_fix().values() if len(pts) > 1 for p in pts]
     front = {id(p) for p in data.front}
-    repeated.sort(key=lambda p: id(p) not in front)
+    repeated.sort(key=lambda p: id(p) not in front)  # the front's labels first
     shown = repeated[:MAX_POINT_LABELS]
-    left_out = len(repeated) - len(shown)
-    marks = [(m.x, m.y) for m in (*data.points, *data.references, *data.unranked)]
-    left_out += place_labels(ax, [(p.x, p.y, _point_label(p)) for p in shown], avoid=marks)
     better_x = "left" if data.x_direction == "minimize" else "right"
     better_y = "up" if data.y_direction == "maximize" else "down"
-    what = f"bars = {data.interval}" if bars else f"no bars: no interval of non-zero width ({data.interval})"
-    labels = "\nlabels: the scale s (or trial) of each trial of a fix with several" if len(shown) > left_out else ""
-    labels += f" ({left_out} left out where they would overlap)" if left_out else ""
-    ax.set_title(
-        f"{data.y_metric} vs {data.x_metric}{_study_suffix(data.studies)}\n"
-        f"{what}; better is {better_x} and {better_y}{labels}",
-        fontsize="medium",
-    )
+    what = f"bars: {data.interval}" if bars else f"no bars: no interval of non-zero width ({data.interval})"
+    if bars and not few:
+        what = f"bars (Pareto front only): {data.interval}"
+
+    def title(left_out: int) -> str:
+        head = f"{data.y_metric} vs {data.x_metric}{_study_suffix(data.studies)}"
+        lines = [f"{head} (better: {better_x}, {better_y})", what]
+        if repeated:
+            gone = f"; {left_out} of {len(repeated)} left out (no room)" if left_out else ""
+            lines.append(f"labels: the scale s (or trial) where a fix has several trials{gone}")
+        return "\n".join(lines)
+
+    # the title is set before the labels are placed: its lines decide the layout the labels are placed in
+    ax.set_title(title(len(repeated) - len(shown)), fontsize="small")
+    marks = [(m.x, m.y) for m in (*data.points, *data.references, *data.unranked)]
+    left_out = len(repeated) - len(shown) + place_labels(ax, [(p.x, p.y, _point_label(p)) for p in shown], avoid=marks)
+    ax.set_title(title(left_out), fontsize="small")
     return fig
 
 
