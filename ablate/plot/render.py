@@ -162,6 +162,7 @@ def _bars(ax: Axes, xs, ys, x_lo, x_hi, y_lo, y_hi, colour: str, zorder: float =
 
 MAX_POINT_LABELS = 40  # beyond this many, labels would bury the points they name
 MAX_BARRED_POINTS = 60  # beyond this many trials, interval bars only on the front
+MAX_JOINED_SCALES = 12  # ratio vs scale: beyond this many scales of a fix, markers without a line
 
 
 def _symlog_if_crowded(ax: Axes, xs: Sequence[float]) -> str:
@@ -404,8 +405,10 @@ def render_ratio_vs_scale(data: RatioScaleData) -> Figure:
                 ratio,
                 marker=st.marker,
                 color=st.colour,
-                linestyle=st.linestyle if len(xs) > 1 else "none",
-                markersize=7,
+                # a line through a few scales shows a trend; through hundreds of sampled ones, noise
+                linestyle=st.linestyle if 1 < len(xs) <= MAX_JOINED_SCALES else "none",
+                markersize=7 if len(xs) <= MAX_JOINED_SCALES else 4,
+                alpha=1.0 if len(xs) <= MAX_JOINED_SCALES else 0.7,
                 label=s.fix if first else None,
                 zorder=3,
             )
