@@ -32,10 +32,10 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
-def _out() -> Console:
-    # Made per call so redirected stdout (pipes, tests) gets a wide console instead of 80 columns.
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
+def _out(wide: bool = False) -> Console:
+    # Made per call: the width is the terminal's, else $COLUMNS, else 80 (rich's rule), so a piped
+    # table fits what the reader will view it in; --wide lifts the limit.
+    return Console(width=100_000) if wide else Console()
 
 
 FixOpt = Annotated[
@@ -50,7 +50,8 @@ FixOpt = Annotated[
 ScaleOpt = Annotated[
     float | None,
     typer.Option(
-        "--scale", help="The fix's scale s (> 0; tanh-gate also takes 0, its closed default); default: the fix's own."
+        "--scale",
+        help="The fix's scale s (> 0; tanh-gate's alpha init may be 0, its default); default: the fix's own default.",
     ),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for initialisation and batch order.")]
@@ -239,6 +240,7 @@ def probe(
             prog.update(task, description=f"probe {cfg.model.fix}")
             results.append(probe_arm(cfg))
             prog.advance(task)
+            _plain_line(quiet or as_json, f"probe {cfg.model.fix}: R {fmt(results[-1].grad_ratio, 3)}")
     if as_json:
         docs = [r.flat() for r in results]
         _emit_json(docs[0] if len(docs) == 1 else docs)
@@ -249,41 +251,10 @@ def probe(
 
 
 def _print_probe_table(results: list, title: str, first: str) -> None:
-    from rich import box
-    from rich.markup import escape
-
+    from ablate import views
     from ablate.store.schema import GROUPS
-    from ablate.textfmt import fmt_ci
 
-    g = results[0].group
-    table = Table(
-        title=title,
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-        caption_justify="left",
-        caption=escape(
-            f"R: |grad {g}| with / without the branch [95% within this seed]; "
-            f"{', '.join(o for o in GROUPS if o != g)}: R of those groups; "
-            f"share: |g_{g}|^2 / (|g_{g}|^2 + |g_branch|^2); cos: final features with vs without"
-        ),
-    )
-    cols = [first, "scale"] if first == "fix" else [first]
-    cols += ["R [95%]", *(o for o in GROUPS if o != g), "share", "cos", "verdict"]
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("fix", "verdict") else "right")
-    for r in results:
-        head = [r.fix, fmt(r.scale, 3)] if first == "fix" else [str(r.step)]
-        others = [fmt(r.groups[o].ratio, 3) for o in GROUPS if o != g]
-        table.add_row(
-            *head,
-            fmt_ci(r.grad_ratio, *r.grad_ratio_ci),
-            *others,
-            fmt(r.groups[g].share, 2),
-            fmt(r.feature_cosine, 3),
-            r.verdict,
-        )
-    _out().print(table)
+    _print_table(title, views.probe_view(results, first, GROUPS))
 
 
 @app.command()
@@ -358,6 +329,11 @@ def train(
             task = prog.add_task(label, total=steps)
             results.append(
                 train_arm(arm_cfg, on_step=lambda s, t=task: prog.update(t, completed=s + 1), setup=arm_setup)
+            )
+            done = results[-1]
+            _plain_line(
+                quiet or as_json,
+                f"{label}: {steps} steps in {done.wall_s:.1f} s, loss slope {fmt(done.loss_slope, 3)}",
             )
     result = results[-1]
     summary = result.summary()
@@ -501,12 +477,17 @@ def study_run(
         if quiet or as_json:
             outcome = run_study(spec, text, url, trials, name, threads=threads)
         else:
-            from ablate.console import RichStudyReporter
+            from ablate.console import study_reporter
 
-            with RichStudyReporter(err, spec.study.objectives) as reporter:
+            with study_reporter(err, spec.study.objectives) as reporter:
                 outcome = run_study(spec, text, url, trials, name, reporter, threads=threads)
     except StudySpecConflict as exc:
         raise AblateInputError("--name", str(exc)) from None
+    if not (quiet or as_json):
+        err.file.write(
+            f"study {outcome.name}: {outcome.n_trials} finished trials ({outcome.ran} run now, "
+            f"{outcome.failed} failed)\n"
+        )
     written: list[str] = []
     if not no_plots:
         written = [str(p) for p in _draw(url, outcome.name, plots or f"plots/{outcome.name}", None, quiet=True)]
@@ -522,7 +503,7 @@ def study_run(
         if outcome.failed:
             err.print(f"{outcome.failed} trial(s) failed this time; run the same command to retry them.")
         for p in written:
-            _out().print(f"plot: {p}")
+            sys.stdout.write(f"plot: {p}\n")  # plain: a long path must not wrap
 
 
 @app.command()
@@ -543,6 +524,14 @@ def query(
         float, typer.Option("--sql-timeout", metavar="SECONDS", help="Stop a --sql query after this long.")
     ] = 10.0,
     fmt_: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide",
+            help="Table: every column, whatever the width (default: the columns that fit the terminal, "
+            "$COLUMNS or 80; the table names those left out).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Query the results database: one row per trial (default), --group-by fix, --runs, --studies, --sql."""
@@ -557,7 +546,7 @@ def query(
     fmt_ = "json" if as_json else fmt_
     engine = _open_read(open_storage, storage)
     if studies and sql is None and fmt_ != "csv":
-        _print_studies(engine, fmt_)  # plain SQLAlchemy: no pandas import for the quick look
+        _print_studies(engine, fmt_, wide)  # plain SQLAlchemy: no pandas import for the quick look
         return
     from ablate.store import query as q
 
@@ -579,7 +568,7 @@ def query(
     elif fmt_ == "csv":
         sys.stdout.write(frame.to_csv(index=False))
     else:  # the terminal view keeps the columns a reader compares; csv/json carry them all
-        _print_view(engine, study, frame, title)
+        _print_view(engine, study, frame, title, wide)
 
 
 @app.command()
@@ -608,7 +597,7 @@ def plot(
         _emit_json({"study": name, "plots": [str(p) for p in written]})
     else:
         for p in written:
-            _out().print(f"plot: {p}")
+            sys.stdout.write(f"plot: {p}\n")  # plain: a long path must not wrap
 
 
 @app.command()
@@ -647,19 +636,19 @@ def report(
         _out().print(f"report: {p}")
 
 
-def _print_studies(engine, fmt_: str) -> None:
+def _print_studies(engine, fmt_: str, wide: bool = False) -> None:
     """``query --studies`` as a table or JSON, from the catalog's rows (the same text as the frame gave)."""
+    from ablate import views
     from ablate.jsonout import dumps_records
-    from ablate.store.catalog import STUDY_COLUMNS, study_rows
+    from ablate.store.catalog import study_rows
 
     rows = study_rows(engine)
     if fmt_ == "json":
         docs = [r._asdict() | {"created_at": r.created_at.isoformat()} for r in rows or []]
         sys.stdout.write(dumps_records(docs) + "\n")
         return
-    counts = () if rows is None else ("n_trials", "n_runs")  # integer columns are right-justified
-    columns = [(c, "right" if c in counts else "left") for c in STUDY_COLUMNS]
-    _print_table("studies", columns, [[fmt(v) for v in r] for r in rows or []])
+    # no ablate tables (rows is None): the headers alone say what would be listed
+    _print_table("studies", views.studies_view(rows or [], wide), wide)
 
 
 def _open_read(open_storage, url):
@@ -685,7 +674,7 @@ class _lookup_errors:
         return False
 
 
-def _print_view(engine, study: str | None, frame, title: str) -> None:
+def _print_view(engine, study: str | None, frame, title: str, wide: bool = False) -> None:
     from ablate import views
     from ablate.objectives import OBJECTIVES
     from ablate.store import query as q
@@ -693,11 +682,11 @@ def _print_view(engine, study: str | None, frame, title: str) -> None:
     if title in ("trials", "per fix") and not frame.empty:
         objectives = [m for m in q.study_settings(engine, study)["objectives"] if m in OBJECTIVES]
         view = views.trials_view(frame, objectives) if title == "trials" else views.fixes_view(frame, objectives)
-        _print_frame(view, title, views.scope_note(frame))
     elif title == "runs" and not frame.empty:
-        _print_frame(views.runs_view(frame), title)
+        view = views.runs_view(frame)
     else:
-        _print_frame(frame, title)
+        view = views.frame_view(frame)
+    _print_table(title, view, wide)
 
 
 def _draw(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet: bool) -> list:
@@ -729,19 +718,18 @@ def _draw(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet: boo
     )
 
 
-def _print_frame(frame, title: str, note: str = "") -> None:
-    columns = [(str(c), "right" if frame[c].dtype.kind in "if" else "left") for c in frame.columns]
-    _print_table(title, columns, [[fmt(v) for v in row] for row in frame.itertuples(index=False)], note)
-
-
-def _print_table(title: str, columns: list[tuple[str, str]], rows: list[list[str]], note: str = "") -> None:
+def _print_table(title: str, view, wide: bool = False) -> None:
+    """A view as a table that fits the console: ``tablefit`` drops low-ranked columns and says so."""
     from rich import box
     from rich.markup import escape
 
-    from ablate import plaintable
+    from ablate import plaintable, tablefit
 
-    console = _out()
-    caption = escape(note) if note else None
+    console = _out(wide)
+    kept = tablefit.fit(view.columns, view.rows, None if wide else console.width)
+    columns = [(view.columns[i].header, view.columns[i].justify) for i in kept]
+    rows = [[row[i] for i in kept] for row in view.rows]
+    caption = escape(view.caption(kept)) or None
     text = plaintable.render(console, title, columns, rows, caption)
     if text is not None:  # the same text, without rich's per-cell layout (0.3 ms a row)
         console.file.write(text)
@@ -761,7 +749,17 @@ def _print_table(title: str, columns: list[tuple[str, str]], rows: list[list[str
     console.print(table)
 
 
+def _plain_line(quiet: bool, text: str) -> None:
+    """Where stderr is no terminal (a log file, CI), a finished arm is one plain line instead of
+    bar frames; a terminal has the bar."""
+    if not quiet and not err.is_terminal:
+        err.file.write(text + "\n")
+        err.file.flush()
+
+
 def _progress(disabled: bool) -> Progress:
+    # bars on a terminal only: elsewhere rich would leave a stray frame or blank line in the log
+    disabled = disabled or not err.is_terminal
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -1,7 +1,10 @@
-"""Rich rendering of a running study: progress over trials and steps, a live best-so-far table."""
+"""How a running study reports itself: on a terminal, rich progress bars and a live best-so-far
+table; anywhere else (a log file, a pipe, CI), one plain line per finished run, because a live
+display only reaches a file as its last frame (a 27-minute study printed nothing until the end)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import optuna
@@ -12,7 +15,7 @@ from rich.table import Table
 
 from ablate.study.runner import StudyReporter
 from ablate.study.space import arm_of
-from ablate.textfmt import fmt
+from ablate.textfmt import column_decimals, fixed, fmt
 from ablate.train.result import TrainResult
 
 
@@ -32,7 +35,9 @@ class RichStudyReporter(StudyReporter):
         self.trials_task = self.progress.add_task("trials", total=1)
         self.steps_task = self.progress.add_task("run", total=1, visible=False)
         self.best: list[optuna.trial.FrozenTrial] = []
-        self.live = Live(self._view(), console=console, refresh_per_second=4, transient=False)
+        # transient: the display goes when the study ends, so the summary line, the per-fix table or
+        # an error message that follows starts on a clean line of its own
+        self.live = Live(self._view(), console=console, refresh_per_second=4, transient=True)
 
     def __enter__(self) -> RichStudyReporter:
         self.live.__enter__()
@@ -45,9 +50,14 @@ class RichStudyReporter(StudyReporter):
         table = Table(title="best so far", title_justify="left")
         for col in ("trial", "fix", "scale", *self.objectives):
             table.add_column(col, justify="right" if col not in ("fix",) else "left")
-        for t in self.best[:8]:
+        shown = self.best[:8]
+        # the tables' one rule: per-column decimals, '-' for missing
+        decimals = [column_decimals((t.values or [None] * len(self.objectives))[i] for t in shown)
+                    for i in range(len(self.objectives))]  # fmt: skip
+        for t in shown:
             fix, scale = arm_of(t.params)
-            table.add_row(str(t.number), fix, fmt(scale, 3), *(fmt(v) for v in (t.values or [])))
+            values = [fixed(v, d) for v, d in zip(t.values or [], decimals, strict=False)]
+            table.add_row(str(t.number), fix, fmt(scale, 3), *values)
         return table
 
     def _view(self) -> Group:
@@ -78,3 +88,55 @@ class RichStudyReporter(StudyReporter):
             self.progress.advance(self.trials_task)
         self.best = best
         self.live.update(self._view())
+
+
+class PlainStudyReporter(StudyReporter):
+    """One line per finished run and per finished trial, written as it happens (no frames)."""
+
+    def __init__(self, console: Console, objectives: list[str]) -> None:
+        self.console = console
+        self.objectives = objectives
+        self.done = 0
+        self.total = 0
+        self.started = time.monotonic()
+
+    def __enter__(self) -> PlainStudyReporter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def _line(self, text: str) -> None:
+        elapsed = int(time.monotonic() - self.started)
+        self.console.file.write(f"[{elapsed // 60}:{elapsed % 60:02d}] {text}\n")
+        self.console.file.flush()
+
+    def study_start(self, name: str, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        self._line(f"study {name}: {done}/{total} trials finished before this run")
+
+    def run_end(self, label: str, result: TrainResult | None, status: str, error: str | None = None) -> None:
+        if result is None:
+            self._line(f"{label}: {status}" + (f" ({error})" if error else ""))
+            return
+        head = label.split(" seed")[0]  # a packed label names every seed; this line is one run's
+        self._line(
+            f"{head} seed {result.seed}: {status} in {result.wall_s:.1f} s, "
+            f"gain {fmt(result.adapter_gain, 3)}, loss slope {fmt(result.loss_slope, 3)}"
+        )
+
+    def waiting(self, what: str) -> None:
+        self._line(f"waiting for {what}")
+
+    def trial_end(self, trial: optuna.trial.FrozenTrial, best: list[optuna.trial.FrozenTrial]) -> None:
+        if trial.state.is_finished() and trial.state != optuna.trial.TrialState.FAIL:
+            self.done += 1
+        values = ", ".join(f"{m} {fmt(v, 3)}" for m, v in zip(self.objectives, trial.values or []))
+        state = trial.state.name.lower()
+        self._line(f"trial {trial.number} {state} ({self.done}/{self.total})" + (f": {values}" if values else ""))
+
+
+def study_reporter(console: Console, objectives: list[str]) -> RichStudyReporter | PlainStudyReporter:
+    """Live bars on a terminal, plain lines anywhere else."""
+    cls = RichStudyReporter if console.is_terminal else PlainStudyReporter
+    return cls(console, objectives)

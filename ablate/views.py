@@ -1,16 +1,26 @@
-"""Terminal views of the query frames: the few columns a reader compares, intervals folded into one
-cell, narrow enough for an 80-column terminal. csv and json output carry every column instead."""
+"""Terminal views of the query frames: the columns a reader compares, ranked so that a narrow
+terminal drops the least useful first (``tablefit``), intervals folded into one cell, every number
+formatted by ``textfmt``'s one rule. csv and json output carry every column of the frames instead.
+
+pandas is imported inside the functions that take frames: ``studies_view`` serves ``ablate query
+--studies``, which answers without pandas.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
+from ablate.tablefit import Col, hidden_note
+from ablate.textfmt import MISSING, column_decimals, fixed, fmt, fmt_ci
 
-from ablate.textfmt import fmt, fmt_ci
+if TYPE_CHECKING:
+    import pandas as pd
 
+# Short headers of the objectives and metrics, and what each stands for (the legend under a table
+# names the column of csv/json output a short header comes from).
 SHORT = {
     "adapter_gain": "gain",
     "adapter_gain_rel": "gain/base",
@@ -21,32 +31,78 @@ SHORT = {
     "loss_slope": "slope",
     "loss_slope_rel": "slope-base",
     "loss_last": "last loss",
+    "train_grad_ratio": "R train",
+    "grad_ratio_init": "R @0",
 }
-
 
 # Short labels for the reference rows of the per-fix view (the frame keeps the long ones).
 REFERENCE_SHORT = {"no-branch (baseline)": "no-branch (base)", "frozen-adapters (control)": "frozen (control)"}
+ROLE_SHORT = {"baseline": "base", "control": "ctrl"}
 
 
-def _decimals(frame: pd.DataFrame, name: str) -> int:
-    """Decimals that give the column's largest value three significant digits (one format per column,
-    so values line up and tiny bounds do not turn into long strings)."""
-    cols = [c for c in (name, f"{name}_lo", f"{name}_hi") if c in frame.columns]
-    vals = pd.to_numeric(frame[cols].stack(), errors="coerce").abs() if cols else pd.Series(dtype=float)
-    vals = vals[np.isfinite(vals) & (vals > 0)]
-    return 3 if vals.empty else int(min(6, max(0, 2 - math.floor(math.log10(vals.max())))))
+@dataclass(frozen=True)
+class TableView:
+    """A table ready to print: ranked columns, string cells, and the lines that explain it."""
+
+    columns: tuple[Col, ...]
+    rows: list[list[str]]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def headers(self) -> list[str]:
+        return [c.header for c in self.columns]
+
+    def caption(self, kept: Sequence[int]) -> str:
+        """The notes, the legend of the short headers shown, and which columns ``kept`` leaves out."""
+        shown = [self.columns[i].header for i in kept]
+        lines = [*self.notes, legend(shown), hidden_note(self.columns, kept)]
+        return "\n".join(line for line in lines if line)
+
+    def __getitem__(self, header: str) -> list[str]:
+        """The cells of one column (for tests and callers that pick a value)."""
+        i = self.headers.index(header)
+        return [r[i] for r in self.rows]
 
 
-def _ci(row: Any, name: str, decimals: int) -> str:
-    return fmt_ci(row.get(name), row.get(f"{name}_lo"), row.get(f"{name}_hi"), decimals=decimals)
+def _num(v: Any) -> Any:
+    """A float for numbers, None for missing (pandas NA, NaN, None); other values unchanged."""
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return None if math.isnan(f) else f
+
+
+def _decimals(records: Sequence[dict], name: str) -> int:
+    return column_decimals(_num(r.get(k)) for r in records for k in (name, f"{name}_lo", f"{name}_hi"))
+
+
+def _ci(row: dict, name: str, decimals: int) -> str:
+    return fmt_ci(_num(row.get(name)), _num(row.get(f"{name}_lo")), _num(row.get(f"{name}_hi")), decimals=decimals)
 
 
 def _scale(v: Any) -> str:
-    return fmt(v, 3) if isinstance(v, float) and v == v else "-"
+    v = _num(v)
+    return MISSING if v is None else fmt(v, 3)
+
+
+def _int(v: Any) -> str:
+    v = _num(v)
+    return MISSING if v is None else str(int(v))
+
+
+def legend(headers: Sequence[str]) -> str:
+    """What the short headers among ``headers`` stand for (the csv/json column names)."""
+    pairs = [f"{short} = {long}" for long, short in SHORT.items() if short in headers]
+    return f"{', '.join(pairs)} (csv/json names)" if pairs else ""
 
 
 def scope_note(frame: pd.DataFrame) -> str:
     """What the intervals in a view are (said under every table)."""
+    import pandas as pd
+
     scopes = set(frame.get("ci_scope", pd.Series(dtype=object)).dropna())
     if not scopes:
         return ""
@@ -55,71 +111,178 @@ def scope_note(frame: pd.DataFrame) -> str:
     return "[lo, hi]: 95% interval WITHIN ONE SEED only (batch noise); add seeds for an interval over seeds"
 
 
-def trials_view(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFrame:
-    dec = {m: _decimals(frame, m) for m in objectives}
-    rows = []
-    for _, r in frame.iterrows():
-        seeds = f"{r['n_seeds']}/{r['seeds_wanted']}"
-        rows.append(
-            {
-                "#": str(r["trial_number"]),
-                "fix": r["fix"],
-                "scale": _scale(r["scale"]),
-                "seeds": seeds if r["ranked"] else f"{r['status']} {seeds}",
-                **{SHORT.get(m, m): _ci(r, m, dec[m]) for m in objectives},
-                **_ratio_column(r, objectives),
-            }
+def _metric_columns(records: list[dict], objectives: list[str], extras: Sequence[tuple[str, int]]) -> list:
+    """(Col, cell function) for the objectives (rank 0, with intervals) and the extra metrics."""
+    out = []
+    for m in objectives:
+        dec = _decimals(records, m)
+        # left: 'value [lo, hi]' cells differ in length, and the values should line up
+        out.append((Col(SHORT.get(m, m), "left"), lambda r, m=m, d=dec: _ci(r, m, d)))
+    for m, rank in extras:
+        if m in objectives or (m == "train_grad_ratio" and "dilution_train" in objectives):
+            continue  # dilution_train is -log of this ratio: showing both would say one thing twice
+        dec = _decimals(records, m)
+        out.append((Col(SHORT.get(m, m), "right", rank), lambda r, m=m, d=dec: fixed(_num(r.get(m)), d)))
+    return out
+
+
+def _view(columns: list, records: list[dict], notes: Sequence[str]) -> TableView:
+    cols = tuple(c for c, _ in columns)
+    rows = [[cell(r) for _, cell in columns] for r in records]
+    return TableView(cols, rows, tuple(n for n in notes if n))
+
+
+_TRIAL_EXTRAS = (("train_grad_ratio", 1), ("loss_slope", 2), ("grad_ratio_init", 3), ("loss_last", 4))
+
+
+def trials_view(frame: pd.DataFrame, objectives: list[str]) -> TableView:
+    """One line per trial: number, fix, scale, the objectives with intervals, then what fits."""
+    records = frame.to_dict(orient="records")
+    all_ranked = all(bool(r["ranked"]) for r in records)
+
+    def seeds(r: dict) -> str:
+        text = f"{r['n_seeds']}/{r['seeds_wanted']}"
+        return text if r["ranked"] else f"{r['status']} {text}"
+
+    columns = [
+        (Col("#", "right"), lambda r: _int(r["trial_number"])),
+        (Col("fix"), lambda r: str(r["fix"])),
+        (Col("scale", "right"), lambda r: _scale(r["scale"])),
+        # every trial complete: the seed count says little; an unranked one is news
+        (Col("seeds", "left", 3 if all_ranked else 0), seeds),
+        *_metric_columns(records, objectives, _TRIAL_EXTRAS),
+    ]
+    return _view(columns, records, [scope_note(frame)])
+
+
+def fixes_view(frame: pd.DataFrame, objectives: list[str]) -> TableView:
+    """The references, then each fix's best ranked trial with intervals."""
+    records = frame.to_dict(orient="records")
+
+    def none_ranked(r: dict) -> bool:
+        return r["fix"] not in REFERENCE_SHORT and _num(r.get("best_trial")) is None
+
+    metric_cols = []
+    for col, cell in _metric_columns(records, objectives, _TRIAL_EXTRAS):
+        unranked = col.rank == 0  # an objective's cell says why a fix has no value
+
+        def guarded(r: dict, cell=cell, unranked=unranked) -> str:
+            if not none_ranked(r):
+                return cell(r)
+            return f"({int(r.get('n_unranked') or 0)} unranked)" if unranked else MISSING
+
+        metric_cols.append((col, guarded))
+    columns = [
+        (Col("fix"), lambda r: REFERENCE_SHORT.get(r["fix"], r["fix"])),
+        (Col("#", "right"), lambda r: _int(r.get("best_trial"))),
+        (Col("scale", "right"), lambda r: _scale(r["scale"])),
+        (Col("seeds", "right", 3), lambda r: MISSING if none_ranked(r) else _int(r["n_seeds"])),
+        *metric_cols,
+    ]
+    return _view(columns, records, [scope_note(frame), "#: the fix's best ranked trial"])
+
+
+_ROLE_ORDER = {"baseline": 0, "control": 1, "trial": 2}
+
+
+def runs_view(frame: pd.DataFrame) -> TableView:
+    """One line per run, the references first; an ``mfu`` column only where some run has one."""
+    records = frame.to_dict(orient="records")
+    records.sort(
+        key=lambda r: (
+            _ROLE_ORDER.get(str(r.get("role")), 3),
+            _num(r.get("trial_number")) or 0,
+            _num(r.get("seed")) or 0,
+            _num(r.get("run_id")) or 0,
         )
-    return pd.DataFrame(rows)
+    )
+    with_mfu = any(_num(r.get("mfu")) is not None for r in records)
+
+    def trial(r: dict) -> str:
+        role = str(r.get("role"))
+        return ROLE_SHORT.get(role, role) if role in ROLE_SHORT else _int(r.get("trial_number"))
+
+    def metric(name: str, header: str, rank: int) -> tuple:
+        dec = column_decimals(_num(r.get(name)) for r in records)
+        return (Col(header, "right", rank), lambda r: fixed(_num(r.get(name)), dec))
+
+    columns = [
+        (Col("run", "right"), lambda r: _int(r["run_id"])),
+        (Col("trial", "right"), trial),
+        (Col("seed", "right"), lambda r: _int(r["seed"])),
+        (Col("fix"), lambda r: str(r["fix"])),
+        (Col("scale", "right", 1), lambda r: _scale(r.get("scale"))),
+        (Col("status", "left", 1), lambda r: str(r["status"])),
+        metric("adapter_gain", "gain", 0),
+        metric("train_grad_ratio", "R train", 1),
+        metric("loss_slope", "slope", 2),
+        metric("grad_ratio_init", "R @0", 3),
+        *([metric("mfu", "mfu", 3)] if with_mfu else []),
+        metric("loss_last", "last loss", 4),
+        metric("wall_s", "wall s", 4),
+    ]
+    return _view(columns, records, ["trial: the trial number, or base / ctrl for the no-branch baseline / control"])
 
 
-def _ratio_column(row: Any, objectives: list[str]) -> dict[str, str]:
-    # dilution_train is -log of this ratio: showing both would say one thing twice
-    return {} if "dilution_train" in objectives else {"R train": fmt(row.get("train_grad_ratio"), 3)}
+def studies_view(rows: Sequence[Any], wide: bool = False) -> TableView:
+    """``query --studies`` from the catalog's rows: times to the minute and short hashes unless wide."""
+    hash_len = None if wide else 12
+
+    def short(v: Any) -> str:
+        return MISSING if v is None else str(v)[:hash_len]
+
+    columns = [
+        (Col("name"), lambda r: str(r.name)),
+        (Col("created", "left"), lambda r: r.created_at.isoformat(sep=" ", timespec="seconds" if wide else "minutes")),
+        (Col("trials", "right"), lambda r: str(r.n_trials)),
+        (Col("runs", "right"), lambda r: str(r.n_runs)),
+        (Col("spec_hash", "left", 1), lambda r: short(r.spec_hash)),
+        (Col("git_revision", "left", 2), lambda r: short(r.git_revision)),
+        (Col("optuna_study_name", "left", 3), lambda r: str(r.optuna_study_name)),
+    ]
+    note = "trials: trials whose runs are all complete" + ("" if wide else "; hashes shortened (--wide: in full)")
+    return TableView(tuple(c for c, _ in columns), [[cell(r) for _, cell in columns] for r in rows], (note,))
 
 
-def fixes_view(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFrame:
-    dec = {m: _decimals(frame, m) for m in objectives}
-    rows = []
-    for _, r in frame.iterrows():
-        best = r.get("best_trial")
-        none_ranked = r["fix"] not in REFERENCE_SHORT and (best is None or pd.isna(best))
-        unranked = int(r.get("n_unranked") or 0)
-        rows.append(
-            {
-                "fix": REFERENCE_SHORT.get(r["fix"], r["fix"]),
-                "#": "-" if best is None or pd.isna(best) else str(int(best)),
-                "scale": _scale(r["scale"]),
-                "seeds": "-" if none_ranked else str(r["n_seeds"]),
-                **{
-                    SHORT.get(m, m): (f"({unranked} unranked)" if none_ranked else _ci(r, m, dec[m]))
-                    for m in objectives
-                },
-                **_ratio_column(r, objectives),
-            }
-        )
-    return pd.DataFrame(rows)
+def frame_view(frame: pd.DataFrame) -> TableView:
+    """Any frame (``--sql``, an empty result), float columns by the one rule; when it is too wide the
+    rightmost columns go first (the query's own order says what matters), the first always stays."""
+    columns = []
+    for rank, name in enumerate(frame.columns):
+        kind = frame[name].dtype.kind
+        if kind == "f":
+            dec = column_decimals(_num(v) for v in frame[name])
+            columns.append((Col(str(name), "right", rank), lambda v, d=dec: fixed(_num(v), d)))
+        else:
+            columns.append((Col(str(name), "right" if kind in "iu" else "left", rank), lambda v: fmt(_num(v))))
+    rows = [[cell(v) for (_, cell), v in zip(columns, row, strict=True)] for row in frame.itertuples(index=False)]
+    return TableView(tuple(c for c, _ in columns), rows)
 
 
-def runs_view(frame: pd.DataFrame) -> pd.DataFrame:
-    """One line per run; an ``mfu`` column only where some run has one (GPU runs with a known peak)."""
-    with_mfu = "mfu" in frame.columns and bool(frame["mfu"].notna().any())
-    rows = []
-    for _, r in frame.iterrows():
-        tn = r.get("trial_number")
-        rows.append(
-            {
-                "run": str(r["run_id"]),
-                "role": r["role"],
-                "#": "-" if tn is None or pd.isna(tn) else str(int(tn)),
-                "seed": str(r["seed"]),
-                "fix": r["fix"],
-                "status": r["status"],
-                "gain": fmt(r.get("adapter_gain"), 3),
-                "R train": fmt(r.get("train_grad_ratio"), 3),
-                "R @0": fmt(r.get("grad_ratio_init"), 3),
-                "slope": fmt(r.get("loss_slope"), 3),
-                **({"mfu": fmt(r.get("mfu"), 2)} if with_mfu else {}),
-            }
-        )
-    return pd.DataFrame(rows)
+def probe_view(results: Sequence[Any], first: str, groups: Sequence[str]) -> TableView:
+    """``ablate probe`` (one row per fix) or the bypass probe points of ``ablate train`` (one row per
+    step): R with its interval for the judged group, the other groups' R, the share, the cosine."""
+    g = results[0].group
+    others = [o for o in groups if o != g]
+    r_dec = column_decimals(v for r in results for v in (r.grad_ratio, *r.grad_ratio_ci))
+    o_dec = column_decimals(r.groups[o].ratio for r in results for o in others)
+    s_dec = column_decimals(r.groups[g].share for r in results)
+    c_dec = column_decimals((r.feature_cosine for r in results), digits=4)
+    columns = (
+        [(Col("fix"), lambda r: r.fix), (Col("scale", "right"), lambda r: _scale(r.scale))]
+        if first == "fix"
+        else [(Col(first, "right"), lambda r: str(r.step))]
+    )
+    columns += [
+        (Col("R [95%]"), lambda r: fmt_ci(r.grad_ratio, *r.grad_ratio_ci, decimals=r_dec)),
+        *[(Col(o, "right", 1), lambda r, o=o: fixed(r.groups[o].ratio, o_dec)) for o in others],
+        (Col("share", "right", 2), lambda r: fixed(r.groups[g].share, s_dec)),
+        (Col("cos", "right", 2), lambda r: fixed(r.feature_cosine, c_dec)),
+        (Col("verdict"), lambda r: r.verdict),
+    ]
+    note = (
+        f"R: |grad {g}| with / without the branch [95% within this seed]; "
+        f"{', '.join(others)}: R of those groups; "
+        f"share: |g_{g}|^2 / (|g_{g}|^2 + |g_branch|^2); cos: final features with vs without"
+    )
+    return TableView(tuple(c for c, _ in columns), [[cell(r) for _, cell in columns] for r in results], (note,))

@@ -156,6 +156,6 @@ def test_runs_view_shows_mfu_only_where_a_run_has_one():
     base = {"run_id": 1, "role": "trial", "trial_number": 0, "seed": 0, "fix": "none", "status": "complete"}
     cpu = pd.DataFrame([{**base, "mfu": float("nan")}])
     gpu = pd.DataFrame([{**base, "mfu": 0.266}, {**base, "run_id": 2, "mfu": float("nan")}])
-    assert "mfu" not in views.runs_view(cpu).columns
+    assert "mfu" not in views.runs_view(cpu).headers
     shown = views.runs_view(gpu)
-    assert list(shown["mfu"]) == ["0.27", views.fmt(float("nan"), 2)]
+    assert list(shown["mfu"]) == ["0.266", "-"]  # 3 significant digits, '-' for unknown

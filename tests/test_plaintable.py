@@ -72,17 +72,16 @@ def test_colour_goes_to_rich() -> None:
 def test_query_views_match_rich(mini_study_db) -> None:
     from ablate import views
     from ablate.store import open_storage, query
-    from ablate.textfmt import fmt
 
     engine = open_storage(f"sqlite:///{mini_study_db}", create=False)
     objectives = query.study_settings(engine)["objectives"]
-    for frame, note in (
+    for view, note in (
         (views.trials_view(query.trials_frame(engine), objectives), "over seeds"),
         (views.fixes_view(query.group_by_fix(engine), objectives), escape("[lo, hi]: 95% interval over seeds")),
         (views.runs_view(query.runs_frame(engine)), None),
     ):
-        columns = [(str(c), "right" if frame[c].dtype.kind in "if" else "left") for c in frame.columns]
-        rows = [[fmt(v) for v in row] for row in frame.itertuples(index=False)]
+        columns = [(c.header, c.justify) for c in view.columns]
+        rows = view.rows
         wide = plaintable.render(_console(200), "view", columns, rows, note)
         assert wide is not None and wide == _rich(_console(200), "view", columns, rows, note)
         narrow = plaintable.render(_console(80), "view", columns, rows, note)  # None: rich wraps a column

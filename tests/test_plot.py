@@ -470,14 +470,14 @@ def test_gates_tanh_applied(runs: pd.DataFrame, steps: pd.DataFrame) -> None:
     ]  # fmt: skip
     by_fix = {g.fix: g for g in data.series}
     tanh = by_fix["tanh-gate"]
-    assert (tanh.param, tanh.transform, tanh.metric, tanh.n_seeds) == ("tanh(alpha)", "tanh", "gate/tanh_alpha", 2)
+    assert (tanh.param, tanh.transform, tanh.metric, tanh.n_seeds) == ("tanh(α)", "tanh", "gate/tanh_alpha", 2)
     # tanh per seed, then the mean over seeds: the effective gate each run actually used
     expect = [(np.tanh(raw_gate(0, s)) + np.tanh(raw_gate(1, s))) / 2 for s in range(N_STEPS)]
     np.testing.assert_allclose(tanh.mean, expect)
     alpha = by_fix["learnable-alpha"]
-    assert (alpha.param, alpha.transform) == ("alpha", "identity")
+    assert (alpha.param, alpha.transform) == ("α", "identity")
     np.testing.assert_allclose(alpha.mean, [0.25 * s + 0.05 for s in range(N_STEPS)])
-    assert "tanh(alpha)" in data.note
+    assert "tanh(α)" in data.note and {g.param for g in data.series} == {"α", "tanh(α)", "mean |λ|"}
     assert "tanh-gate" in tanh.label and "s=0.5" in tanh.label
 
 
@@ -556,7 +556,7 @@ def test_render_tradeoff_draws_unranked_front_references_threshold(
     assert "Pareto front (ranked trials)" in labels
     assert "no-branch (baseline), 3 seeds" in labels and "frozen-adapters (control), 2 seeds" in labels
     assert "fixed-scale (2 trials)" in labels and "none (1 trial)" in labels
-    (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "probe threshold R"]
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "probe threshold R = 0.8"]
     assert line.get_xdata()[0] == pytest.approx(-math.log(0.8))
     assert "95% interval over seeds" in ax.get_title()
 
@@ -656,3 +656,127 @@ def test_plot_fix_order_is_the_registry_order_without_torch() -> None:
     code = "import sys, ablate.plot; assert 'torch' not in sys.modules, 'torch loaded'"
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={"PYTHONPATH": str(root)})
+
+
+# ---------------------------------------------------------------------------------------------
+# What the figures say: smoothing and fitted slopes, rounded labels, no bars without intervals,
+# labelled repeated markers, and no text over text or legend over data (bounding boxes)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_loss_fits_are_the_loss_slope_line_through_the_mean(runs: pd.DataFrame, steps: pd.DataFrame) -> None:
+    data = extract_loss_curves(steps, runs)
+    fits = {f.fix: f for f in data.fits}
+    assert list(fits)[-1] == "no-branch" and set(fits) == {c.fix for c in data.curves} | {"no-branch"}
+    none = fits["none"]  # loss_value falls 0.1 a step on every seed: -10 per 100 steps
+    assert none.slope == pytest.approx(-10.0) and none.start == 0 and none.end == N_STEPS - 1
+    assert none.at(0) == pytest.approx(np.mean([loss_value(0, 0, 0), loss_value(1, 1, 0)]))
+    assert (none.seed_lo, none.seed_hi, none.n_seeds) == (-0.2, -0.1, 2)  # the runs' stored slopes
+    curve = next(c for c in data.curves if c.fix == "none")
+    np.testing.assert_allclose(curve.smooth, curve.mean)  # 5 steps: a window of 1
+
+
+def test_smoothing_window_and_centred_mean() -> None:
+    from ablate.plot.extract import smooth_window, smoothed
+
+    assert [smooth_window(n) for n in (5, 60, 300)] == [1, 5, 25]
+    np.testing.assert_allclose(smoothed(np.array([0.0, 3.0, 6.0, NAN, 12.0]), 3), [1.5, 3.0, 4.5, 9.0, 12.0])
+
+
+def test_labels_round_the_scale(runs: pd.DataFrame, steps: pd.DataFrame) -> None:
+    from ablate.plot.extract import scale_text
+
+    assert scale_text(0.00118363) == "s=0.0012" and scale_text(1e-4) == "s=0.0001" and scale_text(NAN) == ""
+    gates = {g.fix: g for g in extract_gates(steps, runs.assign(scale=runs["scale"] * 1.0118363)).series}
+    assert gates["tanh-gate"].label == "tanh-gate s=0.51 (trial 4): tanh(α)"
+
+
+def test_tradeoff_bars_only_where_an_interval_has_width(trials: pd.DataFrame, references: pd.DataFrame) -> None:
+    from ablate.plot import render_tradeoff
+
+    assert tradeoff(trials, references).has_bars
+    flat = trials.assign(**{f"{X}_lo": trials[X], f"{X}_hi": trials[X], f"{Y}_lo": NAN, f"{Y}_hi": NAN})
+    flat_refs = references.assign(**{f"{X}_hi": references[X], f"{X}_lo": references[X], f"{Y}_lo": NAN})
+    data = tradeoff(flat, flat_refs.assign(**{f"{Y}_hi": NAN}))
+    assert not data.has_bars
+    ax = render_tradeoff(data).axes[0]
+    assert "no bars" in ax.get_title() and "bars =" not in ax.get_title()
+    assert not [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
+
+
+def test_tradeoff_labels_repeated_markers_with_their_scale(trials: pd.DataFrame) -> None:
+    from ablate.plot import render_tradeoff
+
+    ax = render_tradeoff(tradeoff(trials)).axes[0]
+    # fixed-scale has two ranked trials (s 0.1 and 1): one marker twice, so each says its scale
+    assert sorted(t.get_text() for t in ax.texts) == ["s=0.1", "s=1"]
+
+
+def test_ratio_vs_scale_spreads_markers_that_share_a_scale(runs: pd.DataFrame) -> None:
+    from ablate.plot import render_ratio_vs_scale
+
+    fig = render_ratio_vs_scale(extract_ratio_vs_scale(runs))
+    xs = {ln.get_label(): list(ln.get_xdata()) for ax in fig.axes for ln in ax.get_lines() if ln.get_marker() != "None"}
+    fixed, combo = xs["fixed-scale"], xs["fixed-scale+zero-init"]
+    assert fixed[0] != combo[0]
+    assert fixed[0] == pytest.approx(0.1, rel=0.15) and combo[0] == pytest.approx(0.1, rel=0.15)
+
+
+def test_gates_one_panel_per_fix_named_by_the_effective_gate(runs: pd.DataFrame, steps: pd.DataFrame) -> None:
+    from ablate.plot import render_gates
+
+    fig = render_gates(extract_gates(steps, runs))
+    assert [ax.get_ylabel() for ax in fig.axes] == ["α", "tanh(α)", "mean |λ|"]
+    labels = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
+    assert "s=0.0001 (trial 6), 1 seed" in labels and not any("layerscale_mean" in t for t in labels)
+
+
+def test_grad_norm_ticks_are_plain_numbers(runs: pd.DataFrame, steps: pd.DataFrame) -> None:
+    from ablate.plot import render_grad_norms
+    from ablate.plot.layout import draw
+
+    fig = render_grad_norms(extract_grad_norms(steps, runs))
+    draw(fig)
+    ticks = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels(which="both") if t.get_text()]
+    assert ticks and not any("^" in t or "times" in t for t in ticks)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_text_overlaps_and_no_legend_over_the_data(
+    kind: str, runs: pd.DataFrame, steps: pd.DataFrame, trials: pd.DataFrame, references: pd.DataFrame
+) -> None:
+    from ablate.plot import RENDERERS, extract_kind
+    from ablate.plot.layout import legends_over_axes, overlapping_texts
+
+    fig = RENDERERS[kind](extract_kind(kind, runs, steps, trials=trials, references=references))
+    assert overlapping_texts(fig) == []
+    assert legends_over_axes(fig) == []
+
+
+def test_the_overlap_check_sees_an_overlap() -> None:
+    from matplotlib.figure import Figure
+
+    from ablate.plot.layout import legends_over_axes, overlapping_texts
+
+    fig = Figure()
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], label="data")
+    ax.text(0.5, 0.5, "one label")
+    ax.text(0.5, 0.5, "another")
+    ax.legend(loc="center")
+    assert ("one label", "another") in overlapping_texts(fig)
+    assert legends_over_axes(fig) == ["data"]
+
+
+def test_tradeoff_with_many_trials_bars_only_the_front_and_counts_missing_labels() -> None:
+    from ablate.plot import render_tradeoff
+    from ablate.plot.render import MAX_BARRED_POINTS, MAX_POINT_LABELS
+
+    n = MAX_BARRED_POINTS + 10
+    specs = [(i, "fixed-scale", 0.01 * (i + 1), "complete", True, 3, 0.01 * (i % 7), 0.01 * (i % 11)) for i in range(n)]
+    data = tradeoff(make_trials(specs), threshold=None)
+    ax = render_tradeoff(data).axes[0]
+    barred = {tuple(np.round(seg[0], 9)) for c in ax.collections for seg in getattr(c, "get_segments", list)()}
+    assert len(barred) <= 2 * len(data.front)  # one x and one y bar per front point, nothing else
+    assert "bars (Pareto front only)" in ax.get_title()
+    assert len(ax.texts) <= MAX_POINT_LABELS and f"of {n} left out" in ax.get_title()

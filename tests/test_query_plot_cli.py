@@ -57,22 +57,34 @@ def test_query_group_by_fix_csv(capsys, db_url):
     assert {r["ci_scope"] for r in rows} == {"seeds"}
 
 
-def test_query_tables_fit_80_columns_and_say_what_the_intervals_are(db_url):
-    import subprocess
-    import sys
+FORMS = ([], ["--group-by", "fix"], ["--runs"], ["--studies"], ["--sql", "select * from ablate_runs"])
 
-    for args in ([], ["--group-by", "fix"], ["--runs"]):
-        proc = subprocess.run(
-            [sys.executable, "-m", "ablate", "query", "--storage", db_url, *args],
-            capture_output=True,
-            text=True,
-            env={**__import__("os").environ, "COLUMNS": "80"},
-        )
-        assert proc.returncode == 0, proc.stderr
-        lines = proc.stdout.rstrip("\n").splitlines()
-        assert max(len(line.rstrip()) for line in lines) <= 80, proc.stdout
-        if args != ["--runs"]:
-            assert "95% interval over seeds" in proc.stdout
+
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("args", FORMS, ids=["trials", "per-fix", "runs", "studies", "sql"])
+def test_query_tables_fit_the_width_whole_cells_and_say_what_is_left_out(capsys, monkeypatch, db_url, args, width):
+    monkeypatch.setenv("COLUMNS", str(width))
+    code, out, err = cli(capsys, "query", "--storage", db_url, *args)
+    assert code == 0, err
+    lines = out.rstrip("\n").splitlines()
+    assert max(len(line) for line in lines) <= width, out
+    assert "…" not in out  # no cut cells
+    if args in ([], ["--group-by", "fix"]):
+        assert "95% interval over seeds" in out and "gain = adapter_gain" in out
+        assert "nan" not in out  # a missing scale is '-', as everywhere
+    code, wide, _ = cli(capsys, "query", "--storage", db_url, "--wide", *args)
+    head = wide.splitlines()[2].split()
+    if "not shown:" in out:
+        hidden = out.split("not shown:")[1].split("(--wide")[0].split(" and ")[0]
+        assert all(h.strip() in wide for h in hidden.replace("\n", " ").split(","))
+        assert "not shown" not in wide and len(head) > len(lines[2].split())
+
+
+def test_query_runs_lists_the_references_first(capsys, db_url):
+    code, out, _ = cli(capsys, "query", "--storage", db_url, "--runs", "--wide")
+    rows = [line.split() for line in out.splitlines()[4:] if line.strip() and line.split()[0].isdigit()]
+    assert [r[1] for r in rows] == ["base"] * 2 + ["ctrl"] * 2 + ["0", "0", "1", "1", "2", "2", "3", "3"]
+    assert "<NA>" not in out and "nan" not in out
 
 
 def test_query_studies_and_sql(capsys, db_url):
@@ -149,7 +161,7 @@ def test_plot_unknown_kind(capsys, db_url, tmp_path):
     assert code == 2 and "pie" in err and len(err.strip().splitlines()) == 1
 
 
-def test_query_commands_import_neither_torch_nor_open_clip(db_url):
+def test_read_commands_import_neither_torch_nor_open_clip(db_url, tmp_path):
     import subprocess
     import sys
 
@@ -157,13 +169,18 @@ def test_query_commands_import_neither_torch_nor_open_clip(db_url):
         "import sys\n"
         "from ablate.cli import main\n"
         f"for args in (['--studies'], [], ['--group-by', 'fix'], ['--runs']):\n"
+        "  for form in (['--json'], []):\n"
         "    try:\n"
-        f"        main(['query', '--storage', {db_url!r}, '--json', *args])\n"
+        f"        main(['query', '--storage', {db_url!r}, *form, *args])\n"
         "    except SystemExit as e:\n"
         "        assert e.code == 0, args\n"
         "print('heavy:', [m for m in ('torch', 'open_clip', 'sqlglot') if m in sys.modules])\n"
         "try:\n"
         f"    main(['query', '--storage', {db_url!r}, '--json', '--sql', 'SELECT count(*) FROM trials'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0\n"
+        "try:\n"
+        f"    main(['plot', '--storage', {db_url!r}, '--out', {str(tmp_path / 'p')!r}, '--kind', 'loss'])\n"
         "except SystemExit as e:\n"
         "    assert e.code == 0\n"
         "print('heavy:', [m for m in ('torch', 'open_clip') if m in sys.modules])\n"
@@ -173,3 +190,18 @@ def test_query_commands_import_neither_torch_nor_open_clip(db_url):
     # sqlglot is imported only for --sql; nothing imports torch.
     heavy = [line for line in proc.stdout.splitlines() if line.startswith("heavy:")]
     assert heavy == ["heavy: []", "heavy: []"] and '"count(*)": 4' in proc.stdout, proc.stdout
+
+
+def test_every_figure_of_a_real_study_reads_cleanly(db_url):
+    """On a real database: no text over text, no legend over a plot area, in every kind."""
+    from ablate.plot import RENDERERS, extract_kind, source
+    from ablate.plot.layout import legends_over_axes, overlapping_texts
+
+    inputs = source.load(open_storage(db_url), "mini")
+    for kind, render in RENDERERS.items():
+        data = extract_kind(
+            kind, inputs.runs, inputs.steps, trials=inputs.trials, references=inputs.references, threshold=0.8
+        )
+        fig = render(data)
+        assert overlapping_texts(fig) == [], kind
+        assert legends_over_axes(fig) == [], kind

@@ -211,8 +211,8 @@ def _valid_list() -> str:
 def parse_fix(name: str, scale: float | None = None, field: str = "fix") -> FixChoice:
     """Validate a fix name (and optional scale) into a ``FixChoice``; errors name ``field``.
 
-    ``scale=None`` takes the fix's default. A scale must be a finite number > 0 and is only
-    accepted by fixes that take one.
+    ``scale=None`` takes the fix's default. A scale must be a finite number > 0 (>= 0 for a fix
+    whose default is 0: tanh-gate's closed gate) and is only accepted by fixes that take one.
     """
     raw = name.strip()
     parts = [p.strip() for p in raw.split("+")]
@@ -241,7 +241,8 @@ def parse_fix(name: str, scale: float | None = None, field: str = "fix") -> FixC
         # 0 is valid only where it is the fix's own default (a closed tanh gate).
         floor_ok = join.default_scale == 0 and scale == 0
         if not isinstance(scale, (int, float)) or not math.isfinite(scale) or (scale <= 0 and not floor_ok):
-            raise AblateInputError("scale", f"must be a finite number > 0, got {scale!r}")
+            bound = ">= 0" if join.default_scale == 0 else "> 0"
+            raise AblateInputError("scale", f"must be a finite number {bound}, got {scale!r}")
     elif join.takes_scale:
         scale = join.default_scale
     return FixChoice(canonical, join, zero_init, None if scale is None else float(scale))

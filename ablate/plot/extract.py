@@ -11,7 +11,9 @@ Conventions shared by every extractor:
   complete seeds never stand for the trial.
 - A *trial* is identified by ``(study, trial_number)``; its seeds are its complete runs.
 - Seed spread is the sample standard deviation (ddof=1) over seeds, 0.0 for a single seed.
-- Bands around curves span min..max over seeds (with 2-3 seeds a std band says little).
+- Curves carry a smoothed copy (a centred moving mean, ``smooth_window``): per-step losses and
+  gradient norms are noisy, and the slope differences a study ranks are invisible in the raw lines.
+  The min..max over seeds stays in the data; the figures draw it only where it reads.
 - The ``no-branch`` reference runs have ``role == 'baseline'``; the frozen-adapter control ``'control'``.
 - No data to draw raises :class:`NoPlotData` (an ``AblateInputError``, hence a ``ValueError``)
   with a one-line message, never a matplotlib traceback.
@@ -31,6 +33,7 @@ from ablate.errors import AblateInputError
 from ablate.model.fix_order import registry_names
 from ablate.plot.pareto import pareto_front
 from ablate.stats import geo_mean
+from ablate.train.metrics import loss_line  # the slope's own fit (plain maths, no torch)
 
 # The registry's names read without importing torch (read commands stay light; see fix_order.py).
 _REGISTERED, NO_BRANCH = registry_names()
@@ -45,7 +48,9 @@ GATE_PREFIX = "gate/"
 TANH_GATES = frozenset({"tanh_alpha"})
 BEST_TRIAL_RULE = "per fix, the trial with the lowest mean {metric} over its complete seeds"
 BAND_RULE = "min..max over seeds"
-GATES_NOTE = "tanh-gate shows tanh(alpha), the effective gate; layerscale shows mean |lambda|"
+# What each logged gate is called on a figure: the effective factor on the branch output.
+GATE_NAMES = {"alpha": "α", "tanh_alpha": "tanh(α)", "layerscale_mean": "mean |λ|"}
+GATES_NOTE = "the factor on the branch output: α; tanh(α) for tanh-gate; mean |λ| over channels for layerscale"
 
 
 class NoPlotData(AblateInputError):
@@ -127,10 +132,25 @@ class TradeoffData:
             out.setdefault(p.fix, []).append(p)
         return out
 
+    @property
+    def has_bars(self) -> bool:
+        """Whether any point or reference has an interval of non-zero width (else: no bars to name)."""
+        marks = [*self.points, *self.references]
+        return any(_width(m.x_lo, m.x_hi) or _width(m.y_lo, m.y_hi) for m in marks)
+
+
+def _width(lo: float, hi: float) -> bool:
+    return bool(np.isfinite(lo) and np.isfinite(hi) and hi > lo)
+
+
+def scale_text(scale: float) -> str:
+    """A scale as figures print it: two significant digits ('s=0.0012', not 's=0.00118363')."""
+    return "" if np.isnan(scale) else f"s={scale:.2g}"
+
 
 @dataclass(frozen=True, eq=False)  # holds numpy arrays
 class Curve:
-    """A per-step series averaged over seeds, with a min..max band.
+    """A per-step series averaged over seeds, with its min..max over seeds and a smoothed mean.
 
     ``trial_number`` is None for the baseline curve.
     """
@@ -145,16 +165,39 @@ class Curve:
     lo: np.ndarray
     hi: np.ndarray
     n_seeds: int
+    smooth: np.ndarray | None = None  # the mean, centred moving mean over ``smooth_window`` steps
+    smooth_window: int = 1
+
+
+@dataclass(frozen=True)
+class SlopeFit:
+    """The fitted loss slope of one curve: the line ``loss_slope`` fits (after the warm-up) through
+    the seeds' mean loss, and the per-seed slopes' range."""
+
+    label: str
+    fix: str
+    start: int  # first fitted step
+    end: int  # last step
+    slope: float  # loss per 100 steps (the mean curve's; equals the mean of the seeds' slopes)
+    intercept: float  # the line's loss at step 0
+    seed_lo: float  # smallest and largest per-seed slope (equal with one seed)
+    seed_hi: float
+    n_seeds: int
+
+    def at(self, step: float) -> float:
+        return self.intercept + self.slope / 100.0 * step
 
 
 @dataclass(frozen=True, eq=False)  # holds numpy arrays
 class LossCurvesData:
-    """Loss per step for the best trial of each fix, plus the ``no-branch`` baseline."""
+    """Loss per step for the best trial of each fix, plus the ``no-branch`` baseline, and each
+    curve's fitted slope (the quantity a study compares)."""
 
     curves: tuple[Curve, ...]  # one per fix, display order
     baseline: Curve | None
     selection: str  # how the trial shown for each fix was chosen
     band: str = BAND_RULE
+    fits: tuple[SlopeFit, ...] = ()  # the curves' order, then the baseline's
 
 
 @dataclass(frozen=True, eq=False)  # holds numpy arrays
@@ -228,6 +271,13 @@ class GatesData:
     series: tuple[GateSeries, ...]
     note: str = GATES_NOTE
 
+    def by_fix(self) -> dict[str, list[GateSeries]]:
+        """Series grouped by fix, in display order (each fix's gate has its own range)."""
+        out: dict[str, list[GateSeries]] = {}
+        for g in self.series:
+            out.setdefault(g.fix, []).append(g)
+        return out
+
 
 @dataclass(frozen=True, eq=False)  # holds numpy arrays
 class GradNormsData:
@@ -277,7 +327,21 @@ def _first_scale(values: pd.Series) -> float:
 def _trial_label(fix: str, scale: float, trial_number: int) -> str:
     if np.isnan(scale):
         return f"{fix} (trial {trial_number})"
-    return f"{fix} s={scale:g} (trial {trial_number})"
+    return f"{fix} {scale_text(scale)} (trial {trial_number})"
+
+
+def smooth_window(n_steps: int) -> int:
+    """Odd window of about 1/12 of the steps (5 of 60, 25 of 300): enough to see a trend, short
+    enough to keep the early drop."""
+    w = max(1, round(n_steps / 12))
+    return w if w % 2 else w + 1
+
+
+def smoothed(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving mean, NaN ignored, the ends averaged over what the window holds."""
+    if window <= 1:
+        return np.asarray(values, dtype=float)
+    return pd.Series(values, dtype=float).rolling(window, center=True, min_periods=1).mean().to_numpy()
 
 
 def _series(rows: pd.DataFrame, value_col: str = "value") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -476,6 +540,7 @@ def _curve_for(best: BestTrial, rows: pd.DataFrame) -> Curve | None:
     if rows.empty:
         return None
     s, m, lo, hi = _series(rows)
+    w = smooth_window(len(s))
     return Curve(
         label=_trial_label(best.fix, best.scale, best.trial_number),
         fix=best.fix,
@@ -487,6 +552,8 @@ def _curve_for(best: BestTrial, rows: pd.DataFrame) -> Curve | None:
         lo=lo,
         hi=hi,
         n_seeds=int(rows["run_id"].nunique()),
+        smooth=smoothed(m, w),
+        smooth_window=w,
     )
 
 
@@ -494,6 +561,7 @@ def _baseline_curve(rows: pd.DataFrame) -> Curve | None:
     if rows.empty:
         return None
     s, m, lo, hi = _series(rows)
+    w = smooth_window(len(s))
     return Curve(
         label=f"{BASELINE_FIX} (baseline)",
         fix=BASELINE_FIX,
@@ -505,7 +573,36 @@ def _baseline_curve(rows: pd.DataFrame) -> Curve | None:
         lo=lo,
         hi=hi,
         n_seeds=int(rows["run_id"].nunique()),
+        smooth=smoothed(m, w),
+        smooth_window=w,
     )
+
+
+def _slope_fit(curve: Curve, seed_slopes: list[float]) -> SlopeFit | None:
+    """``loss_slope``'s line through the curve's mean (steps must be 0..n-1, as stored)."""
+    if curve.steps.size < 2 or not np.array_equal(curve.steps, np.arange(curve.steps.size)):
+        return None
+    start, per_step, intercept = loss_line(curve.mean.tolist())
+    if not np.isfinite(per_step):
+        return None
+    known = _known(seed_slopes) or [100.0 * per_step]
+    return SlopeFit(
+        label=curve.label,
+        fix=curve.fix,
+        start=start,
+        end=int(curve.steps[-1]),
+        slope=100.0 * per_step,
+        intercept=intercept,
+        seed_lo=min(known),
+        seed_hi=max(known),
+        n_seeds=curve.n_seeds,
+    )
+
+
+def _run_slopes(runs: pd.DataFrame, run_ids: Iterable) -> list[float]:
+    if "loss_slope" not in runs.columns:
+        return []
+    return runs.loc[runs["run_id"].isin(set(run_ids)), "loss_slope"].tolist()
 
 
 def extract_loss_curves(steps: pd.DataFrame, runs: pd.DataFrame, slope_metric: str = "loss_slope") -> LossCurvesData:
@@ -515,16 +612,23 @@ def extract_loss_curves(steps: pd.DataFrame, runs: pd.DataFrame, slope_metric: s
     """
     _check_steps(steps)
     best = best_trial_per_fix(runs, slope_metric)
-    curves = []
+    curves, fits = [], []
     for b in best.values():
         c = _curve_for(b, _metric_rows(steps, b.run_ids, "loss"))
         if c is not None:
             curves.append(c)
-    baseline = _baseline_curve(_metric_rows(steps, _baseline_ids(runs), "loss"))
+            fits.append(_slope_fit(c, _run_slopes(runs, b.run_ids)))
+    base_ids = _baseline_ids(runs)
+    baseline = _baseline_curve(_metric_rows(steps, base_ids, "loss"))
     if not curves and baseline is None:
         raise NoPlotData("steps", "no 'loss' step metrics for any complete run")
+    if baseline is not None:
+        fits.append(_slope_fit(baseline, _run_slopes(runs, base_ids)))
     return LossCurvesData(
-        curves=tuple(curves), baseline=baseline, selection=BEST_TRIAL_RULE.format(metric=slope_metric)
+        curves=tuple(curves),
+        baseline=baseline,
+        selection=BEST_TRIAL_RULE.format(metric=slope_metric),
+        fits=tuple(f for f in fits if f is not None),
     )
 
 
@@ -627,11 +731,10 @@ def extract_gates(steps: pd.DataFrame, runs: pd.DataFrame, selection: str | None
         raw = str(name)[len(GATE_PREFIX) :]
         g = g.copy()
         transform = "identity"
-        param = raw
         if raw in TANH_GATES:
             transform = "tanh"
-            param = f"tanh({raw.removeprefix('tanh_')})"
             g["value"] = np.tanh(g["value"].astype(float))
+        param = GATE_NAMES.get(raw, raw)
         s, m, lo, hi = _series(g)
         fix = str(g["fix"].iloc[0])
         scale = _first_scale(g["scale"])

@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -34,13 +35,17 @@ from ablate.plot.extract import (
     LossCurvesData,
     NoPlotData,
     RatioScaleData,
+    ScaleSeries,
     TradeoffData,
+    TrialPoint,
     extract_gates,
     extract_grad_norms,
     extract_loss_curves,
     extract_ratio_vs_scale,
     extract_tradeoff,
+    scale_text,
 )
+from ablate.plot.layout import place_labels
 
 # Figures are plain Figure objects, so the backend only matters to pyplot users; a notebook that
 # already loaded pyplot keeps its own backend.
@@ -85,11 +90,23 @@ def _figure(width: float = 8.0, height: float = 5.5) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _legend(ax: Axes, n_entries: int) -> None:
-    if n_entries > 10:  # many trials: keep the data area clear
-        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    else:
-        ax.legend(fontsize="small")
+def _legend(ax: Axes, fontsize: str = "small") -> None:
+    """The axes' legend beside it, right of the plot area: never over the data."""
+    ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
+def _plain_log_ticks(ax: Axes) -> None:
+    """Log-axis ticks as plain numbers ('60', '0.5'), no '6x10^1' minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    # 1, 2, 5 per decade: a panel spanning less than a decade still gets labelled ticks
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _study_suffix(studies: Sequence[str]) -> str:
@@ -116,33 +133,90 @@ _METRIC_LABELS = {
 }
 
 
-def _errs(vals: Sequence[float], los: Sequence[float], his: Sequence[float]) -> np.ndarray:
-    v, lo, hi = (np.asarray(a, dtype=float) for a in (vals, los, his))
-    return np.nan_to_num(np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)]))
+def _bars(ax: Axes, xs, ys, x_lo, x_hi, y_lo, y_hi, colour: str, zorder: float = 2) -> int:
+    """Interval bars where an interval has non-zero width; none where it has not (a zero-width bar
+    draws as a crosshair that looks like data). Returns how many bars were drawn."""
+    drawn = 0
+    for axis, lo, hi in (("x", x_lo, x_hi), ("y", y_lo, y_hi)):
+        v = np.asarray(xs if axis == "x" else ys, dtype=float)
+        lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+        keep = np.isfinite(lo) & np.isfinite(hi) & (hi > lo)
+        if not keep.any():
+            continue
+        err = np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])[:, keep]
+        kw = {"xerr": err} if axis == "x" else {"yerr": err}
+        ax.errorbar(
+            np.asarray(xs, dtype=float)[keep],
+            np.asarray(ys, dtype=float)[keep],
+            fmt="none",
+            ecolor=colour,
+            elinewidth=0.8,
+            capsize=2,
+            alpha=0.8,
+            zorder=zorder,
+            **kw,
+        )
+        drawn += int(keep.sum())
+    return drawn
+
+
+MAX_POINT_LABELS = 40  # beyond this many, labels would bury the points they name
+MAX_BARRED_POINTS = 60  # beyond this many trials, interval bars only on the front
+MAX_JOINED_SCALES = 12  # ratio vs scale: beyond this many scales of a fix, markers without a line
+
+
+def _symlog_if_crowded(ax: Axes, xs: Sequence[float]) -> str:
+    """A symlog x axis when non-negative values span more than a decade: points near 0
+    (R near 1 on a dilution axis) pile up on a linear axis. Returns the axis note ('' if linear)."""
+    from matplotlib.ticker import FuncFormatter
+
+    v = np.asarray([x for x in xs if np.isfinite(x)], dtype=float)
+    pos = v[v > 0]
+    if v.size < 3 or (v < 0).any() or pos.size < 2 or pos.max() / pos.min() < 10:
+        return ""
+    linthresh = 10.0 ** np.floor(np.log10(pos.min()))
+    ax.set_xscale("symlog", linthresh=linthresh, linscale=0.5)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+    ax.set_xlim(left=-0.3 * linthresh)  # the values are >= 0: no negative decade
+    return f" [symlog: linear below {linthresh:g}]"
+
+
+def _point_label(p: TrialPoint) -> str:
+    return scale_text(p.scale) or f"trial {p.trial_number}"
 
 
 def render_tradeoff(data: TradeoffData) -> Figure:
-    """The study's two objectives per ranked trial, with 95% intervals, the front and the references."""
-    fig = _figure()
+    """The study's two objectives per ranked trial: where each fix lands, the front, the references."""
+    fig = _figure(9.0, 5.5)
     ax = fig.add_subplot()
-    n_entries = 0
+    bars = 0
+    # hundreds of bars hide the points they belong to: then only the front's are drawn
+    front_ids = {id(p) for p in data.front}
+    few = len(data.points) <= MAX_BARRED_POINTS
     for fix, pts in data.by_fix().items():
         st = fix_style(fix)
-        ax.errorbar(
-            [p.x for p in pts],
-            [p.y for p in pts],
-            xerr=_errs([p.x for p in pts], [p.x_lo for p in pts], [p.x_hi for p in pts]),
-            yerr=_errs([p.y for p in pts], [p.y_lo for p in pts], [p.y_hi for p in pts]),
-            fmt=st.marker,
+        xs, ys = [p.x for p in pts], [p.y for p in pts]
+        barred = pts if few else [p for p in pts if id(p) in front_ids]
+        ax.scatter(
+            xs,
+            ys,
+            marker=st.marker,
             color=st.colour,
-            ecolor=st.colour,
-            elinewidth=0.8,
-            capsize=2,
-            markersize=7,
+            s=45,
             alpha=0.9,
+            zorder=3,
             label=f"{fix} ({len(pts)} trial{'s' if len(pts) != 1 else ''})",
         )
-        n_entries += 1
+        bars += _bars(
+            ax,
+            [p.x for p in barred],
+            [p.y for p in barred],
+            [p.x_lo for p in barred],
+            [p.x_hi for p in barred],
+            [p.y_lo for p in barred],
+            [p.y_hi for p in barred],
+            st.colour,
+        )
     if data.unranked:
         ax.scatter(
             [p.x for p in data.unranked],
@@ -152,111 +226,193 @@ def render_tradeoff(data: TradeoffData) -> Figure:
             edgecolors="0.6",
             label=f"not ranked: pruned, failed, incomplete or no value ({len(data.unranked)})",
         )
-        n_entries += 1
     if data.front:
         ax.scatter(
             [p.x for p in data.front],
             [p.y for p in data.front],
-            s=160,
+            s=170,
             facecolors="none",
             edgecolors="0.25",
             linewidths=1.0,
-            zorder=3,
+            zorder=4,
             label="Pareto front (ranked trials)",
         )
-        n_entries += 1
     for ref, marker in zip(data.references, ("*", "X", "P")):
-        ax.errorbar(
+        ax.scatter(
             [ref.x],
             [ref.y],
-            xerr=_errs([ref.x], [ref.x_lo], [ref.x_hi]),
-            yerr=_errs([ref.y], [ref.y_lo], [ref.y_hi]),
-            fmt=marker,
+            marker=marker,
             color=BASELINE_COLOUR,
-            markersize=14 if marker == "*" else 10,
-            capsize=3,
-            zorder=4,
-            label=f"{ref.label}, {ref.n_seeds} seed{'s' if ref.n_seeds != 1 else ''}",
+            s=190 if marker == "*" else 90,
+            zorder=5,
+            label=f"{ref.label}, {_seeds(ref.n_seeds)}",
         )
-        n_entries += 1
+        bars += _bars(ax, [ref.x], [ref.y], [ref.x_lo], [ref.x_hi], [ref.y_lo], [ref.y_hi], BASELINE_COLOUR, 4)
     if data.threshold_x is not None:
-        ax.axvline(data.threshold_x, color="0.4", linestyle="--", linewidth=1.0, zorder=0, label="probe threshold R")
-        n_entries += 1
-    ax.set_xlabel(_METRIC_LABELS.get(data.x_metric, data.x_metric), fontsize="small")
+        ax.axvline(
+            data.threshold_x,
+            color="0.4",
+            linestyle="--",
+            linewidth=1.0,
+            zorder=0,
+            label=f"probe threshold R = {np.exp(-data.threshold_x):.2g}",
+        )
+    xs = [p.x for p in data.points] + [r.x for r in data.references] + [p.x for p in data.unranked]
+    note = _symlog_if_crowded(ax, xs)
+    ax.set_xlabel(_METRIC_LABELS.get(data.x_metric, data.x_metric) + note, fontsize="small")
     ax.set_ylabel(_METRIC_LABELS.get(data.y_metric, data.y_metric), fontsize="small")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    # where one fix has several points, markers repeat: each such point says its scale
+    repeated = [p for pts in data.by_fix().values() if len(pts) > 1 for p in pts]
+    front = {id(p) for p in data.front}
+    repeated.sort(key=lambda p: id(p) not in front)  # the front's labels first
+    shown = repeated[:MAX_POINT_LABELS]
     better_x = "left" if data.x_direction == "minimize" else "right"
     better_y = "up" if data.y_direction == "maximize" else "down"
-    ax.set_title(
-        f"{data.y_metric} vs {data.x_metric}{_study_suffix(data.studies)}\n"
-        f"bars = {data.interval}; better is {better_x} and {better_y}",
-        fontsize="medium",
-    )
-    ax.grid(alpha=0.3)
-    _legend(ax, n_entries)
+    what = f"bars: {data.interval}" if bars else f"no bars: no interval of non-zero width ({data.interval})"
+    if bars and not few:
+        what = f"bars (Pareto front only): {data.interval}"
+
+    def title(left_out: int) -> str:
+        head = f"{data.y_metric} vs {data.x_metric}{_study_suffix(data.studies)}"
+        lines = [f"{head} (better: {better_x}, {better_y})", what]
+        if repeated:
+            gone = f"; {left_out} of {len(repeated)} left out (no room)" if left_out else ""
+            lines.append(f"labels: the scale s (or trial) where a fix has several trials{gone}")
+        return "\n".join(lines)
+
+    # the title is set before the labels are placed: its lines decide the layout the labels are placed in
+    ax.set_title(title(len(repeated) - len(shown)), fontsize="small")
+    marks = [(m.x, m.y) for m in (*data.points, *data.references, *data.unranked)]
+    left_out = len(repeated) - len(shown) + place_labels(ax, [(p.x, p.y, _point_label(p)) for p in shown], avoid=marks)
+    ax.set_title(title(left_out), fontsize="small")
     return fig
 
 
-def _draw_curve(ax: Axes, c: Curve, band: bool = True, positive_only: bool = False) -> None:
+def _smooth_note(curves: Sequence[Curve]) -> str:
+    w = max((c.smooth_window for c in curves), default=1)
+    return f"centred mean over {w} steps" if w > 1 else "not smoothed"
+
+
+def _draw_curve(ax: Axes, c: Curve, positive_only: bool = False, label: str | None = None) -> None:
+    """The seeds' mean, smoothed; the baseline thicker and black."""
     st = fix_style(c.fix)
-    mean, lo, hi = c.mean, c.lo, c.hi
+    y = c.smooth if c.smooth is not None else c.mean
     if positive_only:  # log axes cannot show 0 (e.g. a zero-init gradient at step 0)
-        mean, lo, hi = (np.where(a > 0, a, np.nan) for a in (mean, lo, hi))
-    width = 2.0 if c.fix == BASELINE_FIX else 1.4
+        y = np.where(y > 0, y, np.nan)
+    base = c.fix == BASELINE_FIX
     ax.plot(
         c.steps,
-        mean,
+        y,
         color=st.colour,
         linestyle=st.linestyle,
-        linewidth=width,
-        label=f"{c.label}, {c.n_seeds} seed{'s' if c.n_seeds != 1 else ''}",
+        linewidth=2.2 if base else 1.3,
+        alpha=1.0 if base else 0.85,
+        zorder=3 if base else 2,
+        label=label or f"{c.label}, {_seeds(c.n_seeds)}",
     )
-    if band and c.n_seeds > 1:
-        ax.fill_between(c.steps, lo, hi, color=st.colour, alpha=0.15, linewidth=0)
 
 
 def render_loss_curves(data: LossCurvesData) -> Figure:
-    """Training loss per step: does the adapter still learn with the branch joined this way?"""
-    fig = _figure()
-    ax = fig.add_subplot()
+    """Does the adapter still learn with the branch joined this way? Smoothed loss with each fitted
+    slope drawn over it, and the slopes side by side (the number a study compares)."""
+    fig = _figure(12.0, 6.0)
+    ax, ax_s = fig.subplots(1, 2, width_ratios=(2.2, 1))
     curves = list(data.curves) + ([data.baseline] if data.baseline is not None else [])
+    fits = {f.label: f for f in data.fits}
     for c in curves:
-        _draw_curve(ax, c)
+        fit = fits.get(c.label)
+        slope = f": slope {fit.slope:.2f}" if fit is not None else ""
+        _draw_curve(ax, c, label=f"{c.label}, {_seeds(c.n_seeds)}{slope}")
+        if fit is not None:
+            st = fix_style(c.fix)
+            ax.plot(
+                [fit.start, fit.end],
+                [fit.at(fit.start), fit.at(fit.end)],
+                color=st.colour,
+                linestyle="--",
+                linewidth=1.0,
+                alpha=0.9,
+                zorder=4,
+            )
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"Loss curves — best trial per fix\n{data.selection}; band = {data.band}", fontsize="medium")
+    ax.set_ylabel("training loss (mean over seeds)")
+    ax.set_title(f"smoothed loss ({_smooth_note(curves)}); dashed: fitted slope", fontsize="medium")
     ax.grid(alpha=0.3)
-    _legend(ax, len(curves))
+    order = list(data.fits)
+    ys = np.arange(len(order))[::-1]
+    spread = False
+    for y, f in zip(ys, order):
+        st = fix_style(f.fix)
+        ax_s.scatter([f.slope], [y], marker=st.marker, color=st.colour, s=45, zorder=3)
+        if f.n_seeds > 1 and f.seed_hi > f.seed_lo:
+            spread = True
+            ax_s.plot([f.seed_lo, f.seed_hi], [y, y], color=st.colour, linewidth=1.2, zorder=2)
+    base = next((f for f in order if f.fix == BASELINE_FIX), None)
+    if base is not None:
+        ax_s.axvline(base.slope, color=BASELINE_COLOUR, linewidth=0.8, linestyle=":", zorder=1)
+    ax_s.set_yticks(
+        ys, [f.fix if f.fix != BASELINE_FIX else f"{BASELINE_FIX} (baseline)" for f in order], fontsize="small"
+    )
+    ax_s.set_xlabel("loss slope per 100 steps (lower = learns faster)")
+    ax_s.set_title("fitted slope" + (": lines = min..max over seeds" if spread else ""), fontsize="medium")
+    ax_s.grid(alpha=0.3, axis="x")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize="small")
+    fig.suptitle(f"Loss — best trial per fix ({data.selection})", fontsize="medium")
     return fig
+
+
+def _dodge(series: Sequence[ScaleSeries], zero: bool) -> dict[tuple[str, float], float]:
+    """Where several fixes share a scale, spread their markers a little apart so none hides another
+    (a log step on the log axis, a fixed one in the s <= 0 panel); the tick still names the scale."""
+    by_scale: dict[float, list[str]] = {}
+    for s in series:
+        for v in s.zero_scale if zero else s.scale:
+            by_scale.setdefault(float(v), []).append(s.fix)
+    out = {}
+    for v, fixes in by_scale.items():
+        for i, fix in enumerate(fixes):
+            k = i - (len(fixes) - 1) / 2
+            out[(fix, v)] = v + 0.12 * k if zero else v * 10 ** (0.05 * k)
+    return out
 
 
 def render_ratio_vs_scale(data: RatioScaleData) -> Figure:
     """Gradient ratio against the fix's scale on a log axis (scale 0 in a narrow linear panel)."""
-    fig = _figure()
+    fig = _figure(9.5, 5.5)
     has_zero = any(s.zero_scale.size for s in data.series)
     has_pos = any(s.scale.size for s in data.series)
     if has_zero and has_pos:
-        gs = fig.add_gridspec(1, 2, width_ratios=(1, 7), wspace=0.02)
-        ax0 = fig.add_subplot(gs[0])
-        ax = fig.add_subplot(gs[1], sharey=ax0)
+        ax0, ax = fig.subplots(1, 2, sharey=True, width_ratios=(1, 7))
         ax.tick_params(labelleft=False)
     elif has_zero:
         ax0, ax = fig.add_subplot(), None
     else:
         ax0, ax = None, fig.add_subplot()
-
+    pos_at, zero_at = _dodge(data.series, False), _dodge(data.series, True)
+    bars = 0
     for s in data.series:
         st = fix_style(s.fix)
-        kw = {"fmt": st.marker, "color": st.colour, "linestyle": st.linestyle, "capsize": 2, "markersize": 6}
-        if ax is not None and s.scale.size:
-            ax.errorbar(s.scale, s.ratio, yerr=s.ratio_std, label=s.fix, **kw)
-        if ax0 is not None and s.zero_scale.size:
-            ax0.errorbar(
-                s.zero_scale,
-                s.zero_ratio,
-                yerr=s.zero_ratio_std,
-                label=s.fix if ax is None or not s.scale.size else None,
-                **kw,
+        for axis, scales, ratio, std, at in ((ax, s.scale, s.ratio, s.ratio_std, pos_at),
+                                             (ax0, s.zero_scale, s.zero_ratio, s.zero_ratio_std, zero_at)):  # fmt: skip
+            if axis is None or not scales.size:
+                continue
+            xs = [at[(s.fix, float(v))] for v in scales]
+            first = axis is ax or ax is None or not s.scale.size
+            axis.plot(
+                xs,
+                ratio,
+                marker=st.marker,
+                color=st.colour,
+                # a line through a few scales shows a trend; through hundreds of sampled ones, noise
+                linestyle=st.linestyle if 1 < len(xs) <= MAX_JOINED_SCALES else "none",
+                markersize=7 if len(xs) <= MAX_JOINED_SCALES else 4,
+                alpha=1.0 if len(xs) <= MAX_JOINED_SCALES else 0.7,
+                label=s.fix if first else None,
+                zorder=3,
             )
+            bars += _bars(axis, xs, ratio, xs, xs, ratio - std, ratio + std, st.colour)
     main = ax if ax is not None else ax0
     for axis in (a for a in (ax0, ax) if a is not None):
         axis.axhline(
@@ -279,72 +435,93 @@ def render_ratio_vs_scale(data: RatioScaleData) -> Figure:
         axis.grid(alpha=0.3)
     if ax is not None:
         ax.set_xscale("log")
-        ax.set_xlabel("scale s (log)")
+        ax.set_xlabel("scale s (log); markers at one scale are spread apart so none hides another", fontsize="small")
     if ax0 is not None:
         zeros = sorted({float(v) for s in data.series for v in s.zero_scale})
-        ax0.set_xticks(zeros)
-        ax0.set_xticklabels([f"{v:g}" for v in zeros])
-        lo, hi = min(zeros), max(zeros)
-        pad = max(1.0, hi - lo) * 0.5
-        ax0.set_xlim(lo - pad, hi + pad)
+        ax0.set_xticks(zeros, [f"{v:g}" for v in zeros])
+        ax0.set_xlim(min(zeros) - 0.5, max(zeros) + 0.5)
         ax0.set_xlabel("s ≤ 0" if ax is not None else "scale s")
     (ax0 if ax0 is not None else ax).set_ylabel(f"gradient ratio R  [{data.ratio_metric}]")
-    fig.suptitle("Gradient ratio vs scale — geometric mean over runs, bars = std of the ratios", fontsize="medium")
-    n = len(data.series) + len(data.unscaled) + 2
-    _legend(main, n)
+    what = "bars = std of the ratios over runs" if bars else "one run per point or equal ratios: no bars"
+    fig.suptitle(f"Gradient ratio vs scale — geometric mean over runs; {what}", fontsize="medium")
+    _legend(main)
     return fig
 
 
+def _symlog_y_if_spread(ax: Axes, values: Sequence[np.ndarray]) -> str:
+    """A symlog y axis when a panel's trials sit decades apart (a gate opened to 0.76 beside gates
+    near 0.01 flattens those to a line on a linear axis). Returns the label note ('' if linear)."""
+    from matplotlib.ticker import FuncFormatter
+
+    finals = np.abs(np.concatenate([np.asarray(v, dtype=float) for v in values]))
+    finals = finals[np.isfinite(finals) & (finals > 0)]
+    if finals.size < 2 or finals.max() / np.percentile(finals, 25) < 20:
+        return ""
+    linthresh = 10.0 ** np.floor(np.log10(np.percentile(finals, 25)))
+    ax.set_yscale("symlog", linthresh=linthresh, linscale=0.5)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    return f"\n(symlog, linear below {linthresh:g})"
+
+
 def render_gates(data: GatesData) -> Figure:
-    """Learned gate values per step: does the gate open, and how fast?"""
-    fig = _figure()
-    ax = fig.add_subplot()
-    per_fix: dict[str, int] = {}
-    styles = ("-", "--", "-.", ":")
-    for g in data.series:
-        st = fix_style(g.fix)
-        k = per_fix.get(g.fix, 0)
-        per_fix[g.fix] = k + 1
-        ax.plot(
-            g.steps,
-            g.mean,
-            color=st.colour,
-            linestyle=styles[k % len(styles)],
-            linewidth=1.4,
-            marker=st.marker,
-            markevery=max(1, len(g.steps) // 8),
-            markersize=4,
-            label=f"{g.label} ({g.n_seeds} seed{'s' if g.n_seeds != 1 else ''})",
-        )
-        if g.n_seeds > 1:
-            ax.fill_between(g.steps, g.lo, g.hi, color=st.colour, alpha=0.12, linewidth=0)
-    ax.axhline(0.0, color="0.8", linewidth=0.8, zorder=0)
-    ax.set_xlabel("step")
-    ax.set_ylabel("effective gate value")
-    ax.set_title(f"Gate trajectories, mean over seeds\n{data.note}", fontsize="medium")
-    ax.grid(alpha=0.3)
-    _legend(ax, len(data.series))
+    """Learned gate values per step, one panel per fix (each gate has its own range): does the gate
+    open, and how fast?"""
+    groups = data.by_fix()
+    fig = _figure(9.0, 1.0 + 2.4 * len(groups))
+    axes = fig.subplots(len(groups), 1, sharex=True, squeeze=False)[:, 0]
+    # a fix shows up to GATE_TRIALS_PER_FIX (8) trials: four dash patterns, then the same with markers
+    styles = [(ls, None) for ls in ("-", "--", "-.", ":")] + [(ls, m) for ls, m in zip(("-", "--", "-.", ":"), "os^D")]
+    band = False
+    for ax, (fix, series) in zip(axes, groups.items()):
+        st = fix_style(fix)
+        for k, g in enumerate(series):
+            ax.plot(
+                g.steps,
+                g.mean,
+                color=st.colour,
+                linestyle=styles[k % len(styles)][0],
+                marker=styles[k % len(styles)][1],
+                markevery=max(1, len(g.steps) // 6),
+                markersize=4,
+                linewidth=1.4,
+                label=f"{scale_text(g.scale) or 'no scale'} (trial {g.trial_number}), {_seeds(g.n_seeds)}",
+            )
+            if g.n_seeds > 1 and np.nanmax(g.hi - g.lo) > 0:
+                band = True
+                ax.fill_between(g.steps, g.lo, g.hi, color=st.colour, alpha=0.12, linewidth=0)
+        note = _symlog_y_if_spread(ax, [g.mean for g in series])
+        ax.set_ylabel(series[0].param + note)
+        ax.set_title(fix, fontsize="small", loc="left")
+        ax.grid(alpha=0.3)
+        _legend(ax, "x-small")
+    axes[-1].set_xlabel("step")
+    shade = "; shaded: min..max over seeds" if band else ""
+    fig.suptitle(f"Gate trajectories, mean over seeds{shade}\n{data.note}", fontsize="medium")
     return fig
 
 
 def render_grad_norms(data: GradNormsData) -> Figure:
-    """Gradient norms per step (log y) of the block adapters, the projections and the branch."""
-    fig = _figure(16.0, 5.0)
+    """Gradient norms per step (log y, smoothed) of the block adapters, the projections and the branch."""
+    fig = _figure(16.0, 5.5)
     axes = fig.subplots(1, 3, sharex=True)
     panels = ((data.layers, "block adapters"), (data.proj, "projections"), (data.branch, "branch"))
+    handles: dict[str, Any] = {}
     for ax, (curves, what) in zip(axes, panels):
         for c in curves:
             _draw_curve(ax, c, positive_only=True)
         ax.set_yscale("log")
+        _plain_log_ticks(ax)
         ax.set_xlabel("step")
         ax.set_ylabel(f"‖∇‖ of {what}")
         ax.set_title(f"{what}", fontsize="medium")
         ax.grid(alpha=0.3, which="both")
-        if curves:
-            _legend(ax, len(curves))
-        else:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+        if not curves:
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="0.5")
-    fig.suptitle(f"Gradient norms — {data.selection}; band = {data.band}", fontsize="medium")
+    curves = [*data.layers, *data.proj, *data.branch]
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=3, fontsize="small")
+    fig.suptitle(f"Gradient norms, mean over seeds, {_smooth_note(curves)} — {data.selection}", fontsize="medium")
     return fig
 
 

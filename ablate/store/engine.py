@@ -38,6 +38,24 @@ def storage_url(explicit: str | None = None) -> str:
     return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 
+def find_storage(start: str | Path | None = None) -> str:
+    """The storage a notebook opens: ``$ABLATE_STORAGE``, else ``results.db`` in ``start`` (default:
+    the working directory) or in its parent. Jupyter starts a notebook in its own folder, so from
+    ``notebooks/`` the repository's ``results.db`` is one folder up. ValueError names where it looked.
+    """
+    if os.environ.get(STORAGE_ENV):
+        return os.environ[STORAGE_ENV]
+    here = Path(start or Path.cwd()).resolve()
+    looked = [here / "results.db", here.parent / "results.db"]
+    for path in looked:
+        if path.is_file():
+            return f"sqlite:///{path}"
+    raise ValueError(
+        f"no results.db in {looked[0].parent} or {looked[1].parent}; run `ablate study run "
+        f"studies/quick.toml` in the repository root, or set {STORAGE_ENV} to a storage URL"
+    )
+
+
 def display_url(url: str | URL | Engine) -> str:
     """The URL as it may be printed: passwords masked."""
     if isinstance(url, Engine):

@@ -6,21 +6,37 @@ import math
 from collections.abc import Sequence
 
 
-def loss_slope(losses: Sequence[float], warmup_frac: float = 0.1) -> float:
-    """Least-squares slope of loss against step after a warm-up, in loss per 100 steps.
-
-    Non-finite losses are skipped; fewer than two usable points give NaN.
-    """
+def _fit(losses: Sequence[float], warmup_frac: float) -> tuple[int, float, float, float, float] | None:
+    """(first fitted step, mean step, mean loss, Sxx, Sxy) after the warm-up; None below 2 points."""
     start = int(len(losses) * warmup_frac)
     pts = [(i, v) for i, v in enumerate(losses) if i >= start and math.isfinite(v)]
     if len(pts) < 2:
-        return float("nan")
+        return None
     n = len(pts)
     mx = sum(i for i, _ in pts) / n
     my = sum(v for _, v in pts) / n
     sxx = sum((i - mx) ** 2 for i, _ in pts)
     sxy = sum((i - mx) * (v - my) for i, v in pts)
-    return 100.0 * sxy / sxx
+    return start, mx, my, sxx, sxy
+
+
+def loss_slope(losses: Sequence[float], warmup_frac: float = 0.1) -> float:
+    """Least-squares slope of loss against step after a warm-up, in loss per 100 steps.
+
+    Non-finite losses are skipped; fewer than two usable points give NaN.
+    """
+    fit = _fit(losses, warmup_frac)
+    return float("nan") if fit is None else 100.0 * fit[4] / fit[3]
+
+
+def loss_line(losses: Sequence[float], warmup_frac: float = 0.1) -> tuple[int, float, float]:
+    """The line ``loss_slope`` fits: (first fitted step, slope per step, intercept at step 0);
+    NaN slope and intercept below two usable points. Plots draw it over the curve."""
+    fit = _fit(losses, warmup_frac)
+    if fit is None:
+        return int(len(losses) * warmup_frac), float("nan"), float("nan")
+    start, mx, my, sxx, sxy = fit
+    return start, sxy / sxx, my - sxy / sxx * mx
 
 
 def edge_means(values: Sequence[float], frac: float = 0.1) -> tuple[float, float]:
