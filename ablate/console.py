@@ -99,6 +99,7 @@ class PlainStudyReporter(StudyReporter):
         self.done = 0
         self.total = 0
         self.started = time.monotonic()
+        self._last_wait: str | None = None
 
     def __enter__(self) -> PlainStudyReporter:
         return self
@@ -126,9 +127,16 @@ class PlainStudyReporter(StudyReporter):
         )
 
     def waiting(self, what: str) -> None:
-        self._line(f"waiting for {what}")
+        if what != self._last_wait:  # a worker polls while it waits: say it once
+            self._line(f"waiting for {what}")
+        self._last_wait = what
 
     def trial_end(self, trial: optuna.trial.FrozenTrial, best: list[optuna.trial.FrozenTrial]) -> None:
+        self._last_wait = None
+        skipped = trial.user_attrs.get("skipped")  # ablate/study/distinct.py: never ran, never counts
+        if skipped:
+            self._line(f"trial {trial.number} skipped: {skipped}")
+            return
         if trial.state.is_finished() and trial.state != optuna.trial.TrialState.FAIL:
             self.done += 1
         values = ", ".join(f"{m} {fmt(v, 3)}" for m, v in zip(self.objectives, trial.values or []))

@@ -70,13 +70,13 @@ def test_study_to_a_file_prints_one_plain_line_per_run(capsys, tmp_path):
 
 
 def test_probe_and_train_to_a_file_print_a_plain_line_per_arm(capsys):
-    code, out, err = cli(capsys, "train", "--fix", "none", "--steps", "2", "--batches", "1", "--device", "cpu")
+    code, out, err = cli(capsys, "train", "--fix", "none", "--steps", "2", "--batches", "2", "--device", "cpu")
     assert code == 0 and "Training run: none" in out
     lines = err.splitlines()
     assert [line.split(":")[0] for line in lines] == ["baseline no-branch", "train none"]
     assert all(" steps in " in line and "loss slope" in line for line in lines)
-    code, out, err = cli(capsys, "probe", "--fix", "zero-init", "--batches", "1", "--device", "cpu")
+    code, out, err = cli(capsys, "probe", "--fix", "zero-init", "--batches", "2", "--device", "cpu")
     assert code == 0 and err == "probe zero-init: R 1\n"
     assert max(len(line) for line in out.splitlines()) <= 80  # piped, no COLUMNS: 80 columns
-    code, out, err = cli(capsys, "probe", "--fix", "zero-init", "--batches", "1", "--device", "cpu", "--quiet")
+    code, out, err = cli(capsys, "probe", "--fix", "zero-init", "--batches", "2", "--device", "cpu", "--quiet")
     assert code == 0 and err == ""
