@@ -44,3 +44,15 @@ def copy_db(src: Path, dst: Path) -> Path:
     with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
         a.backup(b)
     return dst
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`ablate ARGS` through the real entry point in-process: (exit code, stdout, stderr)."""
+    import pytest
+
+    from ablate.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    cap = capsys.readouterr()
+    return info.value.code, cap.out, cap.err

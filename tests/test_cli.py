@@ -7,16 +7,9 @@ import sys
 
 import pytest
 
-from ablate.cli import main
+from tests.study_helpers import run_cli
 
 FAST = ["--batches", "2", "--batch-size", "2", "--device", "cpu"]
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 @pytest.mark.parametrize("fix", ["zero-init", "tanh-gate"])

@@ -5,15 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from ablate.cli import main
 from tests.study_helpers import MINI, copy_db, write_spec
-
-
-def cli(capsys, *args):
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    cap = capsys.readouterr()
-    return info.value.code, cap.out, cap.err
+from tests.study_helpers import run_cli as cli
 
 
 @pytest.fixture

@@ -8,17 +8,10 @@ import json
 
 import pytest
 
-from ablate.cli import main
 from ablate.plot import extract_tradeoff
 from ablate.store import open_storage, query
 from tests.study_helpers import copy_db
-
-
-def cli(capsys, *args):
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    cap = capsys.readouterr()
-    return info.value.code, cap.out, cap.err
+from tests.study_helpers import run_cli as cli
 
 
 @pytest.fixture
