@@ -176,7 +176,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(orig).__name__
 
 
-_SCHEMA_RACE = ("already exists", "duplicate key value", "database is locked")
+# The last: two workers stamping Optuna's fresh schema with its alembic revision (SQLite's wording;
+# PostgreSQL's is "duplicate key value").
+_SCHEMA_RACE = (
+    "already exists",
+    "duplicate key value",
+    "database is locked",
+    "UNIQUE constraint failed: alembic_version",
+)
 
 
 def retry_schema_race(create: Callable[[], T], attempts: int = 6) -> T:
