@@ -62,7 +62,7 @@ def _root(src: Source, key: str) -> Path:
     return root
 
 
-def _mvtec(src: Source) -> list[Sample]:
+def _mvtec(src: Source) -> tuple[list[Sample], list[str]]:
     root = _root(src, "root")
     if not root.is_dir():
         raise AblateInputError(f"{src.field}.root", f"{root} is not a folder (the MVTec AD root)")
@@ -84,16 +84,17 @@ def _mvtec(src: Source) -> list[Sample]:
                     else:
                         mask = base / "ground_truth" / defect / f"{p.stem}_mask.png"
                         out.append(Sample(str(p), cls, 1, str(mask) if mask.is_file() else None, "test"))
-    return out
+    return out, found
 
 
-def _visa(src: Source) -> list[Sample]:
+def _visa(src: Source) -> tuple[list[Sample], list[str]]:
     root = _root(src, "root")
     key = "split_csv" if src.split_csv else "root"
     csv_path = Path(src.split_csv).expanduser() if src.split_csv else root / VISA_CSV
     if not csv_path.is_file():
         raise AblateInputError(f"{src.field}.{key}", f"no VisA split CSV at {csv_path}")
     out: list[Sample] = []
+    declared: list[str] = []
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         need = {"object", "split", "label", "image", "mask"}
@@ -106,20 +107,23 @@ def _visa(src: Source) -> list[Sample]:
                 raise AblateInputError(
                     f"{src.field}.{key}", f"{csv_path} line {line}: label must be normal/anomaly, split train/test"
                 )
+            if row["object"].strip() not in declared:
+                declared.append(row["object"].strip())
             if src.split != "all" and split != src.split:
                 continue
             mask = row["mask"].strip()
             out.append(Sample(str(root / row["image"].strip()), row["object"].strip(), label,
                               str(root / mask) if mask else None, split))  # fmt: skip
-    return out
+    return out, sorted(declared)
 
 
-def _manifest(src: Source) -> list[Sample]:
+def _manifest(src: Source) -> tuple[list[Sample], list[str]]:
     path = _root(src, "manifest")
     if not path.is_file():
         raise AblateInputError(f"{src.field}.manifest", f"{path} is not a file (a JSON-lines manifest)")
     base = path.parent
     out: list[Sample] = []
+    declared: set[str] = set()
     with open(path, encoding="utf-8") as f:
         for n, text in enumerate(f, start=1):
             if not text.strip():
@@ -146,21 +150,23 @@ def _manifest(src: Source) -> list[Sample]:
                 raise AblateInputError(f"{src.field}.manifest", f"{where}: 'mask' must be a path or null")
             if split not in ("train", "test"):
                 raise AblateInputError(f"{src.field}.manifest", f"{where}: 'split' must be train or test")
+            declared.add(cls.strip())
             if src.split != "all" and split != src.split:
                 continue
             out.append(Sample(str(base / image), cls.strip(), label, str(base / mask) if mask else None, split))
-    return out
+    return out, sorted(declared)
 
 
 def list_samples(src: Source) -> list[Sample]:
-    """The samples of ``src`` (its split and classes), in a stable order; refuses an empty class."""
+    """The samples of ``src`` (its split and classes), in a stable order; refuses a class (one the
+    layout declares, or one asked for) without images in the split."""
     if src.kind not in KINDS:
         raise AblateInputError(f"{src.field}.kind", f"must be one of {', '.join(KINDS)}, got {src.kind!r}")
     if src.split not in SPLITS:
         raise AblateInputError(f"{src.field}.split", f"must be one of {', '.join(SPLITS)}, got {src.split!r}")
-    samples = {"mvtec": _mvtec, "visa": _visa, "manifest": _manifest}[src.kind](src)
+    samples, declared = {"mvtec": _mvtec, "visa": _visa, "manifest": _manifest}[src.kind](src)
     present = {s.class_name for s in samples}
-    wanted = src.classes or tuple(sorted(present)) or ()
+    wanted = src.classes or tuple(declared)
     if not wanted:
         raise AblateInputError(f"{src.field}.{'manifest' if src.kind == 'manifest' else 'root'}",
                                f"no images in the {src.split} split of {src.root}")  # fmt: skip

@@ -120,7 +120,9 @@ def resolve_pretrained(spec: BackboneSpec, pretrained: str | None) -> str | None
         raise AblateInputError("pretrained", f"checkpoint file not found: {pretrained}")
     if spec.open_clip_name is None:
         raise AblateInputError(
-            "pretrained", f"backbone {spec.name!r} has no open_clip tags; give a local checkpoint path"
+            "pretrained",
+            f"{pretrained!r} is not a local file, and backbone {spec.name!r} has no open_clip tags; "
+            "give a local checkpoint path",
         )
     hit = _cached_tag_path(spec.open_clip_name, pretrained)
     if hit is None:
