@@ -215,3 +215,21 @@ def test_study_run_on_folder_data(sets, tmp_path, capsys):
     with sqlite3.connect(db) as con:
         (text,) = con.execute("select spec_text from ablate_studies").fetchone()
     assert "--data" in text and str(sets["mvtec"]) in text
+
+
+def test_evaluation_batches_cover_the_evaluation_set_once(sets):
+    folders = FolderConfig(train=Source("visa", str(sets["visa"])), eval=Source("mvtec", str(sets["mvtec"])))
+    setup = ArmSetup(_arm(folders))
+    seen = list(setup.evaluation_batches(batch_size=3))
+    assert [len(b.labels) for b in seen] == [3, 3, 2]
+    labels = torch.cat([b.labels for b in seen])
+    assert labels.tolist() == [s.label for s in setup.eval_set.samples]
+    names = [setup.model.classes[i] for i in torch.cat([b.class_idx for b in seen])]
+    assert names == [s.class_name.replace("_", " ") for s in setup.eval_set.samples]
+    with_workers = ArmSetup(_arm(replace(folders, workers=1)))
+    again = list(with_workers.evaluation_batches(batch_size=3))
+    assert all(torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks) for a, b in zip(seen, again))
+    pack = PackSetup([_arm(folders, seed=s) for s in (0, 1)])
+    assert next(pack.evaluation_batches(3)).masks.shape == (2, 3, 64, 64)
+    synthetic = ArmSetup(ArmConfig(data=DataConfig(batch_size=2), probe_batches=2, gain_batches=2, device="cpu"))
+    assert len(list(synthetic.evaluation_batches())) == 2

@@ -10,7 +10,7 @@ never augmented.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -134,6 +134,40 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> tuple[torch.Tensor, ...]:
         b = self.batch(step)
         return (b.images, b.masks, b.labels, b.class_idx)
+
+
+class _IndexBatches(torch.utils.data.Dataset):
+    """Item i = the batch of the i-th list of indices (for a worker pool over a fixed pass)."""
+
+    def __init__(self, dataset: FolderDataset, chunks: list[list[int]]) -> None:
+        self.dataset = dataset
+        self.chunks = chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        b = self.dataset.batch(self.chunks[i])
+        return (b.images, b.masks, b.labels, b.class_idx)
+
+
+def iterate_batches(dataset: FolderDataset, batch_size: int, device: torch.device, workers: int = 0) -> Iterator[Batch]:
+    """Every image of ``dataset`` once, in order (``dataset.samples[i]`` is the i-th image seen),
+    in batches of ``batch_size`` (the last may be short), read by ``workers`` processes, on ``device``."""
+    chunks = dataset.batches(batch_size)
+    if workers <= 0:
+        for c in chunks:
+            yield dataset.batch(c).to(device)
+        return
+    loader = torch.utils.data.DataLoader(
+        _IndexBatches(dataset, chunks),
+        batch_size=None,
+        shuffle=False,
+        num_workers=min(workers, len(chunks)),
+        pin_memory=device.type == "cuda",
+    )
+    for item in loader:
+        yield Batch(*item).to(device)
 
 
 class StepLoader:

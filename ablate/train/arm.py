@@ -6,12 +6,12 @@ split: set-up here, the loop in ``run.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 
-from ablate.data.image_dataset import StepBatches, StepLoader
+from ablate.data.image_dataset import StepBatches, StepLoader, iterate_batches
 from ablate.data.sources import FolderConfig, build_folder_data, check_folders, checked_samples, few_shot
 from ablate.data.synthetic import TEXTURE_CLASSES, Batch, SyntheticAnomalyDataset
 from ablate.errors import AblateInputError
@@ -150,6 +150,17 @@ class ArmSetup:
         arms = [self, *others]
         return StepBatches([(a.dataset, a._order, a.cfg.data.batch_size) for a in arms], self.cfg.run.steps, stack)
 
+    def evaluation_batches(self, batch_size: int | None = None) -> Iterator[Batch]:
+        """The evaluation set once, in order, on the device (masks, labels, ``class_idx`` into
+        ``self.model.classes``). Folder data: every image of the evaluation set (``self.eval_set``;
+        its ``samples[i]`` is the i-th image yielded), read by the data workers. Synthetic data:
+        the held-out adapter-gain batches (``eval_batches``), the only evaluation set it has."""
+        if self.eval_set is None:
+            yield from self.eval_batches
+            return
+        workers = self.cfg.data.folders.workers if self.cfg.data.folders is not None else 0
+        yield from iterate_batches(self.eval_set, batch_size or self.cfg.data.batch_size, self.device, workers)
+
     def _held_out(self, first: int, n: int) -> list[Batch]:
         bs = self.cfg.data.batch_size
         return [self.dataset.batch(list(range(first + i * bs, first + (i + 1) * bs))).to(self.device) for i in range(n)]
@@ -217,6 +228,13 @@ class PackSetup:
     @property
     def labels(self) -> list[ArmLabel]:
         return [a.label for a in self.arms]
+
+    def evaluation_batches(self, batch_size: int | None = None) -> Iterator[Batch]:
+        """The first arm's evaluation pass (the arms share the data), each batch stacked over arms
+        as the packed model takes it."""
+        n = len(self.arms)
+        for b in self.arms[0].evaluation_batches(batch_size):
+            yield Batch.stack([b] * n)
 
     def train_batch(self, step: int) -> Batch:
         if self._loader is not None:
