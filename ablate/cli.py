@@ -430,6 +430,23 @@ def study_run(
         str | None, typer.Option("--plots", help="Directory for the plots (default: plots/<study>).")
     ] = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Do not draw plots at the end.")] = False,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Train on this data set on disk (a folder, or a manifest file); overrides [data]."),
+    ] = None,
+    data_kind: Annotated[
+        str | None, typer.Option("--data-kind", help="Its layout: mvtec, visa or manifest (default: detected).")
+    ] = None,
+    eval_data: Annotated[
+        str | None, typer.Option("--eval-data", help="Evaluate on this data set (default: the test split of --data).")
+    ] = None,
+    eval_data_kind: Annotated[
+        str | None, typer.Option("--eval-data-kind", help="Its layout: mvtec, visa or manifest (default: detected).")
+    ] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option("--pretrained", help="Backbone weights: a local checkpoint or a cached open_clip tag."),
+    ] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -442,12 +459,14 @@ def study_run(
     intervals and draws the plots. Running the same command again continues up to --trials
     finished trials without repeating finished work. Ctrl-C stops cleanly; the same command resumes.
     """
-    from ablate.spec import load_spec
+    from ablate.spec import load_spec, override_option, with_overrides
     from ablate.store.engine import storage_url
     from ablate.study import run_study
     from ablate.study.runner import StudySpecConflict, preflight
 
     spec, text = load_spec(spec_path)
+    spec, text = with_overrides(spec, text, data, data_kind, eval_data, eval_data_kind, pretrained)
+    overridden = {"--data": data, "--eval-data": eval_data, "--pretrained": pretrained}
     if trials is not None and trials < 1:
         raise AblateInputError("--trials", "must be >= 1")
     if trials is not None and spec.max_distinct_trials is not None and trials > spec.max_distinct_trials:
@@ -464,7 +483,14 @@ def study_run(
         )
     if not no_plots:
         _check_out_dir(plots, "--plots")
-    preflight(spec)
+    try:
+        preflight(spec)
+    except AblateInputError as exc:
+        # A path given on the command line is named as the option that gave it.
+        option = override_option(exc.field)
+        if option is not None and overridden.get(option) is not None:
+            raise AblateInputError(option, exc.message) from None
+        raise
     try:
         open_storage(url)
     except ValueError as exc:

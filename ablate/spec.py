@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ablate.data.folders import Source
+from ablate.data.sources import FolderConfig
 from ablate.errors import AblateInputError, SpecInputError
 from ablate.model.aaclip import AAClipConfig
 from ablate.model.backbone import BACKBONES
@@ -68,11 +70,101 @@ class ModelSection(_Strict):
         return self
 
 
-class DataSection(_Strict):
+_FOLDER_ONLY = ("root", "manifest", "split_csv", "classes", "real_names", "few_shot", "augment")
+
+
+class _FolderFields(_Strict):
+    """Where a data set on disk lives (``kind``: its layout; ablate/data/folders.py reads them)."""
+
+    root: str | None = Field(None, min_length=1)  # mvtec, visa: the data set's folder
+    manifest: str | None = Field(None, min_length=1)  # manifest: the JSON-lines file
+    split_csv: str | None = Field(None, min_length=1)  # visa: default <root>/split_csv/1cls.csv
+    classes: list[str] | None = None  # a subset of the classes, in this order; default: all
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v or any(not c.strip() for c in v):
+                raise ValueError("must list class names (leave it out for every class)")
+            if len(set(v)) != len(v):
+                raise ValueError("lists a class twice")
+        return v
+
+    def _where(self, kind: str) -> None:
+        if kind in ("mvtec", "visa") and self.root is None:
+            raise ValueError(f"root: required for kind = {kind!r} (the data set's folder)")
+        if kind == "manifest" and self.manifest is None:
+            raise ValueError("manifest: required for kind = 'manifest' (a JSON-lines file)")
+        if kind != "manifest" and self.manifest is not None:
+            raise ValueError(f"manifest: only for kind = 'manifest', not {kind!r}")
+        if kind == "manifest" and self.root is not None:
+            raise ValueError("root: kind = 'manifest' reads the manifest's paths; give manifest, not root")
+        if kind != "visa" and self.split_csv is not None:
+            raise ValueError(f"split_csv: only for kind = 'visa', not {kind!r}")
+
+    def source(self, kind: str, split: str, field: str) -> Source:
+        where = self.manifest if kind == "manifest" else self.root
+        assert where is not None
+        classes = tuple(self.classes) if self.classes else None
+        return Source(kind, where, split, classes, self.split_csv, field)
+
+
+class DataSection(_FolderFields):
+    # synthetic (default): generated textures; mvtec | visa | manifest: images on disk.
+    kind: Literal["synthetic", "mvtec", "visa", "manifest"] = "synthetic"
     seed: int = Field(0, ge=0)
     batch_size: int = Field(4, ge=1, le=4096)
-    train_size: int = Field(256, ge=1, le=10_000_000)
-    anomaly_fraction: float = Field(0.5, ge=0, le=1)
+    train_size: int = Field(256, ge=1, le=10_000_000)  # synthetic only: the pool size
+    anomaly_fraction: float = Field(0.5, ge=0, le=1)  # synthetic only
+    # Folder data: the split trained on (default test: the one with anomalies and masks, as AA-CLIP).
+    split: Literal["train", "test", "all"] = "test"
+    real_names: dict[str, str] = Field(default_factory=dict)  # class -> the name the prompts use
+    few_shot: int = Field(0, ge=0, le=1_000_000)  # k training images per class (data.seed); 0 = all
+    augment: bool = False  # flips and 90-degree rotations of training images
+    workers: int = Field(2, ge=0, le=64)  # processes reading training images ahead; 0 = none
+
+    @field_validator("real_names")
+    @classmethod
+    def _real_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, name in v.items():
+            if not name.strip():
+                raise ValueError(f"the name of {k!r} is empty")
+        return v
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> DataSection:
+        if self.kind == "synthetic":
+            for key in _FOLDER_ONLY:
+                if getattr(self, key) not in (None, False, 0, {}):
+                    raise ValueError(f"{key}: only for data on disk (kind = mvtec, visa or manifest)")
+        else:
+            self._where(self.kind)
+        return self
+
+    def folders(self, eval_data: EvalDataSection | None) -> FolderConfig | None:
+        if self.kind == "synthetic":
+            return None
+        return FolderConfig(
+            train=self.source(self.kind, self.split, "data"),
+            eval=None if eval_data is None else eval_data.source(eval_data.kind, eval_data.split, "eval_data"),
+            real_names=tuple(sorted(self.real_names.items())),
+            few_shot=self.few_shot,
+            augment=self.augment,
+            workers=self.workers,
+        )
+
+
+class EvalDataSection(_FolderFields):
+    """The evaluation set when it differs from the training set (AA-CLIP: train VisA, test MVTec AD)."""
+
+    kind: Literal["mvtec", "visa", "manifest"]
+    split: Literal["train", "test", "all"] = "test"
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> EvalDataSection:
+        self._where(self.kind)
+        return self
 
 
 class TrainingSection(_Strict):
@@ -237,6 +329,7 @@ class StudySpec(_Strict):
     description: str = ""
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
+    eval_data: EvalDataSection | None = None
     training: TrainingSection = Field(default_factory=TrainingSection)
     probe: ProbeSection = Field(default_factory=ProbeSection)
     search: SearchSection = Field(default_factory=SearchSection)
@@ -244,6 +337,8 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _enough_distinct_trials(self) -> StudySpec:
+        if self.eval_data is not None and self.data.kind == "synthetic":
+            raise ValueError("eval_data: needs data on disk for training too (data.kind = mvtec, visa or manifest)")
         limit = self.max_distinct_trials
         if limit is not None and self.study.trials > limit:
             raise ValueError(f"study.trials: {self.distinct_limit_message(self.study.trials)}")
@@ -279,6 +374,7 @@ class StudySpec(_Strict):
                 batch_size=self.data.batch_size,
                 train_size=self.data.train_size,
                 anomaly_fraction=self.data.anomaly_fraction,
+                folders=self.data.folders(self.eval_data),
             ),
             run=RunConfig(
                 steps=self.training.steps,
@@ -339,3 +435,80 @@ def load_spec(path: str | Path) -> tuple[StudySpec, str]:
 
 def spec_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# Command-line overrides of a spec: the option each spec key answers to in error messages.
+_OVERRIDE_OPTIONS = {
+    "data.root": "--data",
+    "data.manifest": "--data",
+    "data.kind": "--data-kind",
+    "eval_data.root": "--eval-data",
+    "eval_data.manifest": "--eval-data",
+    "eval_data.kind": "--eval-data-kind",
+    "eval_data": "--eval-data",
+    "model.pretrained": "--pretrained",
+}
+DATA_KINDS = ("mvtec", "visa", "manifest")
+
+
+def _data_block(current: dict, where: str | None, kind: str | None, option: str) -> dict:
+    from ablate.data.folders import detect_kind
+
+    if kind is not None and kind not in DATA_KINDS:
+        raise AblateInputError(f"{option}-kind", f"must be one of {', '.join(DATA_KINDS)}, got {kind!r}")
+    if where is None:
+        if kind is None:
+            return current
+        where = current.get("manifest") or current.get("root")
+        if where is None:
+            raise AblateInputError(option, f"give the data set's location with {option} along with {option}-kind")
+    if not where.strip():
+        raise AblateInputError(option, "must not be empty")
+    old = current.get("kind")
+    kind = kind or (old if old not in (None, "synthetic") else detect_kind(where))
+    out = {**current, "kind": kind, "root": None, "manifest": None}
+    out["manifest" if kind == "manifest" else "root"] = where
+    if kind != "visa":
+        out["split_csv"] = None
+    return out
+
+
+def with_overrides(
+    spec: StudySpec,
+    text: str,
+    data: str | None = None,
+    data_kind: str | None = None,
+    eval_data: str | None = None,
+    eval_data_kind: str | None = None,
+    pretrained: str | None = None,
+) -> tuple[StudySpec, str]:
+    """The spec with ``study run``'s --data/--eval-data/--pretrained applied, and its text with the
+    overrides appended as comments (so the database records them and a study run on other data has
+    another spec hash). Errors name the option, not the spec key."""
+    given = {"--data": data, "--data-kind": data_kind, "--eval-data": eval_data, "--eval-data-kind": eval_data_kind}
+    given["--pretrained"] = pretrained
+    if all(v is None for v in given.values()):
+        return spec, text
+    raw = spec.model_dump(exclude_none=True)
+    raw["data"] = _data_block(raw.get("data", {}), data, data_kind, "--data")
+    if eval_data is not None or eval_data_kind is not None:
+        raw["eval_data"] = _data_block(raw.get("eval_data", {}), eval_data, eval_data_kind, "--eval-data")
+    if pretrained is not None:
+        if not pretrained.strip():
+            raise AblateInputError("--pretrained", "must not be empty")
+        raw.setdefault("model", {})["pretrained"] = pretrained
+    for block in ("data", "eval_data"):
+        if block in raw:
+            raw[block] = {k: v for k, v in raw[block].items() if v is not None}
+    try:
+        new = StudySpec.model_validate(raw)
+    except ValidationError as exc:
+        err = _first_error(exc)
+        raise AblateInputError(_OVERRIDE_OPTIONS.get(err.field, err.field), err.message) from None
+    note = ", ".join(f"{k} {v!r}" for k, v in given.items() if v is not None)
+    return new, text.rstrip("\n") + f"\n# command-line overrides: {note}\n"
+
+
+def override_option(field: str) -> str | None:
+    """The CLI option that set a spec key, for an error raised after the overrides were applied."""
+    return _OVERRIDE_OPTIONS.get(field)

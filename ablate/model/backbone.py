@@ -120,7 +120,9 @@ def resolve_pretrained(spec: BackboneSpec, pretrained: str | None) -> str | None
         raise AblateInputError("pretrained", f"checkpoint file not found: {pretrained}")
     if spec.open_clip_name is None:
         raise AblateInputError(
-            "pretrained", f"backbone {spec.name!r} has no open_clip tags; give a local checkpoint path"
+            "pretrained",
+            f"{pretrained!r} is not a local file, and backbone {spec.name!r} has no open_clip tags; "
+            "give a local checkpoint path",
         )
     hit = _cached_tag_path(spec.open_clip_name, pretrained)
     if hit is None:
@@ -130,6 +132,55 @@ def resolve_pretrained(spec: BackboneSpec, pretrained: str | None) -> str | None
             "already in the local cache (nothing is downloaded)",
         )
     return hit
+
+
+def is_torchscript_archive(path: str) -> bool:
+    """True for a TorchScript archive: the format of OpenAI's own CLIP ``.pt`` files."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def wants_quick_gelu(spec: BackboneSpec, pretrained: str | None, ckpt: str | None) -> bool:
+    """OpenAI's weights were trained with QuickGELU (open_clip's ``-quickgelu`` models): their
+    TorchScript ``.pt`` and the open_clip tags whose pretrained config says so."""
+    if ckpt is None:
+        return False
+    if is_torchscript_archive(ckpt):
+        return True
+    if spec.open_clip_name is not None and pretrained is not None and not Path(pretrained).expanduser().is_file():
+        import open_clip
+
+        return bool(open_clip.get_pretrained_cfg(spec.open_clip_name, pretrained).get("quick_gelu", False))
+    return False
+
+
+# Entries of an OpenAI TorchScript state dict that open_clip's CLIP does not hold.
+_OPENAI_EXTRA = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+
+
+def load_weights(model: nn.Module, ckpt: str) -> None:
+    """Load a checkpoint into ``model``: open_clip's formats, or OpenAI's TorchScript archive (which
+    ``torch.load(weights_only=True)`` refuses); the position embedding is resized to the model's grid."""
+    import open_clip
+
+    if not is_torchscript_archive(ckpt):
+        # open_clip resizes the position embedding to our grid (336 -> 518 px) on load.
+        open_clip.load_checkpoint(model, ckpt)
+        return
+    import warnings
+
+    from open_clip.model import resize_pos_embed
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"; OpenAI's file is one
+        state = torch.jit.load(ckpt, map_location="cpu").state_dict()
+    state = {k: v for k, v in state.items() if k not in _OPENAI_EXTRA}
+    resize_pos_embed(state, model)
+    model.load_state_dict(state, strict=True)
 
 
 def build_clip(spec: BackboneSpec, pretrained: str | None = None) -> nn.Module:
@@ -143,11 +194,14 @@ def build_clip(spec: BackboneSpec, pretrained: str | None = None) -> nn.Module:
         cfg["vision_cfg"]["image_size"] = spec.image_size
     else:
         cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec.open_clip_cfg.items()}
-    model = CLIP(**cfg)
+    try:
+        quick_gelu = wants_quick_gelu(spec, pretrained, ckpt)
+    except Exception as exc:
+        raise AblateInputError("pretrained", f"cannot read {ckpt}: {str(exc).splitlines()[0]}") from exc
+    model = CLIP(**cfg, quick_gelu=quick_gelu)
     if ckpt is not None:
         try:
-            # open_clip resizes the position embedding to our grid (336 -> 518 px) on load.
-            open_clip.load_checkpoint(model, ckpt)
+            load_weights(model, ckpt)
         except Exception as exc:  # a wrong file is the user's input, not our bug
             raise AblateInputError("pretrained", f"cannot load {ckpt}: {str(exc).splitlines()[0]}") from exc
     model.eval()

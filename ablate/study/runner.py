@@ -497,14 +497,15 @@ _SPEC_FIELDS = {
 
 
 def preflight(spec: StudySpec) -> None:
-    """Checks that need the engine or this machine (cross-field limits, device, weights file), before
-    anything is written."""
+    """Checks that need the engine or this machine (cross-field limits, device, weights file, the
+    data set on disk), before anything is written."""
     from ablate.errors import AblateInputError
     from ablate.model.backbone import backbone_spec, resolve_pretrained
-    from ablate.train.arm import validate
+    from ablate.train.arm import check_data, validate
 
+    first = spec.arm(spec.search.fixes[0], None, spec.study.seeds[0])
     try:
-        validate(spec.arm(spec.search.fixes[0], None, spec.study.seeds[0]))
+        validate(first)
     except AblateInputError as exc:
         raise AblateInputError(_SPEC_FIELDS.get(exc.field, exc.field), exc.message) from None
     for spec_field, check in (
@@ -515,6 +516,8 @@ def preflight(spec: StudySpec) -> None:
             check()
         except AblateInputError as exc:
             raise AblateInputError(spec_field, exc.message) from None
+    # Data on disk last (it opens every file once): its errors already name the spec key.
+    check_data(first)
 
 
 def run_study(

@@ -6,11 +6,13 @@ split: set-up here, the loop in ``run.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 
+from ablate.data.image_dataset import StepBatches, StepLoader, iterate_batches
+from ablate.data.sources import FolderConfig, build_folder_data, check_folders, checked_samples, few_shot
 from ablate.data.synthetic import TEXTURE_CLASSES, Batch, SyntheticAnomalyDataset
 from ablate.errors import AblateInputError
 from ablate.model.aaclip import AAClipConfig, AAClipModel, SharedBackbone, build_model
@@ -34,6 +36,9 @@ class DataConfig:
     train_size: int = 256  # images in the training pool (cycled in a seeded order)
     batch_size: int = 4
     anomaly_fraction: float = 0.5
+    # Images on disk instead of the synthetic textures (train_size, classes and anomaly_fraction
+    # then do not apply: the pool is the training set's images, after few_shot).
+    folders: FolderConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,20 @@ def validate(cfg: ArmConfig) -> None:
             raise AblateInputError(name, msg)
 
 
+def check_data(cfg: ArmConfig) -> None:
+    """The data on disk (folder data only): every file opened once, the training pool big enough."""
+    f = cfg.data.folders
+    if f is None:
+        return
+    check_folders(f)
+    pool = len(few_shot(checked_samples(f.train), f.few_shot, cfg.data.seed))
+    if pool < cfg.data.batch_size:
+        where = "few_shot" if f.few_shot else ("manifest" if f.train.kind == "manifest" else "root")
+        raise AblateInputError(
+            f"{f.train.field}.{where}", f"{pool} training images, fewer than batch_size ({cfg.data.batch_size})"
+        )
+
+
 class ArmSetup:
     """The built pieces of an arm: device, model, data set, probe batches, training batch source.
 
@@ -88,21 +107,59 @@ class ArmSetup:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         spec = backbone_spec(cfg.model.backbone)
-        if like is None:
+        folders = cfg.data.folders
+        if like is not None:
+            self.dataset, self.eval_set = like.dataset, like.eval_set
+            m = like.model
+            shared = SharedBackbone(m.clip, m.classes, m.text_embeds, m.text_context)
+        elif folders is None:
             self.dataset = SyntheticAnomalyDataset(
                 spec.image_size, cfg.data.seed, cfg.data.classes, cfg.data.anomaly_fraction
             )
+            self.eval_set = None
             shared = None
         else:
-            self.dataset = like.dataset
-            m = like.model
-            shared = SharedBackbone(m.clip, m.classes, m.text_embeds, m.text_context)
+            check_data(cfg)
+            data = build_folder_data(folders, spec.image_size, cfg.data.seed)
+            self.dataset, self.eval_set = data.train, data.eval
+            shared = None
         self.model: AAClipModel = build_model(cfg.model, self.dataset.classes, cfg.seed, shared).to(self.device)
-        # Held out from training, and different for every seed, so seeds are independent replicates.
-        first = PROBE_INDEX_OFFSET + (cfg.seed % 10_000) * PROBE_SEED_STRIDE
-        self.probe_batches = self._held_out(first, cfg.probe_batches)
-        self.eval_batches = self._held_out(first + EVAL_OFFSET, cfg.gain_batches)
-        self._order = torch.randperm(cfg.data.train_size, generator=torch.Generator().manual_seed(cfg.seed))
+        self._loader: StepLoader | None = None
+        if self.eval_set is None:
+            # Held out from training, and different for every seed, so seeds are independent replicates.
+            first = PROBE_INDEX_OFFSET + (cfg.seed % 10_000) * PROBE_SEED_STRIDE
+            self.probe_batches = self._held_out(first, cfg.probe_batches)
+            self.eval_batches = self._held_out(first + EVAL_OFFSET, cfg.gain_batches)
+            self._order = torch.randperm(cfg.data.train_size, generator=torch.Generator().manual_seed(cfg.seed))
+        else:
+            # Folder data: probe and adapter-gain batches come from the evaluation set, in an order
+            # drawn from the seed (probe images first, then gain images; cycled if the set is small).
+            bs = cfg.data.batch_size
+            g = torch.Generator().manual_seed(PROBE_INDEX_OFFSET + cfg.seed)
+            held = torch.randperm(len(self.eval_set), generator=g).tolist()
+            need = (cfg.probe_batches + cfg.gain_batches) * bs
+            held = (held * (need // len(held) + 1))[:need]
+            chunks = [held[i : i + bs] for i in range(0, need, bs)]
+            self.probe_batches = [self.eval_set.batch(c).to(self.device) for c in chunks[: cfg.probe_batches]]
+            self.eval_batches = [self.eval_set.batch(c).to(self.device) for c in chunks[cfg.probe_batches :]]
+            self._order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(cfg.seed))
+            self._loader = StepLoader(self.step_batches(), folders.workers, self.device)
+
+    def step_batches(self, others: Sequence[ArmSetup] = (), stack: bool = False) -> StepBatches:
+        """This arm's training batches by step (with ``others``: every arm's, stacked over arms)."""
+        arms = [self, *others]
+        return StepBatches([(a.dataset, a._order, a.cfg.data.batch_size) for a in arms], self.cfg.run.steps, stack)
+
+    def evaluation_batches(self, batch_size: int | None = None) -> Iterator[Batch]:
+        """The evaluation set once, in order, on the device (masks, labels, ``class_idx`` into
+        ``self.model.classes``). Folder data: every image of the evaluation set (``self.eval_set``;
+        its ``samples[i]`` is the i-th image yielded), read by the data workers. Synthetic data:
+        the held-out adapter-gain batches (``eval_batches``), the only evaluation set it has."""
+        if self.eval_set is None:
+            yield from self.eval_batches
+            return
+        workers = self.cfg.data.folders.workers if self.cfg.data.folders is not None else 0
+        yield from iterate_batches(self.eval_set, batch_size or self.cfg.data.batch_size, self.device, workers)
 
     def _held_out(self, first: int, n: int) -> list[Batch]:
         bs = self.cfg.data.batch_size
@@ -121,6 +178,8 @@ class ArmSetup:
         return ArmLabel(self.fix_name, self.scale, self.cfg.seed)
 
     def train_batch(self, step: int) -> Batch:
+        if self._loader is not None:
+            return self._loader(step)
         bs, n = self.cfg.data.batch_size, self.cfg.data.train_size
         start = (step * bs) % n
         idx = [int(self._order[(start + j) % n]) for j in range(bs)]
@@ -160,12 +219,26 @@ class PackSetup:
         self.model = PackedAAClip([a.model for a in self.arms])
         self.probe_batches = [Batch.stack(list(bs)) for bs in zip(*(a.probe_batches for a in self.arms))]
         self.eval_batches = [Batch.stack(list(bs)) for bs in zip(*(a.eval_batches for a in self.arms))]
+        self._loader: StepLoader | None = None
+        if first.cfg.data.folders is not None:
+            # One reader for the whole pack: every arm's batch of a step comes stacked from the workers.
+            steps = first.step_batches(self.arms[1:], stack=True)
+            self._loader = StepLoader(steps, first.cfg.data.folders.workers, self.device)
 
     @property
     def labels(self) -> list[ArmLabel]:
         return [a.label for a in self.arms]
 
+    def evaluation_batches(self, batch_size: int | None = None) -> Iterator[Batch]:
+        """The first arm's evaluation pass (the arms share the data), each batch stacked over arms
+        as the packed model takes it."""
+        n = len(self.arms)
+        for b in self.arms[0].evaluation_batches(batch_size):
+            yield Batch.stack([b] * n)
+
     def train_batch(self, step: int) -> Batch:
+        if self._loader is not None:
+            return self._loader(step)
         return Batch.stack([a.train_batch(step) for a in self.arms])
 
 

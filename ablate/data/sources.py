@@ -1,0 +1,102 @@
+"""Folder data for an arm: a training set and an evaluation set (they may differ), one class list.
+
+AA-CLIP trains on one data set and tests on another (VisA -> MVTec AD and the reverse), and trains on
+the split that holds anomalies with masks: the *test* split, since ``train`` holds only good images.
+So the training source defaults to the test split of its set, and the evaluation source to the test
+split of its own set (the training set's when none is given; then training and evaluation images
+are the same, which a cross-data-set study avoids by naming ``[eval_data]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ablate.data.folders import Sample, Source, list_samples
+from ablate.data.image_dataset import FolderDataset
+from ablate.data.validate import validate_samples
+from ablate.errors import AblateInputError
+
+
+@dataclass(frozen=True)
+class FolderConfig:
+    train: Source
+    eval: Source | None = None  # None: the test split of the training set
+    real_names: tuple[tuple[str, str], ...] = ()  # folder class -> the name the prompts use
+    few_shot: int = 0  # k training images per class (seeded by the data seed); 0 = all
+    augment: bool = False  # flips and 90-degree rotations of training images (never held-out ones)
+    workers: int = 2  # processes that read training images ahead; 0 = in the training process
+
+    @property
+    def eval_source(self) -> Source:
+        if self.eval is not None:
+            return self.eval
+        t = self.train
+        return Source(t.kind, t.root, "test", t.classes, t.split_csv, t.field)
+
+    def prompt_name(self, class_name: str) -> str:
+        """The class as the prompts name it: the real-name map's entry, else underscores as spaces."""
+        return dict(self.real_names).get(class_name, class_name.replace("_", " "))
+
+
+_CHECKED: dict[Source, list[Sample]] = {}
+
+
+def checked_samples(src: Source) -> list[Sample]:
+    """The samples of ``src``, every file opened and checked once per process (see validate.py)."""
+    hit = _CHECKED.get(src)
+    if hit is None:
+        hit = list_samples(src)
+        field = f"{src.field}.{'manifest' if src.kind == 'manifest' else 'root'}"
+        validate_samples(hit, field)
+        _CHECKED[src] = hit
+    return hit
+
+
+def few_shot(samples: list[Sample], k: int, seed: int) -> list[Sample]:
+    """k samples per class, drawn with ``seed`` (a class with fewer keeps all), in the original order."""
+    if k <= 0:
+        return samples
+    by_class: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_class.setdefault(s.class_name, []).append(i)
+    g = torch.Generator().manual_seed(seed)
+    keep: set[int] = set()
+    for idx in by_class.values():
+        perm = torch.randperm(len(idx), generator=g)[:k]
+        keep.update(idx[int(j)] for j in perm)
+    return [s for i, s in enumerate(samples) if i in keep]
+
+
+def check_folders(cfg: FolderConfig) -> None:
+    """Every refusal a folder config can earn, before anything is built, trained or written."""
+    checked_samples(cfg.train)
+    checked_samples(cfg.eval_source)
+    for name, _ in cfg.real_names:
+        if not any(s.class_name == name for s in checked_samples(cfg.train) + checked_samples(cfg.eval_source)):
+            raise AblateInputError(f"{cfg.train.field}.real_names", f"names class {name!r}, which neither set has")
+
+
+@dataclass
+class FolderData:
+    classes: tuple[str, ...]  # the model's classes: prompt names, training set's first
+    train: FolderDataset
+    eval: FolderDataset
+
+
+def build_folder_data(cfg: FolderConfig, image_size: int, seed: int) -> FolderData:
+    """Training and evaluation data sets over one class list (``seed``: few-shot draw, augmentation)."""
+    check_folders(cfg)
+    train = few_shot(checked_samples(cfg.train), cfg.few_shot, seed)
+    held = checked_samples(cfg.eval_source)
+    classes: list[str] = []
+    for s in train + held:
+        name = cfg.prompt_name(s.class_name)
+        if name not in classes:
+            classes.append(name)
+    return FolderData(
+        tuple(classes),
+        FolderDataset(train, image_size, classes, cfg.prompt_name, cfg.augment, seed),
+        FolderDataset(held, image_size, classes, cfg.prompt_name),
+    )
