@@ -136,15 +136,18 @@ def _arm_config(
     probe_every: int = 50,
     group: str = "layers",
     freeze_adapters: bool = False,
+    eval_batches: int = 0,
 ):
     from ablate.model.aaclip import AAClipConfig
-    from ablate.train.arm import ArmConfig, DataConfig, validate
+    from ablate.train.arm import ArmConfig, DataConfig, EvalConfig, validate
     from ablate.train.run import RunConfig
 
     if group not in ("layers", "proj", "all"):
         raise AblateInputError("--group", f"must be layers, proj or all, got {group!r}")
     if batches < 2:
         raise AblateInputError("--batches", "must be >= 2 (one batch gives no interval)")
+    if not 0 <= eval_batches <= 100_000:
+        raise AblateInputError("--eval-batches", f"must be in [0, 100000] (0: no evaluation), got {eval_batches}")
     cfg = ArmConfig(
         model=AAClipConfig(
             backbone=backbone,
@@ -160,6 +163,7 @@ def _arm_config(
         seed=seed,
         device=device,
         freeze_adapters=freeze_adapters,
+        eval=EvalConfig(enabled=eval_batches > 0, batches=max(eval_batches, 1)),
     )
     validate(cfg)
     return cfg
@@ -311,6 +315,15 @@ def train(
             "step (train_grad_ratio, train_update_ratio, adapter_gain_rel); doubles the time.",
         ),
     ] = True,
+    eval_batches: Annotated[
+        int,
+        typer.Option(
+            "--eval-batches",
+            help="After training, evaluate on N test batches (a fixed synthetic set): image- and "
+            "pixel-level AUROC and AP per class and their mean (image_auroc, image_ap, pixel_auroc, "
+            "pixel_ap). 0 (default): no evaluation.",
+        ),
+    ] = 0,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -345,6 +358,7 @@ def train(
         probe_every=probe_every,
         group=group,
         freeze_adapters=freeze_adapters,
+        eval_batches=eval_batches,
     )
     setup = ArmSetup(cfg)
     arms = [(f"train {setup.fix_name}", cfg, setup)]
@@ -418,6 +432,14 @@ def _print_train_summary(summary: dict, result, with_base: bool, seed: int, step
         ("mfu", fmt(summary["mfu"], 3) if summary["mfu"] == summary["mfu"] else "-", _mfu_note(summary)),
         ("wall_s", fmt(summary["wall_s"], 3), ""),
     ]
+    ev = summary.get("evaluation")
+    if ev is not None:
+        base = summary.get("baseline", {}).get("evaluation") if with_base else None
+        for m in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap"):
+            extra = f"; baseline {fmt(base['metrics'][m], 3)}" if base else ""
+            rows.append((m, fmt(ev["metrics"][m], 3), f"mean over {len(ev['per_class'])} classes{extra}"))
+        for key, why in ev["reasons"].items():
+            rows.append(("", "-", f"{key}: {why}"))
     for row in rows:
         table.add_row(*row)
     _out().print(table)

@@ -14,11 +14,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ablate.errors import AblateInputError, SpecInputError
+from ablate.eval.metrics import DEFAULT_BINS
 from ablate.model.aaclip import AAClipConfig
 from ablate.model.backbone import BACKBONES
 from ablate.model.fixes import NO_BRANCH, fix_names, parse_fix
-from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
-from ablate.train.arm import ArmConfig, DataConfig
+from ablate.objectives import DEFAULT_OBJECTIVES, EVAL_OBJECTIVES, OBJECTIVES
+from ablate.train.arm import ArmConfig, DataConfig, EvalConfig
 from ablate.train.device import DEVICE_CHOICES
 from ablate.train.run import RunConfig
 
@@ -101,6 +102,18 @@ class ProbeSection(_Strict):
     group: Literal["layers", "proj", "all"] = "layers"
     # Held-out batches adapter_gain is measured on (forward passes only; more = less noise per seed).
     gain_batches: int = Field(16, ge=2)
+
+
+class EvalSection(_Strict):
+    """The end-of-run evaluation: image- and pixel-level AUROC and AP per class (ablate/eval).
+
+    Off by default for synthetic data (it keeps the quick study quick); ``batches`` test batches of
+    ``data.batch_size`` images, the same fixed set for every seed and arm.
+    """
+
+    enabled: bool = False
+    batches: int = Field(8, ge=1, le=100_000)
+    bins: int = Field(DEFAULT_BINS, ge=2, le=2**20)
 
 
 class ScaleRange(_Strict):
@@ -241,6 +254,15 @@ class StudySpec(_Strict):
     probe: ProbeSection = Field(default_factory=ProbeSection)
     search: SearchSection = Field(default_factory=SearchSection)
     study: StudySection = Field(default_factory=StudySection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    @model_validator(mode="after")
+    def _evaluated_objectives(self) -> StudySpec:
+        if not self.eval.enabled:
+            for m in [*self.study.objectives, self.study.constraint_metric]:
+                if m in EVAL_OBJECTIVES:
+                    raise ValueError(f"study.objectives: {m!r} needs the evaluation; set eval.enabled = true")
+        return self
 
     @model_validator(mode="after")
     def _enough_distinct_trials(self) -> StudySpec:
@@ -293,6 +315,7 @@ class StudySpec(_Strict):
             device=self.training.device,
             freeze_adapters=frozen,
             gain_batches=self.probe.gain_batches,
+            eval=EvalConfig(enabled=self.eval.enabled, batches=self.eval.batches, bins=self.eval.bins),
         )
 
 

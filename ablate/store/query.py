@@ -22,6 +22,7 @@ from ablate.store import catalog, readonly_sql, summaries
 from ablate.store.catalog import latest_study, study_settings
 from ablate.store.encode import decode_fields, decode_float, decode_float_lists
 from ablate.store.schema import (
+    EVAL_FIELDS,
     GROUPS,
     PROBE_FLOAT_FIELDS,
     RUN_FLOAT_FIELDS,
@@ -140,6 +141,7 @@ METRIC_COLUMNS = [
     *(f"grad_ratio_init_{g}" for g in GROUPS),
     *(f"grad_share_init_{g}" for g in GROUPS),
     "grad_ratio_mean", "loss_slope", "loss_slope_std", "loss_slope_rel", "loss_first", "loss_last",
+    *(f"{m}{end}" for m in EVAL_FIELDS for end in ("", "_lo", "_hi")),
     "ci_scope", "threshold", "verdict",
 ]  # fmt: skip
 FIX_HEAD_COLUMNS = ["study", "fix", "n_trials", "n_unranked", "best_trial", "scale", "n_seeds"]
