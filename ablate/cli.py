@@ -556,6 +556,10 @@ def query(
         typer.Option("--group-by", help="'fix': each fix's best ranked trial with 95% intervals, and the references."),
     ] = None,
     runs: Annotated[bool, typer.Option("--runs", help="One row per run (trial x seed, baselines, controls).")] = False,
+    classes: Annotated[
+        bool,
+        typer.Option("--classes", help="One row per evaluated run and class: image/pixel AUROC and AP, counts."),
+    ] = False,
     studies: Annotated[bool, typer.Option("--studies", help="List the studies in the database.")] = False,
     sql: Annotated[
         str | None,
@@ -567,7 +571,8 @@ def query(
     fmt_: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
     as_json: JsonOpt = False,
 ) -> None:
-    """Query the results database: one row per trial (default), --group-by fix, --runs, --studies, --sql."""
+    """Query the results database: one row per trial (default), --group-by fix, --runs, --classes,
+    --studies, --sql."""
     from ablate.store.engine import open_storage
 
     if fmt_ not in ("table", "csv", "json"):
@@ -592,6 +597,8 @@ def query(
             frame, title = q.group_by_fix(engine, study), "per fix"
         elif runs:
             frame, title = q.runs_frame(engine, study), "runs"
+        elif classes:
+            frame, title = q.class_metrics_frame(engine, study), "classes"
         else:
             frame, title = q.trials_frame(engine, study), "trials"
     if fmt_ == "json":
@@ -611,7 +618,11 @@ def plot(
     out_dir: Annotated[str | None, typer.Option("--out", help="Output directory (default: plots/<study>).")] = None,
     kind: Annotated[
         list[str] | None,
-        typer.Option("--kind", help="tradeoff | loss | ratio-scale | gates | grad-norms (repeat; default: all)."),
+        typer.Option(
+            "--kind",
+            help="tradeoff | loss | ratio-scale | gates | grad-norms | eval (repeat; default: all, eval when "
+            "the study was evaluated).",
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -718,6 +729,8 @@ def _print_view(engine, study: str | None, frame, title: str) -> None:
         _print_frame(view, title, views.scope_note(frame))
     elif title == "runs" and not frame.empty:
         _print_frame(views.runs_view(frame), title)
+    elif title == "classes" and not frame.empty:
+        _print_frame(views.classes_view(frame), title, views.CLASSES_NOTE)
     else:
         _print_frame(frame, title)
 
@@ -725,12 +738,12 @@ def _print_view(engine, study: str | None, frame, title: str) -> None:
 def _draw(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet: bool) -> list:
     from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
     from ablate.plot import render_all, source
-    from ablate.plot.extract import KINDS
+    from ablate.plot.extract import PLOT_KINDS
     from ablate.store.engine import open_storage
 
-    bad = [k for k in kinds or () if k not in KINDS]
+    bad = [k for k in kinds or () if k not in PLOT_KINDS]
     if bad:  # before any read: a typo should not cost a pass over the database
-        raise AblateInputError("--kind", f"unknown plot kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
+        raise AblateInputError("--kind", f"unknown plot kind(s) {', '.join(bad)}; choose from {', '.join(PLOT_KINDS)}")
     engine = open_storage(url, create=False)
     with _lookup_errors():
         inputs = source.load(engine, name, kinds)

@@ -21,7 +21,13 @@ SHORT = {
     "loss_slope": "slope",
     "loss_slope_rel": "slope-base",
     "loss_last": "last loss",
+    "image_auroc": "img AUROC",
+    "image_ap": "img AP",
+    "pixel_auroc": "px AUROC",
+    "pixel_ap": "px AP",
 }
+EVAL_COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap")
+CLASSES_NOTE = "n (bad): images (anomalous); nan: undefined (one label only; csv/json say which)"
 
 
 # Short labels for the reference rows of the per-fix view (the frame keeps the long ones).
@@ -57,6 +63,7 @@ def scope_note(frame: pd.DataFrame) -> str:
 
 def trials_view(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFrame:
     dec = {m: _decimals(frame, m) for m in objectives}
+    evaluated = _evaluated(frame)
     rows = []
     for _, r in frame.iterrows():
         seeds = f"{r['n_seeds']}/{r['seeds_wanted']}"
@@ -68,9 +75,22 @@ def trials_view(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFrame:
                 "seeds": seeds if r["ranked"] else f"{r['status']} {seeds}",
                 **{SHORT.get(m, m): _ci(r, m, dec[m]) for m in objectives},
                 **_ratio_column(r, objectives),
+                **_auroc_column(r, objectives, evaluated),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _evaluated(frame: pd.DataFrame) -> bool:
+    """Whether any row has an end-of-run evaluation (the AUROC column is shown only then)."""
+    return any(c in frame.columns and bool(frame[c].notna().any()) for c in ("image_auroc", "pixel_auroc"))
+
+
+def _auroc_column(row: Any, objectives: list[str], evaluated: bool) -> dict[str, str]:
+    """image / pixel AUROC in one cell, when evaluated and neither is already an objective column."""
+    if not evaluated or any(m in EVAL_COLUMNS for m in objectives):
+        return {}
+    return {"AUROC i/px": f"{fmt(row.get('image_auroc'), 3)}/{fmt(row.get('pixel_auroc'), 3)}"}
 
 
 def _ratio_column(row: Any, objectives: list[str]) -> dict[str, str]:
@@ -80,6 +100,7 @@ def _ratio_column(row: Any, objectives: list[str]) -> dict[str, str]:
 
 def fixes_view(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFrame:
     dec = {m: _decimals(frame, m) for m in objectives}
+    evaluated = _evaluated(frame)
     rows = []
     for _, r in frame.iterrows():
         best = r.get("best_trial")
@@ -96,13 +117,15 @@ def fixes_view(frame: pd.DataFrame, objectives: list[str]) -> pd.DataFrame:
                     for m in objectives
                 },
                 **_ratio_column(r, objectives),
+                **_auroc_column(r, objectives, evaluated),
             }
         )
     return pd.DataFrame(rows)
 
 
 def runs_view(frame: pd.DataFrame) -> pd.DataFrame:
-    """One line per run; an ``mfu`` column only where some run has one (GPU runs with a known peak)."""
+    """One line per run; an ``mfu`` column only where some run has one (GPU runs with a known peak).
+    No evaluation column (it would pass 80 columns): ``--classes`` shows it, csv/json carry it."""
     with_mfu = "mfu" in frame.columns and bool(frame["mfu"].notna().any())
     rows = []
     for _, r in frame.iterrows():
@@ -120,6 +143,23 @@ def runs_view(frame: pd.DataFrame) -> pd.DataFrame:
                 "R @0": fmt(r.get("grad_ratio_init"), 3),
                 "slope": fmt(r.get("loss_slope"), 3),
                 **({"mfu": fmt(r.get("mfu"), 2)} if with_mfu else {}),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def classes_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """One line per evaluated run and class (``query --classes``)."""
+    rows = []
+    for _, r in frame.iterrows():
+        rows.append(
+            {
+                "run": str(r["run_id"]),
+                "seed": str(r["seed"]),
+                "fix": r["fix"],
+                "class": r["class_name"],
+                **{SHORT[m]: fmt(r.get(m), 3) for m in EVAL_COLUMNS},
+                "n (bad)": f"{r.get('images')} ({r.get('anomalous_images')})",
             }
         )
     return pd.DataFrame(rows)

@@ -96,3 +96,13 @@ def test_memory_is_bounded_by_the_bins_not_the_samples():
     assert curves.pos.numel() == curves.neg.numel() == 3 * 4096
     res = curves.compute()
     assert res[1].reason is not None and res[0].positives + res[0].negatives == 5 * 64 * 64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_the_device_histograms_match_the_cpu_ones():
+    rng = np.random.default_rng(2)
+    s = torch.from_numpy(1 / (1 + np.exp(-rng.normal(0, 3, 100_000)))).float()
+    y = torch.from_numpy(rng.random(100_000) < 0.05)
+    cpu = binned_auroc_ap(s, y)
+    gpu = binned_auroc_ap(s.cuda(), y.cuda())
+    assert (gpu.auroc, gpu.ap, gpu.positives) == pytest.approx((cpu.auroc, cpu.ap, cpu.positives))
