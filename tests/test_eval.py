@@ -277,3 +277,31 @@ def test_the_bulk_writer_stores_the_same_class_rows_as_finish_run(tmp_path):
     assert frames[0].set_index("class_name").image_auroc.to_dict() == pytest.approx(
         {c: v["image_auroc"] for c, v in ev.per_class.items()}, nan_ok=True
     )
+
+
+def test_the_aaclip_scores_of_a_model_told_the_mask_rank_it_first():
+    """The real scoring path (levels' softmax, upsampling, averaging, detection + map maximum) on
+    logits planted from the mask: near-perfect pixel ranking (the grid is coarser than the mask),
+    perfect images; planted the other way round, the worst."""
+    from ablate.model.aaclip import ForwardOut
+    from ablate.train.arm import ArmSetup
+
+    setup = ArmSetup(_cfg())
+    model = setup.model
+    batches = list(setup.test_batches())
+    for sign, expect in ((1.0, 1.0), (-1.0, 0.0)):
+
+        def told(images, class_idx, sign=sign, batch_of={id(b.images): b for b in batches}):  # noqa: B006
+            b = batch_of[id(images)]
+            coarse = torch.nn.functional.adaptive_avg_pool2d(b.masks.unsqueeze(1), model.grid)
+            logits = torch.cat([-coarse, coarse], 1) * 20 * sign
+            det = torch.stack([-b.labels.float(), b.labels.float()], 1) * 20 * sign
+            return ForwardOut([logits] * len(model.levels), det, None, None)
+
+        model.forward = told
+        res = evaluate(model, batches, torch.device("cpu"), model.classes)[0]
+        assert res.metrics["image_auroc"] == expect
+        assert abs(res.metrics["pixel_auroc"] - expect) < 0.05, res.metrics
+    del model.forward
+    real = evaluate(model, batches, torch.device("cpu"), model.classes)[0]
+    assert 0.2 < real.metrics["pixel_auroc"] < 0.8  # untrained: near chance

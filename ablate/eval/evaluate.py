@@ -72,7 +72,7 @@ def evaluate(
     subject.train(False)
     try:
         for batch in batches:
-            if batch.images.device != torch.device(device):
+            if batch.images.device.type != torch.device(device).type:  # ('cuda' vs 'cuda:0' is no move)
                 batch = batch.to(device)
             batch = _for_arms(batch, arms)
             with autocast(device):
