@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ablate.eval import EVAL_METRICS
 from ablate.stats import SCOPE_NONE, SCOPE_SEEDS, SCOPE_WITHIN, Interval, dilution, mean_ci, ratio_ci
 
 
@@ -59,7 +60,7 @@ _ALL = (
 )  # fmt: skip
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in _ALL}
 DEFAULT_OBJECTIVES = ("adapter_gain", "dilution_train")
-EVAL_OBJECTIVES = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap")  # need [eval] enabled
+EVAL_OBJECTIVES = EVAL_METRICS  # need [eval] enabled
 
 
 def seed_value(name: str, row: Mapping[str, float]) -> float:

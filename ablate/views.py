@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ablate.eval import EVAL_METRICS
 from ablate.textfmt import fmt, fmt_ci
 
 SHORT = {
@@ -26,7 +27,7 @@ SHORT = {
     "pixel_auroc": "px AUROC",
     "pixel_ap": "px AP",
 }
-EVAL_COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap")
+EVAL_COLUMNS = EVAL_METRICS
 CLASSES_NOTE = "n (bad): images (anomalous); nan: undefined (one label only; csv/json say which)"
 
 

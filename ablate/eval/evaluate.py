@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
+from ablate.eval import EVAL_METRICS
 from ablate.eval.metrics import DEFAULT_BINS, BinnedCurves
 from ablate.train.device import autocast
 
-EVAL_METRICS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap")
+__all__ = ["EVAL_METRICS", "EvalResult", "evaluate"]
 
 
 @dataclass

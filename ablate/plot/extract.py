@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ablate.errors import AblateInputError
+from ablate.eval import EVAL_METRICS
 from ablate.model.fix_order import registry_names
 from ablate.plot.pareto import pareto_front
 from ablate.stats import geo_mean
@@ -39,7 +40,7 @@ KINDS: tuple[str, ...] = ("tradeoff", "loss", "ratio-scale", "gates", "grad-norm
 # Drawn by default only when the study was evaluated (spec [eval]); always valid by name.
 EVAL_KIND = "eval"
 PLOT_KINDS: tuple[str, ...] = (*KINDS, EVAL_KIND)
-EVAL_PLOT_METRICS = ("image_auroc", "pixel_auroc", "image_ap", "pixel_ap")
+EVAL_PLOT_METRICS = tuple(sorted(EVAL_METRICS, key=lambda m: m.endswith("_ap")))  # AUROCs, then APs
 BASELINE_FIX = NO_BRANCH
 # Display order (legends, the stable colour/marker mapping in render.py) is the registry's order, so
 # the registry stays the one place that knows fix names; a name it does not know still plots.

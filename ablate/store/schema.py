@@ -33,6 +33,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from ablate.eval import EVAL_METRICS
+
 TABLE_PREFIX = "ablate_"
 BASELINE_TRIAL_KEY = -1  # the no-branch reference run of a seed
 CONTROL_TRIAL_KEY = -2  # the frozen-adapter control of a seed (no branch, block adapters not updated)
@@ -46,7 +48,7 @@ HARDWARE_ATTR = "ablate_hardware:"
 
 # The end-of-run evaluation (ablate/eval): the mean over classes of the metrics AA-CLIP reports; NULL
 # when the run was not evaluated. Per class they are rows of ablate_class_metrics.
-EVAL_FIELDS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap")
+EVAL_FIELDS = EVAL_METRICS
 # Columns added to ablate_runs after databases had been written without them: all nullable, so
 # ablate.store.engine adds them to an older file (ALTER TABLE ... ADD COLUMN) and its runs read as
 # not evaluated. Any other missing column still refuses the file.

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# The end-of-run evaluation's columns (ablate.eval.evaluate.EVAL_METRICS, ablate_runs' EVAL_FIELDS).
-EVAL_FIELDS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap")
+from ablate.eval import EVAL_METRICS
 
 # Groups of adapter parameters every AA-CLIP report shows: the per-block adapters, the per-level and
 # detection projections, and their union (the seed's 10.2 M-parameter "image adapter").
@@ -119,7 +118,7 @@ class TrainResult:
         d = {k: v for k, v in asdict(self).items() if k not in skip}
         d["frozen"] = ",".join(self.frozen)
         ev = self.evaluation
-        for name in EVAL_FIELDS:
+        for name in EVAL_METRICS:
             d[name] = ev.metrics[name] if ev is not None else None
         d["evaluation"] = ev.to_dict() if ev is not None else None
         p0 = self.probes[0] if self.probes else None
