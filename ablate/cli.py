@@ -137,15 +137,18 @@ def _arm_config(
     probe_every: int = 50,
     group: str = "layers",
     freeze_adapters: bool = False,
+    eval_batches: int = 0,
 ):
     from ablate.model.aaclip import AAClipConfig
-    from ablate.train.arm import ArmConfig, DataConfig, validate
+    from ablate.train.arm import ArmConfig, DataConfig, EvalConfig, validate
     from ablate.train.run import RunConfig
 
     if group not in ("layers", "proj", "all"):
         raise AblateInputError("--group", f"must be layers, proj or all, got {group!r}")
     if batches < 2:
         raise AblateInputError("--batches", "must be >= 2 (one batch gives no interval)")
+    if not 0 <= eval_batches <= 100_000:
+        raise AblateInputError("--eval-batches", f"must be in [0, 100000] (0: no evaluation), got {eval_batches}")
     cfg = ArmConfig(
         model=AAClipConfig(
             backbone=backbone,
@@ -161,6 +164,7 @@ def _arm_config(
         seed=seed,
         device=device,
         freeze_adapters=freeze_adapters,
+        eval=EvalConfig(enabled=eval_batches > 0, batches=max(eval_batches, 1)),
     )
     validate(cfg)
     return cfg
@@ -282,6 +286,15 @@ def train(
             "step (train_grad_ratio, train_update_ratio, adapter_gain_rel); doubles the time.",
         ),
     ] = True,
+    eval_batches: Annotated[
+        int,
+        typer.Option(
+            "--eval-batches",
+            help="After training, evaluate on N test batches (a fixed synthetic set): image- and "
+            "pixel-level AUROC and AP per class and their mean (image_auroc, image_ap, pixel_auroc, "
+            "pixel_ap). 0 (default): no evaluation.",
+        ),
+    ] = 0,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -316,6 +329,7 @@ def train(
         probe_every=probe_every,
         group=group,
         freeze_adapters=freeze_adapters,
+        eval_batches=eval_batches,
     )
     setup = ArmSetup(cfg)
     arms = [(f"train {setup.fix_name}", cfg, setup)]
@@ -394,6 +408,14 @@ def _print_train_summary(summary: dict, result, with_base: bool, seed: int, step
         ("mfu", fmt(summary["mfu"], 3) if summary["mfu"] == summary["mfu"] else "-", _mfu_note(summary)),
         ("wall_s", fmt(summary["wall_s"], 3), ""),
     ]
+    ev = summary.get("evaluation")
+    if ev is not None:
+        base = summary.get("baseline", {}).get("evaluation") if with_base else None
+        for m in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap"):
+            extra = f"; baseline {fmt(base['metrics'][m], 3)}" if base else ""
+            rows.append((m, fmt(ev["metrics"][m], 3), f"mean over {len(ev['per_class'])} classes{extra}"))
+        for key, why in ev["reasons"].items():
+            rows.append(("", "-", f"{key}: {why}"))
     for row in rows:
         table.add_row(*row)
     _out().print(table)
@@ -541,6 +563,10 @@ def query(
         typer.Option("--group-by", help="'fix': each fix's best ranked trial with 95% intervals, and the references."),
     ] = None,
     runs: Annotated[bool, typer.Option("--runs", help="One row per run (trial x seed, baselines, controls).")] = False,
+    classes: Annotated[
+        bool,
+        typer.Option("--classes", help="One row per evaluated run and class: image/pixel AUROC and AP, counts."),
+    ] = False,
     studies: Annotated[bool, typer.Option("--studies", help="List the studies in the database.")] = False,
     sql: Annotated[
         str | None,
@@ -560,7 +586,8 @@ def query(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Query the results database: one row per trial (default), --group-by fix, --runs, --studies, --sql."""
+    """Query the results database: one row per trial (default), --group-by fix, --runs, --classes,
+    --studies, --sql."""
     from ablate.store.engine import open_storage
 
     if fmt_ not in ("table", "csv", "json"):
@@ -585,6 +612,8 @@ def query(
             frame, title = q.group_by_fix(engine, study), "per fix"
         elif runs:
             frame, title = q.runs_frame(engine, study), "runs"
+        elif classes:
+            frame, title = q.class_metrics_frame(engine, study), "classes"
         else:
             frame, title = q.trials_frame(engine, study), "trials"
     if fmt_ == "json":
@@ -604,7 +633,11 @@ def plot(
     out_dir: Annotated[str | None, typer.Option("--out", help="Output directory (default: plots/<study>).")] = None,
     kind: Annotated[
         list[str] | None,
-        typer.Option("--kind", help="tradeoff | loss | ratio-scale | gates | grad-norms (repeat; default: all)."),
+        typer.Option(
+            "--kind",
+            help="tradeoff | loss | ratio-scale | gates | grad-norms | eval (repeat; default: all, eval when "
+            "the study was evaluated).",
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -710,6 +743,8 @@ def _print_view(engine, study: str | None, frame, title: str, wide: bool = False
         view = views.trials_view(frame, objectives) if title == "trials" else views.fixes_view(frame, objectives)
     elif title == "runs" and not frame.empty:
         view = views.runs_view(frame)
+    elif title == "classes" and not frame.empty:
+        view = views.classes_view(frame)
     else:
         view = views.frame_view(frame)
     _print_table(title, view, wide)
@@ -718,12 +753,12 @@ def _print_view(engine, study: str | None, frame, title: str, wide: bool = False
 def _draw(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet: bool) -> list:
     from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
     from ablate.plot import render_all, source
-    from ablate.plot.extract import KINDS
+    from ablate.plot.extract import PLOT_KINDS
     from ablate.store.engine import open_storage
 
-    bad = [k for k in kinds or () if k not in KINDS]
+    bad = [k for k in kinds or () if k not in PLOT_KINDS]
     if bad:  # before any read: a typo should not cost a pass over the database
-        raise AblateInputError("--kind", f"unknown plot kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
+        raise AblateInputError("--kind", f"unknown plot kind(s) {', '.join(bad)}; choose from {', '.join(PLOT_KINDS)}")
     engine = open_storage(url, create=False)
     with _lookup_errors():
         inputs = source.load(engine, name, kinds)

@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ablate.eval import EVAL_METRICS
 from ablate.stats import SCOPE_NONE, SCOPE_SEEDS, SCOPE_WITHIN, Interval, dilution, mean_ci, ratio_ci
 
 
@@ -47,9 +48,19 @@ _ALL = (
               "loss_slope minus the same seed's baseline slope"),
     Objective("loss_last", "minimize", "loss_last", False,
               "mean training loss over the last 10% of steps", intermediate=True),
+    # The end-of-run evaluation (spec [eval]): means over classes, as AA-CLIP reports them.
+    Objective("image_auroc", "maximize", "image_auroc", False,
+              "image-level AUROC of the anomaly score at the end of the run (mean over classes)"),
+    Objective("image_ap", "maximize", "image_ap", False,
+              "image-level average precision at the end of the run (mean over classes)"),
+    Objective("pixel_auroc", "maximize", "pixel_auroc", False,
+              "pixel-level AUROC of the upsampled anomaly map (mean over classes)"),
+    Objective("pixel_ap", "maximize", "pixel_ap", False,
+              "pixel-level average precision of the upsampled anomaly map (mean over classes)"),
 )  # fmt: skip
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in _ALL}
 DEFAULT_OBJECTIVES = ("adapter_gain", "dilution_train")
+EVAL_OBJECTIVES = EVAL_METRICS  # need [eval] enabled
 
 
 def seed_value(name: str, row: Mapping[str, float]) -> float:

@@ -16,11 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ablate.data.folders import Source
 from ablate.data.sources import FolderConfig
 from ablate.errors import AblateInputError, SpecInputError
+from ablate.eval.metrics import DEFAULT_BINS
 from ablate.model.aaclip import AAClipConfig
 from ablate.model.backbone import BACKBONES
 from ablate.model.fixes import NO_BRANCH, fix_names, parse_fix
-from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
-from ablate.train.arm import ArmConfig, DataConfig
+from ablate.objectives import DEFAULT_OBJECTIVES, EVAL_OBJECTIVES, OBJECTIVES
+from ablate.train.arm import ArmConfig, DataConfig, EvalConfig
 from ablate.train.device import DEVICE_CHOICES
 from ablate.train.run import RunConfig
 
@@ -195,6 +196,18 @@ class ProbeSection(_Strict):
     gain_batches: int = Field(16, ge=2)
 
 
+class EvalSection(_Strict):
+    """The end-of-run evaluation: image- and pixel-level AUROC and AP per class (ablate/eval).
+
+    Off by default for synthetic data (it keeps the quick study quick); ``batches`` test batches of
+    ``data.batch_size`` images, the same fixed set for every seed and arm.
+    """
+
+    enabled: bool = False
+    batches: int = Field(8, ge=1, le=100_000)
+    bins: int = Field(DEFAULT_BINS, ge=2, le=2**20)
+
+
 class ScaleRange(_Strict):
     min: float = Field(1e-5, ge=0)
     max: float = Field(1.0, gt=0)
@@ -334,6 +347,15 @@ class StudySpec(_Strict):
     probe: ProbeSection = Field(default_factory=ProbeSection)
     search: SearchSection = Field(default_factory=SearchSection)
     study: StudySection = Field(default_factory=StudySection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    @model_validator(mode="after")
+    def _evaluated_objectives(self) -> StudySpec:
+        if not self.eval.enabled:
+            for m in [*self.study.objectives, self.study.constraint_metric]:
+                if m in EVAL_OBJECTIVES:
+                    raise ValueError(f"study.objectives: {m!r} needs the evaluation; set eval.enabled = true")
+        return self
 
     @model_validator(mode="after")
     def _enough_distinct_trials(self) -> StudySpec:
@@ -389,6 +411,7 @@ class StudySpec(_Strict):
             device=self.training.device,
             freeze_adapters=frozen,
             gain_batches=self.probe.gain_batches,
+            eval=EvalConfig(enabled=self.eval.enabled, batches=self.eval.batches, bins=self.eval.bins),
         )
 
 

@@ -19,6 +19,8 @@ from ablate.textfmt import MISSING, column_decimals, fixed, fmt, fmt_ci
 if TYPE_CHECKING:
     import pandas as pd
 
+from ablate.eval import EVAL_METRICS
+
 # Short headers of the objectives and metrics, and what each stands for (the legend under a table
 # names the column of csv/json output a short header comes from).
 SHORT = {
@@ -33,7 +35,13 @@ SHORT = {
     "loss_last": "last loss",
     "train_grad_ratio": "R train",
     "grad_ratio_init": "R @0",
+    "image_auroc": "img AUROC",
+    "image_ap": "img AP",
+    "pixel_auroc": "px AUROC",
+    "pixel_ap": "px AP",
 }
+EVAL_COLUMNS = EVAL_METRICS
+CLASSES_NOTE = "n (bad): images (anomalous); nan: undefined (one label only; csv/json say which)"
 
 # Short labels for the reference rows of the per-fix view (the frame keeps the long ones).
 REFERENCE_SHORT = {"no-branch (baseline)": "no-branch (base)", "frozen-adapters (control)": "frozen (control)"}
@@ -121,6 +129,8 @@ def _metric_columns(records: list[dict], objectives: list[str], extras: Sequence
     for m, rank in extras:
         if m in objectives or (m == "train_grad_ratio" and "dilution_train" in objectives):
             continue  # dilution_train is -log of this ratio: showing both would say one thing twice
+        if m in EVAL_COLUMNS and all(_num(r.get(m)) is None for r in records):
+            continue  # the study was not evaluated: no column of dashes
         dec = _decimals(records, m)
         out.append((Col(SHORT.get(m, m), "right", rank), lambda r, m=m, d=dec: fixed(_num(r.get(m)), d)))
     return out
@@ -132,7 +142,14 @@ def _view(columns: list, records: list[dict], notes: Sequence[str]) -> TableView
     return TableView(cols, rows, tuple(n for n in notes if n))
 
 
-_TRIAL_EXTRAS = (("train_grad_ratio", 1), ("loss_slope", 2), ("grad_ratio_init", 3), ("loss_last", 4))
+_TRIAL_EXTRAS = (
+    ("train_grad_ratio", 1),
+    ("image_auroc", 2),
+    ("pixel_auroc", 2),
+    ("loss_slope", 2),
+    ("grad_ratio_init", 3),
+    ("loss_last", 4),
+)
 
 
 def trials_view(frame: pd.DataFrame, objectives: list[str]) -> TableView:
@@ -286,3 +303,20 @@ def probe_view(results: Sequence[Any], first: str, groups: Sequence[str]) -> Tab
         f"share: |g_{g}|^2 / (|g_{g}|^2 + |g_branch|^2); cos: final features with vs without"
     )
     return TableView(tuple(c for c, _ in columns), [[cell(r) for _, cell in columns] for r in results], (note,))
+
+
+def classes_view(frame: pd.DataFrame) -> TableView:
+    """One line per evaluated run and class (``query --classes``)."""
+    records = frame.to_dict(orient="records")
+    columns = [
+        (Col("run", "right"), lambda r: _int(r["run_id"])),
+        (Col("seed", "right", 2), lambda r: _int(r["seed"])),
+        (Col("fix"), lambda r: str(r["fix"])),
+        (Col("class"), lambda r: str(r["class_name"])),
+        *[
+            (Col(SHORT[m], "right", 1 if m.endswith("_ap") else 0), lambda r, m=m: fixed(_num(r.get(m)), 3))
+            for m in EVAL_COLUMNS
+        ],
+        (Col("n (bad)", "right", 3), lambda r: f"{_int(r.get('images'))} ({_int(r.get('anomalous_images'))})"),
+    ]
+    return _view(columns, records, [CLASSES_NOTE])

@@ -108,6 +108,10 @@ SPEC_CASES = [
     ("weights file missing", S + '\n[model]\npretrained = "/no/such/ViT-L-14-336.pt"\n', [], "model.pretrained"),
     ("weights not a checkpoint", S + '\n[model]\npretrained = "{tmp}/garbage.pt"\n', [], "model.pretrained"),
     ("weights tag not cached", S + '\n[model]\npretrained = "openai"\n', [], "model.pretrained"),
+    ("eval batches zero", add("eval", "batches = 0"), [], "eval.batches"),
+    ("eval bins one", add("eval", "bins = 1"), [], "eval.bins"),
+    ("eval enabled not a bool", add("eval", 'enabled = "yes"'), [], "eval.enabled"),
+    ("evaluation objective without evaluation", add("study", 'objectives = ["image_auroc"]'), [], "study.objectives"),
     ("name with spaces", sub('name = "other"', 'name = "my study"'), [], "name"),
     ("not TOML", S + "\n[[[", [], "spec"),
 ]
@@ -134,6 +138,7 @@ CLI_CASES = [
     ("train inject past the last block", None, ["train", "--inject-at", "99"], "--inject-at"),
     ("train threshold nan", None, ["train", "--threshold", "nan"], "--threshold"),
     ("train weights missing", None, ["train", "--pretrained", "/no/such.pt"], "--pretrained"),
+    ("train eval batches negative", None, ["train", "--eval-batches", "-1"], "--eval-batches"),
     ("probe device unknown", None, ["probe", "--device", "tpu"], "--device"),
     ("probe backbone unknown", None, ["probe", "--backbone", "vit-huge"], "--backbone"),
     ("probe group unknown", None, ["probe", "--group", "heads"], "--group"),
@@ -208,7 +213,7 @@ def test_malformed_input_is_refused_before_anything_is_written(capsys, workdir, 
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("error: ") and field in lines[0], lines[0]
-    if field.startswith(("--", "study", "training", "model", "data", "probe", "search")):
+    if field.startswith(("--", "study", "training", "model", "data", "probe", "search", "eval")):
         assert f"{field}:" in lines[0] or f"'{field}'" in lines[0], lines[0]
     assert out == ""
     assert _dump(db) == before

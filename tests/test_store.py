@@ -109,7 +109,13 @@ def same_list(a: Sequence[float], b: Sequence[float]) -> bool:
 
 def test_schema_creates_only_ablate_tables(engine: Engine) -> None:
     names = set(inspect(engine).get_table_names())
-    assert names == {"ablate_studies", "ablate_runs", "ablate_step_metrics", "ablate_probe_points"}
+    assert names == {
+        "ablate_studies",
+        "ablate_runs",
+        "ablate_step_metrics",
+        "ablate_probe_points",
+        "ablate_class_metrics",
+    }
     assert names == set(TABLE_NAMES)
     create_schema(engine)  # idempotent
     assert set(inspect(engine).get_table_names()) == names

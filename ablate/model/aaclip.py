@@ -170,6 +170,27 @@ class _AAClipBase(nn.Module):
         loss = stage2_loss(out.seg_logits, out.det_logits, masks, labels, self.n_arms)
         return (loss if self.n_arms > 1 else loss[0]), out
 
+    @torch.no_grad()
+    def anomaly_scores(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anomaly maps [n, H, W], image scores [n]), probabilities in [0, 1]; n = arms x batch.
+
+        Map: per level the abnormal probability ``softmax(seg_logits)[:, 1]`` (the loss's p),
+        upsampled bilinearly to the mask size, then the mean over levels (AA-CLIP's test averages
+        its levels; its Gaussian smoothing of the map is left out). Image score: the mean of the
+        detection head's abnormal probability and the map's maximum, so a defect the detection
+        token misses but the map finds still raises the score (the usual fusion in CLIP anomaly
+        detectors, e.g. AnomalyCLIP).
+        """
+        out = self(batch.images, batch.class_idx)
+        size = batch.masks.shape[-2:]
+        maps = [
+            F.interpolate(torch.softmax(lg.float(), dim=1), size=size, mode="bilinear", align_corners=False)[:, 1]
+            for lg in out.seg_logits
+        ]
+        amap = torch.stack(maps).mean(0)
+        det = torch.softmax(out.det_logits.float(), dim=-1)[:, 1]
+        return amap, 0.5 * (det + amap.flatten(1).amax(1))
+
     # --- the per-arm pieces ----------------------------------------------------------------
     def _join_branch(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

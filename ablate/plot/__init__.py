@@ -10,10 +10,14 @@ import importlib
 from typing import Any
 
 from ablate.plot.extract import (
+    EVAL_KIND,
     FIX_ORDER,
     KINDS,
+    PLOT_KINDS,
     BestTrial,
     Curve,
+    EvalData,
+    EvalEntry,
     GatesData,
     GateSeries,
     GradNormsData,
@@ -27,6 +31,7 @@ from ablate.plot.extract import (
     TradeoffData,
     TrialPoint,
     best_trial_per_fix,
+    extract_eval,
     extract_gates,
     extract_grad_norms,
     extract_loss_curves,
@@ -51,6 +56,7 @@ _RENDER_NAMES = frozenset(
         "extract_kind",
         "fix_style",
         "render_all",
+        "render_eval",
         "render_gates",
         "render_grad_norms",
         "render_loss_curves",
@@ -69,8 +75,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "EVAL_KIND",
     "FIX_ORDER",
     "KINDS",
+    "PLOT_KINDS",
+    "EvalData",
+    "EvalEntry",
+    "extract_eval",
+    "render_eval",
     "RENDERERS",
     "ReferenceMark",
     "ranked_runs",

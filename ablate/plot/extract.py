@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ablate.errors import AblateInputError
+from ablate.eval import EVAL_METRICS
 from ablate.model.fix_order import registry_names
 from ablate.plot.pareto import pareto_front
 from ablate.stats import geo_mean
@@ -39,6 +40,10 @@ from ablate.train.metrics import loss_line  # the slope's own fit (plain maths, 
 _REGISTERED, NO_BRANCH = registry_names()
 
 KINDS: tuple[str, ...] = ("tradeoff", "loss", "ratio-scale", "gates", "grad-norms")
+# Drawn by default only when the study was evaluated (spec [eval]); always valid by name.
+EVAL_KIND = "eval"
+PLOT_KINDS: tuple[str, ...] = (*KINDS, EVAL_KIND)
+EVAL_PLOT_METRICS = tuple(sorted(EVAL_METRICS, key=lambda m: m.endswith("_ap")))  # AUROCs, then APs
 BASELINE_FIX = NO_BRANCH
 # Display order (legends, the stable colour/marker mapping in render.py) is the registry's order, so
 # the registry stays the one place that knows fix names; a name it does not know still plots.
@@ -757,3 +762,73 @@ def extract_gates(steps: pd.DataFrame, runs: pd.DataFrame, selection: str | None
         )
     out.sort(key=lambda gs: (fix_sort_key(gs.fix), gs.study, gs.trial_number, gs.metric))
     return GatesData(series=tuple(out), note=GATES_NOTE + (f"\n{selection}" if selection else ""))
+
+
+# --------------------------------------------------------------------------------------------
+# (f) the end-of-run evaluation: AUROC and AP per ranked trial and reference
+# --------------------------------------------------------------------------------------------
+
+
+class NotEvaluated(NoPlotData):
+    """The study has no end-of-run evaluation (the default plots skip the figure without a word)."""
+
+
+@dataclass(frozen=True)
+class EvalEntry:
+    """One ranked trial or reference arm: each evaluation metric over its seeds, (value, lo, hi)."""
+
+    label: str
+    fix: str
+    trial_number: int | None  # None for a reference arm
+    n_seeds: int
+    values: Mapping[str, tuple[float, float, float]]
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Image/pixel AUROC and AP (means over classes) per entry: references first, then ranked trials
+    in fix display order. Chance is 0.5 for AUROC; for AP it is the share of anomalous samples."""
+
+    entries: tuple[EvalEntry, ...]
+    metrics: tuple[str, ...]
+    interval: str
+    studies: tuple[str, ...]
+
+
+def is_evaluated(frame: pd.DataFrame | None) -> bool:
+    """Whether any row of a trials (or runs) frame carries an evaluation metric."""
+    if frame is None:
+        return False
+    return any(m in frame.columns and bool(frame[m].notna().any()) for m in EVAL_PLOT_METRICS)
+
+
+def _eval_values(r: Mapping[str, Any]) -> dict[str, tuple[float, float, float]]:
+    return {m: (_f(r, m), _f(r, f"{m}_lo"), _f(r, f"{m}_hi")) for m in EVAL_PLOT_METRICS}
+
+
+def extract_eval(trials: pd.DataFrame, references: pd.DataFrame | None = None) -> EvalData:
+    """The evaluation metrics of every ranked trial (``query.trials_frame``) that has them, and of
+    the references (reference rows of ``query.group_by_fix``)."""
+    _require_columns(trials, "trials", ["study", "trial_number", "fix", "scale", "ranked", "n_seeds"])
+    if not is_evaluated(trials) and not is_evaluated(references):
+        raise NotEvaluated("trials", "the study stores no evaluation (spec [eval] enabled = true adds it)")
+    entries = []
+    if references is not None:
+        for r in references.to_dict(orient="records"):
+            vals = _eval_values(r)
+            if any(math.isfinite(v[0]) for v in vals.values()):
+                entries.append(EvalEntry(str(r["fix"]), str(r["fix"]), None, int(r.get("n_seeds") or 0), vals))
+    ranked = []
+    for r in trials[trials["ranked"]].to_dict(orient="records"):
+        vals = _eval_values(r)
+        if any(math.isfinite(v[0]) for v in vals.values()):
+            label = _trial_label(str(r["fix"]), _f(r, "scale"), int(r["trial_number"]))
+            ranked.append(EvalEntry(label, str(r["fix"]), int(r["trial_number"]), int(r["n_seeds"]), vals))
+    ranked.sort(key=lambda e: (fix_sort_key(e.fix), e.trial_number))
+    entries += ranked
+    if not entries:
+        raise NoPlotData("trials", "no ranked trial or reference has an evaluation")
+    seeds = sorted({e.n_seeds for e in entries})
+    interval = "95% interval over seeds" if seeds[0] > 1 else "one seed: no interval over seeds"
+    studies = tuple(sorted({str(s) for s in trials["study"]})) if not trials.empty else ()
+    return EvalData(tuple(entries), EVAL_PLOT_METRICS, interval, studies)

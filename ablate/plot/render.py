@@ -27,9 +27,12 @@ from matplotlib.figure import Figure
 from ablate.errors import AblateInputError
 from ablate.plot.extract import (
     BASELINE_FIX,
+    EVAL_KIND,
     FIX_ORDER,
     KINDS,
+    PLOT_KINDS,
     Curve,
+    EvalData,
     GatesData,
     GradNormsData,
     LossCurvesData,
@@ -38,11 +41,13 @@ from ablate.plot.extract import (
     ScaleSeries,
     TradeoffData,
     TrialPoint,
+    extract_eval,
     extract_gates,
     extract_grad_norms,
     extract_loss_curves,
     extract_ratio_vs_scale,
     extract_tradeoff,
+    is_evaluated,
     scale_text,
 )
 from ablate.plot.layout import place_labels
@@ -525,12 +530,52 @@ def render_grad_norms(data: GradNormsData) -> Figure:
     return fig
 
 
+_EVAL_LABELS = {"image_auroc": "image", "pixel_auroc": "pixel", "image_ap": "image", "pixel_ap": "pixel"}
+
+
+def _errs(vals: Sequence[float], los: Sequence[float], his: Sequence[float]) -> np.ndarray:
+    """Bar half-lengths from (value, lo, hi); a missing bound draws no bar."""
+    v, lo, hi = (np.asarray(a, dtype=float) for a in (vals, los, his))
+    return np.nan_to_num(np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)]))
+
+
+def render_eval(data: EvalData) -> Figure:
+    """AUROC (left) and AP (right), image and pixel level, per reference and ranked trial."""
+    fig = _figure(max(8.0, 1.0 + 0.9 * len(data.entries)), 5.0)
+    axes = fig.subplots(1, 2, sharey=True)
+    x = np.arange(len(data.entries))
+    labels = [e.label for e in data.entries]
+    for ax, pair, what in zip(axes, (data.metrics[:2], data.metrics[2:]), ("AUROC", "AP")):
+        for k, (metric, colour) in enumerate(zip(pair, ("#1f77b4", "#ff7f0e"))):
+            vals = [e.values[metric] for e in data.entries]
+            has_ci = any(np.isfinite(v[1]) and np.isfinite(v[2]) for v in vals)
+            ax.bar(
+                x + (k - 0.5) * 0.38,
+                [v[0] for v in vals],
+                0.38,
+                yerr=_errs(*zip(*vals)) if has_ci else None,
+                color=colour,
+                capsize=2,
+                label=_EVAL_LABELS[metric],
+            )
+        if what == "AUROC":
+            ax.axhline(0.5, color="0.5", linestyle="--", linewidth=0.8, label="chance")
+        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
+        ax.set_ylim(0.0, 1.02)
+        ax.set_title(f"{what} (mean over classes)", fontsize="medium")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize="small")
+    fig.suptitle(f"End-of-run evaluation — {data.interval}{_study_suffix(data.studies)}", fontsize="medium")
+    return fig
+
+
 RENDERERS: dict[str, Callable] = {
     "tradeoff": render_tradeoff,
     "loss": render_loss_curves,
     "ratio-scale": render_ratio_vs_scale,
     "gates": render_gates,
     "grad-norms": render_grad_norms,
+    "eval": render_eval,
 }
 
 
@@ -563,7 +608,7 @@ def extract_kind(
     slope_metric: str = "loss_slope",
     threshold: float = 0.8,
     gates_selection: str | None = None,
-) -> TradeoffData | LossCurvesData | RatioScaleData | GatesData | GradNormsData:
+) -> TradeoffData | LossCurvesData | RatioScaleData | GatesData | GradNormsData | EvalData:
     """Run the extractor of one plot kind (see ``KINDS``). ``axes`` = (x metric, y metric, x
     direction, y direction) of the tradeoff, which reads ``trials`` (``query.trials_frame``).
     ``gates_selection`` says which trials ``steps`` holds gates for, when not every trial."""
@@ -573,8 +618,12 @@ def extract_kind(
         return extract_tradeoff(trials, references, *axes, threshold=threshold)
     if kind == "ratio-scale":
         return extract_ratio_vs_scale(runs, ratio_metric, threshold)
+    if kind == EVAL_KIND:
+        if trials is None:
+            raise NoPlotData("trials", "the evaluation plot needs the trials frame")
+        return extract_eval(trials, references)
     if kind not in KINDS:
-        raise AblateInputError("kinds", f"unknown plot kind {kind!r}; choose from {', '.join(KINDS)}")
+        raise AblateInputError("kinds", f"unknown plot kind {kind!r}; choose from {', '.join(PLOT_KINDS)}")
     if steps is None:
         raise NoPlotData("steps", f"plot {kind!r} needs the per-step metrics frame")
     if kind == "loss":
@@ -607,10 +656,10 @@ def render_all(
     nothing at all could be drawn, the first reason is raised. Kinds asked for by name always raise.
     """
     explicit = kinds is not None
-    kinds = tuple(kinds) if explicit else KINDS
-    bad = [k for k in kinds if k not in KINDS]
+    kinds = tuple(kinds) if explicit else (*KINDS, *((EVAL_KIND,) if is_evaluated(trials) else ()))
+    bad = [k for k in kinds if k not in PLOT_KINDS]
     if bad:
-        raise AblateInputError("kinds", f"unknown plot kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
+        raise AblateInputError("kinds", f"unknown plot kind(s) {', '.join(bad)}; choose from {', '.join(PLOT_KINDS)}")
     bad_fmt = [f for f in formats if f not in ("png", "svg", "pdf")]
     if bad_fmt:
         raise AblateInputError("formats", f"unsupported format(s) {', '.join(bad_fmt)}; use png, svg or pdf")

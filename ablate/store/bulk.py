@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, insert
 
-from ablate.store.schema import ProbePointModel, RunModel, StepMetricModel
+from ablate.store.schema import ClassMetricModel, ProbePointModel, RunModel, StepMetricModel
 from ablate.store.writer import (
     _PROBE_INIT_COLUMNS,
     _check_final_status,
@@ -27,6 +27,7 @@ from ablate.store.writer import (
     _probe_row,
     _series_values,
     _trial_key,
+    class_metric_rows,
 )
 
 if TYPE_CHECKING:
@@ -90,4 +91,11 @@ def write_finished_runs(engine: Engine, study_id: int, runs: Sequence[FinishedRu
         points = [{**p, "run_id": run_id} for run_id, probes in zip(ids, probe_rows, strict=True) for p in probes]
         if points:
             conn.execute(insert(ProbePointModel.__table__), points)
+        classes = [
+            row
+            for run_id, run in zip(ids, runs, strict=True)
+            for row in class_metric_rows(run_id, (run.summary or {}).get("evaluation"))
+        ]
+        if classes:
+            conn.execute(insert(ClassMetricModel.__table__), classes)
     return ids

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
-from ablate.store.schema import TABLES, Base
+from ablate.store.schema import ADDED_RUN_COLUMNS, TABLES, Base, RunModel
 
 T = TypeVar("T")
 
@@ -215,23 +215,60 @@ def create_schema(engine: Engine) -> None:
         raise ValueError(f"cannot open storage {display_url(engine)!r}: {_first_line(exc)}") from exc
 
 
-def check_schema(engine: Engine) -> None:
-    """Refuse a database whose ablate_* tables predate columns this version reads and writes.
-
-    ``create_all`` adds missing tables, never missing columns, so an older file would otherwise fail
-    mid-study with an SQL error. There is no migration: the message says to start a new file.
-    """
-    present = set(inspect(engine).get_table_names())
+def _missing_columns(engine: Engine) -> dict[str, list[str]]:
+    """Per existing ablate_* table, the columns this version has and the file lacks."""
+    insp = inspect(engine)
+    present = set(insp.get_table_names())
+    out = {}
     for table in TABLES:
         if table.name not in present:
             continue
-        have = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        have = {c["name"] for c in insp.get_columns(table.name)}
         missing = [c.name for c in table.columns if c.name not in have]
         if missing:
+            out[table.name] = missing
+    return out
+
+
+def _refuse_older(engine: Engine, missing: dict[str, list[str]], addable: bool) -> None:
+    for name, cols in missing.items():
+        bad = [c for c in cols if not (addable and name == RunModel.__tablename__ and c in ADDED_RUN_COLUMNS)]
+        if bad:
             raise ValueError(
-                f"storage {display_url(engine)!r} was written by an older ablate: {table.name} lacks "
-                f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; use a new database file"
+                f"storage {display_url(engine)!r} was written by an older ablate: {name} lacks "
+                f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}; use a new database file"
             )
+
+
+def check_schema(engine: Engine, readable: bool = False) -> None:
+    """Refuse a database whose ablate_* tables predate columns this version reads and writes.
+
+    ``create_all`` adds missing tables, never missing columns, so an older file would otherwise fail
+    mid-study with an SQL error. The nullable columns of ``ADDED_RUN_COLUMNS`` are the exception:
+    :func:`upgrade_schema` adds them, and with ``readable=True`` (read-only commands, which never
+    write) their absence is allowed, since the queries read them as NULL. There is no other
+    migration: the message says to start a new file.
+    """
+    _refuse_older(engine, _missing_columns(engine), addable=readable)
+
+
+def upgrade_schema(engine: Engine) -> list[str]:
+    """Add the ``ADDED_RUN_COLUMNS`` an older ablate_runs table lacks (nullable Float columns, so its
+    rows read as not evaluated); returns what was added. Another worker adding the same column at the
+    same moment is not an error."""
+    missing = _missing_columns(engine)
+    _refuse_older(engine, missing, addable=True)
+    added = []
+    table = RunModel.__tablename__
+    for column in missing.get(table, []):
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} FLOAT"))
+            added.append(column)
+        except DBAPIError as exc:
+            if column not in {c["name"] for c in inspect(engine).get_columns(table)}:
+                raise ValueError(f"cannot add {column} to {table}: {_first_line(exc)}") from exc
+    return added
 
 
 def open_storage(url: str | None = None, create: bool = True) -> Engine:
@@ -251,8 +288,8 @@ def open_storage(url: str | None = None, create: bool = True) -> Engine:
                 pass
         except SQLAlchemyError as exc:
             raise ValueError(f"cannot open storage {display_url(engine)!r}: {_first_line(exc)}") from exc
-        check_schema(engine)
+        check_schema(engine, readable=True)
         return engine
     create_schema(engine)
-    check_schema(engine)
+    upgrade_schema(engine)
     return engine

@@ -15,16 +15,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, inspect, or_, select
 
 from ablate.objectives import OBJECTIVES
 from ablate.store import catalog, readonly_sql, summaries
 from ablate.store.catalog import latest_study, study_settings
 from ablate.store.encode import decode_fields, decode_float, decode_float_lists
 from ablate.store.schema import (
+    EVAL_FIELDS,
     GROUPS,
     PROBE_FLOAT_FIELDS,
     RUN_FLOAT_FIELDS,
+    ClassMetricModel,
     ProbePointModel,
     RunModel,
     StepMetricModel,
@@ -35,9 +37,11 @@ _RUN_INFO = ("run_id", "role", "trial_number", "seed", "fix", "scale")
 _resolve_study = catalog.resolve_study
 
 __all__ = [
+    "CLASS_COLUMNS",
     "METRIC_COLUMNS",
     "REFERENCE_LABELS",
     "RUNS_COLUMNS",
+    "class_metrics_frame",
     "group_by_fix",
     "json_records",
     "latest_study",
@@ -140,6 +144,7 @@ METRIC_COLUMNS = [
     *(f"grad_ratio_init_{g}" for g in GROUPS),
     *(f"grad_share_init_{g}" for g in GROUPS),
     "grad_ratio_mean", "loss_slope", "loss_slope_std", "loss_slope_rel", "loss_first", "loss_last",
+    *(f"{m}{end}" for m in EVAL_FIELDS for end in ("", "_lo", "_hi")),
     "ci_scope", "threshold", "verdict",
 ]  # fmt: skip
 FIX_HEAD_COLUMNS = ["study", "fix", "n_trials", "n_unranked", "best_trial", "scale", "n_seeds"]
@@ -344,6 +349,53 @@ def probe_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
             "scale": "float64",
             "step": "int64",
             **dict.fromkeys(PROBE_FLOAT_FIELDS, "float64"),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------- class metrics
+
+CLASS_COUNTS = ("images", "anomalous_images", "pixels", "anomalous_pixels")
+CLASS_COLUMNS = ["study", *_RUN_INFO, "class_name", *EVAL_FIELDS, *CLASS_COUNTS, "note"]
+
+
+def class_metrics_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
+    """One row per evaluated run and class: its ``image_auroc`` ... ``pixel_ap`` (NaN where undefined,
+    ``note`` saying why, e.g. 'no anomalous samples'), and the counts they rest on. Runs that were not
+    evaluated have no rows; a database from before the evaluation has none at all."""
+    C = ClassMetricModel
+    with engine.connect() as conn:
+        study_id, name = _resolve_study(conn, study)
+        rows = []
+        if C.__tablename__ in set(inspect(conn).get_table_names()):
+            stmt = (
+                select(*_run_identity(), C.class_name, C.metric, C.value, C.flag, C.note)
+                .join(RunModel, RunModel.id == C.run_id)
+                .where(RunModel.study_id == study_id)
+                .order_by(RunModel.id, C.class_name)
+            )
+            rows = conn.execute(stmt).all()
+    records: dict[tuple[int, str], dict[str, Any]] = {}
+    notes: dict[tuple[int, str], dict[str, None]] = {}
+    for r in rows:
+        key = (int(r.run_id), r.class_name)
+        rec = records.setdefault(
+            key, {"study": name, **{k: getattr(r, k) for k in _RUN_INFO}, "class_name": r.class_name, "note": None}
+        )
+        rec[r.metric] = decode_float(r.value, r.flag)
+        if r.note:
+            notes.setdefault(key, {})[f"{r.metric.split('_')[0]}: {r.note}"] = None
+    for key, parts in notes.items():
+        records[key]["note"] = "; ".join(parts)
+    df = pd.DataFrame.from_records(list(records.values()), columns=CLASS_COLUMNS)
+    return df.astype(
+        {
+            "run_id": "int64",
+            "trial_number": "Int64",
+            "seed": "int64",
+            "scale": "float64",
+            **dict.fromkeys(EVAL_FIELDS, "float64"),
+            **dict.fromkeys(CLASS_COUNTS, "Int64"),
         }
     )
 

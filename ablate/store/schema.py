@@ -33,6 +33,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from ablate.eval import EVAL_METRICS
+
 TABLE_PREFIX = "ablate_"
 BASELINE_TRIAL_KEY = -1  # the no-branch reference run of a seed
 CONTROL_TRIAL_KEY = -2  # the frozen-adapter control of a seed (no branch, block adapters not updated)
@@ -43,6 +45,14 @@ STATUSES = ("running", "complete", "failed", "pruned")
 # Optuna study user attribute (+ host) where the study runner notes each machine's hardware; an
 # attribute rather than a column, so databases written before it need nothing (ablate report reads it).
 HARDWARE_ATTR = "ablate_hardware:"
+
+# The end-of-run evaluation (ablate/eval): the mean over classes of the metrics AA-CLIP reports; NULL
+# when the run was not evaluated. Per class they are rows of ablate_class_metrics.
+EVAL_FIELDS = EVAL_METRICS
+# Columns added to ablate_runs after databases had been written without them: all nullable, so
+# ablate.store.engine adds them to an older file (ALTER TABLE ... ADD COLUMN) and its runs read as
+# not evaluated. Any other missing column still refuses the file.
+ADDED_RUN_COLUMNS = EVAL_FIELDS
 
 # Summary columns of ablate_runs that are floats (``steps`` is the one integer summary column).
 # ``grad_ratio_*`` are bypass-probe ratios of the run's judged group; ``train_*_ratio*`` compare the
@@ -84,6 +94,7 @@ RUN_FLOAT_FIELDS = (
     "peak_mem_mb",
     "step_flops",
     "mfu",
+    *EVAL_FIELDS,
 )
 RUN_SUMMARY_FIELDS = ("steps", "packed_arms", *RUN_FLOAT_FIELDS, "verdict")
 
@@ -228,6 +239,22 @@ class ProbePointModel(Base):
     verdict: Mapped[str | None] = mapped_column(String(16))
     per_batch_ratios: Mapped[str | None] = mapped_column(Text)  # JSON {group: [ratio per batch]}
     nonfinite: Mapped[str | None] = mapped_column(Text)  # JSON {column: "nan"|"inf"|"-inf"}
+
+
+class ClassMetricModel(Base):
+    """One evaluation number of a run for one class (long format): the per-class values behind the
+    run's ``image_auroc`` ... ``pixel_ap`` means, and the counts they rest on (``images``,
+    ``anomalous_images``, ``pixels``, ``anomalous_pixels``). An undefined metric (a class with no
+    anomalous sample) is NULL with flag "nan" and ``note`` saying why."""
+
+    __tablename__ = "ablate_class_metrics"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("ablate_runs.id", ondelete="CASCADE"), primary_key=True)
+    class_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float)
+    flag: Mapped[str | None] = mapped_column(String(4))  # "nan" | "inf" | "-inf" when value is NULL
+    note: Mapped[str | None] = mapped_column(Text)
 
 
 TABLES = tuple(Base.metadata.sorted_tables)

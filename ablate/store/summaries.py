@@ -15,18 +15,25 @@ from itertools import groupby
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, inspect, select, text
+from sqlalchemy import Connection, Float, inspect, literal, select, text
 
 from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, column_interval, trial_interval
 from ablate.stats import SCOPE_SEEDS, SCOPE_WITHIN
 from ablate.store.encode import decode_fields
-from ablate.store.schema import GROUPS, RUN_FLOAT_FIELDS, RunModel, StudyModel
+from ablate.store.schema import ADDED_RUN_COLUMNS, EVAL_FIELDS, GROUPS, RUN_FLOAT_FIELDS, RunModel, StudyModel
 
 STATUS_SEVERITY = {"failed": 3, "pruned": 2, "running": 1, "complete": 0}
 REFERENCE_LABELS = {"baseline": "no-branch (baseline)", "control": "frozen-adapters (control)"}
 RUN_ORDER = (RunModel.role.desc(), RunModel.trial_key, RunModel.seed)  # trials, then control, baseline
 
-RUN_COLUMNS = (
+
+def _run_columns(absent: frozenset[str] = frozenset()) -> tuple[Any, ...]:
+    """The run columns the summaries read; ``absent`` ones (an older file) read as NULL."""
+    floats = (literal(None, Float).label(f) if f in absent else getattr(RunModel, f) for f in RUN_FLOAT_FIELDS)
+    return (*RUN_COLUMNS_HEAD, *floats, *RUN_COLUMNS_TAIL)
+
+
+RUN_COLUMNS_HEAD = (
     RunModel.id.label("run_id"),
     RunModel.role,
     RunModel.trial_number,
@@ -38,7 +45,8 @@ RUN_COLUMNS = (
     RunModel.packed_arms,
     RunModel.judged_group,
     RunModel.frozen,
-    *(getattr(RunModel, f) for f in RUN_FLOAT_FIELDS),
+)
+RUN_COLUMNS_TAIL = (
     RunModel.verdict,
     RunModel.device,
     RunModel.error,
@@ -46,11 +54,20 @@ RUN_COLUMNS = (
     RunModel.finished_at,
     RunModel.nonfinite,
 )
+RUN_COLUMNS = _run_columns()
+
+
+def absent_run_columns(conn: Connection) -> frozenset[str]:
+    """The later-added run columns an older file lacks (read-only commands do not add them)."""
+    have = {c["name"] for c in inspect(conn).get_columns(RunModel.__tablename__)}
+    return frozenset(c for c in ADDED_RUN_COLUMNS if c not in have)
 
 
 def run_records(conn: Connection, study_id: int, study_name: str, roles: Sequence[str] | None = None) -> list[dict]:
     """The study's run rows (all roles, or ``roles``) as dicts, NaN/inf restored, in ``RUN_ORDER``."""
-    stmt = select(*RUN_COLUMNS).where(RunModel.study_id == study_id).order_by(*RUN_ORDER)
+    absent = absent_run_columns(conn)
+    columns = _run_columns(absent) if absent else RUN_COLUMNS
+    stmt = select(*columns).where(RunModel.study_id == study_id).order_by(*RUN_ORDER)
     if roles is not None:
         stmt = stmt.where(RunModel.role.in_(list(roles)))
     records = []
@@ -135,6 +152,10 @@ def metric_columns(rows: list[dict[str, Any]], objectives: Sequence[str], thresh
     for column in ("loss_slope", "loss_slope_rel", "loss_first", "loss_last"):
         rec[column] = _mean([r.get(column) for r in rows])
     rec["loss_slope_std"] = _std([r.get("loss_slope") for r in rows])
+    for column in EVAL_FIELDS:  # the end-of-run evaluation, mean over seeds (NaN: not evaluated)
+        if column not in rec:
+            ci = column_interval(column, rows)
+            rec[column], rec[f"{column}_lo"], rec[f"{column}_hi"] = ci.estimate, ci.lo, ci.hi
     rec["ci_scope"] = SCOPE_SEEDS if len(rows) > 1 else (SCOPE_WITHIN if rows else None)
     rec["threshold"] = threshold
     rec["verdict"] = _verdict(rec["grad_ratio_init"], threshold)

@@ -37,6 +37,7 @@ from ablate.store.schema import (
     REFERENCE_KEYS,
     ROLES,
     RUN_FLOAT_FIELDS,
+    ClassMetricModel,
     ProbePointModel,
     RunModel,
     StepMetricModel,
@@ -467,6 +468,31 @@ def finish_run(
         first = None if probe is None else {c: getattr(probe, c) for c in _PROBE_INIT_COLUMNS}
         for key, value in _finished_columns(status, summary, first, error).items():
             setattr(run, key, value)
+        rows = class_metric_rows(run_id, (summary or {}).get("evaluation"))
+        if rows:
+            session.execute(delete(ClassMetricModel).where(ClassMetricModel.run_id == run_id))
+            session.execute(insert(ClassMetricModel), rows)
+
+
+def class_metric_rows(run_id: int, evaluation: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The ablate_class_metrics rows of a run's evaluation (``EvalResult.to_dict()``; None: none):
+    per class its four metrics (NULL + flag and the reason when undefined) and its counts."""
+    if not evaluation:
+        return []
+    reasons = evaluation.get("reasons", {})
+    rows = []
+    for name, values in evaluation.get("per_class", {}).items():
+        for metric, v in values.items():
+            value, flag = encode_float(v)
+            note = reasons.get(f"{name}/{metric.split('_')[0]}") if flag is not None else None
+            rows.append(
+                {"run_id": run_id, "class_name": name, "metric": metric, "value": value, "flag": flag, "note": note}
+            )
+        for metric, n in evaluation.get("counts", {}).get(name, {}).items():
+            rows.append(
+                {"run_id": run_id, "class_name": name, "metric": metric, "value": float(n), "flag": None, "note": None}
+            )
+    return rows
 
 
 _PROBE_INIT_COLUMNS = (*_INIT_FROM_PROBE.values(), "verdict", "nonfinite")

@@ -15,6 +15,8 @@ from ablate.data.image_dataset import StepBatches, StepLoader, iterate_batches
 from ablate.data.sources import FolderConfig, build_folder_data, check_folders, checked_samples, few_shot
 from ablate.data.synthetic import TEXTURE_CLASSES, Batch, SyntheticAnomalyDataset
 from ablate.errors import AblateInputError
+from ablate.eval.evaluate import evaluate
+from ablate.eval.metrics import DEFAULT_BINS
 from ablate.model.aaclip import AAClipConfig, AAClipModel, SharedBackbone, build_model
 from ablate.model.backbone import backbone_spec
 from ablate.model.fixes import parse_fix
@@ -25,6 +27,9 @@ from ablate.train.result import ProbeResult, TrainResult
 from ablate.train.run import RunConfig, StepRows, train_arms, train_run
 
 PROBE_INDEX_OFFSET = 1_000_000  # probe images never appear in training
+# The synthetic test set of the end-of-run evaluation: one fixed set for every seed and arm (as a
+# benchmark's test split is), drawn from indices no training, probe or gain batch uses.
+TEST_INDEX_OFFSET = 200_000_000
 PROBE_SEED_STRIDE = 10_000  # each seed draws its own held-out probe and evaluation batches
 EVAL_OFFSET = 5_000  # within a seed's range: probe images first, then the adapter-gain images
 
@@ -42,6 +47,15 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """The end-of-run evaluation (image/pixel AUROC and AP per class): spec ``[eval]``."""
+
+    enabled: bool = False
+    batches: int = 8  # test batches of data.batch_size images (synthetic: a fixed set for every seed)
+    bins: int = DEFAULT_BINS  # histogram bins per class (binned AUROC/AP: ties within a bin)
+
+
+@dataclass(frozen=True)
 class ArmConfig:
     model: AAClipConfig = field(default_factory=AAClipConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -51,6 +65,7 @@ class ArmConfig:
     device: str = "auto"
     freeze_adapters: bool = False  # the frozen control: block adapters never updated
     gain_batches: int = 16  # held-out batches for adapter_gain (forward passes only, so cheap)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def frozen_groups(self) -> tuple[str, ...]:
@@ -76,6 +91,8 @@ def validate(cfg: ArmConfig) -> None:
         ("probe_every", cfg.run.probe_every >= -1, "must be >= 0 (or -1: no probes)"),
         ("threshold", 0 < cfg.run.threshold, "must be > 0"),
         ("anomaly_fraction", 0 <= cfg.data.anomaly_fraction <= 1, "must be in [0, 1]"),
+        ("eval.batches", cfg.eval.batches >= 1, "must be >= 1"),
+        ("eval.bins", 2 <= cfg.eval.bins <= 2**20, "must be in [2, 1048576]"),
     ]
     for name, ok, msg in checks:
         if not ok:
@@ -177,6 +194,12 @@ class ArmSetup:
     def label(self) -> ArmLabel:
         return ArmLabel(self.fix_name, self.scale, self.cfg.seed)
 
+    def test_batches(self) -> Iterator[Batch]:
+        """The evaluation's test set, drawn batch by batch on the host (streamed: never all held)."""
+        bs = self.cfg.data.batch_size
+        for i in range(self.cfg.eval.batches):
+            yield self.dataset.batch(list(range(TEST_INDEX_OFFSET + i * bs, TEST_INDEX_OFFSET + (i + 1) * bs)))
+
     def train_batch(self, step: int) -> Batch:
         if self._loader is not None:
             return self._loader(step)
@@ -198,6 +221,7 @@ def _packing_key(cfg: ArmConfig) -> tuple:
         cfg.frozen_groups,
         cfg.probe_batches,
         cfg.gain_batches,
+        cfg.eval,
         cfg.device,
     )
 
@@ -241,6 +265,10 @@ class PackSetup:
             return self._loader(step)
         return Batch.stack([a.train_batch(step) for a in self.arms])
 
+    def test_batches(self) -> Iterator[Batch]:
+        """The shared test set (every arm sees the same images; :func:`evaluate` repeats each batch)."""
+        return self.arms[0].test_batches()
+
 
 def probe_arm(cfg: ArmConfig) -> ProbeResult:
     """The paired gradient probe at initialisation for one fix."""
@@ -268,7 +296,7 @@ def train_pack(
 ) -> list[TrainResult]:
     """Train several arms side by side (one result each, in order); callbacks get the arm's index."""
     setup = setup or PackSetup(cfgs)
-    return train_arms(
+    results = train_arms(
         setup.model,
         setup.train_batch,
         setup.probe_batches,
@@ -280,6 +308,17 @@ def train_pack(
         on_step=on_step,
         eval_batches=setup.eval_batches,
     )
+    return evaluate_into(results, setup)
+
+
+def evaluate_into(results: list[TrainResult], setup: ArmSetup | PackSetup) -> list[TrainResult]:
+    """Run the end-of-run evaluation when the config asks for it; set each result's ``evaluation``."""
+    cfg = setup.cfg.eval
+    if cfg.enabled:
+        evals = evaluate(setup.model, setup.test_batches(), setup.device, setup.model.classes, cfg.bins)
+        for result, ev in zip(results, evals, strict=True):
+            result.evaluation = ev
+    return results
 
 
 def train_arm(
@@ -291,7 +330,7 @@ def train_arm(
 ) -> TrainResult:
     """Build the arm and run the short training; callbacks stream metrics and probes out."""
     setup = setup or ArmSetup(cfg)
-    return train_run(
+    result = train_run(
         setup.model,
         setup.train_batch,
         setup.probe_batches,
@@ -305,3 +344,4 @@ def train_arm(
         on_step=on_step,
         eval_batches=setup.eval_batches,
     )
+    return evaluate_into([result], setup)[0]

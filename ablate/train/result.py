@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ablate.eval import EVAL_METRICS
+
 # Groups of adapter parameters every AA-CLIP report shows: the per-block adapters, the per-level and
 # detection projections, and their union (the seed's 10.2 M-parameter "image adapter").
 LAYERS, PROJ, ALL = "layers", "proj", "all"
@@ -106,11 +108,19 @@ class TrainResult:
     mfu: float = float("nan")  # step_flops / step time / the device's peak bf16 rate (NaN: peak unknown)
     metrics: dict[str, list[float]] = field(default_factory=dict)  # name -> value per step
     probes: list[ProbeResult] = field(default_factory=list)
+    # The end-of-run evaluation (ablate.eval.evaluate.EvalResult), None when it was off.
+    evaluation: Any = None
 
     def summary(self) -> dict[str, Any]:
-        """The scalar fields plus the step-0 probe of every group (what a run row holds)."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("metrics", "probes", "adapter_gain_batches")}
+        """The scalar fields plus the step-0 probe of every group (what a run row holds), and the
+        evaluation: its four means (None when not evaluated) and ``evaluation`` (per class, or None)."""
+        skip = ("metrics", "probes", "adapter_gain_batches", "evaluation")
+        d = {k: v for k, v in asdict(self).items() if k not in skip}
         d["frozen"] = ",".join(self.frozen)
+        ev = self.evaluation
+        for name in EVAL_METRICS:
+            d[name] = ev.metrics[name] if ev is not None else None
+        d["evaluation"] = ev.to_dict() if ev is not None else None
         p0 = self.probes[0] if self.probes else None
         if p0 is not None:
             d["grad_ratio_init_lo"], d["grad_ratio_init_hi"] = p0.grad_ratio_ci

@@ -1,0 +1,110 @@
+"""Evaluation at the end of a run: image- and pixel-level AUROC and AP per class, and their mean.
+
+The columns AA-CLIP's test reports: ``image_auroc`` and ``image_ap`` from the image score,
+``pixel_auroc`` and ``pixel_ap`` from the anomaly map upsampled to the mask size, per class, and
+the mean over classes. The subject supplies the scores (``anomaly_scores(batch) -> (maps [n, H, W],
+image scores [n])``, probabilities); this module imports no subject. Scores go into on-device
+histograms batch by batch (:mod:`ablate.eval.metrics`), so a full-size test set needs memory for
+one batch and the histograms only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ablate.eval import EVAL_METRICS
+from ablate.eval.metrics import DEFAULT_BINS, BinnedCurves
+from ablate.train.device import autocast
+
+__all__ = ["EVAL_METRICS", "EvalResult", "evaluate"]
+
+
+@dataclass
+class EvalResult:
+    """One arm's evaluation: the mean over classes (``metrics``) and every class's values.
+
+    A class without anomalous (or without normal) images has no image-level value (NaN), one
+    without anomalous pixels no pixel-level value; ``reasons`` says which and why, and the mean is
+    over the classes that have a value (NaN when none has).
+    """
+
+    metrics: dict[str, float]  # EVAL_METRICS -> mean over classes
+    per_class: dict[str, dict[str, float]]  # class -> EVAL_METRICS -> value
+    counts: dict[str, dict[str, int]]  # class -> images, anomalous_images, pixels, anomalous_pixels
+    reasons: dict[str, str] = field(default_factory=dict)  # "class/level" -> why NaN
+    bins: int = DEFAULT_BINS
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _for_arms(batch: Any, arms: int) -> Any:
+    """A plain batch ([B, ...]) repeated for every arm of a pack; a stacked one as it is."""
+    if arms == 1 or batch.images.dim() == 5:
+        return batch
+    return type(batch)(*(t.unsqueeze(0).expand(arms, *t.shape) for t in vars(batch).values()))
+
+
+@torch.no_grad()
+def evaluate(
+    subject: Any,
+    batches: Iterable[Any],
+    device: torch.device,
+    class_names: Sequence[str],
+    bins: int = DEFAULT_BINS,
+) -> list[EvalResult]:
+    """Score every batch with ``subject`` (eval mode, no grad) and return one result per arm.
+
+    ``batches`` yields ``Batch``-like objects (images, masks [.., H, W], labels, class_idx indexing
+    ``class_names``), on any device: each is moved to ``device`` when used, so a generator over a
+    large test set streams. For a pack of arms a batch may be stacked per arm ([arms, B, ...]) or
+    plain ([B, ...], then every arm sees it).
+    """
+    arms = getattr(subject, "n_arms", 1)
+    n_cls = len(class_names)
+    image = BinnedCurves(arms * n_cls, device, bins)
+    pixel = BinnedCurves(arms * n_cls, device, bins)
+    was_training = getattr(subject, "training", False)
+    subject.train(False)
+    try:
+        for batch in batches:
+            if batch.images.device.type != torch.device(device).type:  # ('cuda' vs 'cuda:0' is no move)
+                batch = batch.to(device)
+            batch = _for_arms(batch, arms)
+            with autocast(device):
+                maps, scores = subject.anomaly_scores(batch)
+            cls = batch.class_idx.reshape(arms, -1)
+            groups = (torch.arange(arms, device=device).unsqueeze(1) * n_cls + cls).reshape(-1)
+            image.update(scores.float(), batch.labels.reshape(-1), groups)
+            masks = batch.masks.reshape(-1, *batch.masks.shape[-2:])
+            pixel.update(maps.float(), masks, groups.view(-1, 1, 1))
+    finally:
+        subject.train(was_training)
+    img, pix = image.compute(), pixel.compute()
+    results = []
+    for a in range(arms):
+        per_class, counts, reasons = {}, {}, {}
+        for c, name in enumerate(class_names):
+            i, p = img[a * n_cls + c], pix[a * n_cls + c]
+            per_class[name] = {"image_auroc": i.auroc, "image_ap": i.ap, "pixel_auroc": p.auroc, "pixel_ap": p.ap}
+            counts[name] = {
+                "images": i.positives + i.negatives,
+                "anomalous_images": i.positives,
+                "pixels": p.positives + p.negatives,
+                "anomalous_pixels": p.positives,
+            }
+            if i.reason:
+                reasons[f"{name}/image"] = i.reason
+            if p.reason:
+                reasons[f"{name}/pixel"] = p.reason
+        means = {}
+        for m in EVAL_METRICS:
+            vals = [v[m] for v in per_class.values() if math.isfinite(v[m])]
+            means[m] = sum(vals) / len(vals) if vals else math.nan
+        results.append(EvalResult(means, per_class, counts, reasons, bins))
+    return results
