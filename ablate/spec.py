@@ -199,11 +199,12 @@ class ProbeSection(_Strict):
 class EvalSection(_Strict):
     """The end-of-run evaluation: image- and pixel-level AUROC and AP per class (ablate/eval).
 
-    Off by default for synthetic data (it keeps the quick study quick); ``batches`` test batches of
-    ``data.batch_size`` images, the same fixed set for every seed and arm.
+    ``enabled`` unset: on for data on disk (the whole evaluation set), off for synthetic data (it
+    keeps the quick study quick; ``batches`` test batches of ``data.batch_size`` images there, the
+    same fixed set for every seed and arm).
     """
 
-    enabled: bool = False
+    enabled: bool | None = None
     batches: int = Field(8, ge=1, le=100_000)
     bins: int = Field(DEFAULT_BINS, ge=2, le=2**20)
 
@@ -351,7 +352,7 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _evaluated_objectives(self) -> StudySpec:
-        if not self.eval.enabled:
+        if not self.evaluates:
             for m in [*self.study.objectives, self.study.constraint_metric]:
                 if m in EVAL_OBJECTIVES:
                     raise ValueError(f"study.objectives: {m!r} needs the evaluation; set eval.enabled = true")
@@ -377,6 +378,11 @@ class StudySpec(_Strict):
             f"{trials} trials asked, but no fix in search.fixes takes a scale, so the search has only "
             f"{self.max_distinct_trials} distinct parameter sets (a study never repeats one; seeds are the replicates)"
         )
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether runs end with the AUROC/AP evaluation: ``eval.enabled``, else on for data on disk."""
+        return self.eval.enabled if self.eval.enabled is not None else self.data.kind != "synthetic"
 
     def arm(self, fix: str, scale: float | None, seed: int, frozen: bool = False) -> ArmConfig:
         """The engine's config for one arm of this study (``frozen``: the frozen-adapter control)."""
@@ -411,7 +417,7 @@ class StudySpec(_Strict):
             device=self.training.device,
             freeze_adapters=frozen,
             gain_batches=self.probe.gain_batches,
-            eval=EvalConfig(enabled=self.eval.enabled, batches=self.eval.batches, bins=self.eval.bins),
+            eval=EvalConfig(enabled=self.evaluates, batches=self.eval.batches, bins=self.eval.bins),
         )
 
 

@@ -199,6 +199,11 @@ def test_the_evaluation_plot_draws_what_the_trials_frame_holds(eval_db, tmp_path
             )
     code, out, _ = cli(capsys, "plot", "--storage", url, "--out", str(tmp_path / "p"), "--json")
     assert code == 0 and any(p.endswith("eval.png") for p in json.loads(out)["plots"])
+    from ablate.plot.layout import legends_over_axes, overlapping_texts
+    from ablate.plot.render import render_eval
+
+    fig = render_eval(data)
+    assert overlapping_texts(fig) == [] and legends_over_axes(fig) == []
 
 
 def test_an_unevaluated_study_says_so_and_draws_no_evaluation_plot(mini_study_db, tmp_path, capsys):

@@ -540,31 +540,34 @@ def _errs(vals: Sequence[float], los: Sequence[float], his: Sequence[float]) -> 
 
 
 def render_eval(data: EvalData) -> Figure:
-    """AUROC (left) and AP (right), image and pixel level, per reference and ranked trial."""
-    fig = _figure(max(8.0, 1.0 + 0.9 * len(data.entries)), 5.0)
+    """AUROC (left) and AP (right), image and pixel level, per reference and ranked trial.
+
+    Horizontal bars: one row per arm, so long arm labels never collide; the legend sits below."""
+    n = len(data.entries)
+    fig = _figure(10.0, max(3.0, 1.6 + 0.45 * n))
     axes = fig.subplots(1, 2, sharey=True)
-    x = np.arange(len(data.entries))
+    y = np.arange(n)[::-1]  # the first entry on top
     labels = [e.label for e in data.entries]
+    handles: dict[str, Any] = {}
     for ax, pair, what in zip(axes, (data.metrics[:2], data.metrics[2:]), ("AUROC", "AP")):
         for k, (metric, colour) in enumerate(zip(pair, ("#1f77b4", "#ff7f0e"))):
             vals = [e.values[metric] for e in data.entries]
             has_ci = any(np.isfinite(v[1]) and np.isfinite(v[2]) for v in vals)
-            ax.bar(
-                x + (k - 0.5) * 0.38,
+            handles[_EVAL_LABELS[metric]] = ax.barh(
+                y - (k - 0.5) * 0.38,
                 [v[0] for v in vals],
                 0.38,
-                yerr=_errs(*zip(*vals)) if has_ci else None,
+                xerr=_errs(*zip(*vals)) if has_ci else None,
                 color=colour,
                 capsize=2,
-                label=_EVAL_LABELS[metric],
             )
         if what == "AUROC":
-            ax.axhline(0.5, color="0.5", linestyle="--", linewidth=0.8, label="chance")
-        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
-        ax.set_ylim(0.0, 1.02)
+            handles["chance (0.5)"] = ax.axvline(0.5, color="0.5", linestyle="--", linewidth=0.8)
+        ax.set_yticks(y, labels, fontsize="small")
+        ax.set_xlim(0.0, 1.02)
         ax.set_title(f"{what} (mean over classes)", fontsize="medium")
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3, axis="x")
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles), fontsize="small")
     fig.suptitle(f"End-of-run evaluation — {data.interval}{_study_suffix(data.studies)}", fontsize="medium")
     return fig
 

@@ -195,7 +195,11 @@ class ArmSetup:
         return ArmLabel(self.fix_name, self.scale, self.cfg.seed)
 
     def test_batches(self) -> Iterator[Batch]:
-        """The evaluation's test set, drawn batch by batch on the host (streamed: never all held)."""
+        """The evaluation's test set, streamed batch by batch (never all held): data on disk, the
+        whole evaluation set (``evaluation_batches``); synthetic data, ``eval.batches`` fixed batches."""
+        if self.eval_set is not None:
+            yield from self.evaluation_batches()
+            return
         bs = self.cfg.data.batch_size
         for i in range(self.cfg.eval.batches):
             yield self.dataset.batch(list(range(TEST_INDEX_OFFSET + i * bs, TEST_INDEX_OFFSET + (i + 1) * bs)))
