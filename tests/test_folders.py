@@ -214,7 +214,19 @@ def test_study_run_on_folder_data(sets, tmp_path, capsys):
 
     with sqlite3.connect(db) as con:
         (text,) = con.execute("select spec_text from ablate_studies").fetchone()
+        evaluated = con.execute(
+            "select role, image_auroc, image_ap, pixel_auroc, pixel_ap from ablate_runs where status = 'complete'"
+        ).fetchall()
+        classes = {r[0] for r in con.execute("select distinct class_name from ablate_class_metrics")}
     assert "--data" in text and str(sets["mvtec"]) in text
+    # Data on disk is evaluated at the end of every run, by default, on the evaluation set (VisA here):
+    # every metric stored per run, and per class under the evaluation set's class names.
+    assert {r[0] for r in evaluated} == {"baseline", "control", "trial"}
+    assert all(0.0 <= v <= 1.0 for r in evaluated for v in r[1:]), evaluated
+    visa = ArmSetup(_arm(FolderConfig(train=Source("visa", str(sets["visa"]))))).eval_set
+    assert classes == {s.class_name.replace("_", " ") for s in visa.samples} or classes == {
+        s.class_name for s in visa.samples
+    }
 
 
 def test_evaluation_batches_cover_the_evaluation_set_once(sets):

@@ -91,6 +91,8 @@ def evaluate(
         per_class, counts, reasons = {}, {}, {}
         for c, name in enumerate(class_names):
             i, p = img[a * n_cls + c], pix[a * n_cls + c]
+            if i.positives + i.negatives == 0:
+                continue  # a class of the prompts the evaluation set does not hold (a training-only class)
             per_class[name] = {"image_auroc": i.auroc, "image_ap": i.ap, "pixel_auroc": p.auroc, "pixel_ap": p.ap}
             counts[name] = {
                 "images": i.positives + i.negatives,
