@@ -257,7 +257,9 @@ def studies_view(rows: Sequence[Any], wide: bool = False) -> TableView:
         (Col("git_revision", "left", 2), lambda r: short(r.git_revision)),
         (Col("optuna_study_name", "left", 3), lambda r: str(r.optuna_study_name)),
     ]
-    note = "trials: trials whose runs are all complete" + ("" if wide else "; hashes shortened (--wide: in full)")
+    note = "trials: complete ones (every run complete, Optuna COMPLETE)" + (
+        "" if wide else "; hashes shortened (--wide: in full)"
+    )
     return TableView(tuple(c for c, _ in columns), [[cell(r) for _, cell in columns] for r in rows], (note,))
 
 
