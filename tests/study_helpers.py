@@ -56,3 +56,26 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
         main(list(args))
     cap = capsys.readouterr()
     return info.value.code, cap.out, cap.err
+
+
+def db_dump(db: Path) -> str:
+    """A digest of every row and schema statement of a SQLite file (equal digests: nothing changed)."""
+    import hashlib
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        return hashlib.sha256("\n".join(con.iterdump()).encode()).hexdigest()
+
+
+def refused_line(capsys, db: Path, args: list[str]) -> str:
+    """Run ``ablate ARGS`` in-process and check the refusal rule: exit 2, one ``error: ...`` line on
+    stderr, no traceback, nothing on stdout, the database unchanged. Returns the line."""
+    before = db_dump(db)
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("error: "), lines[0]
+    assert out == ""
+    assert db_dump(db) == before
+    return lines[0]
