@@ -722,6 +722,20 @@ def test_ratio_vs_scale_spreads_markers_that_share_a_scale(runs: pd.DataFrame) -
     assert fixed[0] == pytest.approx(0.1, rel=0.15) and combo[0] == pytest.approx(0.1, rel=0.15)
 
 
+def test_ratio_vs_scale_legend_names_every_fix_including_those_only_at_scale_zero(runs: pd.DataFrame) -> None:
+    """A fix drawn only in the s <= 0 panel (tanh-gate at its closed default) is in the legend too."""
+    from ablate.plot import render_ratio_vs_scale
+
+    data = extract_ratio_vs_scale(runs)
+    fig = render_ratio_vs_scale(data)
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 1
+    labels = {t.get_text() for t in legends[0].get_texts()}
+    only_zero = [s.fix for s in data.series if s.zero_scale.size and not s.scale.size]
+    assert only_zero, "the fixture should hold a fix run only at scale 0"
+    assert {s.fix for s in data.series} <= labels
+
+
 def test_gates_one_panel_per_fix_named_by_the_effective_gate(runs: pd.DataFrame, steps: pd.DataFrame) -> None:
     from ablate.plot import render_gates
 

@@ -95,9 +95,14 @@ def _figure(width: float = 8.0, height: float = 5.5) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _legend(ax: Axes, fontsize: str = "small") -> None:
-    """The axes' legend beside it, right of the plot area: never over the data."""
-    ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+def _legend(ax: Axes, fontsize: str = "small", also: Sequence[Axes] = ()) -> None:
+    """The axes' legend beside it, right of the plot area: never over the data. ``also``: axes whose
+    labelled artists join it (a side panel without a legend of its own)."""
+    handles, labels = [], []
+    for a in (*also, ax):
+        h, lab = a.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
+    ax.legend(handles, labels, fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
 
 
 def _seeds(n: int) -> str:
@@ -449,7 +454,7 @@ def render_ratio_vs_scale(data: RatioScaleData) -> Figure:
     (ax0 if ax0 is not None else ax).set_ylabel(f"gradient ratio R  [{data.ratio_metric}]")
     what = "bars = std of the ratios over runs" if bars else "one run per point or equal ratios: no bars"
     fig.suptitle(f"Gradient ratio vs scale — geometric mean over runs; {what}", fontsize="medium")
-    _legend(main)
+    _legend(main, also=[ax0] if ax0 is not None and ax0 is not main else [])
     return fig
 
 
