@@ -413,7 +413,9 @@ def _print_train_summary(summary: dict, result, with_base: bool, seed: int, step
         base = summary.get("baseline", {}).get("evaluation") if with_base else None
         for m in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap"):
             extra = f"; baseline {fmt(base['metrics'][m], 3)}" if base else ""
-            rows.append((m, fmt(ev["metrics"][m], 3), f"mean over {len(ev['per_class'])} classes{extra}"))
+            # the mean is over the classes that have a value (a one-label class has none)
+            n = sum(1 for v in ev["per_class"].values() if isinstance(v[m], float) and math.isfinite(v[m]))
+            rows.append((m, fmt(ev["metrics"][m], 3), f"mean of {n}/{len(ev['per_class'])} classes{extra}"))
         for key, why in ev["reasons"].items():
             rows.append(("", "-", f"{key}: {why}"))
     for row in rows:
