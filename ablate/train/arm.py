@@ -297,8 +297,13 @@ def train_pack(
     on_probe: Callable[[int, ProbeResult], None] | None = None,
     on_step: Callable[[int], None] | None = None,
     setup: PackSetup | None = None,
+    on_nonfinite: Callable[[int, int], None] | None = None,
 ) -> list[TrainResult]:
-    """Train several arms side by side (one result each, in order); callbacks get the arm's index."""
+    """Train several arms side by side (one result each, in order); callbacks get the arm's index.
+
+    ``on_nonfinite(arm, step)``: see :func:`ablate.train.run.train_arms` (default: a non-finite loss
+    in any arm stops the pack).
+    """
     setup = setup or PackSetup(cfgs)
     results = train_arms(
         setup.model,
@@ -311,6 +316,7 @@ def train_pack(
         on_probe=on_probe,
         on_step=on_step,
         eval_batches=setup.eval_batches,
+        on_nonfinite=on_nonfinite,
     )
     return evaluate_into(results, setup)
 

@@ -94,10 +94,15 @@ def train_arms(
     on_probe: Callable[[int, ProbeResult], None] | None = None,
     on_step: Callable[[int], None] | None = None,
     eval_batches: Sequence[Any] | None = None,
+    on_nonfinite: Callable[[int, int], None] | None = None,
 ) -> list[TrainResult]:
     """Train every arm of ``subject`` (one model, or several packed) side by side; one result per arm.
 
     Callbacks get the arm's index. All per-step values stay on the device until a flush.
+    A non-finite loss raises NonFiniteLossError at the flush that sees it, unless ``on_nonfinite``
+    is given: it is then called once per arm that went non-finite (arm, first such step) and may
+    raise; the other arms train on unaffected (arms share no trained state, and the backbone mixes
+    nothing across samples), and the dead arm's later blocks are not handed to ``on_flush``.
     """
     n_arms = getattr(subject, "n_arms", 1)
     if len(arms) != n_arms:
@@ -131,24 +136,32 @@ def train_arms(
     zero = torch.zeros(n_arms, device=device)
     parts = [k for k in groups if k != "all"]
 
+    dead: set[int] = set()  # arms whose loss went non-finite (with on_nonfinite)
+    arm_ids = range(n_arms)
+
     def flush() -> None:
         nonlocal pending, pending_start
         if not pending:
             return
         block = torch.stack(pending).cpu().double().tolist()  # [steps][columns][arms]
+        start = pending_start
+        pending, pending_start = [], pending_start + len(block)
+        # Per arm, the first step whose loss (column 0) is not finite.
+        bad = [next((start + i for i, v in enumerate(block) if not math.isfinite(v[0][a])), None) for a in arm_ids]
         for a in range(n_arms):
-            rows = [(pending_start + i, {n: col[a] for n, col in zip(names, vals)}) for i, vals in enumerate(block)]
+            rows = [(start + i, {n: col[a] for n, col in zip(names, vals)}) for i, vals in enumerate(block)]
             for _, vals in rows:
                 for n in names:
                     metrics[a][n].append(vals[n])
-            if on_flush is not None:
+            if on_flush is not None and a not in dead:
                 on_flush(a, rows)
-        bad = next(
-            (pending_start + i for i, vals in enumerate(block) if not all(math.isfinite(v) for v in vals[0])), None
-        )
-        pending, pending_start = [], pending_start + len(block)
-        if bad is not None:
-            raise NonFiniteLossError(bad)
+        first_bad = min((b for b in bad if b is not None), default=None)
+        if first_bad is not None and on_nonfinite is None:
+            raise NonFiniteLossError(first_bad)
+        for a, step in enumerate(bad):
+            if step is not None and a not in dead:
+                dead.add(a)
+                on_nonfinite(a, step)
 
     def probe(step: int) -> None:
         nonlocal probe_s
