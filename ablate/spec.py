@@ -172,8 +172,10 @@ class TrainingSection(_Strict):
     steps: int = Field(100, ge=1, le=1_000_000)
     lr: float = Field(5e-4, gt=0)
     device: str = "auto"
-    # Seeds of a trial (and the references' seeds) trained side by side in one forward/backward over
-    # the shared frozen backbone; results equal unpacked ones to float tolerance. 1 = one at a time.
+    # Arms trained side by side in one forward/backward over the shared frozen backbone; results
+    # equal unpacked ones to float tolerance. 1 = one at a time. Up to the number of seeds it packs a
+    # trial's seeds (and the references'); at 2x the seeds or more, pack // seeds trials of one fix
+    # type train together (StudySpec.trials_per_pack).
     pack: int = Field(1, ge=1, le=64)
     compile: bool = False  # torch.compile the training step (GPU; the first steps pay the compile)
 
@@ -378,6 +380,11 @@ class StudySpec(_Strict):
             f"{trials} trials asked, but no fix in search.fixes takes a scale, so the search has only "
             f"{self.max_distinct_trials} distinct parameter sets (a study never repeats one; seeds are the replicates)"
         )
+
+    @property
+    def trials_per_pack(self) -> int:
+        """Trials trained together: ``training.pack // len(seeds)`` (at least 1); every seed of each."""
+        return max(1, self.training.pack // len(self.study.seeds))
 
     @property
     def evaluates(self) -> bool:

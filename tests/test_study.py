@@ -385,14 +385,17 @@ def test_sqlite_workers_never_claim_the_same_enqueued_trial(tmp_path):
     assert len(ran) == len(set(ran)) >= 60
 
 
+@pytest.mark.parametrize("pack", [1, 3])
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_three_workers_started_together_on_an_empty_database_all_finish(tmp_path, backend, request):
+def test_three_workers_started_together_on_an_empty_database_all_finish(tmp_path, backend, pack, request):
     """Three workers at the same instant on an empty database: all start (Optuna's schema race is
     retried), together they finish exactly the trials asked for, every one a distinct parameter set,
     and every enqueued default arm runs once. The random sampler draws the scale-less 'none' again
-    and again; those copies are skipped, never run."""
+    and again; those copies are skipped, never run. With pack = 3 (one seed) each worker asks for up
+    to 3 trials at a time and trains them together (ablate/study/trial_pack.py)."""
     url = sqlite_url(tmp_path / "fresh.db") if backend == "sqlite" else request.getfixturevalue("fresh_pg_url")
     spec_text = MINI.replace("seeds = [0, 1]", 'seeds = [0]\nsampler = "random"').replace("trials = 4", "trials = 6")
+    spec_text = spec_text.replace('device = "cpu"', f'device = "cpu"\npack = {pack}')
     spec = write_spec(tmp_path, spec_text.replace("steps = 6", "steps = 4"))
     cmd = [sys.executable, "-m", "ablate", "study", "run", str(spec), "--storage", url, "--quiet", "--no-plots"]
     env = {**os.environ, "ABLATE_THREADS": "1"}

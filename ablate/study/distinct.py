@@ -12,7 +12,9 @@ it, and TPE learns not to propose that point again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -77,13 +79,29 @@ class PerTrialSeedSampler(optuna.samplers.BaseSampler):
         self._build = build
         self._seed = seed
         self._inner = build(seed)
+        self._fixed: dict[str, Any] = {}
 
     @property
     def inner(self) -> optuna.samplers.BaseSampler:
         return self._inner
 
+    @contextmanager
+    def fixing(self, params: dict[str, Any]) -> Iterator[None]:
+        """Trials created inside hold ``params`` fixed; the sampler draws only the rest (a pack's
+        later trials take its first trial's fix type and get scales of their own)."""
+        self._fixed = dict(params)
+        try:
+            yield
+        finally:
+            self._fixed = {}
+
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._inner = self._build(None if self._seed is None else trial_seed(self._seed, trial.number))
+        inner = self._build(None if self._seed is None else trial_seed(self._seed, trial.number))
+        if self._fixed:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                inner = optuna.samplers.PartialFixedSampler(self._fixed, inner)
+        self._inner = inner
         self._inner.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:

@@ -90,14 +90,50 @@ class RunFailed(RuntimeError):
     """A seed's training run failed; the trial is marked FAIL and the study goes on."""
 
 
-def _intermediate(metric: str, losses: list[float], warmup_frac: float) -> float:
+class AllArmsDropped(Exception):  # noqa: N818 - a signal, not an error
+    """Every run of a several-trial pack was finished early (pruned or diverged): stop the pack."""
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """One claimed run row of a pack: whose run it is and the row's id."""
+
+    role: str
+    trial_number: int | None
+    fix: str
+    scale: float | None
+    seed: int
+    run_id: int
+
+
+def _joined(values: list[Any]) -> str:
+    return ",".join(dict.fromkeys(values))  # in order, each once
+
+
+def pack_label(runs: list[ClaimedRun]) -> str:
+    """'trial 3 fixed-scale s=0.5 seeds 0,1,2'; 'trials 3,4 ...' for a pack of several trials."""
+    first = runs[0]
+    choice = parse_fix(first.fix, first.scale)
+    if first.role == "trial":
+        trials = _joined([str(r.trial_number) for r in runs])
+        label = f"trial{'s' if ',' in trials else ''} {trials} {choice.name}"
+    else:
+        label = "baseline no-branch" if first.role == "baseline" else "control frozen-adapters"
+    if choice.scale is not None:
+        scales = {r.trial_number: parse_fix(r.fix, r.scale).scale for r in runs}
+        label += " s=" + ",".join(f"{v:.3g}" for v in scales.values())
+    seeds = _joined([str(r.seed) for r in runs])
+    return label + f" seed{'s' if ',' in seeds else ''} {seeds}"
+
+
+def pruner_reading(metric: str, losses: list[float], warmup_frac: float) -> float:
     """The pruner's reading of ``metric`` on the losses so far (the same quantity the objective uses)."""
     if metric == "loss_slope":
         return loss_slope(losses, warmup_frac)
     return edge_means(losses)[1]  # loss_last
 
 
-class _StudyRun:
+class StudyRun:
     def __init__(
         self,
         spec: StudySpec,
@@ -155,24 +191,38 @@ class _StudyRun:
         Every run row ends complete (with the comparison against its seed's baseline), failed or
         pruned; returns the complete rows in ``claimed`` order.
         """
-        seeds = [seed for seed, _ in claimed]
-        run_ids = [run_id for _, run_id in claimed]
-        cfgs = [self.spec.arm(fix, scale, seed, frozen=role == "control") for seed in seeds]
-        choice = parse_fix(fix, scale)
-        if role == "trial":
-            label = f"trial {trial_number} {choice.name}"
-        else:
-            label = "baseline no-branch" if role == "baseline" else "control frozen-adapters"
-        label += f" s={choice.scale:.3g}" if choice.scale is not None else ""
-        label += f" seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+        runs = [ClaimedRun(role, trial_number, fix, scale, seed, run_id) for seed, run_id in claimed]
+        return self.run_pack(runs, on_block)  # type: ignore[return-value] - nothing is dropped here
+
+    def run_pack(
+        self,
+        runs: list[ClaimedRun],
+        on_block: Callable[[int, list[tuple[int, dict[str, float]]]], None] | None = None,
+        on_nonfinite: Callable[[int, int], None] | None = None,
+        dropped: set[int] | None = None,
+    ) -> list[dict[str, Any] | None]:
+        """Train claimed runs of one fix type side by side (one run alone when there is one).
+
+        ``dropped`` holds the indices of runs the caller has already finished (a pruned or diverged
+        trial of a several-trial pack): they still ride along in the pack, but nothing more of them is
+        written, and their entry in the returned list is None. ``on_nonfinite(arm, step)``: see
+        :func:`ablate.train.run.train_arms`; without it a non-finite loss fails every run.
+        A callback may raise AllArmsDropped once every run is dropped: the pack stops, nothing else
+        is written.
+        """
+        dropped = dropped if dropped is not None else set()
+        cfgs = [self.spec.arm(r.fix, r.scale, r.seed, frozen=r.role == "control") for r in runs]
+        label = pack_label(runs)
         if self.threads is not None:
             n, _why = self.threads()
             apply_threads(n)
             label += f" ({n} thread{'s' if n > 1 else ''})"
         self.reporter.run_start(label, cfgs[0].run.steps)
-        buffers = [writer.MetricBuffer(self.engine, run_id, flush_every=10**9) for run_id in run_ids]
+        buffers = [writer.MetricBuffer(self.engine, r.run_id, flush_every=10**9) for r in runs]
 
         def flush(arm: int, rows: list[tuple[int, dict[str, float]]]) -> None:
+            if arm in dropped:
+                return
             for step, values in rows:
                 buffers[arm].add_step(step, values)
             faults.point("flush")  # rows buffered, not yet committed
@@ -180,41 +230,56 @@ class _StudyRun:
             if on_block is not None:
                 on_block(arm, rows)
 
-        def finish_all(status: str, error: str | None) -> None:
-            for run_id in run_ids:
-                writer.finish_run(self.engine, run_id, status, None, error=error)
+        def probe(arm: int, p: Any) -> None:
+            if arm not in dropped:
+                writer.write_probe(self.engine, runs[arm].run_id, p)
+
+        def finish_live(status: str, error: str | None) -> None:
+            for i, r in enumerate(runs):
+                if i not in dropped:
+                    writer.finish_run(self.engine, r.run_id, status, None, error=error)
 
         try:
-            with writer.RunHeartbeat(self.engine, run_ids, HEARTBEAT_S):
-                results = self._train(cfgs, run_ids, flush)
-            rows = [self._row(role, result) for result in results]
+            with writer.RunHeartbeat(self.engine, [r.run_id for r in runs], HEARTBEAT_S):
+                results = self._train(cfgs, probe, flush, on_nonfinite)
+            rows = [None if i in dropped else self._row(r.role, res) for i, (r, res) in enumerate(zip(runs, results))]
+        except AllArmsDropped:
+            raise
         except optuna.TrialPruned:
-            finish_all("pruned", None)
+            finish_live("pruned", None)
             self.reporter.run_end(label, None, "pruned")
             raise
         except KeyboardInterrupt:
-            finish_all("failed", "interrupted")
+            finish_live("failed", "interrupted")
             self.reporter.run_end(label, None, "interrupted")
             raise
         except Exception as exc:
-            finish_all("failed", f"{type(exc).__name__}: {exc}")
+            finish_live("failed", f"{type(exc).__name__}: {exc}")
             self.reporter.run_end(label, None, "failed", f"{type(exc).__name__}: {exc}")
             raise RunFailed(f"{label}: {exc}") from exc
-        for run_id, row in zip(run_ids, rows):
-            writer.finish_run(self.engine, run_id, "complete", row)
-        for result in results:
-            self.reporter.run_end(label, result, "complete")
+        for r, row in zip(runs, rows):
+            if row is not None:
+                writer.finish_run(self.engine, r.run_id, "complete", row)
+        for result, row in zip(results, rows):
+            if row is not None:
+                self.reporter.run_end(label, result, "complete")
         return rows
 
-    def _train(self, cfgs: list, run_ids: list[int], flush: Callable) -> list[TrainResult]:
+    def _train(
+        self,
+        cfgs: list,
+        on_probe: Callable[[int, Any], None],
+        flush: Callable,
+        on_nonfinite: Callable[[int, int], None] | None,
+    ) -> list[TrainResult]:
         """One arm alone, or several packed; the first arm built lends its backbone to every later one."""
-        if len(cfgs) == 1:
+        if len(cfgs) == 1:  # alone, a non-finite loss raises: the run (and its one trial) fails
             setup = ArmSetup(cfgs[0], like=self._like)
             self._like = self._like or setup
             result = train_arm(
                 cfgs[0],
                 on_flush=lambda rows: flush(0, rows),
-                on_probe=lambda p: writer.write_probe(self.engine, run_ids[0], p),
+                on_probe=lambda p: on_probe(0, p),
                 on_step=self.reporter.step,
                 setup=setup,
             )
@@ -224,9 +289,10 @@ class _StudyRun:
         return train_pack(
             cfgs,
             on_flush=flush,
-            on_probe=lambda arm, p: writer.write_probe(self.engine, run_ids[arm], p),
+            on_probe=on_probe,
             on_step=self.reporter.step,
             setup=pack,
+            on_nonfinite=on_nonfinite,
         )
 
     def _packs(self, seeds: list[int]) -> list[list[int]]:
@@ -310,7 +376,7 @@ class _StudyRun:
             if claimed:
                 self.run_claimed(role, None, NO_BRANCH, None, claimed)
 
-    def _adopt(self, trial: optuna.trial.FrozenTrial, fix: str, scale: float | None) -> dict[int, dict[str, Any]]:
+    def adopted_rows(self, trial: optuna.trial.FrozenTrial, fix: str, scale: float | None) -> dict[int, dict[str, Any]]:
         """seed -> run row for the seeds an earlier attempt of this trial already completed (its worker
         died before Optuna heard of it; Optuna's retry callback made this trial to retry it)."""
         with warnings.catch_warnings():
@@ -338,7 +404,7 @@ class _StudyRun:
         watch = spec.objectives[0] if spec.pruning else None
         for seed in spec.seeds:
             self.reference(seed)
-        done = self._adopt(next(t for t in trials if t.number == trial.number), fix, scale)
+        done = self.adopted_rows(next(t for t in trials if t.number == trial.number), fix, scale)
         rows_by_seed: dict[int, dict[str, Any]] = dict(done)
         for k, pack in enumerate(self._packs([s for s in spec.seeds if s not in done])):
             offset = k * self.spec.training.steps
@@ -353,7 +419,7 @@ class _StudyRun:
                 losses[arm].extend(v["loss"] for _, v in block)
                 if watch is None or arm != len(losses) - 1:
                     return  # a packed step is reported once, after its last arm's block
-                readings = [_intermediate(watch, arm_losses, RunConfig.warmup_frac) for arm_losses in losses]
+                readings = [pruner_reading(watch, arm_losses, RunConfig.warmup_frac) for arm_losses in losses]
                 value = sum(readings) / len(readings)
                 if math.isfinite(value):
                     trial.report(value, offset + block[-1][0])
@@ -363,7 +429,14 @@ class _StudyRun:
             claimed = [(seed, self.claim("trial", trial.number, fix, scale, seed)) for seed in pack]
             ran = self.run_claimed("trial", trial.number, fix, scale, claimed, on_block=report)
             rows_by_seed.update(zip(pack, ran))
-        rows = [rows_by_seed[seed] for seed in spec.seeds]
+        values = self.finish_trial(trial, [rows_by_seed[seed] for seed in spec.seeds])
+        faults.point("finish")  # every run complete, Optuna not yet told
+        return values
+
+    def finish_trial(self, trial: optuna.Trial, rows: list[dict[str, Any]]) -> float | list[float]:
+        """The trial's objective values from its seeds' run rows (in spec seed order); notes the
+        per-seed values and the constraint on the trial."""
+        spec = self.spec.study
         values = [trial_value(m, rows) for m in spec.objectives]
         trial.set_user_attr(
             "per_seed", {str(seed): {m: seed_value(m, r) for m in spec.objectives} for seed, r in zip(spec.seeds, rows)}
@@ -376,7 +449,6 @@ class _StudyRun:
             trial.set_user_attr("constraint", [value])
             if _NATIVE_CONSTRAINTS:
                 trial.set_constraint(spec.constraint_metric, value)
-        faults.point("finish")  # every run complete, Optuna not yet told
         return values[0] if len(values) == 1 else values
 
 
@@ -571,7 +643,7 @@ def run_study(
     study.set_user_attr("ablate_spec_hash", spec_hash(spec_text))
     _record_hardware(study, spec)
     with LocalWorkers() as workers:
-        runner = _StudyRun(spec, engine, study_id, reporter, lambda: choose_threads(threads, workers.live()), total)
+        runner = StudyRun(spec, engine, study_id, reporter, lambda: choose_threads(threads, workers.live()), total)
         return _optimize(study, runner, spec, study_name, url, total)
 
 
@@ -599,7 +671,7 @@ MAX_SKIPS_IN_A_ROW = 200
 
 
 def _optimize(
-    study: optuna.Study, runner: _StudyRun, spec: StudySpec, study_name: str, url: str, total: int
+    study: optuna.Study, runner: StudyRun, spec: StudySpec, study_name: str, url: str, total: int
 ) -> StudyOutcome:
     """Run trials until the study holds ``total`` counted trials and none is RUNNING or WAITING.
 
@@ -636,7 +708,14 @@ def _optimize(
         # As many failures as trials this call set out to run: stop instead of failing forever.
         failing = sum(t.state == TrialState.FAIL for t in ran) >= max(remaining, 1)
         if (claimed < total or waiting) and streak < MAX_SKIPS_IN_A_ROW and not failing:
-            study.optimize(runner.objective, n_trials=1, catch=(RunFailed,), callbacks=[on_trial], gc_after_trial=False)
+            if spec.trials_per_pack > 1:
+                from ablate.study.trial_pack import run_trial_pack  # it builds on this module
+
+                run_trial_pack(study, runner, on_trial)
+            else:
+                study.optimize(
+                    runner.objective, n_trials=1, catch=(RunFailed,), callbacks=[on_trial], gc_after_trial=False
+                )
             continue
         if streak >= MAX_SKIPS_IN_A_ROW:
             reporter.waiting(f"no new parameter set in {streak} draws; stopping at {claimed} trials")
