@@ -7,8 +7,10 @@ For each fix: ``--steps`` training steps at batch ``--batch-size`` (probes off),
 with ``--pack`` arms (seeds) side by side; the step time, images per second, MFU (FLOPs counted once
 per configuration with torch's FlopCounterMode, over the device's peak bf16 rate) and peak memory.
 Then a trial as a study runs it: ``--trial-steps`` steps of 3 seeds packed, probes every 50 steps and
-the held-out gain included, wall-clock. The training pool is small and generated before timing, so
-the figures are the model's, not the synthetic-texture generator's.
+the held-out gain included, wall-clock; and ``--trials-packed`` such trials (at different scales) in
+one pack, as ``training.pack = 3 x trials`` runs them, with the wall-clock per trial. The training
+pool is small and generated before timing, so the figures are the model's, not the synthetic-texture
+generator's.
 """
 
 from __future__ import annotations
@@ -53,6 +55,40 @@ def _timed(setup, cfg: ArmConfig, arms: int) -> dict:
     }
 
 
+def _trial(cfg: ArmConfig, scales: list[float | None], shared: ArmSetup, seeds: int = 3) -> dict:
+    """Trials as a study trains them (probes and held-out gain included): one per scale, their
+    seeds all in one pack; wall-clock in all and per trial."""
+    cfgs = [replace(cfg.with_fix(cfg.model.fix, sc), seed=s) for sc in scales for s in range(seeds)]
+    t = time.perf_counter()
+    setup = PackSetup(cfgs, like=shared)
+    setup_s = time.perf_counter() - t
+    t = time.perf_counter()
+    results = train_arms(
+        setup.model,
+        setup.train_batch,
+        setup.probe_batches,
+        cfg.run,
+        setup.device,
+        setup.labels,
+        eval_batches=setup.eval_batches,
+    )
+    wall = time.perf_counter() - t
+    return {
+        "fix": cfg.model.fix,
+        "trials": len(scales),
+        "seeds": seeds,
+        "steps": cfg.run.steps,
+        "wall_s": wall,
+        "wall_s_per_trial": wall / len(scales),
+        "setup_s": setup_s,
+        "train_steps_per_s": results[0].steps_per_s,
+        "mfu": results[0].mfu,
+        "peak_mem_gb": results[0].peak_mem_mb / 1024,
+        "note": f"{len(cfgs)} arms packed, 8 probe batches every 50 steps, 16 held-out batches per seed; "
+        "training images from a 16-image pool drawn before timing",
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
@@ -62,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pack", type=int, default=8)
     ap.add_argument("--fixes", default=",".join(fix_names()))
     ap.add_argument("--trial-steps", type=int, default=300, help="0 skips the trial")
+    ap.add_argument("--trials-packed", type=int, default=3, help="then this many trials' seeds in one pack")
     ap.add_argument("--compile", action="store_true", help="torch.compile the training step")
     args = ap.parse_args(argv)
 
@@ -95,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         fixes[fix] = {"unpacked": alone, "packed": packed, "speedup": alone["step_ms"] * args.pack / packed["step_ms"]}
         print(json.dumps({fix: fixes[fix]}), file=sys.stderr, flush=True)
 
-    trial = None
+    trial = trials_packed = None
     if args.trial_steps:
         cfg = replace(
             base.with_fix("learnable-alpha", None),
@@ -103,30 +140,11 @@ def main(argv: list[str] | None = None) -> dict:
             probe_batches=8,
             gain_batches=16,
         )
-        t = time.perf_counter()
-        setup = PackSetup([replace(cfg, seed=s) for s in range(3)], like=shared)
-        setup_s = time.perf_counter() - t
-        t = time.perf_counter()
-        results = train_arms(
-            setup.model,
-            setup.train_batch,
-            setup.probe_batches,
-            cfg.run,
-            setup.device,
-            setup.labels,
-            eval_batches=setup.eval_batches,
-        )
-        trial = {
-            "fix": "learnable-alpha",
-            "seeds": 3,
-            "steps": args.trial_steps,
-            "wall_s": time.perf_counter() - t,
-            "setup_s": setup_s,
-            "train_steps_per_s": results[0].steps_per_s,
-            "mfu": results[0].mfu,
-            "note": "packed 3 seeds, 8 probe batches every 50 steps, 16 held-out batches per seed; "
-            "training images from a 16-image pool drawn before timing",
-        }
+        trial = _trial(cfg, [None], shared)
+        print(json.dumps({"trial": trial}), file=sys.stderr, flush=True)
+        if args.trials_packed > 1:  # what pack = 3 x trials does in a study: several trials at once
+            trials_packed = _trial(cfg, [0.1 * 3**k for k in range(args.trials_packed)], shared)
+    dev = torch.device(args.device)
     dev = torch.device(args.device)
     doc = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
@@ -141,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         "fixes": fixes,
         "packed_mfu_mean": sum(f["packed"]["mfu"] for f in fixes.values()) / max(len(fixes), 1),
         "trial": trial,
+        "trials_packed": trials_packed,
     }
     print(json.dumps(doc, indent=2))
     return doc
