@@ -3,8 +3,10 @@ trial at a time, trials independent inside the pack (divergence, pruning), fault
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -13,7 +15,9 @@ import sys
 import optuna
 import pytest
 import torch
+from rich.console import Console
 
+from ablate.console import PlainStudyReporter
 from ablate.spec import parse_spec
 from ablate.study.runner import run_study
 from ablate.study.space import default_arm_params, scale_param
@@ -32,7 +36,7 @@ def packed_spec(pack: int, extra: str = "") -> str:
     return FIXED_SCALE_ONLY.replace('device = "cpu"', f'device = "cpu"\npack = {pack}') + extra
 
 
-def run_enqueued(db, spec_text: str, scales=SCALES):
+def run_enqueued(db, spec_text: str, scales=SCALES, reporter=None):
     """Create the study, enqueue one fixed-scale trial per scale (so every layout runs the same
     points), then run it as `ablate study run` does."""
     spec = parse_spec(spec_text)
@@ -40,7 +44,7 @@ def run_enqueued(db, spec_text: str, scales=SCALES):
     study = optuna.create_study(study_name=spec.name, storage=url, directions=spec.study.directions)
     for s in scales:
         study.enqueue_trial({"fix": "fixed-scale", scale_param("fixed-scale"): s})
-    out = run_study(spec, spec_text, storage=url)
+    out = run_study(spec, spec_text, storage=url, reporter=reporter)
     return out, optuna.load_study(study_name=spec.name, storage=url)
 
 
@@ -74,8 +78,13 @@ def one_at_a_time(tmp_path_factory):
 def test_trials_packed_together_store_what_they_store_one_at_a_time(one_at_a_time, tmp_path):
     single_db, single = one_at_a_time
     db = tmp_path / "results.db"
-    out, study = run_enqueued(db, packed_spec(3 * SEEDS))
+    log = io.StringIO()
+    reporter = PlainStudyReporter(Console(file=log), ["adapter_gain", "dilution_train"])
+    out, study = run_enqueued(db, packed_spec(3 * SEEDS), reporter=reporter)
     assert out.n_trials == 3 and out.failed == 0
+    # The progress lines name each run's own trial and scale, though they trained in one pack.
+    ends = re.findall(r"\] (trial .*): complete in", log.getvalue())
+    assert ends == [f"trial {t} fixed-scale s={s:.3g} seed {seed}" for t, s in enumerate(SCALES) for seed in (0, 1)]
     alone, packed = trial_runs(single_db), trial_runs(db)
     assert alone.keys() == packed.keys() == {(t, s) for t in range(3) for s in range(SEEDS)}
     for key in alone:

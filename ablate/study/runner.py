@@ -260,9 +260,9 @@ class StudyRun:
         for r, row in zip(runs, rows):
             if row is not None:
                 writer.finish_run(self.engine, r.run_id, "complete", row)
-        for result, row in zip(results, rows):
-            if row is not None:
-                self.reporter.run_end(label, result, "complete")
+        for r, result, row in zip(runs, results, rows):
+            if row is not None:  # each line names its own run (a pack may hold several trials)
+                self.reporter.run_end(pack_label([r]), result, "complete")
         return rows
 
     def _train(
