@@ -19,6 +19,7 @@ All but ``finished`` (and ``requested``) must be 0 / "ok".
 
     python bench/fault_inject.py                           # 12 rounds, 3 workers, SQLite
     python bench/fault_inject.py --rounds 30 --seed 1
+    python bench/fault_inject.py --pack 4                 # 2 trials per pack (ablate/study/trial_pack.py)
     python bench/fault_inject.py --storage postgresql+psycopg://user@host/db
 """
 
@@ -48,6 +49,7 @@ train_size = 16
 [training]
 steps = {steps}
 device = "cpu"
+pack = {pack}
 [probe]
 batches = 2
 every = {every}
@@ -125,13 +127,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--pack", type=int, default=1, help="training.pack (4 = 2 trials of 2 seeds per pack)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill schedule")
     ap.add_argument("--storage", default=None, help="SQLAlchemy URL (default: a fresh SQLite file)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="ablate-chaos-"))
     spec = work / "chaos.toml"
-    spec.write_text(SPEC.format(steps=args.steps, every=max(1, args.steps // 2), trials=args.trials))
+    spec.write_text(SPEC.format(steps=args.steps, every=max(1, args.steps // 2), trials=args.trials, pack=args.pack))
     url = args.storage or f"sqlite:///{work / 'results.db'}"
     cmd = [sys.executable, "-m", "ablate", "study", "run", str(spec), "--storage", url, "--quiet", "--no-plots"]
     # One thread each: the workers share the machine's cores (ablate/threads.py would also do this).
@@ -167,6 +170,7 @@ def main() -> None:
     result = {
         "rounds": args.rounds,
         "workers": args.workers,
+        "pack": args.pack,
         "kill_schedule_seed": args.seed,
         "actions": dict(actions),
         **_check(url, "chaos", args.trials, seeds=2),
