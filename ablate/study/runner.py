@@ -126,11 +126,22 @@ def pack_label(runs: list[ClaimedRun]) -> str:
     return label + f" seed{'s' if ',' in seeds else ''} {seeds}"
 
 
-def pruner_reading(metric: str, losses: list[float], warmup_frac: float) -> float:
+def _pruner_reading(metric: str, losses: list[float], warmup_frac: float) -> float:
     """The pruner's reading of ``metric`` on the losses so far (the same quantity the objective uses)."""
     if metric == "loss_slope":
         return loss_slope(losses, warmup_frac)
     return edge_means(losses)[1]  # loss_last
+
+
+def report_and_ask_prune(trial: optuna.Trial, metric: str, arm_losses: list[list[float]], step: int) -> bool:
+    """Report the mean reading over a trial's seeds (its arms' losses so far) at ``step``; True when
+    Optuna's pruner says stop. A non-finite reading is not reported (the flush fails the run)."""
+    readings = [_pruner_reading(metric, losses, RunConfig.warmup_frac) for losses in arm_losses]
+    value = sum(readings) / len(readings)
+    if not math.isfinite(value):
+        return False
+    trial.report(value, step)
+    return trial.should_prune()
 
 
 class StudyRun:
@@ -419,12 +430,8 @@ class StudyRun:
                 losses[arm].extend(v["loss"] for _, v in block)
                 if watch is None or arm != len(losses) - 1:
                     return  # a packed step is reported once, after its last arm's block
-                readings = [pruner_reading(watch, arm_losses, RunConfig.warmup_frac) for arm_losses in losses]
-                value = sum(readings) / len(readings)
-                if math.isfinite(value):
-                    trial.report(value, offset + block[-1][0])
-                    if trial.should_prune():
-                        raise optuna.TrialPruned()
+                if report_and_ask_prune(trial, watch, losses, offset + block[-1][0]):
+                    raise optuna.TrialPruned()
 
             claimed = [(seed, self.claim("trial", trial.number, fix, scale, seed)) for seed in pack]
             ran = self.run_claimed("trial", trial.number, fix, scale, claimed, on_block=report)

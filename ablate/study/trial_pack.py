@@ -18,7 +18,6 @@ by hand (ask/tell), with the same rules as the one-trial path in runner.py:
 
 from __future__ import annotations
 
-import math
 import threading
 import warnings
 from collections.abc import Callable
@@ -32,9 +31,8 @@ from ablate import faults
 from ablate.model.fixes import parse_fix
 from ablate.store import writer
 from ablate.study.distinct import HOLDING, SKIPPED_ATTR, counted, params_of, skip_reason
-from ablate.study.runner import AllArmsDropped, ClaimedRun, RunFailed, StudyRun, pack_label, pruner_reading
+from ablate.study.runner import AllArmsDropped, ClaimedRun, RunFailed, StudyRun, pack_label, report_and_ask_prune
 from ablate.study.space import FIX_PARAM, suggest_arm
-from ablate.train.run import RunConfig
 
 OnTrial = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -170,9 +168,9 @@ def _run_group(
     try:
         for seed in spec.seeds:
             runner.reference(seed)
+        frozen = {t.number: t for t in study.get_trials(deepcopy=False)}  # one read for the group
         for m in group:
-            frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == m.trial.number)
-            m.rows = runner.adopted_rows(frozen, m.fix, m.scale)
+            m.rows = runner.adopted_rows(frozen[m.trial.number], m.fix, m.scale)
         runs: list[ClaimedRun] = []
         owner: list[_Member] = []
         for m in group:
@@ -226,12 +224,8 @@ def _train_pack(
         m = owner[arm]
         if watch is None or arm != arms_of[m][-1]:
             return  # a trial's step is reported once, after its last arm's block
-        readings = [pruner_reading(watch, losses[i], RunConfig.warmup_frac) for i in arms_of[m]]
-        value = sum(readings) / len(readings)
-        if math.isfinite(value):
-            m.trial.report(value, block[-1][0])
-            if m.trial.should_prune():
-                drop(m, TrialState.PRUNED, "pruned", None)
+        if report_and_ask_prune(m.trial, watch, [losses[i] for i in arms_of[m]], block[-1][0]):
+            drop(m, TrialState.PRUNED, "pruned", None)
 
     def on_nonfinite(arm: int, step: int) -> None:
         drop(owner[arm], TrialState.FAIL, "failed", f"NonFiniteLossError: non-finite loss at step {step}")
