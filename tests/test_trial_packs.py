@@ -163,6 +163,13 @@ def test_a_trial_pruned_inside_a_pack_stops_alone(tmp_path, monkeypatch):
     runs = trial_runs(db)
     assert {runs[(t, s)][1] for t in (0, 2) for s in range(SEEDS)} == {"complete"}
     assert {runs[(1, s)][1] for s in range(SEEDS)} == {"pruned"}
+    # Its evidence never ranks: ablate's view holds it pruned and unranked, as Optuna does.
+    from ablate.store import query
+    from ablate.store.engine import open_storage
+
+    frame = query.trials_frame(open_storage(sqlite_url(db)), "mini").set_index("trial_number")
+    assert frame.loc[1, "status"] == "pruned" and not frame.loc[1, "ranked"]
+    assert frame.loc[[0, 2], "ranked"].all()
 
 
 def test_packs_hold_one_fix_type_and_scale_less_fixes_pack_no_second_trial(tmp_path):
