@@ -13,10 +13,10 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ablate.engine.result import TrainResult
 from ablate.study.runner import StudyReporter
 from ablate.study.space import arm_of
 from ablate.textfmt import column_decimals, fixed, fmt
-from ablate.train.result import TrainResult
 
 
 class RichStudyReporter(StudyReporter):

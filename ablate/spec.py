@@ -13,17 +13,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ablate.data.folders import Source
-from ablate.data.sources import FolderConfig
+from ablate.engine.device import DEVICE_CHOICES
+from ablate.engine.fixes import NO_BRANCH, fix_names, parse_fix
+from ablate.engine.loop import RunConfig
 from ablate.errors import AblateInputError, SpecInputError
 from ablate.eval.metrics import DEFAULT_BINS
-from ablate.model.aaclip import AAClipConfig
-from ablate.model.backbone import BACKBONES
-from ablate.model.fixes import NO_BRANCH, fix_names, parse_fix
 from ablate.objectives import DEFAULT_OBJECTIVES, EVAL_OBJECTIVES, OBJECTIVES
-from ablate.train.arm import ArmConfig, DataConfig, EvalConfig
-from ablate.train.device import DEVICE_CHOICES
-from ablate.train.run import RunConfig
+from ablate.subjects.aaclip.arm import ArmConfig, DataConfig, EvalConfig
+from ablate.subjects.aaclip.backbone import BACKBONES
+from ablate.subjects.aaclip.data.folders import Source
+from ablate.subjects.aaclip.data.sources import FolderConfig
+from ablate.subjects.aaclip.model import AAClipConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -75,7 +75,7 @@ _FOLDER_ONLY = ("root", "manifest", "split_csv", "classes", "real_names", "few_s
 
 
 class _FolderFields(_Strict):
-    """Where a data set on disk lives (``kind``: its layout; ablate/data/folders.py reads them)."""
+    """Where a data set on disk lives (``kind``: its layout; ablate/subjects/aaclip/data/folders.py reads them)."""
 
     root: str | None = Field(None, min_length=1)  # mvtec, visa: the data set's folder
     manifest: str | None = Field(None, min_length=1)  # manifest: the JSON-lines file
@@ -488,7 +488,7 @@ DATA_KINDS = ("mvtec", "visa", "manifest")
 
 
 def _data_block(current: dict, where: str | None, kind: str | None, option: str) -> dict:
-    from ablate.data.folders import detect_kind
+    from ablate.subjects.aaclip.data.folders import detect_kind
 
     if kind is not None and kind not in DATA_KINDS:
         raise AblateInputError(f"{option}-kind", f"must be one of {', '.join(DATA_KINDS)}, got {kind!r}")

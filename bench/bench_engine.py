@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from ablate.model.fixes import fix_names  # noqa: E402
-from ablate.train.arm import ArmConfig, ArmSetup, DataConfig, train_arm  # noqa: E402
-from ablate.train.probe import run_probe  # noqa: E402
-from ablate.train.run import RunConfig  # noqa: E402
+from ablate.engine.fixes import fix_names  # noqa: E402
+from ablate.engine.loop import RunConfig  # noqa: E402
+from ablate.engine.probe import run_probe  # noqa: E402
+from ablate.subjects.aaclip.arm import ArmConfig, ArmSetup, DataConfig, train_arm  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

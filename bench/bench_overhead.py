@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from ablate.train.arm import ArmConfig, ArmSetup, DataConfig  # noqa: E402
-from ablate.train.device import autocast  # noqa: E402
-from ablate.train.run import RunConfig, train_arms  # noqa: E402
+from ablate.engine.device import autocast  # noqa: E402
+from ablate.engine.loop import RunConfig, train_arms  # noqa: E402
+from ablate.subjects.aaclip.arm import ArmConfig, ArmSetup, DataConfig  # noqa: E402
 
 
 def bare_loop(setup: ArmSetup, steps: int, lr: float, betas: tuple[float, float]) -> float:

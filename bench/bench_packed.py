@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from ablate.train.arm import ArmConfig, ArmSetup, DataConfig, PackSetup, train_arm, train_pack  # noqa: E402
-from ablate.train.run import RunConfig  # noqa: E402
+from ablate.engine.loop import RunConfig  # noqa: E402
+from ablate.subjects.aaclip.arm import ArmConfig, ArmSetup, DataConfig, PackSetup, train_arm, train_pack  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

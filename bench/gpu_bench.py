@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from ablate.model.fixes import fix_names  # noqa: E402
-from ablate.train.arm import ArmConfig, ArmSetup, DataConfig, PackSetup  # noqa: E402
-from ablate.train.run import RunConfig, train_arms  # noqa: E402
+from ablate.engine.fixes import fix_names  # noqa: E402
+from ablate.engine.loop import RunConfig, train_arms  # noqa: E402
+from ablate.subjects.aaclip.arm import ArmConfig, ArmSetup, DataConfig, PackSetup  # noqa: E402
 
 
 def _timed(setup, cfg: ArmConfig, arms: int) -> dict:

@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from ablate.train.arm import ArmConfig, DataConfig, PackSetup  # noqa: E402
-from ablate.train.run import RunConfig, train_arms  # noqa: E402
+from ablate.engine.loop import RunConfig, train_arms  # noqa: E402
+from ablate.subjects.aaclip.arm import ArmConfig, DataConfig, PackSetup  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,7 @@
 import torch
 
-from ablate.data.prompts import class_prompts
-from ablate.data.synthetic import TEXTURE_CLASSES, SyntheticAnomalyDataset
+from ablate.subjects.aaclip.data.synthetic import TEXTURE_CLASSES, SyntheticAnomalyDataset
+from ablate.subjects.aaclip.prompts import class_prompts
 
 
 def test_same_seed_same_images_and_masks():

@@ -5,12 +5,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ablate.data.synthetic import SyntheticAnomalyDataset
-from ablate.model.aaclip import AAClipConfig, build_model
-from ablate.train.arm import ArmConfig, ArmSetup, DataConfig, probe_arm, train_arm
-from ablate.train.loss import stage2_loss
-from ablate.train.probe import run_probe
-from ablate.train.run import RunConfig
+from ablate.engine.loop import RunConfig
+from ablate.engine.probe import run_probe
+from ablate.subjects.aaclip.arm import ArmConfig, ArmSetup, DataConfig, probe_arm, train_arm
+from ablate.subjects.aaclip.data.synthetic import SyntheticAnomalyDataset
+from ablate.subjects.aaclip.loss import stage2_loss
+from ablate.subjects.aaclip.model import AAClipConfig, build_model
 
 SMALL = ArmConfig(data=DataConfig(batch_size=2, train_size=16), probe_batches=3, gain_batches=4, device="cpu")
 GROUPS = ("layers", "proj", "all")
@@ -53,8 +53,8 @@ def test_group_split_sums_to_the_whole():
     """||g_all||^2 = ||g_layers||^2 + ||g_proj||^2 per batch, with and without the branch."""
     p = probe_arm(small("none"))
     setup = ArmSetup(small("none"))
-    from ablate.train.probe import _arm
-    from ablate.train.subject import watched_groups
+    from ablate.engine.probe import _arm
+    from ablate.engine.subject import watched_groups
 
     groups = watched_groups(setup.model)
     assert set(groups) == set(GROUPS)
@@ -177,7 +177,7 @@ def test_loss_prefers_the_right_answer():
 
 def test_real_scale_backbone_shape():
     # Structure only (no forward pass): ViT-L-14-336 run at 518 px, as in AA-CLIP.
-    from ablate.model.backbone import BACKBONES, build_clip
+    from ablate.subjects.aaclip.backbone import BACKBONES, build_clip
 
     spec = BACKBONES["vit-l-14-336@518"]
     clip = build_clip(spec)

@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from ablate.cli import main
-from ablate.data.synthetic import SyntheticAnomalyDataset
-from ablate.eval.evaluate import EVAL_METRICS, evaluate
+from ablate.engine.loop import RunConfig
 from ablate.objectives import OBJECTIVES
 from ablate.spec import parse_spec
 from ablate.store import open_storage, query
 from ablate.study import run_study
-from ablate.train.arm import ArmConfig, EvalConfig, PackSetup, train_arm, train_pack
-from ablate.train.run import RunConfig
+from ablate.subjects.aaclip.arm import ArmConfig, EvalConfig, PackSetup, train_arm, train_pack
+from ablate.subjects.aaclip.data.synthetic import SyntheticAnomalyDataset
+from ablate.subjects.aaclip.evaluate import EVAL_METRICS, evaluate
 from tests.study_helpers import MINI, copy_db
 
 CLASSES = ("carpet", "grid", "leather", "tile", "wood")
@@ -288,8 +288,8 @@ def test_the_aaclip_scores_of_a_model_told_the_mask_rank_it_first():
     """The real scoring path (levels' softmax, upsampling, averaging, detection + map maximum) on
     logits planted from the mask: near-perfect pixel ranking (the grid is coarser than the mask),
     perfect images; planted the other way round, the worst."""
-    from ablate.model.aaclip import ForwardOut
-    from ablate.train.arm import ArmSetup
+    from ablate.subjects.aaclip.arm import ArmSetup
+    from ablate.subjects.aaclip.model import ForwardOut
 
     setup = ArmSetup(_cfg())
     model = setup.model

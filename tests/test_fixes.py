@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from ablate.engine.fixes import NO_BRANCH, fix_class, fix_names, parse_fix
 from ablate.errors import AblateInputError
-from ablate.model.fixes import NO_BRANCH, fix_class, fix_names, parse_fix
 
 SEVEN = ["none", "fixed-scale", "learnable-alpha", "zero-init", "tanh-gate", "layerscale", "norm-match"]
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate.data.folders import Source, detect_kind, list_samples
-from ablate.data.prompts import class_prompts
-from ablate.data.sources import FolderConfig, build_folder_data, few_shot
+from ablate.engine.loop import RunConfig
 from ablate.spec import parse_spec, with_overrides
-from ablate.train.arm import ArmConfig, ArmSetup, DataConfig, PackSetup, train_arm, train_pack
-from ablate.train.run import RunConfig
+from ablate.subjects.aaclip.arm import ArmConfig, ArmSetup, DataConfig, PackSetup, train_arm, train_pack
+from ablate.subjects.aaclip.data.folders import Source, detect_kind, list_samples
+from ablate.subjects.aaclip.data.sources import FolderConfig, build_folder_data, few_shot
+from ablate.subjects.aaclip.prompts import class_prompts
 from tests.data_fixtures import SQUARE, make_manifest, make_mvtec, make_visa
 
 

@@ -6,11 +6,11 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import create_engine, text
 
+from ablate.engine.fixes import fix_names
+from ablate.engine.loop import RunConfig, step_flops
+from ablate.engine.probe import probe_arms, run_probe
 from ablate.errors import AblateInputError
-from ablate.model.fixes import fix_names
-from ablate.train.arm import ArmConfig, DataConfig, PackSetup, train_arm, train_pack
-from ablate.train.probe import probe_arms, run_probe
-from ablate.train.run import RunConfig, step_flops
+from ablate.subjects.aaclip.arm import ArmConfig, DataConfig, PackSetup, train_arm, train_pack
 
 SMALL = ArmConfig(data=DataConfig(batch_size=2, train_size=16), probe_batches=2, gain_batches=2, device="cpu")
 RTOL = 1e-4  # float reordering only: the stacked batch and vmap sum in another order

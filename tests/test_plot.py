@@ -647,8 +647,8 @@ def test_import_extract_does_not_load_matplotlib() -> None:
 
 
 def test_plot_fix_order_is_the_registry_order_without_torch() -> None:
-    from ablate.model.fix_order import registry_names
-    from ablate.model.fixes import NO_BRANCH, fix_names
+    from ablate.engine.fix_order import registry_names
+    from ablate.engine.fixes import NO_BRANCH, fix_names
     from ablate.plot.extract import FIX_ORDER
 
     names, no_branch = registry_names()

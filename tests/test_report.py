@@ -414,7 +414,7 @@ def test_hardware_note_names_the_gpu(monkeypatch):
 
     import torch
 
-    from ablate.train.device import describe_hardware
+    from ablate.engine.device import describe_hardware
 
     monkeypatch.setattr(
         torch.cuda, "get_device_properties", lambda d: SimpleNamespace(name="NVIDIA H200", total_memory=141 * 2**30)

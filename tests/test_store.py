@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import Engine, event, func, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
+from ablate.engine.result import GroupProbe, ProbeResult, TrainResult
 from ablate.objectives import OBJECTIVES as OBJECTIVE_TABLE
 from ablate.objectives import trial_interval, trial_value
 from ablate.stats import SCOPE_SEEDS, SCOPE_WITHIN, dilution, mean_ci, ratio_ci
@@ -56,7 +57,6 @@ from ablate.store import (
 from ablate.store.encode import decode_float_lists, encode_float_lists
 from ablate.store.query import METRIC_COLUMNS
 from ablate.store.readonly_sql import execute_read_only
-from ablate.train.result import GroupProbe, ProbeResult, TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN, INF = float("nan"), float("inf")

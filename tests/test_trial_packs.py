@@ -100,7 +100,7 @@ def test_trials_packed_together_store_what_they_store_one_at_a_time(one_at_a_tim
 def test_a_diverging_trial_fails_alone_and_its_pack_mates_finish_as_they_would(one_at_a_time, tmp_path, monkeypatch):
     """A planted NaN loss in one arm of the middle trial (scale 0.2): that trial fails (both its
     seeds' runs), the other two complete with the numbers they have when run one at a time."""
-    from ablate.model.packed import PackedAAClip
+    from ablate.subjects.aaclip.packed import PackedAAClip
 
     compute = PackedAAClip.compute_loss
 

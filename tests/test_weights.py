@@ -12,7 +12,13 @@ import torch
 from open_clip.model import CLIP
 
 from ablate.errors import AblateInputError
-from ablate.model.backbone import BACKBONES, build_clip, is_torchscript_archive, resolve_pretrained, wants_quick_gelu
+from ablate.subjects.aaclip.backbone import (
+    BACKBONES,
+    build_clip,
+    is_torchscript_archive,
+    resolve_pretrained,
+    wants_quick_gelu,
+)
 
 
 def _tiny_clip(quick_gelu: bool) -> CLIP:

@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ablate.engine.fix_order import registry_names
+from ablate.engine.metrics import loss_line  # the slope's own fit (plain maths, no torch)
 from ablate.errors import AblateInputError
 from ablate.eval import EVAL_METRICS
-from ablate.model.fix_order import registry_names
 from ablate.plot.pareto import pareto_front
 from ablate.stats import geo_mean
-from ablate.train.metrics import loss_line  # the slope's own fit (plain maths, no torch)
 
 # The registry's names read without importing torch (read commands stay light; see fix_order.py).
 _REGISTERED, NO_BRANCH = registry_names()

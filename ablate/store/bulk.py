@@ -31,7 +31,7 @@ from ablate.store.writer import (
 )
 
 if TYPE_CHECKING:
-    from ablate.train.result import ProbeResult
+    from ablate.engine.result import ProbeResult
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ ADDED_RUN_COLUMNS = EVAL_FIELDS
 
 # Summary columns of ablate_runs that are floats (``steps`` is the one integer summary column).
 # ``grad_ratio_*`` are bypass-probe ratios of the run's judged group; ``train_*_ratio*`` compare the
-# run with its seed's no-branch baseline run step by step (ablate/train/compare.py).
+# run with its seed's no-branch baseline run step by step (ablate/engine/compare.py).
 RUN_FLOAT_FIELDS = (
     "loss_first",
     "loss_last",

@@ -45,7 +45,7 @@ from ablate.store.schema import (
 )
 
 if TYPE_CHECKING:
-    from ablate.train.result import ProbeResult, TrainResult
+    from ablate.engine.result import ProbeResult, TrainResult
 
 META_FIELDS = (
     "ablate_version",

@@ -18,7 +18,12 @@ import optuna
 from optuna.trial import TrialState
 
 from ablate import faults
-from ablate.model.fixes import NO_BRANCH, parse_fix
+from ablate.engine.compare import compare_to_baseline
+from ablate.engine.device import describe_hardware, resolve_device
+from ablate.engine.fixes import NO_BRANCH, parse_fix
+from ablate.engine.loop import RunConfig
+from ablate.engine.metrics import edge_means, loss_slope
+from ablate.engine.result import TrainResult
 from ablate.objectives import seed_value, trial_value
 from ablate.spec import OBJECTIVE_DIRECTIONS, StudySpec, spec_hash
 from ablate.store import writer
@@ -26,13 +31,8 @@ from ablate.store.engine import open_storage, retry_schema_race
 from ablate.store.schema import GROUPS, HARDWARE_ATTR, REFERENCE_KEYS
 from ablate.study.distinct import FINISHED, HOLDING, SKIPPED_ATTR, PerTrialSeedSampler, counted, is_skipped, skip_reason
 from ablate.study.space import arm_of, default_arm_params, suggest_arm
+from ablate.subjects.aaclip.arm import ArmSetup, PackSetup, train_arm, train_pack
 from ablate.threads import LocalWorkers, apply_threads, choose_threads
-from ablate.train.arm import ArmSetup, PackSetup, train_arm, train_pack
-from ablate.train.compare import compare_to_baseline
-from ablate.train.device import describe_hardware, resolve_device
-from ablate.train.metrics import edge_means, loss_slope
-from ablate.train.result import TrainResult
-from ablate.train.run import RunConfig
 
 
 def _heartbeat_s() -> float:
@@ -217,7 +217,7 @@ class StudyRun:
         ``dropped`` holds the indices of runs the caller has already finished (a pruned or diverged
         trial of a several-trial pack): they still ride along in the pack, but nothing more of them is
         written, and their entry in the returned list is None. ``on_nonfinite(arm, step)``: see
-        :func:`ablate.train.run.train_arms`; without it a non-finite loss fails every run.
+        :func:`ablate.engine.loop.train_arms`; without it a non-finite loss fails every run.
         A callback may raise AllArmsDropped once every run is dropped: the pack stops, nothing else
         is written.
         """
@@ -561,7 +561,7 @@ def _best(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.best_trials if len(study.directions) > 1 else [study.best_trial]
 
 
-# The engine's field names (ablate/train/arm.py validate) as the spec spells them.
+# The engine's field names (ablate/subjects/aaclip/arm.py validate) as the spec spells them.
 _SPEC_FIELDS = {
     "steps": "training.steps",
     "lr": "training.lr",
@@ -579,8 +579,8 @@ def preflight(spec: StudySpec) -> None:
     """Checks that need the engine or this machine (cross-field limits, device, weights file, the
     data set on disk), before anything is written."""
     from ablate.errors import AblateInputError
-    from ablate.model.backbone import backbone_spec, resolve_pretrained
-    from ablate.train.arm import check_data, validate
+    from ablate.subjects.aaclip.arm import check_data, validate
+    from ablate.subjects.aaclip.backbone import backbone_spec, resolve_pretrained
 
     first = spec.arm(spec.search.fixes[0], None, spec.study.seeds[0])
     try:

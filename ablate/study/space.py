@@ -6,7 +6,7 @@ from typing import Any
 
 import optuna
 
-from ablate.model.fixes import parse_fix
+from ablate.engine.fixes import parse_fix
 from ablate.spec import StudySpec
 
 FIX_PARAM = "fix"

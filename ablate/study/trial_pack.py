@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ablate import faults
-from ablate.model.fixes import parse_fix
+from ablate.engine.fixes import parse_fix
 from ablate.store import writer
 from ablate.study.distinct import HOLDING, SKIPPED_ATTR, counted, params_of, skip_reason
 from ablate.study.runner import AllArmsDropped, ClaimedRun, RunFailed, StudyRun, pack_label, report_and_ask_prune

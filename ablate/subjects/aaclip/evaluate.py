@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
+from ablate.engine.device import autocast
 from ablate.eval import EVAL_METRICS
 from ablate.eval.metrics import DEFAULT_BINS, BinnedCurves
-from ablate.train.device import autocast
 
 __all__ = ["EVAL_METRICS", "EvalResult", "evaluate"]
 

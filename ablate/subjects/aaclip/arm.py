@@ -11,20 +11,26 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ablate.data.image_dataset import StepBatches, StepLoader, iterate_batches
-from ablate.data.sources import FolderConfig, build_folder_data, check_folders, checked_samples, few_shot
-from ablate.data.synthetic import TEXTURE_CLASSES, Batch, SyntheticAnomalyDataset
+from ablate.engine.device import resolve_device
+from ablate.engine.fixes import parse_fix
+from ablate.engine.loop import RunConfig, StepRows, train_arms, train_run
+from ablate.engine.probe import ArmLabel, run_probe
+from ablate.engine.result import ProbeResult, TrainResult
 from ablate.errors import AblateInputError
-from ablate.eval.evaluate import evaluate
 from ablate.eval.metrics import DEFAULT_BINS
-from ablate.model.aaclip import AAClipConfig, AAClipModel, SharedBackbone, build_model
-from ablate.model.backbone import backbone_spec
-from ablate.model.fixes import parse_fix
-from ablate.model.packed import PackedAAClip
-from ablate.train.device import resolve_device
-from ablate.train.probe import ArmLabel, run_probe
-from ablate.train.result import ProbeResult, TrainResult
-from ablate.train.run import RunConfig, StepRows, train_arms, train_run
+from ablate.subjects.aaclip.backbone import backbone_spec
+from ablate.subjects.aaclip.data.image_dataset import StepBatches, StepLoader, iterate_batches
+from ablate.subjects.aaclip.data.sources import (
+    FolderConfig,
+    build_folder_data,
+    check_folders,
+    checked_samples,
+    few_shot,
+)
+from ablate.subjects.aaclip.data.synthetic import TEXTURE_CLASSES, Batch, SyntheticAnomalyDataset
+from ablate.subjects.aaclip.evaluate import evaluate
+from ablate.subjects.aaclip.model import AAClipConfig, AAClipModel, SharedBackbone, build_model
+from ablate.subjects.aaclip.packed import PackedAAClip
 
 PROBE_INDEX_OFFSET = 1_000_000  # probe images never appear in training
 # The synthetic test set of the end-of-run evaluation: one fixed set for every seed and arm (as a
@@ -301,7 +307,7 @@ def train_pack(
 ) -> list[TrainResult]:
     """Train several arms side by side (one result each, in order); callbacks get the arm's index.
 
-    ``on_nonfinite(arm, step)``: see :func:`ablate.train.run.train_arms` (default: a non-finite loss
+    ``on_nonfinite(arm, step)``: see :func:`ablate.engine.loop.train_arms` (default: a non-finite loss
     in any arm stops the pack).
     """
     setup = setup or PackSetup(cfgs)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ablate.data.folders import Sample
 from ablate.errors import AblateInputError
+from ablate.subjects.aaclip.data.folders import Sample
 
 
 def _open_size(path: str, field: str, what: str) -> tuple[int, int]:

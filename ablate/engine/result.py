@@ -33,7 +33,7 @@ class ProbeResult:
     ``grad_ratio`` and the verdict are the judged group's (``group``, block adapters by default);
     ``groups`` holds every group. After step 0 this is a *bypass* ratio: it compares the trained
     model with the same model minus a branch it has learned to use, so it also measures that
-    co-adaptation. The training-time comparison with the baseline run is in ``ablate.train.compare``.
+    co-adaptation. The training-time comparison with the baseline run is in ``ablate.engine.compare``.
     """
 
     fix: str
@@ -78,7 +78,7 @@ class TrainResult:
 
     Ratios named ``grad_ratio_*`` are bypass-probe ratios of the judged ``group``; the comparison
     with the no-branch baseline run (``train_grad_ratio_*``, ``adapter_gain_rel``) needs that run
-    and is added by :func:`ablate.train.compare.compare_to_baseline`.
+    and is added by :func:`ablate.engine.compare.compare_to_baseline`.
     """
 
     fix: str
@@ -108,7 +108,7 @@ class TrainResult:
     mfu: float = float("nan")  # step_flops / step time / the device's peak bf16 rate (NaN: peak unknown)
     metrics: dict[str, list[float]] = field(default_factory=dict)  # name -> value per step
     probes: list[ProbeResult] = field(default_factory=list)
-    # The end-of-run evaluation (ablate.eval.evaluate.EvalResult), None when it was off.
+    # The end-of-run evaluation (ablate.subjects.aaclip.evaluate.EvalResult), None when it was off.
     evaluation: Any = None
 
     def summary(self) -> dict[str, Any]:

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 
 from ablate import faults
+from ablate.engine.device import arm_norms, autocast, peak_flops
+from ablate.engine.metrics import edge_means, loss_slope
+from ablate.engine.probe import DEFAULT_THRESHOLD, ArmLabel, probe_arms
+from ablate.engine.result import DEFAULT_GROUP, ProbeResult, TrainResult
+from ablate.engine.subject import Subject, watched_groups
 from ablate.errors import NonFiniteLossError
 from ablate.stats import geo_mean, mean_ci
-from ablate.train.device import arm_norms, autocast, peak_flops
-from ablate.train.metrics import edge_means, loss_slope
-from ablate.train.probe import DEFAULT_THRESHOLD, ArmLabel, probe_arms
-from ablate.train.result import DEFAULT_GROUP, ProbeResult, TrainResult
-from ablate.train.subject import Subject, watched_groups
 
 StepRows = list[tuple[int, dict[str, float]]]
 

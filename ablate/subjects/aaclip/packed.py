@@ -18,8 +18,8 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ablate.errors import AblateInputError
-from ablate.model.aaclip import AAClipModel, SharedBackbone, _AAClipBase
-from ablate.model.layers import attend
+from ablate.subjects.aaclip.layers import attend
+from ablate.subjects.aaclip.model import AAClipModel, SharedBackbone, _AAClipBase
 
 
 class Stacked(nn.Module):

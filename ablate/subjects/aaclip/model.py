@@ -2,7 +2,7 @@
 
 One readable model file with a config dataclass (nanoGPT's habit). Everything AA-CLIP specific
 lives here; the probe and the training loop see only the ``Subject`` interface
-(ablate/train/subject.py): two parameter groups, a branch-bypass switch, and a loss.
+(ablate/engine/subject.py): two parameter groups, a branch-bypass switch, and a loss.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ablate.data.prompts import class_prompts
+from ablate.engine.dropout import DropoutStream
+from ablate.engine.fixes import FixChoice, parse_fix
 from ablate.errors import AblateInputError
-from ablate.model.backbone import backbone_spec, build_clip, encode_prompts
-from ablate.model.fixes import FixChoice, parse_fix
-from ablate.model.layers import CrossAttentionBranch, DropoutStream, ImageAdapter
-from ablate.train.loss import stage2_loss
+from ablate.subjects.aaclip.backbone import backbone_spec, build_clip, encode_prompts
+from ablate.subjects.aaclip.layers import CrossAttentionBranch, ImageAdapter
+from ablate.subjects.aaclip.loss import stage2_loss
+from ablate.subjects.aaclip.prompts import class_prompts
 
 LOGIT_SCALE = 100.0  # AA-CLIP's fixed temperature on cosine similarities
 

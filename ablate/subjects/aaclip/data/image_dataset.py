@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from ablate.data.folders import Sample
-from ablate.data.synthetic import CLIP_MEAN, CLIP_STD, Batch
+from ablate.subjects.aaclip.data.folders import Sample
+from ablate.subjects.aaclip.data.synthetic import CLIP_MEAN, CLIP_STD, Batch
 
 
 def load_image(path: str, size: int) -> torch.Tensor:

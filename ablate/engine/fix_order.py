@@ -1,6 +1,6 @@
 """The fix registry's names, in registry order, without importing torch.
 
-The registry (``ablate/model/fixes.py``) is the one place that knows fix names, but its classes are
+The registry (``ablate/engine/fixes.py``) is the one place that knows fix names, but its classes are
 torch modules, and read commands (``ablate plot``, ``ablate query``) must not import torch (about
 2 s and 600 MB). Their display order and colours follow the registry, so this module reads the
 names from the registry's source: each ``@register`` class's ``name``, a string or a module-level

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ablate.data.folders import Sample, Source, list_samples
-from ablate.data.image_dataset import FolderDataset
-from ablate.data.validate import validate_samples
 from ablate.errors import AblateInputError
+from ablate.subjects.aaclip.data.folders import Sample, Source, list_samples
+from ablate.subjects.aaclip.data.image_dataset import FolderDataset
+from ablate.subjects.aaclip.data.validate import validate_samples
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ablate.engine.device import arm_norms, autocast
+from ablate.engine.result import DEFAULT_GROUP, GroupProbe, ProbeResult
+from ablate.engine.subject import ALL_GROUP, Subject, watched_groups
 from ablate.stats import ratio_ci
-from ablate.train.device import arm_norms, autocast
-from ablate.train.result import DEFAULT_GROUP, GroupProbe, ProbeResult
-from ablate.train.subject import ALL_GROUP, Subject, watched_groups
 
 DEFAULT_THRESHOLD = 0.8  # the seed's line between "OK" and "CAUTION"
 

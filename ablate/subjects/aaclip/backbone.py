@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ablate.errors import AblateInputError
-from ablate.model.attention import use_batch_first_attention
+from ablate.subjects.aaclip.attention import use_batch_first_attention
 
 
 @dataclass(frozen=True)

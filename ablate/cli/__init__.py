@@ -1,0 +1,12 @@
+"""The ``ablate`` command: thin layer that parses, calls the library, prints (rich) or emits JSON.
+
+One module per command (parse -> one library call -> print); ``app`` holds the shared options,
+``common`` the shared output helpers, ``entry`` the exit codes and signals.
+Exit codes: 0 success, 2 bad input (one line naming the argument), 1 a run that failed.
+"""
+
+from ablate.cli import plot, probe, query, report, study, train  # noqa: F401 - registers the commands
+from ablate.cli.app import app
+from ablate.cli.entry import main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,165 @@
+"""Helpers the commands share: threads, JSON output, tables, progress, error mapping."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ablate.cli.app import err, out_console
+from ablate.errors import AblateInputError, SQLInputError
+
+
+def check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise AblateInputError("--threads", f"must be >= 1, got {threads}")
+
+
+class worker_threads:
+    """Register this process as a local worker and take its share of the cores for the command."""
+
+    def __init__(self, threads: int | None) -> None:
+        from ablate.threads import LocalWorkers
+
+        check_threads(threads)
+        self.threads = threads
+        self.workers = LocalWorkers()
+
+    def __enter__(self) -> None:
+        from ablate.threads import apply_threads, choose_threads
+
+        self.workers.__enter__()
+        apply_threads(choose_threads(self.threads, self.workers.live())[0])
+
+    def __exit__(self, *exc: Any) -> None:
+        self.workers.__exit__(*exc)
+
+
+def json_clean(v: Any) -> Any:
+    """JSON-safe: NaN/inf become null (JSON has no NaN)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: json_clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [json_clean(x) for x in v]
+    return v
+
+
+def emit_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(json_clean(doc), indent=2) + "\n")
+
+
+def open_read(open_storage, url):
+    try:
+        return open_storage(url, create=False)
+    except ValueError as exc:
+        raise AblateInputError("--storage", str(exc)) from None
+
+
+class lookup_errors:
+    """A study that does not exist, or a bad --sql, is the user's input: exit 2."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is LookupError:
+            raise AblateInputError("--study", str(exc).strip("'\"")) from None
+        if exc_type is not None and issubclass(exc_type, SQLInputError):
+            raise AblateInputError("--sql", str(exc)) from None
+        if exc_type is ValueError and not isinstance(exc, AblateInputError):
+            raise AblateInputError("query", str(exc)) from None
+        return False
+
+
+def print_view(engine, study: str | None, frame, title: str, wide: bool = False) -> None:
+    from ablate import views
+    from ablate.objectives import OBJECTIVES
+    from ablate.store import query as q
+
+    if title in ("trials", "per fix") and not frame.empty:
+        objectives = [m for m in q.study_settings(engine, study)["objectives"] if m in OBJECTIVES]
+        view = views.trials_view(frame, objectives) if title == "trials" else views.fixes_view(frame, objectives)
+    elif title == "runs" and not frame.empty:
+        view = views.runs_view(frame)
+    elif title == "classes" and not frame.empty:
+        view = views.classes_view(frame)
+    else:
+        view = views.frame_view(frame)
+    print_table(title, view, wide)
+
+
+def print_table(title: str, view, wide: bool = False) -> None:
+    """A view as a table that fits the console: ``tablefit`` drops low-ranked columns and says so."""
+    from rich import box
+    from rich.markup import escape
+
+    from ablate import plaintable, tablefit
+
+    console = out_console(wide)
+    kept = tablefit.fit(view.columns, view.rows, None if wide else console.width)
+    columns = [(view.columns[i].header, view.columns[i].justify) for i in kept]
+    rows = [[row[i] for i in kept] for row in view.rows]
+    caption = escape(view.caption(kept)) or None
+    text = plaintable.render(console, title, columns, rows, caption)
+    if text is not None:  # the same text, without rich's per-cell layout (0.3 ms a row)
+        console.file.write(text)
+        return
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        caption_justify="left",
+        caption=caption,
+    )
+    for name, justify in columns:
+        table.add_column(name, justify=justify)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def plain_line(quiet: bool, text: str) -> None:
+    """Where stderr is no terminal (a log file, CI), a finished arm is one plain line instead of
+    bar frames; a terminal has the bar."""
+    if not quiet and not err.is_terminal:
+        err.file.write(text + "\n")
+        err.file.flush()
+
+
+def progress_bar(disabled: bool) -> Progress:
+    # bars on a terminal only: elsewhere rich would leave a stray frame or blank line in the log
+    disabled = disabled or not err.is_terminal
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=disabled,
+        transient=True,
+    )
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def check_out_dir(path: str | None, option: str, what: str = "the plots") -> None:
+    """Plots and reports go into a folder: refuse an existing file before any work is done."""
+    if path is not None and os.path.exists(path) and not os.path.isdir(path):
+        raise AblateInputError(option, f"{path} is a file; give a folder for {what}")
+
+
+def print_probe_table(results: list, title: str, first: str) -> None:
+    from ablate import views
+    from ablate.store.schema import GROUPS
+
+    print_table(title, views.probe_view(results, first, GROUPS))

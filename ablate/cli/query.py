@@ -1,0 +1,99 @@
+"""``ablate query``: the results database as tables, CSV or JSON."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ablate.cli.app import JsonOpt, StorageOpt, StudyOpt, app
+from ablate.cli.common import lookup_errors, open_read, print_table, print_view
+from ablate.errors import AblateInputError
+
+
+@app.command()
+def query(
+    study: StudyOpt = None,
+    storage: StorageOpt = None,
+    group_by: Annotated[
+        str | None,
+        typer.Option("--group-by", help="'fix': each fix's best ranked trial with 95% intervals, and the references."),
+    ] = None,
+    runs: Annotated[bool, typer.Option("--runs", help="One row per run (trial x seed, baselines, controls).")] = False,
+    classes: Annotated[
+        bool,
+        typer.Option("--classes", help="One row per evaluated run and class: image/pixel AUROC and AP, counts."),
+    ] = False,
+    studies: Annotated[bool, typer.Option("--studies", help="List the studies in the database.")] = False,
+    sql: Annotated[
+        str | None,
+        typer.Option("--sql", help="One read-only SELECT/WITH query over the study tables (pure functions only)."),
+    ] = None,
+    sql_timeout: Annotated[
+        float, typer.Option("--sql-timeout", metavar="SECONDS", help="Stop a --sql query after this long.")
+    ] = 10.0,
+    fmt_: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide",
+            help="Table: every column, whatever the width (default: the columns that fit the terminal, "
+            "$COLUMNS or 80; the table names those left out).",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Query the results database: one row per trial (default), --group-by fix, --runs, --classes,
+    --studies, --sql."""
+    from ablate.store.engine import open_storage
+
+    if fmt_ not in ("table", "csv", "json"):
+        raise AblateInputError("--format", f"must be table, csv or json, got {fmt_!r}")
+    if group_by not in (None, "fix"):
+        raise AblateInputError("--group-by", f"only 'fix' is supported, got {group_by!r}")
+    if not sql_timeout > 0 or sql_timeout == float("inf"):
+        raise AblateInputError("--sql-timeout", f"must be a positive number of seconds, got {sql_timeout:g}")
+    fmt_ = "json" if as_json else fmt_
+    engine = open_read(open_storage, storage)
+    if studies and sql is None and fmt_ != "csv":
+        print_studies(engine, fmt_, wide)  # plain SQLAlchemy: no pandas import for the quick look
+        return
+    from ablate.store import query as q
+
+    with lookup_errors():
+        if sql is not None:
+            frame, title = q.run_sql(engine, sql, sql_timeout), "sql"
+        elif studies:
+            frame, title = q.list_studies(engine), "studies"
+        elif group_by == "fix":
+            frame, title = q.group_by_fix(engine, study), "per fix"
+        elif runs:
+            frame, title = q.runs_frame(engine, study), "runs"
+        elif classes:
+            frame, title = q.class_metrics_frame(engine, study), "classes"
+        else:
+            frame, title = q.trials_frame(engine, study), "trials"
+    if fmt_ == "json":
+        from ablate.jsonout import dumps_records
+
+        sys.stdout.write(dumps_records(q.json_records(frame)) + "\n")
+    elif fmt_ == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    else:  # the terminal view keeps the columns a reader compares; csv/json carry them all
+        print_view(engine, study, frame, title, wide)
+
+
+def print_studies(engine, fmt_: str, wide: bool = False) -> None:
+    """``query --studies`` as a table or JSON, from the catalog's rows (the same text as the frame gave)."""
+    from ablate import views
+    from ablate.jsonout import dumps_records
+    from ablate.store.catalog import study_rows
+
+    rows = study_rows(engine)
+    if fmt_ == "json":
+        docs = [r._asdict() | {"created_at": r.created_at.isoformat()} for r in rows or []]
+        sys.stdout.write(dumps_records(docs) + "\n")
+        return
+    # no ablate tables (rows is None): the headers alone say what would be listed
+    print_table("studies", views.studies_view(rows or [], wide), wide)

@@ -1,0 +1,127 @@
+"""``ablate study run``: run or resume an Optuna study of the spec."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from ablate.cli.app import JsonOpt, QuietOpt, StorageOpt, ThreadsOpt, err, study_app
+from ablate.cli.common import check_out_dir, check_threads, emit_json, print_view
+from ablate.cli.plot import draw_plots
+from ablate.errors import AblateInputError
+
+
+@study_app.command("run")
+def study_run(
+    spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="Study spec, e.g. studies/quick.toml.")],
+    trials: Annotated[
+        int | None, typer.Option("--trials", help="Finished trials wanted in total (default: the spec's).")
+    ] = None,
+    storage: StorageOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="Study name (default: the spec's name).")] = None,
+    plots: Annotated[
+        str | None, typer.Option("--plots", help="Directory for the plots (default: plots/<study>).")
+    ] = None,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Do not draw plots at the end.")] = False,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Train on this data set on disk (a folder, or a manifest file); overrides [data]."),
+    ] = None,
+    data_kind: Annotated[
+        str | None, typer.Option("--data-kind", help="Its layout: mvtec, visa or manifest (default: detected).")
+    ] = None,
+    eval_data: Annotated[
+        str | None, typer.Option("--eval-data", help="Evaluate on this data set (default: the test split of --data).")
+    ] = None,
+    eval_data_kind: Annotated[
+        str | None, typer.Option("--eval-data-kind", help="Its layout: mvtec, visa or manifest (default: detected).")
+    ] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option("--pretrained", help="Backbone weights: a local checkpoint or a cached open_clip tag."),
+    ] = None,
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run an Optuna study of the spec's fixes and scales; resume it if it exists.
+
+    Each trial trains every seed of the spec and stores every run, compared step by step with
+    the no-branch baseline of the same seed; the baseline and the frozen-adapter control run once
+    per seed. At the end it prints each fix's best ranked trial (every seed complete) with 95%
+    intervals and draws the plots. Running the same command again continues up to --trials
+    finished trials without repeating finished work. Ctrl-C stops cleanly; the same command resumes.
+    """
+    from ablate.spec import load_spec, override_option, with_overrides
+    from ablate.store.engine import storage_url
+    from ablate.study import run_study
+    from ablate.study.runner import StudySpecConflict, preflight
+
+    spec, text = load_spec(spec_path)
+    spec, text = with_overrides(spec, text, data, data_kind, eval_data, eval_data_kind, pretrained)
+    overridden = {"--data": data, "--eval-data": eval_data, "--pretrained": pretrained}
+    if trials is not None and trials < 1:
+        raise AblateInputError("--trials", "must be >= 1")
+    if trials is not None and spec.max_distinct_trials is not None and trials > spec.max_distinct_trials:
+        raise AblateInputError("--trials", spec.distinct_limit_message(trials))
+    if name is not None and not name.strip():
+        raise AblateInputError("--name", "must not be empty")
+    check_threads(threads)
+    url = storage_url(storage)
+    from ablate.store.engine import is_memory_sqlite, open_storage
+
+    if is_memory_sqlite(url):
+        raise AblateInputError(
+            "--storage", "an in-memory SQLite database ends with the process; use sqlite:///results.db"
+        )
+    if not no_plots:
+        check_out_dir(plots, "--plots")
+    try:
+        preflight(spec)
+    except AblateInputError as exc:
+        # A path given on the command line is named as the option that gave it.
+        option = override_option(exc.field)
+        if option is not None and overridden.get(option) is not None:
+            raise AblateInputError(option, exc.message) from None
+        raise
+    try:
+        open_storage(url)
+    except ValueError as exc:
+        raise AblateInputError("--storage", str(exc)) from None
+    import optuna
+
+    # Our progress display and failure lines replace Optuna's per-trial log (and its tracebacks).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        if quiet or as_json:
+            outcome = run_study(spec, text, url, trials, name, threads=threads)
+        else:
+            from ablate.console import study_reporter
+
+            with study_reporter(err, spec.study.objectives) as reporter:
+                outcome = run_study(spec, text, url, trials, name, reporter, threads=threads)
+    except StudySpecConflict as exc:
+        raise AblateInputError("--name", str(exc)) from None
+    if not (quiet or as_json):
+        err.file.write(
+            f"study {outcome.name}: {outcome.n_trials} finished trials ({outcome.ran} run now, "
+            f"{outcome.failed} failed)\n"
+        )
+    written: list[str] = []
+    if not no_plots:
+        written = [str(p) for p in draw_plots(url, outcome.name, plots or f"plots/{outcome.name}", None, quiet=True)]
+    if as_json:
+        emit_json({**outcome.__dict__, "plots": written})
+        return
+    if not quiet:
+        from ablate.store import query as q
+        from ablate.store.engine import open_storage
+
+        engine = open_storage(url)
+        print_view(engine, outcome.name, q.group_by_fix(engine, outcome.name), "per fix")
+        if outcome.failed:
+            err.print(f"{outcome.failed} trial(s) failed this time; run the same command to retry them.")
+        for p in written:
+            sys.stdout.write(f"plot: {p}\n")  # plain: a long path must not wrap

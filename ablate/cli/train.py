@@ -1,0 +1,204 @@
+"""``ablate train``: one arm's short training, compared with its baseline run."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ablate.cli.app import (
+    BackboneOpt,
+    BatchesOpt,
+    BatchSizeOpt,
+    ContextNormOpt,
+    DeviceOpt,
+    FreezeOpt,
+    GroupOpt,
+    InjectOpt,
+    JsonOpt,
+    PretrainedOpt,
+    QuietOpt,
+    ScaleOpt,
+    SeedOpt,
+    ThreadsOpt,
+    ThresholdOpt,
+    app,
+    out_console,
+)
+from ablate.cli.arms import arm_config
+from ablate.cli.common import emit_json, plain_line, print_probe_table, progress_bar, worker_threads
+from ablate.textfmt import fmt
+
+
+@app.command()
+def train(
+    fix: Annotated[str, typer.Option("--fix", help="Fix type (see `ablate probe --help`).")] = "none",
+    scale: ScaleOpt = None,
+    seed: SeedOpt = 0,
+    steps: Annotated[int, typer.Option("--steps", help="Adam steps.")] = 100,
+    batches: BatchesOpt = 6,
+    probe_every: Annotated[int, typer.Option("--probe-every", help="Probe every K steps (0: start and end).")] = 50,
+    device: DeviceOpt = "auto",
+    backbone: BackboneOpt = "tiny",
+    pretrained: PretrainedOpt = None,
+    batch_size: BatchSizeOpt = 4,
+    context_norm: ContextNormOpt = False,
+    inject_at: InjectOpt = 0,
+    threshold: ThresholdOpt = 0.8,
+    group: GroupOpt = "layers",
+    freeze_adapters: FreezeOpt = False,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            "--baseline/--no-baseline",
+            help="Also train the no-branch baseline with the same seed and batches and compare step by "
+            "step (train_grad_ratio, train_update_ratio, adapter_gain_rel); doubles the time.",
+        ),
+    ] = True,
+    eval_batches: Annotated[
+        int,
+        typer.Option(
+            "--eval-batches",
+            help="After training, evaluate on N test batches (a fixed synthetic set): image- and "
+            "pixel-level AUROC and AP per class and their mean (image_auroc, image_ap, pixel_auroc, "
+            "pixel_ap). 0 (default): no evaluation.",
+        ),
+    ] = 0,
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Short training run of one arm: loss slope, adapter gain, and the comparison with the baseline.
+
+    adapter_gain: held-out loss with the judged adapter group reset to its initial weights minus the
+    loss as trained (> 0: what it learned helps; exactly 0 when frozen). With --baseline (default) the
+    no-branch run of the same seed is trained too, and the run's adapter gradient and update-to-weight
+    ratio are compared with it step by step (geometric mean after warm-up, 95% interval from blocks of
+    steps). The bypass probe R at probe points is shown too: after step 0 it also measures how much the
+    trained model relies on its branch (co-adaptation), not only dilution.
+    """
+    from ablate.engine.compare import compare_to_baseline
+    from ablate.engine.fixes import NO_BRANCH
+    from ablate.store.schema import GROUPS
+    from ablate.subjects.aaclip.arm import ArmSetup, train_arm
+
+    cfg = arm_config(
+        fix,
+        scale,
+        seed,
+        batches,
+        device,
+        backbone,
+        pretrained,
+        batch_size,
+        context_norm,
+        inject_at,
+        threshold,
+        steps=steps,
+        probe_every=probe_every,
+        group=group,
+        freeze_adapters=freeze_adapters,
+        eval_batches=eval_batches,
+    )
+    setup = ArmSetup(cfg)
+    arms = [(f"train {setup.fix_name}", cfg, setup)]
+    with_base = baseline and not (setup.fix_name == NO_BRANCH and not freeze_adapters)
+    if with_base:
+        base_cfg = replace(cfg.with_fix(NO_BRANCH, None), freeze_adapters=False)
+        arms.insert(0, ("baseline no-branch", base_cfg, None))
+    results = []
+    with worker_threads(threads), progress_bar(quiet or as_json) as prog:
+        for label, arm_cfg, arm_setup in arms:
+            task = prog.add_task(label, total=steps)
+            results.append(
+                train_arm(arm_cfg, on_step=lambda s, t=task: prog.update(t, completed=s + 1), setup=arm_setup)
+            )
+            done = results[-1]
+            plain_line(
+                quiet or as_json,
+                f"{label}: {steps} steps in {done.wall_s:.1f} s, loss slope {fmt(done.loss_slope, 3)}",
+            )
+    result = results[-1]
+    summary = result.summary()
+    summary["adapter_gain_batches"] = result.adapter_gain_batches
+    if with_base:
+        base = results[0]
+        summary.update(
+            compare_to_baseline(
+                result.metrics,
+                base.metrics,
+                result.adapter_gain_batches,
+                base.adapter_gain_batches,
+                GROUPS,
+                result.group,
+            )
+        )
+        summary["loss_slope_rel"] = result.loss_slope - base.loss_slope
+        summary["baseline"] = base.summary()
+    summary["probes"] = [p.flat() for p in result.probes]
+    if as_json:
+        emit_json(summary)
+        return
+    print_train_summary(summary, result, with_base, seed, steps)
+
+
+def print_train_summary(summary: dict, result, with_base: bool, seed: int, steps: int) -> None:
+    from rich import box
+
+    from ablate.textfmt import fmt_ci
+
+    title = f"Training run: {result.fix} (scale {fmt(result.scale)}), seed {seed}, {steps} steps"
+    if result.frozen:
+        title += f", frozen: {', '.join(result.frozen)}"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("meaning")
+    g = result.group
+    rows = [
+        ("adapter_gain", fmt_ci(summary["adapter_gain"], summary["adapter_gain_lo"], summary["adapter_gain_hi"]),
+         f"loss with {g} reset - trained"),
+    ]  # fmt: skip
+    if with_base:
+        rows += [
+            ("adapter_gain_rel", fmt(summary["adapter_gain_rel"], 3), "gain / baseline's gain"),
+            ("train_grad_ratio",
+             fmt_ci(summary["train_grad_ratio"], summary["train_grad_ratio_lo"], summary["train_grad_ratio_hi"]),
+             f"|grad {g}| vs baseline run"),
+            ("train_update_ratio",
+             fmt_ci(summary["train_update_ratio"], summary["train_update_ratio_lo"], summary["train_update_ratio_hi"]),
+             f"|dθ|/|θ| {g} vs baseline"),
+            ("loss_slope_rel", fmt(summary["loss_slope_rel"], 3), "slope - baseline's slope"),
+        ]  # fmt: skip
+    rows += [
+        ("loss_slope", fmt(summary["loss_slope"], 3), "loss per 100 steps"),
+        ("loss_first/last", f"{fmt(summary['loss_first'], 4)} / {fmt(summary['loss_last'], 4)}", ""),
+        ("steps_per_s", fmt(summary["steps_per_s"], 3), f"{summary['device']}, probes excluded"),
+        ("mfu", fmt(summary["mfu"], 3) if summary["mfu"] == summary["mfu"] else "-", mfu_note(summary)),
+        ("wall_s", fmt(summary["wall_s"], 3), ""),
+    ]
+    ev = summary.get("evaluation")
+    if ev is not None:
+        base = summary.get("baseline", {}).get("evaluation") if with_base else None
+        for m in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap"):
+            extra = f"; baseline {fmt(base['metrics'][m], 3)}" if base else ""
+            # the mean is over the classes that have a value (a one-label class has none)
+            n = sum(1 for v in ev["per_class"].values() if isinstance(v[m], float) and math.isfinite(v[m]))
+            rows.append((m, fmt(ev["metrics"][m], 3), f"mean of {n}/{len(ev['per_class'])} classes{extra}"))
+        for key, why in ev["reasons"].items():
+            rows.append(("", "-", f"{key}: {why}"))
+    for row in rows:
+        table.add_row(*row)
+    out_console().print(table)
+    print_probe_table(result.probes, "Bypass probe points (R after step 0 includes co-adaptation)", first="step")
+
+
+def mfu_note(summary: dict) -> str:
+    flops = summary.get("step_flops")
+    head = f"{flops / 1e9:.3g} GFLOP/step" if isinstance(flops, float) and flops == flops else "FLOPs not counted"
+    if summary.get("mfu") != summary.get("mfu"):  # NaN: no peak rate known (ABLATE_PEAK_TFLOPS sets one)
+        return f"{head}; peak unknown"
+    return f"{head} / peak bf16"

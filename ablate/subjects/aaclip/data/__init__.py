@@ -1,0 +1,1 @@
+"""AA-CLIP's data: synthetic anomaly textures with exact masks, and anomaly data sets on disk."""
