@@ -9,21 +9,23 @@ from __future__ import annotations
 import hashlib
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from ablate.engine.arm import ArmConfig
 from ablate.engine.device import DEVICE_CHOICES
 from ablate.engine.fixes import NO_BRANCH, fix_names, parse_fix
 from ablate.engine.loop import RunConfig
 from ablate.errors import AblateInputError, SpecInputError
 from ablate.eval.metrics import DEFAULT_BINS
 from ablate.objectives import DEFAULT_OBJECTIVES, EVAL_OBJECTIVES, OBJECTIVES
-from ablate.subjects.aaclip.arm import ArmConfig, DataConfig, EvalConfig
+from ablate.subjects.aaclip.arm import AAClipSubjectConfig, DataConfig, EvalConfig
 from ablate.subjects.aaclip.backbone import BACKBONES
 from ablate.subjects.aaclip.data.folders import Source
 from ablate.subjects.aaclip.data.sources import FolderConfig
 from ablate.subjects.aaclip.model import AAClipConfig
+from ablate.subjects.module.config import ModuleSubjectConfig, frozen_value
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -191,9 +193,10 @@ class ProbeSection(_Strict):
     batches: int = Field(6, ge=2)  # >= 2: one batch gives no interval
     every: int = Field(50, ge=0)
     threshold: float = Field(0.8, gt=0)
-    # The adapter group verdicts, adapter_gain and the dilution objectives judge: the block adapters
-    # ("layers", default), the projections ("proj"), or both ("all", the seed's "image adapter").
-    group: Literal["layers", "proj", "all"] = "layers"
+    # The adapter group verdicts, adapter_gain, the dilution objectives and the frozen control judge:
+    # one of the subject's groups or "all" (their union). Default: the subject's first group (AA-CLIP:
+    # "layers", the block adapters; "proj" are its projections, "all" both: the seed's "image adapter").
+    group: str | None = None
     # Held-out batches adapter_gain is measured on (forward passes only; more = less noise per seed).
     gain_batches: int = Field(16, ge=2)
 
@@ -340,9 +343,66 @@ class StudySection(_Strict):
         return [OBJECTIVE_DIRECTIONS[m] for m in self.objectives]
 
 
+# A subject's group names become column names (train_grad_ratio_<group>, ...): identifiers, and none
+# of the words those names already use.
+GROUP_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"
+RESERVED_GROUPS = ("all", "branch", "lo", "hi", "init", "with", "without")
+_REFERENCE = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"  # "module:attr"
+AACLIP_SECTIONS = ("model", "data", "eval_data", "eval")
+AACLIP_GROUPS = ("layers", "proj")
+
+
+class BranchSection(_Strict):
+    """Where the injected branch joins the user's model, and how it is built."""
+
+    at: str = Field(min_length=1)  # module path: the branch joins this module's output x
+    build: str = Field(pattern=_REFERENCE)  # (model) -> nn.Module computing c from x (same shape as x)
+    output: int | None = Field(None, ge=0)  # which element of a tuple output is the stream
+    zero: str | None = Field(None, min_length=1)  # the branch's module zero-init zeroes (default: its last Linear/Conv)
+
+
+class SubjectSection(_Strict):
+    """A user's own ``nn.Module`` as the subject (instead of AA-CLIP's ``[model]``)."""
+
+    factory: str = Field(pattern=_REFERENCE)  # module:function -> nn.Module; kwargs from [subject.args]
+    batches: str = Field(pattern=_REFERENCE)  # (seed, split, batch_size) -> iterator of batches
+    loss: str = Field(pattern=_REFERENCE)  # (model, batch) -> scalar loss tensor
+    path: str | None = Field(None, min_length=1)  # prepended to sys.path; default: the spec's folder
+    batch_size: int = Field(8, ge=1, le=1_000_000)
+    args: dict[str, Any] = Field(default_factory=dict)
+    groups: dict[str, list[str]]
+    branch: BranchSection
+    # Seed of the frozen weights every arm shares (the factory is called with it once; each arm's
+    # groups and branch come from a call with the arm's own seed).
+    backbone_seed: int = Field(0, ge=0)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        import re
+
+        if not v:
+            raise ValueError("name at least one group of parameters to watch")
+        for name, patterns in v.items():
+            if not re.match(GROUP_NAME, name):
+                raise ValueError(f"{name}: a group name is a letter followed by letters, digits or _")
+            if name in RESERVED_GROUPS:
+                raise ValueError(f"{name}: reserved ({', '.join(RESERVED_GROUPS)}); choose another name")
+            if not patterns or any(not p.strip() for p in patterns):
+                raise ValueError(f"{name}: list at least one name or 're:' pattern")
+            for pat in patterns:
+                if pat.startswith("re:"):
+                    try:
+                        re.compile(pat[3:])
+                    except re.error as exc:
+                        raise ValueError(f"{name}: {pat!r} is not a valid regular expression ({exc})") from None
+        return v
+
+
 class StudySpec(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
+    subject: SubjectSection | None = None  # a user's own model; without it the subject is AA-CLIP
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
     eval_data: EvalDataSection | None = None
@@ -351,6 +411,37 @@ class StudySpec(_Strict):
     search: SearchSection = Field(default_factory=SearchSection)
     study: StudySection = Field(default_factory=StudySection)
     eval: EvalSection = Field(default_factory=EvalSection)
+
+    _source_dir: str | None = PrivateAttr(None)  # the spec file's folder: a subject's default path
+
+    @model_validator(mode="after")
+    def _subject_sections(self) -> StudySpec:
+        if self.subject is not None:
+            given = [k for k in AACLIP_SECTIONS if k in self.model_fields_set]
+            if given:
+                raise ValueError(
+                    f"{given[0]}: a spec with [subject] names its own model; "
+                    f"[{'], ['.join(AACLIP_SECTIONS)}] are the AA-CLIP subject's"
+                )
+        group = self.probe.group
+        if group is not None and group not in (*self.groups, "all"):
+            valid = ", ".join((*self.groups, "all"))
+            raise ValueError(f"probe.group: {group!r} is not one of this subject's groups ({valid})")
+        return self
+
+    @property
+    def subject_kind(self) -> str:
+        """The registered subject this spec studies (ablate/subjects/__init__.py)."""
+        return "module" if self.subject is not None else "aaclip"
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The subject's disjoint adapter groups, in order (their union is "all")."""
+        return tuple(self.subject.groups) if self.subject is not None else AACLIP_GROUPS
+
+    @property
+    def judged_group(self) -> str:
+        return self.probe.group if self.probe.group is not None else self.groups[0]
 
     @model_validator(mode="after")
     def _evaluated_objectives(self) -> StudySpec:
@@ -391,14 +482,14 @@ class StudySpec(_Strict):
         """Whether runs end with the AUROC/AP evaluation: ``eval.enabled``, else on for data on disk."""
         return self.eval.enabled if self.eval.enabled is not None else self.data.kind != "synthetic"
 
-    def arm(self, fix: str, scale: float | None, seed: int, frozen: bool = False) -> ArmConfig:
-        """The engine's config for one arm of this study (``frozen``: the frozen-adapter control)."""
-        return ArmConfig(
+    def subject_config(self) -> Any:
+        """The subject's own config object (``ArmConfig.subject``): AA-CLIP's, or the user model's."""
+        if self.subject is not None:
+            return self._module_config(self.subject)
+        return AAClipSubjectConfig(
             model=AAClipConfig(
                 backbone=self.model.backbone,
                 pretrained=self.model.pretrained,
-                fix=fix,
-                scale=scale,
                 inject_at=self.model.inject_at,
                 context_norm=self.model.context_norm,
                 adapter_weight=self.model.adapter_weight,
@@ -411,21 +502,52 @@ class StudySpec(_Strict):
                 anomaly_fraction=self.data.anomaly_fraction,
                 folders=self.data.folders(self.eval_data),
             ),
+            eval=EvalConfig(enabled=self.evaluates, batches=self.eval.batches, bins=self.eval.bins),
+        )
+
+    def _module_config(self, sub: SubjectSection) -> ModuleSubjectConfig:
+        here = Path(self._source_dir or ".")
+        path = str((here / sub.path).resolve()) if sub.path is not None else str(here.resolve())
+        return ModuleSubjectConfig(
+            factory=sub.factory,
+            batches=sub.batches,
+            loss=sub.loss,
+            groups=tuple((name, tuple(patterns)) for name, patterns in sub.groups.items()),
+            branch_at=sub.branch.at,
+            branch_build=sub.branch.build,
+            path=path,
+            batch_size=sub.batch_size,
+            args=tuple(sorted((k, frozen_value(v)) for k, v in sub.args.items())),
+            branch_output=sub.branch.output,
+            branch_zero=sub.branch.zero,
+            backbone_seed=sub.backbone_seed,
+        )
+
+    def arm(self, fix: str, scale: float | None, seed: int, frozen: bool = False) -> ArmConfig:
+        """The engine's config for one arm of this study (``frozen``: the frozen control)."""
+        return ArmConfig(
+            subject=self.subject_config(),
+            fix=fix,
+            scale=scale,
             run=RunConfig(
                 steps=self.training.steps,
                 lr=self.training.lr,
                 probe_every=self.probe.every,
                 threshold=self.probe.threshold,
-                group=self.probe.group,
+                group=self.judged_group,
                 compile=self.training.compile,
             ),
             probe_batches=self.probe.batches,
             seed=seed,
             device=self.training.device,
-            freeze_adapters=frozen,
+            frozen=frozen,
             gain_batches=self.probe.gain_batches,
-            eval=EvalConfig(enabled=self.evaluates, batches=self.eval.batches, bins=self.eval.bins),
         )
+
+    def with_source(self, folder: str | Path | None) -> StudySpec:
+        """This spec, remembering the folder its file is in (a subject's ``path`` is relative to it)."""
+        self._source_dir = None if folder is None else str(folder)
+        return self
 
 
 def _first_error(exc: ValidationError) -> AblateInputError:
@@ -466,7 +588,7 @@ def load_spec(path: str | Path) -> tuple[StudySpec, str]:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise AblateInputError("SPEC", f"{p} is not UTF-8 text (byte {exc.start}); a spec is a TOML file") from None
-    return parse_spec(text, default_name=p.stem), text
+    return parse_spec(text, default_name=p.stem).with_source(p.resolve().parent), text
 
 
 def spec_hash(text: str) -> str:
@@ -525,7 +647,10 @@ def with_overrides(
     given["--pretrained"] = pretrained
     if all(v is None for v in given.values()):
         return spec, text
-    raw = spec.model_dump(exclude_none=True)
+    if spec.subject is not None:
+        flag = next(k for k, v in given.items() if v is not None)
+        raise AblateInputError(flag, "applies to the AA-CLIP subject; this spec names its own model in [subject]")
+    raw = spec.model_dump(exclude_unset=True, exclude_none=True)
     raw["data"] = _data_block(raw.get("data", {}), data, data_kind, "--data")
     if eval_data is not None or eval_data_kind is not None:
         raw["eval_data"] = _data_block(raw.get("eval_data", {}), eval_data, eval_data_kind, "--eval-data")
@@ -541,6 +666,7 @@ def with_overrides(
     except ValidationError as exc:
         err = _first_error(exc)
         raise AblateInputError(_OVERRIDE_OPTIONS.get(err.field, err.field), err.message) from None
+    new.with_source(spec._source_dir)
     note = ", ".join(f"{k} {v!r}" for k, v in given.items() if v is not None)
     return new, text.rstrip("\n") + f"\n# command-line overrides: {note}\n"
 
@@ -548,3 +674,57 @@ def with_overrides(
 def override_option(field: str) -> str | None:
     """The CLI option that set a spec key, for an error raised after the overrides were applied."""
     return _OVERRIDE_OPTIONS.get(field)
+
+
+# ``ablate probe`` / ``ablate train`` options -> the spec key each sets (AA-CLIP's own options apply
+# to the AA-CLIP subject only; --batch-size sets subject.batch_size for a [subject] spec).
+COMMAND_OPTIONS = {
+    "--steps": "training.steps",
+    "--device": "training.device",
+    "--batches": "probe.batches",
+    "--probe-every": "probe.every",
+    "--threshold": "probe.threshold",
+    "--group": "probe.group",
+    "--batch-size": "data.batch_size",
+    "--backbone": "model.backbone",
+    "--pretrained": "model.pretrained",
+    "--context-norm": "model.context_norm",
+    "--inject-at": "model.inject_at",
+    "--eval-batches": "eval.batches",
+}
+
+
+def command_spec(path: str | None, options: dict[str, Any]) -> StudySpec:
+    """The spec ``ablate probe`` and ``ablate train`` run on: the file's (without one, AA-CLIP with
+    the spec defaults), with the command-line ``options`` set (``{"--steps": 100, ...}``; None = not
+    given). Errors name the option that set a key, else the spec key."""
+    if path is not None:
+        spec, _ = load_spec(path)
+        raw = spec.model_dump(exclude_unset=True)
+        source = spec._source_dir
+    else:
+        raw, source = {"name": "command-line"}, None
+    module = "subject" in raw
+    owner: dict[str, str] = {}
+    for option, value in options.items():
+        if value is None:
+            continue
+        key = COMMAND_OPTIONS[option]
+        if module and key.startswith(tuple(f"{s}." for s in AACLIP_SECTIONS)):
+            if option != "--batch-size":
+                raise AblateInputError(option, "applies to the AA-CLIP subject; this spec names its own model")
+            key = "subject.batch_size"
+        if option == "--eval-batches":
+            if module:
+                continue
+            raw.setdefault("eval", {})["enabled"] = value > 0
+            value = max(value, 1)
+        section, _, name = key.partition(".")
+        raw.setdefault(section, {})[name] = value
+        owner[key] = option
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as exc:
+        err = _first_error(exc)
+        raise AblateInputError(owner.get(err.field, err.field), err.message) from None
+    return spec.with_source(source)

@@ -22,10 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from ablate.arms import train_arm
 from ablate.engine.fixes import fix_names  # noqa: E402
 from ablate.engine.loop import RunConfig  # noqa: E402
 from ablate.engine.probe import run_probe  # noqa: E402
-from ablate.subjects.aaclip.arm import ArmConfig, ArmSetup, DataConfig, train_arm  # noqa: E402
+from ablate.subjects.aaclip.arm import ArmSetup, DataConfig, aaclip_arm
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,13 +39,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     base = replace(
-        ArmConfig(),
+        aaclip_arm(),
         data=DataConfig(batch_size=args.batch_size),
         run=RunConfig(steps=args.steps, probe_every=50),
         probe_batches=args.batches,
         device=args.device,
     )
-    base = replace(base, model=replace(base.model, backbone=args.backbone))
+    base = replace(base, subject=replace(base.subject, model=replace(base.subject.model, backbone=args.backbone)))
     probe_s, build_s = {}, {}
     for fix in fix_names():
         t = time.perf_counter()

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from ablate.engine.device import autocast  # noqa: E402
 from ablate.engine.loop import RunConfig, train_arms  # noqa: E402
-from ablate.subjects.aaclip.arm import ArmConfig, ArmSetup, DataConfig  # noqa: E402
+from ablate.subjects.aaclip.arm import ArmSetup, DataConfig, aaclip_arm
 
 
 def bare_loop(setup: ArmSetup, steps: int, lr: float, betas: tuple[float, float]) -> float:
@@ -61,7 +61,7 @@ def harness_loop(setup: ArmSetup, run: RunConfig) -> tuple[float, float]:
         run,
         setup.device,
         [setup.label],
-        eval_batches=setup.eval_batches,
+        eval_batches=setup.gain_batches,
     )[0]
     wall = time.perf_counter() - t
     return run.steps / r.steps_per_s, wall
@@ -83,10 +83,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     run = RunConfig(steps=args.steps, probe_every=-1, count_flops=False)
-    cfg = ArmConfig(
+    cfg = aaclip_arm(
         data=DataConfig(batch_size=args.batch_size), run=run, probe_batches=1, gain_batches=16, device=args.device
     )
-    cfg = replace(cfg, model=replace(cfg.model, backbone=args.backbone)).with_fix(args.fix, None)
+    cfg = replace(cfg, subject=replace(cfg.subject, model=replace(cfg.subject.model, backbone=args.backbone))).with_fix(
+        args.fix, None
+    )
     shared = ArmSetup(cfg)
     shared.dataset.batch(list(range(cfg.data.train_size)))  # the pool, drawn once before timing
     bare, loop, wall = [], [], []

@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from ablate.arms import train_arm, train_pack
 from ablate.engine.loop import RunConfig  # noqa: E402
-from ablate.subjects.aaclip.arm import ArmConfig, ArmSetup, DataConfig, PackSetup, train_arm, train_pack  # noqa: E402
+from ablate.subjects.aaclip.arm import ArmSetup, DataConfig, PackSetup, aaclip_arm
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -44,10 +45,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     run = RunConfig(steps=args.steps, probe_every=30)
-    cfg = ArmConfig(
+    cfg = aaclip_arm(
         data=DataConfig(batch_size=args.batch_size), run=run, probe_batches=6, gain_batches=16, device=args.device
     )
-    cfg = replace(cfg, model=replace(cfg.model, backbone=args.backbone))
+    cfg = replace(cfg, subject=replace(cfg.subject, model=replace(cfg.subject.model, backbone=args.backbone)))
     scales = [0.1 * 3**k for k in range(args.trials)] if args.trials > 1 else [None]
     trials = [[replace(cfg.with_fix(args.fix, sc), seed=s) for s in range(args.seeds)] for sc in scales]
     shared = ArmSetup(trials[0][0])
@@ -56,13 +57,13 @@ def main(argv: list[str] | None = None) -> dict:
     for _ in range(args.rounds):
         t = time.perf_counter()
         if args.trials > 1:  # a pack per trial
-            apart = [r for cfgs in trials for r in train_pack(cfgs, setup=PackSetup(cfgs, like=shared))]
+            apart = [r for cfgs in trials for r in train_pack(cfgs, built=PackSetup(cfgs, like=shared))]
         else:  # one seed at a time
             apart = [train_arm(c, setup=ArmSetup(c, like=shared)) for c in trials[0]]
         first_s.append(time.perf_counter() - t)
         every = [c for cfgs in trials for c in cfgs]
         t = time.perf_counter()
-        together = train_pack(every, setup=PackSetup(every, like=shared))
+        together = train_pack(every, built=PackSetup(every, like=shared))
         second_s.append(time.perf_counter() - t)
         for a, p in zip(apart, together, strict=True):  # the same numbers, or the speed means nothing
             worst = max(worst, *(abs(x - y) / max(abs(x), 1e-9) for x, y in zip(a.metrics["loss"], p.metrics["loss"])))

@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from ablate.engine.arm import ArmConfig  # noqa: E402
 from ablate.engine.fixes import fix_names  # noqa: E402
 from ablate.engine.loop import RunConfig, train_arms  # noqa: E402
-from ablate.subjects.aaclip.arm import ArmConfig, ArmSetup, DataConfig, PackSetup  # noqa: E402
+from ablate.subjects.aaclip.arm import ArmSetup, DataConfig, PackSetup, aaclip_arm
 
 
 def _timed(setup, cfg: ArmConfig, arms: int) -> dict:
@@ -42,7 +43,7 @@ def _timed(setup, cfg: ArmConfig, arms: int) -> dict:
         cfg.run,
         setup.device,
         labels,
-        eval_batches=setup.eval_batches,
+        eval_batches=setup.gain_batches,
     )[0]
     images = cfg.data.batch_size * arms
     return {
@@ -58,7 +59,7 @@ def _timed(setup, cfg: ArmConfig, arms: int) -> dict:
 def _trial(cfg: ArmConfig, scales: list[float | None], shared: ArmSetup, seeds: int = 3) -> dict:
     """Trials as a study trains them (probes and held-out gain included): one per scale, their
     seeds all in one pack; wall-clock in all and per trial."""
-    cfgs = [replace(cfg.with_fix(cfg.model.fix, sc), seed=s) for sc in scales for s in range(seeds)]
+    cfgs = [replace(cfg.with_fix(cfg.fix, sc), seed=s) for sc in scales for s in range(seeds)]
     t = time.perf_counter()
     setup = PackSetup(cfgs, like=shared)
     setup_s = time.perf_counter() - t
@@ -70,11 +71,11 @@ def _trial(cfg: ArmConfig, scales: list[float | None], shared: ArmSetup, seeds: 
         cfg.run,
         setup.device,
         setup.labels,
-        eval_batches=setup.eval_batches,
+        eval_batches=setup.gain_batches,
     )
     wall = time.perf_counter() - t
     return {
-        "fix": cfg.model.fix,
+        "fix": cfg.fix,
         "trials": len(scales),
         "seeds": seeds,
         "steps": cfg.run.steps,
@@ -104,14 +105,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     pool = 16  # training images per data set: generated once, then cycled
     run = RunConfig(steps=args.steps, probe_every=-1, flush_every=50, compile=args.compile)
-    base = ArmConfig(
+    base = aaclip_arm(
         data=DataConfig(batch_size=args.batch_size, train_size=pool),
         run=run,
         probe_batches=1,
         gain_batches=2,
         device=args.device,
     )
-    base = replace(base, model=replace(base.model, backbone=args.backbone))
+    base = replace(base, subject=replace(base.subject, model=replace(base.subject.model, backbone=args.backbone)))
     t = time.perf_counter()
     shared = ArmSetup(base.with_fix("no-branch", None))
     build_s = time.perf_counter() - t

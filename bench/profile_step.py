@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from ablate.engine.loop import RunConfig, train_arms  # noqa: E402
-from ablate.subjects.aaclip.arm import ArmConfig, DataConfig, PackSetup  # noqa: E402
+from ablate.subjects.aaclip.arm import DataConfig, PackSetup, aaclip_arm
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,14 +29,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows", type=int, default=30)
     args = ap.parse_args(argv)
     run = RunConfig(steps=args.steps, probe_every=-1, count_flops=False)
-    cfg = ArmConfig(
+    cfg = aaclip_arm(
         data=DataConfig(batch_size=args.batch_size, train_size=16),
         run=run,
         probe_batches=1,
         gain_batches=2,
         device=args.device,
     )
-    cfg = replace(cfg, model=replace(cfg.model, backbone=args.backbone)).with_fix(args.fix, None)
+    cfg = replace(cfg, subject=replace(cfg.subject, model=replace(cfg.subject.model, backbone=args.backbone))).with_fix(
+        args.fix, None
+    )
     setup = PackSetup([replace(cfg, seed=s) for s in range(args.pack)])
     setup.arms[0].dataset.batch(list(range(16)))
 
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             run,
             setup.device,
             setup.labels,
-            eval_batches=setup.eval_batches,
+            eval_batches=setup.gain_batches,
         )
 
     go()  # warm-up

@@ -5,14 +5,16 @@ from dataclasses import replace
 import pytest
 import torch
 
+from ablate.arms import probe_arm, train_arm
+from ablate.engine.arm import ArmConfig
 from ablate.engine.loop import RunConfig
 from ablate.engine.probe import run_probe
-from ablate.subjects.aaclip.arm import ArmConfig, ArmSetup, DataConfig, probe_arm, train_arm
+from ablate.subjects.aaclip.arm import ArmSetup, DataConfig, aaclip_arm
 from ablate.subjects.aaclip.data.synthetic import SyntheticAnomalyDataset
 from ablate.subjects.aaclip.loss import stage2_loss
 from ablate.subjects.aaclip.model import AAClipConfig, build_model
 
-SMALL = ArmConfig(data=DataConfig(batch_size=2, train_size=16), probe_batches=3, gain_batches=4, device="cpu")
+SMALL = aaclip_arm(data=DataConfig(batch_size=2, train_size=16), probe_batches=3, gain_batches=4, device="cpu")
 GROUPS = ("layers", "proj", "all")
 
 
@@ -85,8 +87,8 @@ def test_probe_interval_is_a_t_interval_on_log_ratios():
 def test_each_seed_draws_its_own_probe_batches():
     a, b = ArmSetup(small("none")), ArmSetup(replace(small("none"), seed=1))
     assert not torch.equal(a.probe_batches[0].images, b.probe_batches[0].images)
-    assert not torch.equal(a.eval_batches[0].images, b.eval_batches[0].images)
-    assert not torch.equal(a.eval_batches[0].images, a.probe_batches[0].images)
+    assert not torch.equal(a.gain_batches[0].images, b.gain_batches[0].images)
+    assert not torch.equal(a.gain_batches[0].images, a.probe_batches[0].images)
 
 
 @pytest.mark.parametrize("fix", ["learnable-alpha", "tanh-gate", "layerscale"])
@@ -189,9 +191,9 @@ def test_real_scale_backbone_shape():
 
 
 def test_frozen_control_keeps_block_adapters_and_scores_zero_gain():
-    setup = ArmSetup(replace(small("no-branch", steps=6), freeze_adapters=True))
+    setup = ArmSetup(replace(small("no-branch", steps=6), frozen=True))
     init = [q.detach().clone() for q in setup.model.adapter_groups()["layers"]]
-    r = train_arm(setup.cfg, setup=setup)
+    r = train_arm(setup.cfg, built=setup)
     after = setup.model.adapter_groups()["layers"]
     assert all(torch.equal(a, b) for a, b in zip(init, after))  # never updated ...
     assert all(v > 0 for v in r.metrics["grad_norm_layers"])  # ... though its gradient is measured
@@ -202,17 +204,17 @@ def test_frozen_control_keeps_block_adapters_and_scores_zero_gain():
 
 def test_adapter_gain_is_the_held_out_loss_difference_and_restores_weights():
     setup = ArmSetup(small("no-branch", steps=8, lr=5e-3))
-    r = train_arm(setup.cfg, setup=setup)
+    r = train_arm(setup.cfg, built=setup)
     model = setup.model
     trained = [q.detach().clone() for q in model.adapter_groups()["layers"]]
     model.train(False)
     with torch.no_grad():
-        as_trained = [float(model.compute_loss(b)[0]) for b in setup.eval_batches]
+        as_trained = [float(model.compute_loss(b)[0]) for b in setup.gain_batches]
     assert r.adapter_gain == pytest.approx(sum(r.adapter_gain_batches) / 4)
     assert all(torch.equal(a, b) for a, b in zip(trained, model.adapter_groups()["layers"]))
     fresh = ArmSetup(small("no-branch", steps=8, lr=5e-3)).model  # same seed: the initial weights
     for q, init in zip(model.adapter_groups()["layers"], fresh.adapter_groups()["layers"]):
         q.data.copy_(init.data)
     with torch.no_grad():
-        reset = [float(model.compute_loss(b)[0]) for b in setup.eval_batches]
+        reset = [float(model.compute_loss(b)[0]) for b in setup.gain_batches]
     assert r.adapter_gain_batches == pytest.approx([x - y for x, y in zip(reset, as_trained)], rel=1e-4, abs=1e-5)

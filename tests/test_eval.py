@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from ablate.arms import train_arm, train_pack
 from ablate.cli import main
+from ablate.engine.arm import ArmConfig
 from ablate.engine.loop import RunConfig
 from ablate.objectives import OBJECTIVES
 from ablate.spec import parse_spec
 from ablate.store import open_storage, query
 from ablate.study import run_study
-from ablate.subjects.aaclip.arm import ArmConfig, EvalConfig, PackSetup, train_arm, train_pack
+from ablate.subjects.aaclip.arm import EvalConfig, PackSetup, aaclip_arm
 from ablate.subjects.aaclip.data.synthetic import SyntheticAnomalyDataset
 from ablate.subjects.aaclip.evaluate import EVAL_METRICS, evaluate
 from tests.study_helpers import MINI, copy_db
@@ -85,7 +87,7 @@ def test_a_class_with_one_label_is_nan_with_its_reason_and_left_out_of_the_mean(
 
 
 def _cfg(**kw) -> ArmConfig:
-    base = ArmConfig(
+    base = aaclip_arm(
         run=RunConfig(steps=3, probe_every=-1, count_flops=False),
         probe_batches=2,
         gain_batches=2,
@@ -97,7 +99,7 @@ def _cfg(**kw) -> ArmConfig:
 
 def test_packed_arms_evaluate_as_each_arm_alone():
     cfgs = [_cfg(seed=0), _cfg(seed=1)]
-    packed = train_pack(cfgs, setup=PackSetup(cfgs))
+    packed = train_pack(cfgs, built=PackSetup(cfgs))
     for cfg, got in zip(cfgs, packed):
         alone = train_arm(cfg).evaluation
         for m in EVAL_METRICS:
@@ -106,7 +108,8 @@ def test_packed_arms_evaluate_as_each_arm_alone():
 
 
 def test_evaluation_off_by_default_leaves_the_result_unevaluated():
-    res = train_arm(_cfg(eval=EvalConfig()))
+    off = _cfg()
+    res = train_arm(replace(off, subject=replace(off.subject, eval=EvalConfig())))
     assert res.evaluation is None
     summary = res.summary()
     assert all(summary[m] is None for m in EVAL_METRICS) and summary["evaluation"] is None

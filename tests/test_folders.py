@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from ablate.arms import train_arm, train_pack
+from ablate.engine.arm import ArmConfig
 from ablate.engine.loop import RunConfig
 from ablate.spec import parse_spec, with_overrides
-from ablate.subjects.aaclip.arm import ArmConfig, ArmSetup, DataConfig, PackSetup, train_arm, train_pack
+from ablate.subjects.aaclip.arm import ArmSetup, DataConfig, PackSetup, aaclip_arm
 from ablate.subjects.aaclip.data.folders import Source, detect_kind, list_samples
 from ablate.subjects.aaclip.data.sources import FolderConfig, build_folder_data, few_shot
 from ablate.subjects.aaclip.prompts import class_prompts
@@ -99,14 +101,14 @@ def test_class_names_reach_the_prompts_with_real_names(sets):
         eval=Source("mvtec", str(sets["mvtec"])),
         real_names=(("bottle", "dark bottle"),),
     )
-    arm = ArmConfig(data=DataConfig(batch_size=2, folders=cfg), probe_batches=2, gain_batches=2, device="cpu")
+    arm = aaclip_arm(data=DataConfig(batch_size=2, folders=cfg), probe_batches=2, gain_batches=2, device="cpu")
     setup = ArmSetup(arm)
     # Training classes first, then the evaluation set's: one text embedding per class name.
     assert setup.model.classes == ["candle", "pipe fryum", "dark bottle", "metal nut"]
     assert setup.model.text_embeds.shape[0] == 4
     assert class_prompts("dark bottle")[1][0] == "a damaged dark bottle."
     # Probe and gain batches come from the evaluation set (MVTec classes), training from VisA.
-    held = torch.cat([b.class_idx for b in setup.probe_batches + setup.eval_batches])
+    held = torch.cat([b.class_idx for b in setup.probe_batches + setup.gain_batches])
     assert set(held.tolist()) <= {2, 3}
     assert set(setup.train_batch(0).class_idx.tolist()) <= {0, 1}
 
@@ -135,7 +137,7 @@ def test_augmentation_moves_image_and_mask_together(sets):
 
 
 def _arm(folders: FolderConfig, steps: int = 3, seed: int = 0) -> ArmConfig:
-    return ArmConfig(
+    return aaclip_arm(
         data=DataConfig(batch_size=2, folders=folders),
         run=RunConfig(steps=steps, probe_every=-1),
         probe_batches=2,
@@ -158,7 +160,7 @@ def test_packed_arms_read_folder_data_like_single_arms(sets):
     cfgs = [_arm(folders, seed=s) for s in (0, 1)]
     setup = PackSetup(cfgs)
     assert setup.train_batch(0).images.shape == (2, 2, 3, 64, 64)
-    packed = train_pack(cfgs, setup=setup)
+    packed = train_pack(cfgs, built=setup)
     single = [train_arm(c) for c in cfgs]
     for p, s in zip(packed, single):
         assert p.metrics["loss"] == pytest.approx(s.metrics["loss"], rel=1e-4, abs=1e-5)
@@ -181,17 +183,17 @@ manifest = "{manifest}"
 
 def test_spec_keys_build_the_folder_config(sets):
     spec = parse_spec(SPEC.format(root=sets["mvtec"], manifest=sets["manifest"]))
-    f = spec.arm("none", None, 0).data.folders
+    f = spec.arm("none", None, 0).subject.data.folders
     assert f.train == Source("mvtec", str(sets["mvtec"]), "test", ("bottle",), None, "data")
     assert f.eval_source == Source("manifest", str(sets["manifest"]), "test", None, None, "eval_data")
     assert f.few_shot == 2 and f.prompt_name("bottle") == "dark bottle"
-    assert parse_spec('name = "s"').arm("none", None, 0).data.folders is None  # synthetic stays the default
+    assert parse_spec('name = "s"').arm("none", None, 0).subject.data.folders is None  # synthetic stays the default
 
 
 def test_cli_overrides_pick_the_layout_and_mark_the_spec_text(sets):
     spec, text = parse_spec('name = "s"'), 'name = "s"\n'
     new, new_text = with_overrides(spec, text, data=str(sets["visa"]), eval_data=str(sets["manifest"]))
-    f = new.arm("none", None, 0).data.folders
+    f = new.arm("none", None, 0).subject.data.folders
     assert f.train.kind == "visa" and f.eval_source.kind == "manifest"
     assert new_text != text and str(sets["visa"]) in new_text
     assert with_overrides(spec, text) == (spec, text)
@@ -243,5 +245,5 @@ def test_evaluation_batches_cover_the_evaluation_set_once(sets):
     assert all(torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks) for a, b in zip(seen, again))
     pack = PackSetup([_arm(folders, seed=s) for s in (0, 1)])
     assert next(pack.evaluation_batches(3)).masks.shape == (2, 3, 64, 64)
-    synthetic = ArmSetup(ArmConfig(data=DataConfig(batch_size=2), probe_batches=2, gain_batches=2, device="cpu"))
+    synthetic = ArmSetup(aaclip_arm(data=DataConfig(batch_size=2), probe_batches=2, gain_batches=2, device="cpu"))
     assert len(list(synthetic.evaluation_batches())) == 2

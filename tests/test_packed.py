@@ -6,13 +6,15 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import create_engine, text
 
+from ablate.arms import train_arm, train_pack
+from ablate.engine.arm import ArmConfig
 from ablate.engine.fixes import fix_names
 from ablate.engine.loop import RunConfig, step_flops
 from ablate.engine.probe import probe_arms, run_probe
 from ablate.errors import AblateInputError
-from ablate.subjects.aaclip.arm import ArmConfig, DataConfig, PackSetup, train_arm, train_pack
+from ablate.subjects.aaclip.arm import DataConfig, PackSetup, aaclip_arm
 
-SMALL = ArmConfig(data=DataConfig(batch_size=2, train_size=16), probe_batches=2, gain_batches=2, device="cpu")
+SMALL = aaclip_arm(data=DataConfig(batch_size=2, train_size=16), probe_batches=2, gain_batches=2, device="cpu")
 RTOL = 1e-4  # float reordering only: the stacked batch and vmap sum in another order
 
 
@@ -66,7 +68,7 @@ def test_packed_arms_may_differ_in_scale_and_keep_their_gates():
 
 
 def test_frozen_control_packed_has_zero_gain():
-    cfgs = [replace(c, freeze_adapters=True) for c in arms("no-branch", seeds=(0, 1))]
+    cfgs = [replace(c, frozen=True) for c in arms("no-branch", seeds=(0, 1))]
     for a, p in zip([train_arm(c) for c in cfgs], train_pack(cfgs)):
         assert_same(a, p)
         assert p.adapter_gain_batches == [0.0, 0.0]

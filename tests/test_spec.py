@@ -131,7 +131,7 @@ def test_tanh_gate_default_range_holds_its_default():
 def test_arm_config_carries_the_spec():
     spec = parse_spec(MINI)
     arm = spec.arm("fixed-scale", 0.2, seed=1)
-    assert (arm.model.fix, arm.model.scale, arm.seed) == ("fixed-scale", 0.2, 1)
+    assert (arm.fix, arm.scale, arm.seed) == ("fixed-scale", 0.2, 1)
     assert (arm.run.steps, arm.run.probe_every, arm.probe_batches, arm.data.batch_size) == (6, 3, 2, 2)
 
 

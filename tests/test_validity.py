@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from ablate.arms import train_arm
 from ablate.engine.compare import compare_to_baseline
 from ablate.objectives import OBJECTIVES, seed_value
 from ablate.spec import load_spec
 from ablate.store.schema import GROUPS
-from ablate.subjects.aaclip.arm import train_arm
 
 QUICK = Path(__file__).resolve().parents[1] / "studies" / "quick.toml"
 

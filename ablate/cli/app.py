@@ -42,33 +42,56 @@ ScaleOpt = Annotated[
     ),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for initialisation and batch order.")]
-BatchesOpt = Annotated[int, typer.Option("--batches", help="Cached batches the gradient probe averages over.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present).")]
-BackboneOpt = Annotated[str, typer.Option("--backbone", help="tiny (CPU default) | vit-l-14-336@518 (real scale).")]
+# Options a spec also sets take None as "not given": ``--spec``'s value (else the built-in default) stands.
+SpecOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--spec",
+        help="Take the subject, data, training and probe settings from this study spec (an AA-CLIP spec or "
+        "one with [subject]: your own model); the options below override it. Without it: AA-CLIP, tiny.",
+    ),
+]
+BatchesOpt = Annotated[
+    int | None, typer.Option("--batches", help="Held-out batches the gradient probe averages over.", show_default=False)
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="auto | cpu | cuda (auto picks cuda when present). Default: auto.")
+]
+BackboneOpt = Annotated[
+    str | None, typer.Option("--backbone", help="AA-CLIP: tiny (CPU default) | vit-l-14-336@518 (real scale).")
+]
 PretrainedOpt = Annotated[
     str | None,
-    typer.Option("--pretrained", help="Local checkpoint file or an open_clip tag already in the local cache."),
+    typer.Option(
+        "--pretrained", help="AA-CLIP: a local checkpoint file or an open_clip tag already in the local cache."
+    ),
 ]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Samples per batch. Default: 4 (AA-CLIP).")]
 ContextNormOpt = Annotated[
-    bool, typer.Option("--context-norm/--no-context-norm", help="L2-normalise each text-context token.")
+    bool | None,
+    typer.Option("--context-norm/--no-context-norm", help="AA-CLIP: L2-normalise each text-context token."),
 ]
-InjectOpt = Annotated[int, typer.Option("--inject-at", help="Block after which the branch joins (0-based).")]
-ThresholdOpt = Annotated[float, typer.Option("--threshold", help="Ratio at or above which the verdict is OK.")]
+InjectOpt = Annotated[
+    int | None, typer.Option("--inject-at", help="AA-CLIP: block after which the branch joins (0-based). Default: 0.")
+]
+ThresholdOpt = Annotated[
+    float | None, typer.Option("--threshold", help="Ratio at or above which the verdict is OK. Default: 0.8.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
 GroupOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--group",
-        help="Adapter group the verdict and adapter_gain judge: layers (block adapters, default), "
-        "proj (per-level + detection projections) or all (both: the seed's 'image adapter').",
+        help="Adapter group the verdict, adapter_gain and the frozen control judge: one of the subject's "
+        "groups or all (their union). AA-CLIP: layers (block adapters, default), proj (per-level + "
+        "detection projections), all (both: the seed's 'image adapter'). Default: the subject's first.",
     ),
 ]
 FreezeOpt = Annotated[
     bool,
     typer.Option(
         "--freeze-adapters",
-        help="The frozen control: the block adapters get gradients but are never updated. "
+        help="The frozen control: the judged group gets gradients but is never updated. "
         "At step 0 (probe) the weights are the same either way, so only training differs.",
     ),
 ]

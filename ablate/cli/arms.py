@@ -1,54 +1,44 @@
-"""The engine options of ``probe`` and ``train`` -> one arm's config."""
+"""The engine options of ``probe`` and ``train`` (and ``--spec``) -> the arms to run."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from ablate.errors import AblateInputError
 
 
-def arm_config(
-    fix: str,
+def command_arms(
+    spec_path: str | None,
+    fixes: list[str],
     scale: float | None,
     seed: int,
-    batches: int,
-    device: str,
-    backbone: str,
-    pretrained: str | None,
-    batch_size: int,
-    context_norm: bool,
-    inject_at: int,
-    threshold: float,
-    steps: int = 1,
-    probe_every: int = 50,
-    group: str = "layers",
-    freeze_adapters: bool = False,
-    eval_batches: int = 0,
-):
-    from ablate.engine.loop import RunConfig
-    from ablate.subjects.aaclip.arm import ArmConfig, DataConfig, EvalConfig, validate
-    from ablate.subjects.aaclip.model import AAClipConfig
+    freeze_adapters: bool,
+    options: dict[str, Any],
+) -> list[Any]:
+    """One ``ArmConfig`` per fix, from ``--spec`` (or the AA-CLIP defaults) and the options given."""
+    from ablate import arms
+    from ablate.spec import command_spec
 
-    if group not in ("layers", "proj", "all"):
-        raise AblateInputError("--group", f"must be layers, proj or all, got {group!r}")
-    if batches < 2:
+    if options.get("--batches") is not None and options["--batches"] < 2:
         raise AblateInputError("--batches", "must be >= 2 (one batch gives no interval)")
-    if not 0 <= eval_batches <= 100_000:
+    eval_batches = options.get("--eval-batches")
+    if eval_batches is not None and not 0 <= eval_batches <= 100_000:
         raise AblateInputError("--eval-batches", f"must be in [0, 100000] (0: no evaluation), got {eval_batches}")
-    cfg = ArmConfig(
-        model=AAClipConfig(
-            backbone=backbone,
-            pretrained=pretrained,
-            fix=fix,
-            scale=scale,
-            inject_at=inject_at,
-            context_norm=context_norm,
-        ),
-        data=DataConfig(batch_size=batch_size),
-        run=RunConfig(steps=steps, probe_every=probe_every, threshold=threshold, group=group),
-        probe_batches=batches,
-        seed=seed,
-        device=device,
-        freeze_adapters=freeze_adapters,
-        eval=EvalConfig(enabled=eval_batches > 0, batches=max(eval_batches, 1)),
-    )
-    validate(cfg)
-    return cfg
+    spec = command_spec(spec_path, options)
+    cfgs = [spec.arm(f, scale, seed, frozen=freeze_adapters) for f in fixes]
+    for cfg in cfgs:
+        try:
+            arms.validate(cfg)
+        except AblateInputError as exc:
+            # the engine's short field names are the options that set them
+            raise AblateInputError(_OPTION.get(exc.field, exc.field), exc.message) from None
+    return cfgs
+
+
+_OPTION = {"batches": "--batches", "steps": "--steps", "threshold": "--threshold", "batch_size": "--batch-size"}
+
+
+def subject_label(cfg: Any) -> str:
+    """A few words naming an arm's subject for a table title: AA-CLIP's backbone, or the factory."""
+    sub = cfg.subject
+    return sub.model.backbone if sub.kind == "aaclip" else sub.factory

@@ -17,11 +17,12 @@ from ablate.cli.app import (
     QuietOpt,
     ScaleOpt,
     SeedOpt,
+    SpecOpt,
     ThreadsOpt,
     ThresholdOpt,
     app,
 )
-from ablate.cli.arms import arm_config
+from ablate.cli.arms import command_arms, subject_label
 from ablate.cli.common import emit_json, plain_line, print_probe_table, progress_bar, worker_threads
 from ablate.errors import AblateInputError
 from ablate.textfmt import fmt
@@ -32,15 +33,16 @@ def probe(
     fix: FixOpt = None,
     scale: ScaleOpt = None,
     seed: SeedOpt = 0,
-    batches: BatchesOpt = 8,
-    device: DeviceOpt = "auto",
-    backbone: BackboneOpt = "tiny",
+    spec: SpecOpt = None,
+    batches: BatchesOpt = None,
+    device: DeviceOpt = None,
+    backbone: BackboneOpt = None,
     pretrained: PretrainedOpt = None,
-    batch_size: BatchSizeOpt = 4,
-    context_norm: ContextNormOpt = False,
-    inject_at: InjectOpt = 0,
-    threshold: ThresholdOpt = 0.8,
-    group: GroupOpt = "layers",
+    batch_size: BatchSizeOpt = None,
+    context_norm: ContextNormOpt = None,
+    inject_at: InjectOpt = None,
+    threshold: ThresholdOpt = None,
+    group: GroupOpt = None,
     freeze_adapters: FreezeOpt = False,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
@@ -48,49 +50,36 @@ def probe(
 ) -> None:
     """Paired gradient probe at initialisation: adapter gradient with / without the branch.
 
-    Same weights, same held-out batches, dropout off. One row per fix: the ratio R for the block
-    adapters (layers), the projections (proj) and both (all), each the geometric mean over batches;
-    the 95% interval of the judged group's R (t on log ratios, within this seed); the judged group's
-    gradient share |g|^2/(|g|^2+|g_branch|^2); the final-feature cosine with vs without the branch;
-    the verdict (R of the judged group >= --threshold). --json adds every group's numbers, the norm
-    inflation and the step-0 losses; with one --fix it prints one object, otherwise a list.
+    Same weights, same held-out batches, dropout off. One row per fix: the ratio R of the judged
+    adapter group (--group), the other groups' R, each the geometric mean over batches; the 95%
+    interval of the judged group's R (t on log ratios, within this seed); its gradient share
+    |g|^2/(|g|^2+|g_branch|^2); the final-feature cosine with vs without the branch; the verdict (R of
+    the judged group >= --threshold). --spec probes a study spec's subject (AA-CLIP or your own model);
+    --batches defaults to 8 without it. --json adds every group's numbers, the norm inflation and the
+    step-0 losses; with one --fix it prints one object, otherwise a list.
     """
+    from ablate.arms import probe_arm
     from ablate.engine.fixes import fix_names
-    from ablate.subjects.aaclip.arm import probe_arm
 
     names = fix or fix_names()
     if scale is not None and len(names) > 1:
         raise AblateInputError("--scale", "give exactly one --fix when setting --scale")
-    cfgs = [
-        arm_config(
-            f,
-            scale,
-            seed,
-            batches,
-            device,
-            backbone,
-            pretrained,
-            batch_size,
-            context_norm,
-            inject_at,
-            threshold,
-            group=group,
-            freeze_adapters=freeze_adapters,
-        )
-        for f in names
-    ]
+    options = {"--batches": batches if batches is not None or spec is not None else 8, "--device": device}
+    options |= {"--backbone": backbone, "--pretrained": pretrained, "--batch-size": batch_size}
+    options |= {"--context-norm": context_norm, "--inject-at": inject_at, "--threshold": threshold, "--group": group}
+    cfgs = command_arms(spec, names, scale, seed, freeze_adapters, options)
     results = []
     with worker_threads(threads), progress_bar(quiet or as_json) as prog:
         task = prog.add_task("probe", total=len(cfgs))
         for cfg in cfgs:
-            prog.update(task, description=f"probe {cfg.model.fix}")
+            prog.update(task, description=f"probe {cfg.fix}")
             results.append(probe_arm(cfg))
             prog.advance(task)
-            plain_line(quiet or as_json, f"probe {cfg.model.fix}: R {fmt(results[-1].grad_ratio, 3)}")
+            plain_line(quiet or as_json, f"probe {cfg.fix}: R {fmt(results[-1].grad_ratio, 3)}")
     if as_json:
         docs = [r.flat() for r in results]
         emit_json(docs[0] if len(docs) == 1 else docs)
         return
-    print_probe_table(
-        results, f"Gradient probe at init ({backbone}, seed {seed}, {batches} batches x {batch_size})", first="fix"
-    )
+    first = cfgs[0]
+    title = f"Gradient probe at init ({subject_label(first)}, seed {seed}, {first.probe_batches} batches)"
+    print_probe_table(results, title, first="fix")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -23,12 +22,13 @@ from ablate.cli.app import (
     QuietOpt,
     ScaleOpt,
     SeedOpt,
+    SpecOpt,
     ThreadsOpt,
     ThresholdOpt,
     app,
     out_console,
 )
-from ablate.cli.arms import arm_config
+from ablate.cli.arms import command_arms
 from ablate.cli.common import emit_json, plain_line, print_probe_table, progress_bar, worker_threads
 from ablate.textfmt import fmt
 
@@ -38,17 +38,20 @@ def train(
     fix: Annotated[str, typer.Option("--fix", help="Fix type (see `ablate probe --help`).")] = "none",
     scale: ScaleOpt = None,
     seed: SeedOpt = 0,
-    steps: Annotated[int, typer.Option("--steps", help="Adam steps.")] = 100,
-    batches: BatchesOpt = 6,
-    probe_every: Annotated[int, typer.Option("--probe-every", help="Probe every K steps (0: start and end).")] = 50,
-    device: DeviceOpt = "auto",
-    backbone: BackboneOpt = "tiny",
+    spec: SpecOpt = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Adam steps. Default: the spec's, else 100.")] = None,
+    batches: BatchesOpt = None,
+    probe_every: Annotated[
+        int | None, typer.Option("--probe-every", help="Probe every K steps (0: start and end). Default: 50.")
+    ] = None,
+    device: DeviceOpt = None,
+    backbone: BackboneOpt = None,
     pretrained: PretrainedOpt = None,
-    batch_size: BatchSizeOpt = 4,
-    context_norm: ContextNormOpt = False,
-    inject_at: InjectOpt = 0,
-    threshold: ThresholdOpt = 0.8,
-    group: GroupOpt = "layers",
+    batch_size: BatchSizeOpt = None,
+    context_norm: ContextNormOpt = None,
+    inject_at: InjectOpt = None,
+    threshold: ThresholdOpt = None,
+    group: GroupOpt = None,
     freeze_adapters: FreezeOpt = False,
     baseline: Annotated[
         bool,
@@ -59,14 +62,14 @@ def train(
         ),
     ] = True,
     eval_batches: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--eval-batches",
-            help="After training, evaluate on N test batches (a fixed synthetic set): image- and "
+            help="AA-CLIP: after training, evaluate on N test batches (a fixed synthetic set): image- and "
             "pixel-level AUROC and AP per class and their mean (image_auroc, image_ap, pixel_auroc, "
-            "pixel_ap). 0 (default): no evaluation.",
+            "pixel_ap). 0: no evaluation (the default without --spec).",
         ),
-    ] = 0,
+    ] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -78,71 +81,54 @@ def train(
     no-branch run of the same seed is trained too, and the run's adapter gradient and update-to-weight
     ratio are compared with it step by step (geometric mean after warm-up, 95% interval from blocks of
     steps). The bypass probe R at probe points is shown too: after step 0 it also measures how much the
-    trained model relies on its branch (co-adaptation), not only dilution.
+    trained model relies on its branch (co-adaptation), not only dilution. --spec trains a study
+    spec's subject (AA-CLIP or your own model) with its settings; --batches defaults to 6 without it.
     """
-    from ablate.engine.compare import compare_to_baseline
-    from ablate.engine.fixes import NO_BRANCH
-    from ablate.store.schema import GROUPS
-    from ablate.subjects.aaclip.arm import ArmSetup, train_arm
+    from ablate.arms import train_compared
 
-    cfg = arm_config(
-        fix,
-        scale,
-        seed,
-        batches,
-        device,
-        backbone,
-        pretrained,
-        batch_size,
-        context_norm,
-        inject_at,
-        threshold,
-        steps=steps,
-        probe_every=probe_every,
-        group=group,
-        freeze_adapters=freeze_adapters,
-        eval_batches=eval_batches,
-    )
-    setup = ArmSetup(cfg)
-    arms = [(f"train {setup.fix_name}", cfg, setup)]
-    with_base = baseline and not (setup.fix_name == NO_BRANCH and not freeze_adapters)
-    if with_base:
-        base_cfg = replace(cfg.with_fix(NO_BRANCH, None), freeze_adapters=False)
-        arms.insert(0, ("baseline no-branch", base_cfg, None))
-    results = []
+    defaults = spec is None
+    options = {
+        "--steps": steps if steps is not None or not defaults else 100,
+        "--batches": batches if batches is not None or not defaults else 6,
+        "--probe-every": probe_every if probe_every is not None or not defaults else 50,
+        "--device": device,
+        "--backbone": backbone,
+        "--pretrained": pretrained,
+        "--batch-size": batch_size,
+        "--context-norm": context_norm,
+        "--inject-at": inject_at,
+        "--threshold": threshold,
+        "--group": group,
+        "--eval-batches": eval_batches,
+    }
+    cfg = command_arms(spec, [fix], scale, seed, freeze_adapters, options)[0]
+    n = cfg.run.steps
     with worker_threads(threads), progress_bar(quiet or as_json) as prog:
-        for label, arm_cfg, arm_setup in arms:
-            task = prog.add_task(label, total=steps)
-            results.append(
-                train_arm(arm_cfg, on_step=lambda s, t=task: prog.update(t, completed=s + 1), setup=arm_setup)
-            )
-            done = results[-1]
+        tasks: dict[str, Any] = {}
+
+        def start(label: str) -> None:
+            tasks[label] = prog.add_task(label, total=n)
+
+        def end(label: str, done: Any) -> None:
             plain_line(
-                quiet or as_json,
-                f"{label}: {steps} steps in {done.wall_s:.1f} s, loss slope {fmt(done.loss_slope, 3)}",
+                quiet or as_json, f"{label}: {n} steps in {done.wall_s:.1f} s, loss slope {fmt(done.loss_slope, 3)}"
             )
-    result = results[-1]
+
+        def step(s: int) -> None:
+            prog.update(list(tasks.values())[-1], completed=s + 1)
+
+        run = train_compared(cfg, baseline=baseline, on_start=start, on_step=step, on_end=end)
+    result = run.result
     summary = result.summary()
     summary["adapter_gain_batches"] = result.adapter_gain_batches
-    if with_base:
-        base = results[0]
-        summary.update(
-            compare_to_baseline(
-                result.metrics,
-                base.metrics,
-                result.adapter_gain_batches,
-                base.adapter_gain_batches,
-                GROUPS,
-                result.group,
-            )
-        )
-        summary["loss_slope_rel"] = result.loss_slope - base.loss_slope
-        summary["baseline"] = base.summary()
+    if run.baseline is not None:
+        summary.update(run.comparison)
+        summary["baseline"] = run.baseline.summary()
     summary["probes"] = [p.flat() for p in result.probes]
     if as_json:
         emit_json(summary)
         return
-    print_train_summary(summary, result, with_base, seed, steps)
+    print_train_summary(summary, result, run.baseline is not None, seed, n)
 
 
 def print_train_summary(summary: dict, result, with_base: bool, seed: int, steps: int) -> None:

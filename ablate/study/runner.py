@@ -17,21 +17,21 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ablate import faults
+from ablate import arms, faults
 from ablate.engine.compare import compare_to_baseline
 from ablate.engine.device import describe_hardware, resolve_device
 from ablate.engine.fixes import NO_BRANCH, parse_fix
 from ablate.engine.loop import RunConfig
 from ablate.engine.metrics import edge_means, loss_slope
 from ablate.engine.result import TrainResult
+from ablate.engine.subject import ALL_GROUP
 from ablate.objectives import seed_value, trial_value
 from ablate.spec import OBJECTIVE_DIRECTIONS, StudySpec, spec_hash
 from ablate.store import writer
 from ablate.store.engine import open_storage, retry_schema_race
-from ablate.store.schema import GROUPS, HARDWARE_ATTR, REFERENCE_KEYS
+from ablate.store.schema import HARDWARE_ATTR, REFERENCE_KEYS
 from ablate.study.distinct import FINISHED, HOLDING, SKIPPED_ATTR, PerTrialSeedSampler, counted, is_skipped, skip_reason
 from ablate.study.space import arm_of, default_arm_params, suggest_arm
-from ablate.subjects.aaclip.arm import ArmSetup, PackSetup, train_arm, train_pack
 from ablate.threads import LocalWorkers, apply_threads, choose_threads
 
 
@@ -163,7 +163,7 @@ class StudyRun:
         self._refs: dict[int, dict[str, Any]] = {}  # seed -> the baseline run the comparison needs
         # The first arm built: every later run shares its frozen backbone and data set (and the
         # data set's drawn samples) instead of building them again. Same spec, so the same backbone.
-        self._like: ArmSetup | None = None
+        self._like: Any = None
 
     def run_arm(
         self,
@@ -283,27 +283,17 @@ class StudyRun:
         flush: Callable,
         on_nonfinite: Callable[[int, int], None] | None,
     ) -> list[TrainResult]:
-        """One arm alone, or several packed; the first arm built lends its backbone to every later one."""
-        if len(cfgs) == 1:  # alone, a non-finite loss raises: the run (and its one trial) fails
-            setup = ArmSetup(cfgs[0], like=self._like)
-            self._like = self._like or setup
-            result = train_arm(
-                cfgs[0],
-                on_flush=lambda rows: flush(0, rows),
-                on_probe=lambda p: on_probe(0, p),
-                on_step=self.reporter.step,
-                setup=setup,
-            )
-            return [result]
-        pack = PackSetup(cfgs, like=self._like)
-        self._like = self._like or pack.arms[0]
-        return train_pack(
+        """One arm alone, or several packed; the first arm built lends its frozen parts and data set
+        to every later one. Alone, a non-finite loss raises: the run (and its one trial) fails."""
+        built = arms.build(cfgs[0], like=self._like) if len(cfgs) == 1 else arms.build_pack(cfgs, like=self._like)
+        self._like = self._like or built
+        return arms.train_pack(
             cfgs,
             on_flush=flush,
             on_probe=on_probe,
             on_step=self.reporter.step,
-            setup=pack,
-            on_nonfinite=on_nonfinite,
+            built=built,
+            on_nonfinite=on_nonfinite if len(cfgs) > 1 else None,
         )
 
     def _packs(self, seeds: list[int]) -> list[list[int]]:
@@ -325,7 +315,7 @@ class StudyRun:
                 ref["metrics"],
                 result.adapter_gain_batches,
                 ref["gain_batches"],
-                GROUPS,
+                (*self.spec.groups, ALL_GROUP),
                 result.group,
             )
         )
@@ -561,7 +551,7 @@ def _best(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.best_trials if len(study.directions) > 1 else [study.best_trial]
 
 
-# The engine's field names (ablate/subjects/aaclip/arm.py validate) as the spec spells them.
+# The engine's and the AA-CLIP subject's field names (their ``validate``) as the spec spells them.
 _SPEC_FIELDS = {
     "steps": "training.steps",
     "lr": "training.lr",
@@ -576,27 +566,21 @@ _SPEC_FIELDS = {
 
 
 def preflight(spec: StudySpec) -> None:
-    """Checks that need the engine or this machine (cross-field limits, device, weights file, the
-    data set on disk), before anything is written."""
+    """Checks that need the engine, the subject or this machine (cross-field limits, device, weights
+    file, the data set on disk, the user's code), before anything is written."""
     from ablate.errors import AblateInputError
-    from ablate.subjects.aaclip.arm import check_data, validate
-    from ablate.subjects.aaclip.backbone import backbone_spec, resolve_pretrained
 
     first = spec.arm(spec.search.fixes[0], None, spec.study.seeds[0])
     try:
-        validate(first)
+        arms.validate(first)
     except AblateInputError as exc:
         raise AblateInputError(_SPEC_FIELDS.get(exc.field, exc.field), exc.message) from None
-    for spec_field, check in (
-        ("training.device", lambda: resolve_device(spec.training.device)),
-        ("model.pretrained", lambda: resolve_pretrained(backbone_spec(spec.model.backbone), spec.model.pretrained)),
-    ):
-        try:
-            check()
-        except AblateInputError as exc:
-            raise AblateInputError(spec_field, exc.message) from None
-    # Data on disk last (it opens every file once): its errors already name the spec key.
-    check_data(first)
+    try:
+        resolve_device(spec.training.device)
+    except AblateInputError as exc:
+        raise AblateInputError("training.device", exc.message) from None
+    # Files and code last (data on disk opens every file once): the errors already name the spec key.
+    arms.kind_of(first).check_data(first)
 
 
 def run_study(

@@ -1,24 +1,24 @@
-"""One ablation arm end to end: config -> model + data -> probe or short training -> result.
+"""An AA-CLIP arm built: model, data set, held-out probe and gain batches, a training batch per step.
 
-This is the function a CLI command, an Optuna objective or a notebook calls (MAE's main/engine
-split: set-up here, the loop in ``run.py``).
+``ArmSetup`` (one arm) and ``PackSetup`` (several arms trained side by side) are the AA-CLIP
+subject's ``BuiltArm`` (ablate/engine/arm.py): what the generic engine probes and trains.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 
+from ablate.engine.arm import ArmConfig, validate_arm
 from ablate.engine.device import resolve_device
 from ablate.engine.fixes import parse_fix
-from ablate.engine.loop import RunConfig, StepRows, train_arms, train_run
-from ablate.engine.probe import ArmLabel, run_probe
-from ablate.engine.result import ProbeResult, TrainResult
+from ablate.engine.loop import RunConfig
+from ablate.engine.probe import ArmLabel
 from ablate.errors import AblateInputError
 from ablate.eval.metrics import DEFAULT_BINS
-from ablate.subjects.aaclip.backbone import backbone_spec
+from ablate.subjects.aaclip.backbone import backbone_spec, resolve_pretrained
 from ablate.subjects.aaclip.data.image_dataset import StepBatches, StepLoader, iterate_batches
 from ablate.subjects.aaclip.data.sources import (
     FolderConfig,
@@ -28,7 +28,7 @@ from ablate.subjects.aaclip.data.sources import (
     few_shot,
 )
 from ablate.subjects.aaclip.data.synthetic import TEXTURE_CLASSES, Batch, SyntheticAnomalyDataset
-from ablate.subjects.aaclip.evaluate import evaluate
+from ablate.subjects.aaclip.evaluate import EvalResult, evaluate
 from ablate.subjects.aaclip.model import AAClipConfig, AAClipModel, SharedBackbone, build_model
 from ablate.subjects.aaclip.packed import PackedAAClip
 
@@ -62,43 +62,63 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class ArmConfig:
+class AAClipSubjectConfig:
+    """The AA-CLIP subject's settings of an arm (spec ``[model]``, ``[data]``, ``[eval]``); the fix,
+    seed and engine settings are the generic ``ArmConfig``'s. ``model.fix`` and ``model.scale`` are
+    ignored here: an arm's fix is ``ArmConfig.fix``."""
+
     model: AAClipConfig = field(default_factory=AAClipConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    probe_batches: int = 8
-    seed: int = 0
-    device: str = "auto"
-    freeze_adapters: bool = False  # the frozen control: block adapters never updated
-    gain_batches: int = 16  # held-out batches for adapter_gain (forward passes only, so cheap)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    kind: str = "aaclip"
 
-    @property
-    def frozen_groups(self) -> tuple[str, ...]:
-        return ("layers",) if self.freeze_adapters else ()
 
-    def with_fix(self, fix: str, scale: float | None) -> ArmConfig:
-        return replace(self, model=replace(self.model, fix=fix, scale=scale))
+def model_config(cfg: ArmConfig) -> AAClipConfig:
+    """The arm's model config: the subject's, with the arm's fix and scale."""
+    return replace(cfg.subject.model, fix=cfg.fix, scale=cfg.scale)
+
+
+def aaclip_arm(
+    model: AAClipConfig | None = None,
+    data: DataConfig | None = None,
+    run: RunConfig | None = None,
+    probe_batches: int = 8,
+    seed: int = 0,
+    device: str = "auto",
+    freeze_adapters: bool = False,
+    gain_batches: int = 16,
+    eval: EvalConfig | None = None,  # noqa: A002 - the spec section's name
+) -> ArmConfig:
+    """An AA-CLIP arm's ``ArmConfig`` from the AA-CLIP pieces (the fix and scale come from ``model``)."""
+    model = model or AAClipConfig()
+    subject = AAClipSubjectConfig(model=model, data=data or DataConfig(), eval=eval or EvalConfig())
+    return ArmConfig(
+        subject=subject,
+        fix=model.fix,
+        scale=model.scale,
+        run=run or RunConfig(),
+        probe_batches=probe_batches,
+        seed=seed,
+        device=device,
+        frozen=freeze_adapters,
+        gain_batches=gain_batches,
+    )
 
 
 def validate(cfg: ArmConfig) -> None:
-    """Field-level checks that do not need a model (cheap, before anything is built or written)."""
-    backbone_spec(cfg.model.backbone)
-    parse_fix(cfg.model.fix, cfg.model.scale)
+    """AA-CLIP's field-level checks that need no model (cheap, before anything is built or written);
+    the engine's own (steps, lr, ...) are :func:`ablate.engine.arm.validate_arm`'s."""
+    validate_arm(cfg)
+    backbone_spec(cfg.subject.model.backbone)
+    data, ev = cfg.subject.data, cfg.subject.eval
     checks = [
-        ("steps", cfg.run.steps >= 1, "must be >= 1"),
-        ("batches", cfg.probe_batches >= 1, "must be >= 1"),
-        ("batches", cfg.probe_batches * cfg.data.batch_size <= EVAL_OFFSET, "too many probe images"),
-        ("gain_batches", cfg.gain_batches >= 2, "must be >= 2 (one batch gives no interval)"),
-        ("gain_batches", cfg.gain_batches * cfg.data.batch_size <= EVAL_OFFSET, "too many evaluation images"),
-        ("batch_size", cfg.data.batch_size >= 1, "must be >= 1"),
-        ("train_size", cfg.data.train_size >= cfg.data.batch_size, "must be >= batch_size"),
-        ("lr", cfg.run.lr > 0, "must be > 0"),
-        ("probe_every", cfg.run.probe_every >= -1, "must be >= 0 (or -1: no probes)"),
-        ("threshold", 0 < cfg.run.threshold, "must be > 0"),
-        ("anomaly_fraction", 0 <= cfg.data.anomaly_fraction <= 1, "must be in [0, 1]"),
-        ("eval.batches", cfg.eval.batches >= 1, "must be >= 1"),
-        ("eval.bins", 2 <= cfg.eval.bins <= 2**20, "must be in [2, 1048576]"),
+        ("batches", cfg.probe_batches * data.batch_size <= EVAL_OFFSET, "too many probe images"),
+        ("gain_batches", cfg.gain_batches * data.batch_size <= EVAL_OFFSET, "too many evaluation images"),
+        ("batch_size", data.batch_size >= 1, "must be >= 1"),
+        ("train_size", data.train_size >= data.batch_size, "must be >= batch_size"),
+        ("anomaly_fraction", 0 <= data.anomaly_fraction <= 1, "must be in [0, 1]"),
+        ("eval.batches", ev.batches >= 1, "must be >= 1"),
+        ("eval.bins", 2 <= ev.bins <= 2**20, "must be in [2, 1048576]"),
     ]
     for name, ok, msg in checks:
         if not ok:
@@ -106,16 +126,27 @@ def validate(cfg: ArmConfig) -> None:
 
 
 def check_data(cfg: ArmConfig) -> None:
+    """The weights file and the data on disk (folder data only: every file opened once, the training
+    pool big enough); errors name the spec key."""
+    model = cfg.subject.model
+    try:
+        resolve_pretrained(backbone_spec(model.backbone), model.pretrained)
+    except AblateInputError as exc:
+        raise AblateInputError("model.pretrained", exc.message) from None
+    check_folder_data(cfg)
+
+
+def check_folder_data(cfg: ArmConfig) -> None:
     """The data on disk (folder data only): every file opened once, the training pool big enough."""
-    f = cfg.data.folders
+    f = cfg.subject.data.folders
     if f is None:
         return
     check_folders(f)
-    pool = len(few_shot(checked_samples(f.train), f.few_shot, cfg.data.seed))
-    if pool < cfg.data.batch_size:
+    pool = len(few_shot(checked_samples(f.train), f.few_shot, cfg.subject.data.seed))
+    if pool < cfg.subject.data.batch_size:
         where = "few_shot" if f.few_shot else ("manifest" if f.train.kind == "manifest" else "root")
         raise AblateInputError(
-            f"{f.train.field}.{where}", f"{pool} training images, fewer than batch_size ({cfg.data.batch_size})"
+            f"{f.train.field}.{where}", f"{pool} training images, fewer than batch_size ({cfg.subject.data.batch_size})"
         )
 
 
@@ -129,63 +160,65 @@ class ArmSetup:
         validate(cfg)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        spec = backbone_spec(cfg.model.backbone)
-        folders = cfg.data.folders
+        spec = backbone_spec(cfg.subject.model.backbone)
+        folders = cfg.subject.data.folders
         if like is not None:
             self.dataset, self.eval_set = like.dataset, like.eval_set
             m = like.model
             shared = SharedBackbone(m.clip, m.classes, m.text_embeds, m.text_context)
         elif folders is None:
             self.dataset = SyntheticAnomalyDataset(
-                spec.image_size, cfg.data.seed, cfg.data.classes, cfg.data.anomaly_fraction
+                spec.image_size, cfg.subject.data.seed, cfg.subject.data.classes, cfg.subject.data.anomaly_fraction
             )
             self.eval_set = None
             shared = None
         else:
-            check_data(cfg)
-            data = build_folder_data(folders, spec.image_size, cfg.data.seed)
+            check_folder_data(cfg)
+            data = build_folder_data(folders, spec.image_size, cfg.subject.data.seed)
             self.dataset, self.eval_set = data.train, data.eval
             shared = None
-        self.model: AAClipModel = build_model(cfg.model, self.dataset.classes, cfg.seed, shared).to(self.device)
+        self.model: AAClipModel = build_model(model_config(cfg), self.dataset.classes, cfg.seed, shared).to(self.device)
         self._loader: StepLoader | None = None
         if self.eval_set is None:
             # Held out from training, and different for every seed, so seeds are independent replicates.
             first = PROBE_INDEX_OFFSET + (cfg.seed % 10_000) * PROBE_SEED_STRIDE
             self.probe_batches = self._held_out(first, cfg.probe_batches)
-            self.eval_batches = self._held_out(first + EVAL_OFFSET, cfg.gain_batches)
-            self._order = torch.randperm(cfg.data.train_size, generator=torch.Generator().manual_seed(cfg.seed))
+            self.gain_batches = self._held_out(first + EVAL_OFFSET, cfg.gain_batches)
+            self._order = torch.randperm(cfg.subject.data.train_size, generator=torch.Generator().manual_seed(cfg.seed))
         else:
             # Folder data: probe and adapter-gain batches come from the evaluation set, in an order
             # drawn from the seed (probe images first, then gain images; cycled if the set is small).
-            bs = cfg.data.batch_size
+            bs = cfg.subject.data.batch_size
             g = torch.Generator().manual_seed(PROBE_INDEX_OFFSET + cfg.seed)
             held = torch.randperm(len(self.eval_set), generator=g).tolist()
             need = (cfg.probe_batches + cfg.gain_batches) * bs
             held = (held * (need // len(held) + 1))[:need]
             chunks = [held[i : i + bs] for i in range(0, need, bs)]
             self.probe_batches = [self.eval_set.batch(c).to(self.device) for c in chunks[: cfg.probe_batches]]
-            self.eval_batches = [self.eval_set.batch(c).to(self.device) for c in chunks[cfg.probe_batches :]]
+            self.gain_batches = [self.eval_set.batch(c).to(self.device) for c in chunks[cfg.probe_batches :]]
             self._order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(cfg.seed))
             self._loader = StepLoader(self.step_batches(), folders.workers, self.device)
 
     def step_batches(self, others: Sequence[ArmSetup] = (), stack: bool = False) -> StepBatches:
         """This arm's training batches by step (with ``others``: every arm's, stacked over arms)."""
         arms = [self, *others]
-        return StepBatches([(a.dataset, a._order, a.cfg.data.batch_size) for a in arms], self.cfg.run.steps, stack)
+        return StepBatches(
+            [(a.dataset, a._order, a.cfg.subject.data.batch_size) for a in arms], self.cfg.run.steps, stack
+        )
 
     def evaluation_batches(self, batch_size: int | None = None) -> Iterator[Batch]:
         """The evaluation set once, in order, on the device (masks, labels, ``class_idx`` into
         ``self.model.classes``). Folder data: every image of the evaluation set (``self.eval_set``;
         its ``samples[i]`` is the i-th image yielded), read by the data workers. Synthetic data:
-        the held-out adapter-gain batches (``eval_batches``), the only evaluation set it has."""
+        the held-out adapter-gain batches (``gain_batches``), the only evaluation set it has."""
         if self.eval_set is None:
-            yield from self.eval_batches
+            yield from self.gain_batches
             return
-        workers = self.cfg.data.folders.workers if self.cfg.data.folders is not None else 0
-        yield from iterate_batches(self.eval_set, batch_size or self.cfg.data.batch_size, self.device, workers)
+        workers = self.cfg.subject.data.folders.workers if self.cfg.subject.data.folders is not None else 0
+        yield from iterate_batches(self.eval_set, batch_size or self.cfg.subject.data.batch_size, self.device, workers)
 
     def _held_out(self, first: int, n: int) -> list[Batch]:
-        bs = self.cfg.data.batch_size
+        bs = self.cfg.subject.data.batch_size
         return [self.dataset.batch(list(range(first + i * bs, first + (i + 1) * bs))).to(self.device) for i in range(n)]
 
     @property
@@ -200,39 +233,42 @@ class ArmSetup:
     def label(self) -> ArmLabel:
         return ArmLabel(self.fix_name, self.scale, self.cfg.seed)
 
+    @property
+    def labels(self) -> list[ArmLabel]:
+        return [self.label]
+
+    def evaluate(self) -> list[EvalResult] | None:
+        return _evaluate(self)
+
     def test_batches(self) -> Iterator[Batch]:
         """The evaluation's test set, streamed batch by batch (never all held): data on disk, the
         whole evaluation set (``evaluation_batches``); synthetic data, ``eval.batches`` fixed batches."""
         if self.eval_set is not None:
             yield from self.evaluation_batches()
             return
-        bs = self.cfg.data.batch_size
-        for i in range(self.cfg.eval.batches):
+        bs = self.cfg.subject.data.batch_size
+        for i in range(self.cfg.subject.eval.batches):
             yield self.dataset.batch(list(range(TEST_INDEX_OFFSET + i * bs, TEST_INDEX_OFFSET + (i + 1) * bs)))
 
     def train_batch(self, step: int) -> Batch:
         if self._loader is not None:
             return self._loader(step)
-        bs, n = self.cfg.data.batch_size, self.cfg.data.train_size
+        bs, n = self.cfg.subject.data.batch_size, self.cfg.subject.data.train_size
         start = (step * bs) % n
         idx = [int(self._order[(start + j) % n]) for j in range(bs)]
         return self.dataset.batch(idx).to(self.device)
 
 
-def _packing_key(cfg: ArmConfig) -> tuple:
-    """What arms must share to train packed: everything but their seed, fix scale and init."""
-    m = cfg.model
+def packing_key(cfg: ArmConfig) -> tuple:
+    """What AA-CLIP arms must share to train packed: everything but their seed, fix scale and init."""
+    m = model_config(cfg)
     return (
+        cfg.packing_key(),
         m.shared_part(),
         (m.inject_at, m.adapter_layers, m.levels, m.adapter_weight, m.branch_heads, m.branch_dropout),
         parse_fix(m.fix, m.scale).join,
-        cfg.data,
-        replace(cfg.run, freeze=()),
-        cfg.frozen_groups,
-        cfg.probe_batches,
-        cfg.gain_batches,
-        cfg.eval,
-        cfg.device,
+        cfg.subject.data,
+        cfg.subject.eval,
     )
 
 
@@ -243,7 +279,7 @@ class PackSetup:
     def __init__(self, cfgs: Sequence[ArmConfig], like: ArmSetup | None = None) -> None:
         if not cfgs:
             raise ValueError("a pack needs at least one arm")
-        keys = [_packing_key(c) for c in cfgs]
+        keys = [packing_key(c) for c in cfgs]
         if any(k != keys[0] for k in keys[1:]):
             raise AblateInputError("pack", "packed arms may differ only in seed and scale (same fix type, settings)")
         first = ArmSetup(cfgs[0], like=like)
@@ -252,12 +288,12 @@ class PackSetup:
         self.device = first.device
         self.model = PackedAAClip([a.model for a in self.arms])
         self.probe_batches = [Batch.stack(list(bs)) for bs in zip(*(a.probe_batches for a in self.arms))]
-        self.eval_batches = [Batch.stack(list(bs)) for bs in zip(*(a.eval_batches for a in self.arms))]
+        self.gain_batches = [Batch.stack(list(bs)) for bs in zip(*(a.gain_batches for a in self.arms))]
         self._loader: StepLoader | None = None
-        if first.cfg.data.folders is not None:
+        if first.cfg.subject.data.folders is not None:
             # One reader for the whole pack: every arm's batch of a step comes stacked from the workers.
             steps = first.step_batches(self.arms[1:], stack=True)
-            self._loader = StepLoader(steps, first.cfg.data.folders.workers, self.device)
+            self._loader = StepLoader(steps, first.cfg.subject.data.folders.workers, self.device)
 
     @property
     def labels(self) -> list[ArmLabel]:
@@ -279,85 +315,13 @@ class PackSetup:
         """The shared test set (every arm sees the same images; :func:`evaluate` repeats each batch)."""
         return self.arms[0].test_batches()
 
-
-def probe_arm(cfg: ArmConfig) -> ProbeResult:
-    """The paired gradient probe at initialisation for one fix."""
-    setup = ArmSetup(cfg)
-    return run_probe(
-        setup.model,
-        setup.probe_batches,
-        setup.device,
-        setup.fix_name,
-        setup.scale,
-        step=0,
-        threshold=cfg.run.threshold,
-        dropout=cfg.run.probe_dropout,
-        rng_seed=cfg.seed,
-        group=cfg.run.group,
-    )
+    def evaluate(self) -> list[EvalResult] | None:
+        return _evaluate(self)
 
 
-def train_pack(
-    cfgs: Sequence[ArmConfig],
-    on_flush: Callable[[int, StepRows], None] | None = None,
-    on_probe: Callable[[int, ProbeResult], None] | None = None,
-    on_step: Callable[[int], None] | None = None,
-    setup: PackSetup | None = None,
-    on_nonfinite: Callable[[int, int], None] | None = None,
-) -> list[TrainResult]:
-    """Train several arms side by side (one result each, in order); callbacks get the arm's index.
-
-    ``on_nonfinite(arm, step)``: see :func:`ablate.engine.loop.train_arms` (default: a non-finite loss
-    in any arm stops the pack).
-    """
-    setup = setup or PackSetup(cfgs)
-    results = train_arms(
-        setup.model,
-        setup.train_batch,
-        setup.probe_batches,
-        replace(setup.cfg.run, freeze=setup.cfg.frozen_groups),
-        setup.device,
-        setup.labels,
-        on_flush=on_flush,
-        on_probe=on_probe,
-        on_step=on_step,
-        eval_batches=setup.eval_batches,
-        on_nonfinite=on_nonfinite,
-    )
-    return evaluate_into(results, setup)
-
-
-def evaluate_into(results: list[TrainResult], setup: ArmSetup | PackSetup) -> list[TrainResult]:
-    """Run the end-of-run evaluation when the config asks for it; set each result's ``evaluation``."""
-    cfg = setup.cfg.eval
-    if cfg.enabled:
-        evals = evaluate(setup.model, setup.test_batches(), setup.device, setup.model.classes, cfg.bins)
-        for result, ev in zip(results, evals, strict=True):
-            result.evaluation = ev
-    return results
-
-
-def train_arm(
-    cfg: ArmConfig,
-    on_flush: Callable[[StepRows], None] | None = None,
-    on_probe: Callable[[ProbeResult], None] | None = None,
-    on_step: Callable[[int], None] | None = None,
-    setup: ArmSetup | None = None,
-) -> TrainResult:
-    """Build the arm and run the short training; callbacks stream metrics and probes out."""
-    setup = setup or ArmSetup(cfg)
-    result = train_run(
-        setup.model,
-        setup.train_batch,
-        setup.probe_batches,
-        replace(cfg.run, freeze=cfg.frozen_groups),
-        setup.device,
-        setup.fix_name,
-        setup.scale,
-        cfg.seed,
-        on_flush=on_flush,
-        on_probe=on_probe,
-        on_step=on_step,
-        eval_batches=setup.eval_batches,
-    )
-    return evaluate_into([result], setup)[0]
+def _evaluate(setup: ArmSetup | PackSetup) -> list[EvalResult] | None:
+    """The end-of-run evaluation (one result per arm) when the config asks for it, else None."""
+    cfg = setup.cfg.subject.eval
+    if not cfg.enabled:
+        return None
+    return evaluate(setup.model, setup.test_batches(), setup.device, setup.model.classes, cfg.bins)
