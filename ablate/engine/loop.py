@@ -251,6 +251,7 @@ def train_arms(
                 packed_arms=n_arms,
                 step_flops=flops,
                 mfu=mfu,
+                groups=tuple(groups),
                 metrics=metrics[a],
                 probes=probes[a],
             )
@@ -259,6 +260,14 @@ def train_arms(
 
 
 _FLOPS_CACHE: dict[tuple, float] = {}
+
+
+def batch_tensors(batch: Any) -> list[torch.Tensor]:
+    """The tensors of a batch: a pytree (tensor, tuple, list, dict) or an object with tensor fields."""
+    from torch.utils._pytree import tree_leaves
+
+    leaves = tree_leaves(vars(batch) if hasattr(batch, "__dict__") and not torch.is_tensor(batch) else batch)
+    return [t for t in leaves if torch.is_tensor(t)]
 
 
 def step_flops(subject: Subject, batch: Any, device: torch.device) -> float:
@@ -271,7 +280,7 @@ def step_flops(subject: Subject, batch: Any, device: torch.device) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     params = [p for p in subject.parameters() if p.requires_grad]
-    shapes = tuple(tuple(t.shape) for t in (*params, *(v for v in vars(batch).values() if torch.is_tensor(v))))
+    shapes = tuple(tuple(t.shape) for t in (*params, *batch_tensors(batch)))
     key = (type(subject).__name__, getattr(subject, "n_arms", 1), subject.has_branch, device.type, shapes)
     if key not in _FLOPS_CACHE:
         saved = [p.grad for p in params]

@@ -106,6 +106,7 @@ class TrainResult:
     packed_arms: int = 1  # arms trained side by side with this one (wall, speed, FLOPs are the pack's)
     step_flops: float = float("nan")  # FLOPs of one step of the pack (forward + backward), counted
     mfu: float = float("nan")  # step_flops / step time / the device's peak bf16 rate (NaN: peak unknown)
+    groups: tuple[str, ...] = ()  # the watched adapter groups, their union "all" last
     metrics: dict[str, list[float]] = field(default_factory=dict)  # name -> value per step
     probes: list[ProbeResult] = field(default_factory=list)
     # The end-of-run evaluation (ablate.subjects.aaclip.evaluate.EvalResult), None when it was off.
@@ -117,6 +118,7 @@ class TrainResult:
         skip = ("metrics", "probes", "adapter_gain_batches", "evaluation")
         d = {k: v for k, v in asdict(self).items() if k not in skip}
         d["frozen"] = ",".join(self.frozen)
+        d["groups"] = list(self.groups)
         ev = self.evaluation
         for name in EVAL_METRICS:
             d[name] = ev.metrics[name] if ev is not None else None

@@ -16,6 +16,7 @@ from ablate.objectives import OBJECTIVES
 from ablate.store.engine import display_url
 from ablate.store.schema import RunModel, StudyModel
 
+AACLIP_GROUPS = ("layers", "proj")  # the AA-CLIP subject's groups (ablate/subjects/aaclip/subject.py)
 STUDY_COLUMNS = ("name", "optuna_study_name", "created_at", "n_trials", "n_runs", "spec_hash", "git_revision")
 
 
@@ -123,13 +124,18 @@ def settings_from(name: str, objectives_json: str | None, spec_text: str | None)
     except tomllib.TOMLDecodeError:
         spec = {}
     probe, study_sec = spec.get("probe", {}), spec.get("study", {})
+    subject = spec.get("subject")
+    # The subject's groups in the spec's order: a [subject] names its own, AA-CLIP has two.
+    groups = list(subject.get("groups", {})) if isinstance(subject, dict) else list(AACLIP_GROUPS)
     return {
         "study": name,
         "objectives": metrics,
         "directions": {m: OBJECTIVES[m].direction for m in metrics if m in OBJECTIVES},
         "threshold": float(probe.get("threshold", 0.8)),
         "seeds": [int(x) for x in study_sec.get("seeds", [0])],
-        "group": str(probe.get("group", "layers")),
+        "group": str(probe.get("group") or (groups[0] if groups else "all")),
+        "groups": [*groups, "all"],
+        "subject": "module" if isinstance(subject, dict) else "aaclip",
     }
 
 

@@ -289,7 +289,46 @@ def open_storage(url: str | None = None, create: bool = True) -> Engine:
         except SQLAlchemyError as exc:
             raise ValueError(f"cannot open storage {display_url(engine)!r}: {_first_line(exc)}") from exc
         check_schema(engine, readable=True)
+        check_version(engine)
         return engine
+    from ablate.store import migrate
+
+    with engine.connect() as conn:
+        fresh = migrate.schema_version(conn) is None
     create_schema(engine)
     upgrade_schema(engine)
+    if fresh:
+        migrate.stamp_new(engine)
+    else:
+        migrate.upgrade(engine)
     return engine
+
+
+def check_version(engine: Engine) -> None:
+    """Refuse (ValueError, one line) a file an older ablate wrote: reads never write to it."""
+    from ablate.store import migrate
+    from ablate.store.schema import SCHEMA_VERSION
+
+    with engine.connect() as conn:
+        version = migrate.schema_version(conn)
+    if version is not None and version < SCHEMA_VERSION:
+        raise ValueError(
+            f"storage {display_url(engine)!r} has schema {version} (written by an older ablate); upgrade it "
+            f"once with `ablate db upgrade --storage {display_url(engine)}` (every number is kept)"
+        )
+
+
+def upgrade_storage(url: str | None = None) -> list[str]:
+    """``ablate db upgrade``: bring an existing database to this release's layout; one line per step."""
+    from ablate.store import migrate
+
+    engine = make_engine(storage_url(url))
+    path = _sqlite_file(engine.url) if is_sqlite(engine) else None
+    if path is not None and not path.expanduser().exists():
+        raise ValueError(f"storage {storage_url(url)!r} does not exist (no file {str(path)!r})")
+    with engine.connect() as conn:
+        if migrate.schema_version(conn) is None:
+            raise ValueError(f"storage {display_url(engine)!r} holds no ablate tables")
+    create_schema(engine)
+    steps = [f"added column {c}" for c in upgrade_schema(engine)]
+    return steps + migrate.upgrade(engine)

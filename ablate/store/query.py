@@ -21,11 +21,13 @@ from ablate.objectives import OBJECTIVES
 from ablate.store import catalog, readonly_sql, summaries
 from ablate.store.catalog import latest_study, study_settings
 from ablate.store.encode import decode_fields, decode_float, decode_float_lists
+from ablate.store.groups import read_probe_groups, wide_columns
 from ablate.store.schema import (
     EVAL_FIELDS,
-    GROUPS,
     PROBE_FLOAT_FIELDS,
+    PROBE_GROUP_COLUMNS,
     RUN_FLOAT_FIELDS,
+    RUN_GROUP_COLUMNS,
     ClassMetricModel,
     ProbePointModel,
     RunModel,
@@ -33,6 +35,7 @@ from ablate.store.schema import (
 )
 from ablate.store.summaries import REFERENCE_LABELS
 
+DEFAULT_GROUPS = ("layers", "proj", "all")  # the AA-CLIP subject's groups and their union
 _RUN_INFO = ("run_id", "role", "trial_number", "seed", "fix", "scale")
 _resolve_study = catalog.resolve_study
 
@@ -72,7 +75,7 @@ def list_studies(engine: Engine) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------- runs
 
-RUNS_COLUMNS = [
+RUNS_HEAD = [
     "study",
     "run_id",
     "role",
@@ -86,12 +89,17 @@ RUNS_COLUMNS = [
     "judged_group",
     "frozen",
     *RUN_FLOAT_FIELDS,
-    "verdict",
-    "device",
-    "error",
-    "started_at",
-    "finished_at",
 ]
+RUNS_TAIL = ["verdict", "device", "error", "started_at", "finished_at"]
+
+
+def runs_columns(groups: Sequence[str]) -> list[str]:
+    """The runs frame's columns for a study with these adapter groups (``all`` included)."""
+    return [*RUNS_HEAD, *wide_columns(RUN_GROUP_COLUMNS, groups), *RUNS_TAIL]
+
+
+# The AA-CLIP subject's (the frames of another subject name its groups instead).
+RUNS_COLUMNS = runs_columns(DEFAULT_GROUPS)
 
 
 def _run_identity() -> tuple[Any, ...]:
@@ -106,8 +114,9 @@ def _run_identity() -> tuple[Any, ...]:
     )
 
 
-def _runs_df(records: list[dict[str, Any]]) -> pd.DataFrame:
-    df = pd.DataFrame.from_records(records, columns=RUNS_COLUMNS)
+def _runs_df(records: list[dict[str, Any]], groups: Sequence[str]) -> pd.DataFrame:
+    columns = runs_columns(groups)
+    df = pd.DataFrame.from_records(records, columns=columns)
     df = df.astype(
         {
             "run_id": "int64",
@@ -117,9 +126,10 @@ def _runs_df(records: list[dict[str, Any]]) -> pd.DataFrame:
             "steps": "Int64",
             "packed_arms": "Int64",
             **dict.fromkeys(RUN_FLOAT_FIELDS, "float64"),
+            **dict.fromkeys(wide_columns(RUN_GROUP_COLUMNS, groups), "float64"),
         }
     )
-    return df[RUNS_COLUMNS]
+    return df[columns]
 
 
 def runs_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
@@ -128,31 +138,36 @@ def runs_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
     columns compare the run with the no-branch baseline run of the same seed."""
     with engine.connect() as conn:
         study_id, name = _resolve_study(conn, study)
-        return _runs_df(summaries.run_records(conn, study_id, name))
+        groups = catalog.settings(conn, study_id, name)["groups"]
+        return _runs_df(summaries.run_records(conn, study_id, name, groups=groups), groups)
 
 
 TRIALS_ID_COLUMNS = ["study", "trial_number", "fix", "scale", "status", "ranked", "n_seeds", "seeds_wanted"]
-METRIC_COLUMNS = [
-    "adapter_gain", "adapter_gain_lo", "adapter_gain_hi", "dilution_train", "dilution_train_lo", "dilution_train_hi",
-    "adapter_gain_rel",
-    "adapter_gain_diff", "adapter_gain_diff_lo", "adapter_gain_diff_hi",
-    "train_grad_ratio", "train_grad_ratio_lo", "train_grad_ratio_hi",
-    *(f"train_grad_ratio_{g}" for g in GROUPS),
-    "train_update_ratio", "train_update_ratio_lo", "train_update_ratio_hi",
-    *(f"train_update_ratio_{g}" for g in GROUPS),
-    "grad_ratio_init", "grad_ratio_init_lo", "grad_ratio_init_hi",
-    *(f"grad_ratio_init_{g}" for g in GROUPS),
-    *(f"grad_share_init_{g}" for g in GROUPS),
-    "grad_ratio_mean", "loss_slope", "loss_slope_std", "loss_slope_rel", "loss_first", "loss_last",
-    *(f"{m}{end}" for m in EVAL_FIELDS for end in ("", "_lo", "_hi")),
-    "ci_scope", "threshold", "verdict",
-]  # fmt: skip
+def metric_columns(groups: Sequence[str]) -> list[str]:
+    """The trial and fix frames' metric columns for a study with these adapter groups."""
+    per_group = lambda prefix: [f"{prefix}_{g}" for g in groups]  # noqa: E731
+    return [
+        "adapter_gain", "adapter_gain_lo", "adapter_gain_hi", "dilution_train", "dilution_train_lo",
+        "dilution_train_hi", "adapter_gain_rel", "adapter_gain_diff", "adapter_gain_diff_lo", "adapter_gain_diff_hi",
+        "train_grad_ratio", "train_grad_ratio_lo", "train_grad_ratio_hi", *per_group("train_grad_ratio"),
+        "train_update_ratio", "train_update_ratio_lo", "train_update_ratio_hi", *per_group("train_update_ratio"),
+        "grad_ratio_init", "grad_ratio_init_lo", "grad_ratio_init_hi", *per_group("grad_ratio_init"),
+        *per_group("grad_share_init"),
+        "grad_ratio_mean", "loss_slope", "loss_slope_std", "loss_slope_rel", "loss_first", "loss_last",
+        *(f"{m}{end}" for m in EVAL_FIELDS for end in ("", "_lo", "_hi")),
+        "ci_scope", "threshold", "verdict",
+    ]  # fmt: skip
+
+
+METRIC_COLUMNS = metric_columns(DEFAULT_GROUPS)  # the AA-CLIP subject's
 FIX_HEAD_COLUMNS = ["study", "fix", "n_trials", "n_unranked", "best_trial", "scale", "n_seeds"]
 
 
-def _ordered(records: list[dict[str, Any]], head: list[str], objectives: Sequence[str]) -> pd.DataFrame:
+def _ordered(
+    records: list[dict[str, Any]], head: list[str], objectives: Sequence[str], groups: Sequence[str]
+) -> pd.DataFrame:
     obj_cols = [c for m in objectives for c in (m, f"{m}_lo", f"{m}_hi")]
-    columns = [*head, *obj_cols, *[c for c in METRIC_COLUMNS if c not in obj_cols], "wall_s"]
+    columns = [*head, *obj_cols, *[c for c in metric_columns(groups) if c not in obj_cols], "wall_s"]
     return pd.DataFrame.from_records(records, columns=list(dict.fromkeys(columns)))
 
 
@@ -165,17 +180,17 @@ def _trial_records(
     settings = catalog.settings(conn, study_id, name)
     objectives = [m for m in settings["objectives"] if m in OBJECTIVES]
     if runs is None:
-        runs = summaries.run_records(conn, study_id, name, roles=("trial",))
+        runs = summaries.run_records(conn, study_id, name, roles=("trial",), groups=settings["groups"])
     trial_runs = [r for r in runs if r["role"] == "trial"]
     states = summaries.optuna_states(conn, study_id)
     records = summaries.trial_records(
-        trial_runs, name, states, objectives, set(settings["seeds"]), settings["threshold"]
+        trial_runs, name, states, objectives, set(settings["seeds"]), settings["threshold"], settings["groups"]
     )
     return records, settings, study_id, name
 
 
-def _trials_df(records: list[dict[str, Any]], objectives: Sequence[str]) -> pd.DataFrame:
-    df = _ordered(records, TRIALS_ID_COLUMNS, objectives)
+def _trials_df(records: list[dict[str, Any]], objectives: Sequence[str], groups: Sequence[str]) -> pd.DataFrame:
+    df = _ordered(records, TRIALS_ID_COLUMNS, objectives, groups)
     return df.astype(
         {"trial_number": "int64", "n_seeds": "int64", "seeds_wanted": "int64", "scale": "float64", "ranked": "bool"}
     )
@@ -197,7 +212,7 @@ def trials_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
     """
     with engine.connect() as conn:
         records, settings, _, _ = _trial_records(conn, study)
-    return _trials_df(records, _objectives(settings))
+    return _trials_df(records, _objectives(settings), settings["groups"])
 
 
 # ---------------------------------------------------------------------------------------------- fixes
@@ -209,15 +224,18 @@ def _fix_records(
     """(fix records, trial records, settings) from the study's runs (read here when not given)."""
     trials, settings, study_id, name = _trial_records(conn, study, runs)
     if runs is None:
-        refs = summaries.run_records(conn, study_id, name, roles=tuple(REFERENCE_LABELS))
+        refs = summaries.run_records(conn, study_id, name, roles=tuple(REFERENCE_LABELS), groups=settings["groups"])
     else:
         refs = [r for r in runs if r["role"] in REFERENCE_LABELS]
-    fixes = summaries.fix_records(trials, refs, name, _objectives(settings), settings["threshold"], METRIC_COLUMNS)
+    groups = settings["groups"]
+    fixes = summaries.fix_records(
+        trials, refs, name, _objectives(settings), settings["threshold"], metric_columns(groups), groups
+    )
     return fixes, trials, settings
 
 
-def _fixes_df(records: list[dict[str, Any]], objectives: Sequence[str]) -> pd.DataFrame:
-    df = _ordered(records, FIX_HEAD_COLUMNS, objectives)
+def _fixes_df(records: list[dict[str, Any]], objectives: Sequence[str], groups: Sequence[str]) -> pd.DataFrame:
+    df = _ordered(records, FIX_HEAD_COLUMNS, objectives, groups)
     return df.astype({"n_trials": "int64", "n_unranked": "int64", "best_trial": "Int64", "n_seeds": "int64"})
 
 
@@ -230,7 +248,7 @@ def group_by_fix(engine: Engine, study: str | None = None) -> pd.DataFrame:
     """
     with engine.connect() as conn:
         fixes, _, settings = _fix_records(conn, study)
-    return _fixes_df(fixes, _objectives(settings))
+    return _fixes_df(fixes, _objectives(settings), settings["groups"])
 
 
 def summary_frames(engine: Engine, study: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -238,10 +256,11 @@ def summary_frames(engine: Engine, study: str | None = None) -> tuple[pd.DataFra
     (what ``ablate plot`` needs)."""
     with engine.connect() as conn:
         study_id, name = _resolve_study(conn, study)
-        runs = summaries.run_records(conn, study_id, name)
+        groups = catalog.settings(conn, study_id, name)["groups"]
+        runs = summaries.run_records(conn, study_id, name, groups=groups)
         fixes, trials, settings = _fix_records(conn, name, runs)
     objectives = _objectives(settings)
-    return _trials_df(trials, objectives), _fixes_df(fixes, objectives), _runs_df(runs)
+    return _trials_df(trials, objectives, groups), _fixes_df(fixes, objectives, groups), _runs_df(runs, groups)
 
 
 # ------------------------------------------------------------------------------- step metrics, probes
@@ -311,14 +330,22 @@ def step_metrics_for_runs(
     return _steps_df(rows)
 
 
-PROBE_COLUMNS = [*_RUN_INFO, "status", "step", "judged_group", *PROBE_FLOAT_FIELDS, "verdict", "per_batch_ratios"]
+def probe_columns(groups: Sequence[str]) -> list[str]:
+    """The probe frame's columns for a study with these adapter groups."""
+    middle = [*PROBE_FLOAT_FIELDS, *wide_columns(PROBE_GROUP_COLUMNS, groups)]
+    return [*_RUN_INFO, "status", "step", "judged_group", *middle, "verdict", "per_batch_ratios"]
+
+
+PROBE_COLUMNS = probe_columns(DEFAULT_GROUPS)  # the AA-CLIP subject's
 
 
 def probe_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
     """One row per probe point with its run's identity; ``per_batch_ratios`` is {group: [ratios]}."""
     P = ProbePointModel
     with engine.connect() as conn:
-        study_id, _ = _resolve_study(conn, study)
+        study_id, name = _resolve_study(conn, study)
+        groups = catalog.settings(conn, study_id, name)["groups"]
+        per_group = read_probe_groups(conn, study_id)
         stmt = (
             select(
                 *_run_identity(),
@@ -339,8 +366,10 @@ def probe_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
             rec = dict(row)
             rec.update(decode_fields(rec, PROBE_FLOAT_FIELDS, rec.pop("nonfinite")))
             rec["per_batch_ratios"] = decode_float_lists(rec["per_batch_ratios"])
+            rec.update(per_group.get((int(rec["run_id"]), int(rec["step"])), {}))
             records.append(rec)
-    df = pd.DataFrame.from_records(records, columns=PROBE_COLUMNS)
+    columns = probe_columns(groups)
+    df = pd.DataFrame.from_records(records, columns=columns)
     return df.astype(
         {
             "run_id": "int64",
@@ -348,7 +377,7 @@ def probe_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
             "seed": "int64",
             "scale": "float64",
             "step": "int64",
-            **dict.fromkeys(PROBE_FLOAT_FIELDS, "float64"),
+            **dict.fromkeys(columns[columns.index(PROBE_FLOAT_FIELDS[0]) : columns.index("verdict")], "float64"),
         }
     )
 

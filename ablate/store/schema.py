@@ -40,7 +40,26 @@ BASELINE_TRIAL_KEY = -1  # the no-branch reference run of a seed
 CONTROL_TRIAL_KEY = -2  # the frozen-adapter control of a seed (no branch, block adapters not updated)
 ROLES = ("trial", "baseline", "control")
 REFERENCE_KEYS = {"baseline": BASELINE_TRIAL_KEY, "control": CONTROL_TRIAL_KEY}
-GROUPS = ("layers", "proj", "all")
+# Per-group numbers live in long tables keyed by group name (ablate_run_groups, ablate_probe_groups):
+# any subject's groups, plus their union "all". Read back, each becomes a column named by the
+# template below (train_grad_ratio_layers, grad_ratio_proj_lo, ...), so frames look alike for every
+# subject. AA-CLIP's groups were columns of ablate_runs / ablate_probe_points until schema 2.
+RUN_GROUP_COLUMNS = {
+    "train_grad_ratio": "train_grad_ratio_{g}",
+    "train_update_ratio": "train_update_ratio_{g}",
+    "grad_ratio_init": "grad_ratio_init_{g}",
+    "grad_share_init": "grad_share_init_{g}",
+}
+PROBE_GROUP_COLUMNS = {
+    "grad_ratio": "grad_ratio_{g}",
+    "grad_ratio_lo": "grad_ratio_{g}_lo",
+    "grad_ratio_hi": "grad_ratio_{g}_hi",
+    "grad_share": "grad_share_{g}",
+    "grad_norm_with": "grad_norm_{g}_with",
+    "grad_norm_without": "grad_norm_{g}_without",
+}
+# The schema this release writes; ablate/store/migrate.py upgrades older files to it.
+SCHEMA_VERSION = 2
 STATUSES = ("running", "complete", "failed", "pruned")
 # Optuna study user attribute (+ host) where the study runner notes each machine's hardware; an
 # attribute rather than a column, so databases written before it need nothing (ablate report reads it).
@@ -72,19 +91,15 @@ RUN_FLOAT_FIELDS = (
     "train_grad_ratio",
     "train_grad_ratio_lo",
     "train_grad_ratio_hi",
-    *(f"train_grad_ratio_{g}" for g in GROUPS),
     "train_update_ratio",
     "train_update_ratio_lo",
     "train_update_ratio_hi",
-    *(f"train_update_ratio_{g}" for g in GROUPS),
     "grad_ratio_init",
     "grad_ratio_init_lo",
     "grad_ratio_init_hi",
-    *(f"grad_ratio_init_{g}" for g in GROUPS),
     "grad_ratio_final",
     "grad_ratio_mean",
     "grad_share_init",
-    *(f"grad_share_init_{g}" for g in GROUPS),
     "norm_inflation_init",
     "loss0_with",
     "loss0_without",
@@ -102,9 +117,6 @@ PROBE_FLOAT_FIELDS = (
     "grad_ratio",
     "grad_ratio_lo",
     "grad_ratio_hi",
-    *(f"grad_ratio_{g}{end}" for g in GROUPS for end in ("", "_lo", "_hi")),
-    *(f"grad_share_{g}" for g in GROUPS),
-    *(f"grad_norm_{g}_{arm}" for g in GROUPS for arm in ("with", "without")),
     "grad_norm_branch",
     "grad_share",
     "norm_inflation",
@@ -255,6 +267,42 @@ class ClassMetricModel(Base):
     value: Mapped[float | None] = mapped_column(Float)
     flag: Mapped[str | None] = mapped_column(String(4))  # "nan" | "inf" | "-inf" when value is NULL
     note: Mapped[str | None] = mapped_column(Text)
+
+
+class RunGroupMetricModel(Base):
+    """A run's number for one adapter group (long format): ``name`` is a key of ``RUN_GROUP_COLUMNS``."""
+
+    __tablename__ = "ablate_run_groups"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("ablate_runs.id", ondelete="CASCADE"), primary_key=True)
+    group_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float)
+    flag: Mapped[str | None] = mapped_column(String(4))  # "nan" | "inf" | "-inf" when value is NULL
+
+
+class ProbeGroupMetricModel(Base):
+    """A probe point's number for one adapter group (long format): ``name`` is a key of
+    ``PROBE_GROUP_COLUMNS``; (run_id, step) is the probe point (unique per run)."""
+
+    __tablename__ = "ablate_probe_groups"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("ablate_runs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float)
+    flag: Mapped[str | None] = mapped_column(String(4))
+
+
+class SchemaInfoModel(Base):
+    """Facts about the database file itself; ``schema_version`` says which layout it has (files
+    without this table were written by ablate 0.1.0: schema 1)."""
+
+    __tablename__ = "ablate_schema"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 TABLES = tuple(Base.metadata.sorted_tables)

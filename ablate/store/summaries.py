@@ -20,7 +20,15 @@ from sqlalchemy import Connection, Float, inspect, literal, select, text
 from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, column_interval, trial_interval
 from ablate.stats import SCOPE_SEEDS, SCOPE_WITHIN
 from ablate.store.encode import decode_fields
-from ablate.store.schema import ADDED_RUN_COLUMNS, EVAL_FIELDS, GROUPS, RUN_FLOAT_FIELDS, RunModel, StudyModel
+from ablate.store.groups import read_run_groups, wide_columns
+from ablate.store.schema import (
+    ADDED_RUN_COLUMNS,
+    EVAL_FIELDS,
+    RUN_FLOAT_FIELDS,
+    RUN_GROUP_COLUMNS,
+    RunModel,
+    StudyModel,
+)
 
 STATUS_SEVERITY = {"failed": 3, "pruned": 2, "running": 1, "complete": 0}
 REFERENCE_LABELS = {"baseline": "no-branch (baseline)", "control": "frozen-adapters (control)"}
@@ -63,17 +71,24 @@ def absent_run_columns(conn: Connection) -> frozenset[str]:
     return frozenset(c for c in ADDED_RUN_COLUMNS if c not in have)
 
 
-def run_records(conn: Connection, study_id: int, study_name: str, roles: Sequence[str] | None = None) -> list[dict]:
-    """The study's run rows (all roles, or ``roles``) as dicts, NaN/inf restored, in ``RUN_ORDER``."""
+def run_records(
+    conn: Connection, study_id: int, study_name: str, roles: Sequence[str] | None = None, groups: Sequence[str] = ()
+) -> list[dict]:
+    """The study's run rows (all roles, or ``roles``) as dicts, NaN/inf restored, in ``RUN_ORDER``, with
+    each group's numbers (ablate_run_groups) under their wide names (NaN where a run has none)."""
     absent = absent_run_columns(conn)
     columns = _run_columns(absent) if absent else RUN_COLUMNS
     stmt = select(*columns).where(RunModel.study_id == study_id).order_by(*RUN_ORDER)
     if roles is not None:
         stmt = stmt.where(RunModel.role.in_(list(roles)))
+    per_group, _ = read_run_groups(conn, study_id)
+    blank = dict.fromkeys(wide_columns(RUN_GROUP_COLUMNS, groups), math.nan)
     records = []
     for row in conn.execute(stmt).mappings():
         rec = dict(row)
         rec.update(decode_fields(rec, RUN_FLOAT_FIELDS, rec.pop("nonfinite")))
+        rec.update(blank)
+        rec.update(per_group.get(int(rec["run_id"]), {}))
         rec["study"] = study_name
         records.append(rec)
     return records
@@ -126,7 +141,9 @@ def _verdict(ratio: float, threshold: float) -> str | None:
     return "OK" if ratio >= threshold else "CAUTION"
 
 
-def metric_columns(rows: list[dict[str, Any]], objectives: Sequence[str], threshold: float) -> dict[str, Any]:
+def metric_columns(
+    rows: list[dict[str, Any]], objectives: Sequence[str], threshold: float, groups: Sequence[str] = ()
+) -> dict[str, Any]:
     """The metric columns of a trial (or reference arm) from its complete seeds' run rows."""
     rec: dict[str, Any] = {}
     for name in dict.fromkeys([*objectives, *DEFAULT_OBJECTIVES]):  # the plots' default axes always exist
@@ -144,7 +161,7 @@ def metric_columns(rows: list[dict[str, Any]], objectives: Sequence[str], thresh
         rec.setdefault(column, ci.estimate)
         rec.setdefault(f"{column}_lo", ci.lo)
         rec.setdefault(f"{column}_hi", ci.hi)
-    for g in GROUPS:
+    for g in groups:
         for column in (f"train_grad_ratio_{g}", f"train_update_ratio_{g}", f"grad_ratio_init_{g}"):
             rec[column] = column_interval(column, rows, ratio=True).estimate
         rec[f"grad_share_init_{g}"] = _mean([r.get(f"grad_share_init_{g}") for r in rows])
@@ -179,6 +196,7 @@ def trial_records(
     objectives: Sequence[str],
     seeds_wanted: set[int],
     threshold: float,
+    groups: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """One record per trial from its runs (given ordered by trial number, then seed).
 
@@ -206,7 +224,7 @@ def trial_records(
                 "ranked": status == "complete" and seeds_wanted <= complete_seeds,
                 "n_seeds": len(complete_seeds),
                 "seeds_wanted": len(seeds_wanted),
-                **metric_columns(ok, objectives, threshold),
+                **metric_columns(ok, objectives, threshold, groups),
                 "wall_s": _wall(runs),
             }
         )
@@ -228,6 +246,7 @@ def fix_records(
     objectives: Sequence[str],
     threshold: float,
     metric_names: Sequence[str],
+    groups: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """The references over their complete seeds, then per fix (by name) its best ranked trial by the
     first objective. ``metric_names`` are the trial columns a fix row copies from its best trial."""
@@ -247,7 +266,7 @@ def fix_records(
                 "best_trial": None,
                 "scale": math.nan,
                 "n_seeds": len(ok),
-                **metric_columns(ok, objectives, threshold),
+                **metric_columns(ok, objectives, threshold, groups),
                 "wall_s": _wall(ok),
             }
         )

@@ -32,13 +32,16 @@ from ablate.store.encode import (
     encode_float_list,
     encode_float_lists,
 )
+from ablate.store.groups import probe_group_rows, run_group_rows
 from ablate.store.schema import (
     PROBE_FLOAT_FIELDS,
     REFERENCE_KEYS,
     ROLES,
     RUN_FLOAT_FIELDS,
     ClassMetricModel,
+    ProbeGroupMetricModel,
     ProbePointModel,
+    RunGroupMetricModel,
     RunModel,
     StepMetricModel,
     StudyModel,
@@ -428,12 +431,22 @@ def _probe_row(run_id: int, probe: Mapping[str, Any] | ProbeResult) -> dict[str,
     }
 
 
+def _probe_group_rows(run_id: int, probe: Mapping[str, Any] | ProbeResult) -> list[dict[str, Any]]:
+    d = probe.flat() if hasattr(probe, "flat") else probe
+    groups = list((d.get("per_batch_ratios") or {}).keys())
+    return probe_group_rows(run_id, int(d["step"]), d, groups)
+
+
 def write_probes(engine: Engine, run_id: int, probes: Iterable[Mapping[str, Any] | ProbeResult]) -> int:
-    """Write several probe points in one transaction; return how many."""
+    """Write several probe points (and their per-group numbers) in one transaction; return how many."""
+    probes = list(probes)
     rows = [_probe_row(run_id, p) for p in probes]
+    group_rows = [r for p in probes for r in _probe_group_rows(run_id, p)]
     if rows:
         with engine.begin() as conn:
             conn.execute(insert(ProbePointModel.__table__), rows)
+            if group_rows:
+                conn.execute(insert(ProbeGroupMetricModel.__table__), group_rows)
     return len(rows)
 
 
@@ -468,6 +481,11 @@ def finish_run(
         first = None if probe is None else {c: getattr(probe, c) for c in _PROBE_INIT_COLUMNS}
         for key, value in _finished_columns(status, summary, first, error).items():
             setattr(run, key, value)
+        groups = (summary or {}).get("groups") or ()
+        group_rows = run_group_rows(run_id, summary or {}, groups)
+        if group_rows:
+            session.execute(delete(RunGroupMetricModel).where(RunGroupMetricModel.run_id == run_id))
+            session.execute(insert(RunGroupMetricModel), group_rows)
         rows = class_metric_rows(run_id, (summary or {}).get("evaluation"))
         if rows:
             session.execute(delete(ClassMetricModel).where(ClassMetricModel.run_id == run_id))

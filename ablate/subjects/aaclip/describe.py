@@ -29,8 +29,14 @@ def widths(cfg: AAClipConfig) -> tuple[int, int, int, int]:
     return oc["vision_cfg"]["width"], oc["text_cfg"]["width"], oc["embed_dim"], oc["vision_cfg"]["layers"]
 
 
-def _size(params: list[nn.Parameter]) -> dict[str, int]:
-    return {"params": sum(p.numel() for p in params), "tensors": len(params)}
+def _size(named: list[tuple[str, nn.Parameter]]) -> dict[str, Any]:
+    names = [n for n, _ in named]
+    return {
+        "params": sum(p.numel() for _, p in named),
+        "tensors": len(named),
+        "names": names[:4],
+        "more": len(names[4:]),
+    }
 
 
 def describe(cfg: AAClipConfig, fix: str = "none") -> dict[str, Any]:
@@ -45,16 +51,19 @@ def describe(cfg: AAClipConfig, fix: str = "none") -> dict[str, Any]:
         branch = nn.ModuleList([CrossAttentionBranch(d_img, d_txt, cfg.branch_heads, cfg.branch_dropout)])
         if choice.has_branch:
             branch.append(choice.build_join(d_img))
-    groups = {"layers": list(adapters.parameters()), "proj": list(proj.parameters())}
+    seg = [(f"seg_proj.{n}", p) for n, p in proj[:-1].named_parameters()]
+    groups = {
+        "layers": [(f"adapters.{n}", p) for n, p in adapters.named_parameters()],
+        "proj": [*seg, *((f"det_proj.{n}", p) for n, p in proj[-1].named_parameters())],
+    }
     out = {name: _size(ps) for name, ps in groups.items()}
-    out["all"] = _size([p for ps in groups.values() for p in ps])
-    names = {"layers": "adapters.", "proj": "seg_proj. / det_proj."}
+    out["all"] = {**_size([p for ps in groups.values() for p in ps]), "names": [], "more": 0}
     return {
         "subject": "aaclip",
-        "groups": {k: {**v, "names": [names.get(k, "")]} for k, v in out.items()},
+        "groups": out,
         "branch": {
             "at": f"visual.transformer.resblocks.{cfg.inject_at}",
-            "params": _size(list(branch.parameters()))["params"],
+            "params": sum(p.numel() for p in branch.parameters()),
             "calls": 1,
             "fix": choice.name,
         },
