@@ -554,7 +554,11 @@ def _first_error(exc: ValidationError) -> AblateInputError:
     e = exc.errors()[0]
     loc = [str(p) for p in e["loc"]]
     msg = str(e["msg"]).removeprefix("Value error, ")
-    if e["type"] == "extra_forbidden":
+    bound = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+    if e["type"] in bound:
+        limit = next(iter((e.get("ctx") or {}).values()), "?")
+        msg = f"must be {bound[e['type']]} {limit}, got {e.get('input')!r}"
+    elif e["type"] == "extra_forbidden":
         msg = "unknown key"
     elif e["type"] == "missing":
         msg = "required"

@@ -28,7 +28,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablate.store import FinishedRun, open_storage, register_study, write_finished_runs  # noqa: E402
-from ablate.store.schema import GROUPS, RUN_FLOAT_FIELDS  # noqa: E402
+from ablate.store.schema import RUN_FLOAT_FIELDS, RUN_GROUP_COLUMNS  # noqa: E402
+
+GROUPS = ("layers", "proj", "all")  # the AA-CLIP subject's groups and their union
 
 FIXES = ("none", "fixed-scale", "learnable-alpha", "zero-init", "tanh-gate", "layerscale", "norm-match")
 SCALED = {"fixed-scale", "learnable-alpha", "tanh-gate", "layerscale", "norm-match"}
@@ -50,7 +52,8 @@ def _summary(rng: random.Random, fix: str, role: str, steps: int, diverge: float
     """Plausible summary numbers: ratios near 0.9 for branch arms, 1 for the references."""
     ref = role != "trial"
     s: dict[str, Any] = {}
-    for name in RUN_FLOAT_FIELDS:
+    names = [*RUN_FLOAT_FIELDS, *(t.format(g=g) for t in RUN_GROUP_COLUMNS.values() for g in GROUPS)]
+    for name in names:
         if "ratio" in name:
             base = 1.0 if ref else math.exp(rng.gauss(-0.1, 0.08))
             s[name] = base * (0.95 if name.endswith("_lo") else 1.05 if name.endswith("_hi") else 1.0)
@@ -59,7 +62,9 @@ def _summary(rng: random.Random, fix: str, role: str, steps: int, diverge: float
         else:
             s[name] = rng.gauss(0.0, 1.0)
     s["loss_slope"] = rng.gauss(-4.5, 0.6)
-    s.update(steps=steps, group="layers", frozen="layers" if role == "control" else "", verdict="OK")
+    s.update(
+        groups=list(GROUPS), steps=steps, group="layers", frozen="layers" if role == "control" else "", verdict="OK"
+    )
     s["adapter_gain_batches"] = [rng.gauss(0.05, 0.03) for _ in range(6)]
     if not ref and rng.random() < diverge:  # a diverged run: the NaN/inf encoding is part of every read
         s["loss_slope"], s["train_grad_ratio_proj"] = float("nan"), float("inf")

@@ -93,7 +93,7 @@ def test_train_frozen_control_learns_nothing_in_its_block_adapters(capsys):
         (["probe", "--device", "tpu"], "--device"),
         (["probe", "--backbone", "vit-huge"], "--backbone: unknown backbone"),
         (["probe", "--fix", "zero-init+norm-match"], "invalid combination"),
-        (["probe", "--group", "heads"], "--group: must be layers, proj or all"),
+        (["probe", "--group", "heads"], "--group: 'heads' is not one of this subject's groups (layers, proj, all)"),
         (["probe", "--threads", "0"], "--threads: must be >= 1"),
     ],
 )

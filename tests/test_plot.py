@@ -375,13 +375,13 @@ def test_loss_curves(runs: pd.DataFrame, steps: pd.DataFrame) -> None:
 
 def test_grad_norms_three_panels(runs: pd.DataFrame, steps: pd.DataFrame) -> None:
     data = extract_grad_norms(steps, runs)
-    layers = {c.fix: c for c in data.layers}
-    proj = {c.fix: c for c in data.proj}
-    branch = {c.fix: c for c in data.branch}
+    layers = {c.fix: c for c in data.panel("layers")}
+    proj = {c.fix: c for c in data.panel("proj")}
+    branch = {c.fix: c for c in data.panel("branch")}
     # the baseline is appended, last, to the adapter panels only: without a branch there is no branch gradient
-    assert data.layers[-1].fix == "no-branch" and data.proj[-1].fix == "no-branch"
+    assert data.panel("layers")[-1].fix == "no-branch" and data.panel("proj")[-1].fix == "no-branch"
     assert "no-branch" not in branch
-    assert [c.fix for c in data.branch] == [c.fix for c in data.layers[:-1]]
+    assert [c.fix for c in data.panel("branch")] == [c.fix for c in data.panel("layers")[:-1]]
     assert layers["fixed-scale"].trial_number == 2
     np.testing.assert_allclose(layers["none"].mean, [1.5 + s for s in range(N_STEPS)])  # seeds 0, 1
     np.testing.assert_allclose(layers["none"].lo, [1.0 + s for s in range(N_STEPS)])
@@ -398,10 +398,10 @@ def test_grad_norms_three_panels(runs: pd.DataFrame, steps: pd.DataFrame) -> Non
 def test_grad_norms_old_metric_name_is_not_read(runs: pd.DataFrame, steps: pd.DataFrame) -> None:
     old = steps[steps["name"] == "grad_norm_layers"].assign(name="grad_norm_adapter")
     with pytest.raises(NoPlotData, match="grad_norm_layers"):
-        extract_grad_norms(old, runs)
+        extract_grad_norms(old, runs, groups=("layers", "proj"))
     only_proj = extract_grad_norms(steps[steps["name"] == "grad_norm_proj"], runs)
-    assert only_proj.layers == () and only_proj.branch == ()
-    assert only_proj.proj[-1].fix == "no-branch"
+    assert only_proj.panel("layers") == () and only_proj.panel("branch") == ()
+    assert only_proj.panel("proj")[-1].fix == "no-branch"
 
 
 def test_curves_need_steps(runs: pd.DataFrame, steps: pd.DataFrame) -> None:
@@ -563,13 +563,14 @@ def test_render_tradeoff_draws_unranked_front_references_threshold(
 
 def test_render_grad_norms_three_panels(runs: pd.DataFrame, steps: pd.DataFrame) -> None:
     from ablate.plot import render_grad_norms
+    from ablate.subjects.aaclip.wording import GROUP_LABELS
 
-    data = extract_grad_norms(steps, runs)
+    data = extract_grad_norms(steps, runs, labels=GROUP_LABELS)
     fig = render_grad_norms(data)
     assert len(fig.axes) == 3
     assert [ax.get_title() for ax in fig.axes] == ["block adapters", "projections", "branch"]
     assert all(ax.get_yscale() == "log" for ax in fig.axes)
-    for ax, curves in zip(fig.axes, (data.layers, data.proj, data.branch)):
+    for ax, curves in zip(fig.axes, (data.panel("layers"), data.panel("proj"), data.panel("branch"))):
         assert len(ax.get_lines()) == len(curves)
 
 

@@ -194,7 +194,7 @@ def _reference_trials(engine: Engine, study: str) -> pd.DataFrame:
                 "ranked": bool(status == "complete" and set(settings["seeds"]) <= seeds),
                 "n_seeds": len(seeds),
                 "seeds_wanted": len(settings["seeds"]),
-                **metric_columns(ok.to_dict(orient="records"), objectives, settings["threshold"]),
+                **metric_columns(ok.to_dict(orient="records"), objectives, settings["threshold"], settings["groups"]),
                 "wall_s": float(g["wall_s"].sum(min_count=1)),
             }
         )

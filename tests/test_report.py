@@ -337,6 +337,8 @@ def test_spec_defaults_match_the_spec_models():
     """The report fills unwritten spec fields from a copy of the defaults (ablate.spec imports torch)."""
     from ablate import spec
     from ablate.report.model import SPEC_DEFAULTS
+    from ablate.subjects.aaclip.wording import SECTION_DEFAULTS as AACLIP
+    from ablate.subjects.module.wording import SECTION_DEFAULTS as MODULE
 
     models = {
         "model": spec.ModelSection,
@@ -344,8 +346,11 @@ def test_spec_defaults_match_the_spec_models():
         "training": spec.TrainingSection,
         "probe": spec.ProbeSection,
         "study": spec.StudySection,
+        "subject": lambda: spec.SubjectSection(
+            factory="m:f", batches="m:b", loss="m:l", groups={"g": ["x"]}, branch={"at": "x", "build": "m:c"}
+        ),
     }
-    for section_name, defaults in SPEC_DEFAULTS.items():
+    for section_name, defaults in {**SPEC_DEFAULTS, **AACLIP, **MODULE}.items():
         made = models[section_name]()
         for key, value in defaults.items():
             assert getattr(made, key) == value, (section_name, key)

@@ -52,7 +52,7 @@ BAD = [
         "negative sampler seed",
         MINI.replace("[study]", "[study]\nsampler_seed = -1"),
         "study.sampler_seed",
-        "greater than or equal to 0",
+        "must be >= 0, got -1",
     ),
     ("absurd step count", MINI.replace("steps = 6", "steps = 1000000000000"), "training.steps", "1000000"),
     (
@@ -132,7 +132,7 @@ def test_arm_config_carries_the_spec():
     spec = parse_spec(MINI)
     arm = spec.arm("fixed-scale", 0.2, seed=1)
     assert (arm.fix, arm.scale, arm.seed) == ("fixed-scale", 0.2, 1)
-    assert (arm.run.steps, arm.run.probe_every, arm.probe_batches, arm.data.batch_size) == (6, 3, 2, 2)
+    assert (arm.run.steps, arm.run.probe_every, arm.probe_batches, arm.subject.data.batch_size) == (6, 3, 2, 2)
 
 
 def test_a_binary_spec_is_one_line_naming_the_file(tmp_path):

@@ -115,6 +115,9 @@ def test_schema_creates_only_ablate_tables(engine: Engine) -> None:
         "ablate_step_metrics",
         "ablate_probe_points",
         "ablate_class_metrics",
+        "ablate_run_groups",
+        "ablate_probe_groups",
+        "ablate_schema",
     }
     assert names == set(TABLE_NAMES)
     create_schema(engine)  # idempotent
@@ -753,6 +756,8 @@ def test_study_settings(populated: Engine) -> None:
         "threshold": 0.7,
         "seeds": [0, 1, 2],
         "group": "layers",
+        "groups": ["layers", "proj", "all"],
+        "subject": "aaclip",
     }
     assert study_settings(populated) == study_settings(populated, "abl")  # None = the latest study
     assert study_settings(populated, "old") == {
@@ -762,6 +767,8 @@ def test_study_settings(populated: Engine) -> None:
         "threshold": 0.8,
         "seeds": [0],
         "group": "layers",
+        "groups": ["layers", "proj", "all"],
+        "subject": "aaclip",
     }
     # A legacy objective (no longer in the table) is listed but gets no direction; bad TOML gives defaults.
     new_study(populated, "legacy", "d" * 64, "not = [valid", [{"metric": "grad_ratio_mean", "direction": "maximize"}])

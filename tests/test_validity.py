@@ -16,7 +16,8 @@ from ablate.arms import train_arm
 from ablate.engine.compare import compare_to_baseline
 from ablate.objectives import OBJECTIVES, seed_value
 from ablate.spec import load_spec
-from ablate.store.schema import GROUPS
+
+GROUPS = ("layers", "proj", "all")  # the AA-CLIP subject's groups and their union
 
 QUICK = Path(__file__).resolve().parents[1] / "studies" / "quick.toml"
 

@@ -160,6 +160,5 @@ def check_out_dir(path: str | None, option: str, what: str = "the plots") -> Non
 
 def print_probe_table(results: list, title: str, first: str) -> None:
     from ablate import views
-    from ablate.store.schema import GROUPS
 
-    print_table(title, views.probe_view(results, first, GROUPS))
+    print_table(title, views.probe_view(results, first, list(results[0].groups)))

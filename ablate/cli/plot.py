@@ -71,4 +71,6 @@ def draw_plots(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet
         threshold=settings["threshold"],
         on_skip=(lambda k, why: None) if quiet else (lambda k, why: err.print(f"plot {k} skipped: {why}")),
         gates_selection=inputs.gates_selection,
+        groups=inputs.groups,
+        group_labels=inputs.group_labels,
     )

@@ -53,7 +53,9 @@ def _arm(subject: Subject, groups: dict[str, list], batch: Any, device: torch.de
     # The union's norm follows from the disjoint groups' (no second pass over its gradients).
     norms[ALL_GROUP] = torch.linalg.vector_norm(torch.stack(list(norms.values())), dim=0)
     row = [loss.detach(), inflation, g_x, *(norms[k] for k in groups)]
-    features = out.final_features.detach().float()
+    # A subject without final features (its model's output is not a tensor) gets a NaN cosine.
+    missing = out.final_features is None
+    features = torch.full((arms, 1), math.nan) if missing else out.final_features.detach().float()
     return [t.float().reshape(arms) for t in row], features.reshape(arms, -1, *features.shape[1:])
 
 

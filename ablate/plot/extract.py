@@ -22,7 +22,7 @@ Conventions shared by every extractor:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -285,15 +285,26 @@ class GatesData:
 
 
 @dataclass(frozen=True, eq=False)  # holds numpy arrays
-class GradNormsData:
-    """Gradient norms per step of the block adapters, the projections and the branch, best trial
-    per fix plus the baseline (last in each adapter panel; it has no branch)."""
+class GradPanel:
+    """One panel of the gradient-norm figure: a watched group (or the branch) and its curves."""
 
-    layers: tuple[Curve, ...]
-    proj: tuple[Curve, ...]
-    branch: tuple[Curve, ...]
+    group: str
+    label: str
+    curves: tuple[Curve, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class GradNormsData:
+    """Gradient norms per step of each watched group and of the branch (the last panel), best trial
+    per fix plus the baseline (last in each group's panel; it has no branch)."""
+
+    panels: tuple[GradPanel, ...]
     selection: str
     band: str = BAND_RULE
+
+    def panel(self, group: str) -> tuple[Curve, ...]:
+        """The curves of one panel (empty when the figure has no such group)."""
+        return next((p.curves for p in self.panels if p.group == group), ())
 
 
 # --------------------------------------------------------------------------------------------
@@ -637,27 +648,45 @@ def extract_loss_curves(steps: pd.DataFrame, runs: pd.DataFrame, slope_metric: s
     )
 
 
-def extract_grad_norms(steps: pd.DataFrame, runs: pd.DataFrame, slope_metric: str = "loss_slope") -> GradNormsData:
-    """Mean 'grad_norm_layers', 'grad_norm_proj' and 'grad_norm_branch' per step, best trial per
-    fix + the baseline (adapter panels only)."""
+GRAD_PREFIX = "grad_norm_"
+
+
+def step_groups(steps: pd.DataFrame) -> list[str]:
+    """The watched groups whose gradient norm the step table holds (``grad_norm_<group>``), in the
+    order first seen, without their union ``all`` and the branch."""
+    names = steps.loc[steps["name"].str.startswith(GRAD_PREFIX), "name"].unique()
+    groups = [n[len(GRAD_PREFIX) :] for n in names]
+    return [g for g in dict.fromkeys(groups) if g not in ("all", "branch")]
+
+
+def extract_grad_norms(
+    steps: pd.DataFrame,
+    runs: pd.DataFrame,
+    slope_metric: str = "loss_slope",
+    groups: Sequence[str] | None = None,
+    labels: dict[str, str] | None = None,
+) -> GradNormsData:
+    """Mean 'grad_norm_<group>' per step for each watched group (``groups``, default: those the steps
+    hold) and 'grad_norm_branch', best trial per fix + the baseline (group panels only)."""
     _check_steps(steps)
+    groups = [g for g in (groups if groups is not None else step_groups(steps)) if g not in ("all", "branch")]
+    labels = labels or {}
     best = best_trial_per_fix(runs, slope_metric)
-    panels: dict[str, list[Curve]] = {"layers": [], "proj": [], "branch": []}
+    panels: dict[str, list[Curve]] = {g: [] for g in (*groups, "branch")}
     for b in best.values():
         for group, out in panels.items():
-            c = _curve_for(b, _metric_rows(steps, b.run_ids, f"grad_norm_{group}"))
+            c = _curve_for(b, _metric_rows(steps, b.run_ids, f"{GRAD_PREFIX}{group}"))
             if c is not None:
                 out.append(c)
-    for group in ("layers", "proj"):
-        base = _baseline_curve(_metric_rows(steps, _baseline_ids(runs), f"grad_norm_{group}"))
+    for group in groups:
+        base = _baseline_curve(_metric_rows(steps, _baseline_ids(runs), f"{GRAD_PREFIX}{group}"))
         if base is not None:
             panels[group].append(base)
     if not any(panels.values()):
-        raise NoPlotData("steps", "no 'grad_norm_layers/proj/branch' step metrics for any complete run")
+        wanted = ", ".join(f"'{GRAD_PREFIX}{g}'" for g in panels)
+        raise NoPlotData("steps", f"no {wanted} step metrics for any complete run")
     return GradNormsData(
-        layers=tuple(panels["layers"]),
-        proj=tuple(panels["proj"]),
-        branch=tuple(panels["branch"]),
+        panels=tuple(GradPanel(g, labels.get(g, g), tuple(c)) for g, c in panels.items()),
         selection=BEST_TRIAL_RULE.format(metric=slope_metric),
     )
 

@@ -511,10 +511,11 @@ def render_gates(data: GatesData) -> Figure:
 
 
 def render_grad_norms(data: GradNormsData) -> Figure:
-    """Gradient norms per step (log y, smoothed) of the block adapters, the projections and the branch."""
-    fig = _figure(16.0, 5.5)
-    axes = fig.subplots(1, 3, sharex=True)
-    panels = ((data.layers, "block adapters"), (data.proj, "projections"), (data.branch, "branch"))
+    """Gradient norms per step (log y, smoothed), one panel per watched group and one for the branch."""
+    n = len(data.panels)
+    fig = _figure(max(16.0, 5.4 * n), 5.5)
+    axes = fig.subplots(1, n, sharex=True, squeeze=False)[0]
+    panels = [(p.curves, p.label) for p in data.panels]
     handles: dict[str, Any] = {}
     for ax, (curves, what) in zip(axes, panels):
         for c in curves:
@@ -529,7 +530,7 @@ def render_grad_norms(data: GradNormsData) -> Figure:
             handles.setdefault(label, h)
         if not curves:
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="0.5")
-    curves = [*data.layers, *data.proj, *data.branch]
+    curves = [c for p in data.panels for c in p.curves]
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=3, fontsize="small")
     fig.suptitle(f"Gradient norms, mean over seeds, {_smooth_note(curves)} — {data.selection}", fontsize="medium")
     return fig
@@ -616,10 +617,13 @@ def extract_kind(
     slope_metric: str = "loss_slope",
     threshold: float = 0.8,
     gates_selection: str | None = None,
+    groups: Sequence[str] | None = None,
+    group_labels: dict[str, str] | None = None,
 ) -> TradeoffData | LossCurvesData | RatioScaleData | GatesData | GradNormsData | EvalData:
     """Run the extractor of one plot kind (see ``KINDS``). ``axes`` = (x metric, y metric, x
     direction, y direction) of the tradeoff, which reads ``trials`` (``query.trials_frame``).
-    ``gates_selection`` says which trials ``steps`` holds gates for, when not every trial."""
+    ``gates_selection`` says which trials ``steps`` holds gates for, when not every trial; ``groups``
+    (in order) and ``group_labels`` name the subject's watched groups for the gradient-norm panels."""
     if kind == "tradeoff":
         if trials is None:
             raise NoPlotData("trials", "the tradeoff plot needs the trials frame")
@@ -638,7 +642,7 @@ def extract_kind(
         return extract_loss_curves(steps, runs, slope_metric)
     if kind == "gates":
         return extract_gates(steps, runs, gates_selection)
-    return extract_grad_norms(steps, runs, slope_metric)
+    return extract_grad_norms(steps, runs, slope_metric, groups, group_labels)
 
 
 def render_all(
@@ -656,6 +660,8 @@ def render_all(
     threshold: float = 0.8,
     on_skip: Callable[[str, str], None] | None = None,
     gates_selection: str | None = None,
+    groups: Sequence[str] | None = None,
+    group_labels: dict[str, str] | None = None,
 ) -> list[Path]:
     """Extract and render each kind to ``out_dir/<kind>.<fmt>``; returns the files written.
 
@@ -688,6 +694,8 @@ def render_all(
                 slope_metric=slope_metric,
                 threshold=threshold,
                 gates_selection=gates_selection,
+                groups=groups,
+                group_labels=group_labels,
             )
         except NoPlotData as exc:
             if explicit:

@@ -19,11 +19,13 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from ablate.plot import ranked_runs
-from ablate.plot.extract import GATE_PREFIX, KINDS, BestTrial, NoPlotData, trials_by_slope
+from ablate.plot.extract import GATE_PREFIX, GRAD_PREFIX, KINDS, BestTrial, NoPlotData, trials_by_slope
 from ablate.store import query as q
+from ablate.subjects import subject_wording
 
 GATE_TRIALS_PER_FIX = 8
-CURVE_METRICS = {"loss": ("loss",), "grad-norms": ("grad_norm_layers", "grad_norm_proj", "grad_norm_branch")}
+CURVE_METRICS = {"loss": ("loss",)}
+CURVE_PREFIXES = {"grad-norms": GRAD_PREFIX}  # every group's grad_norm_<group>, and the branch's
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,16 @@ class PlotInputs:
     steps: pd.DataFrame
     settings: dict[str, Any]
     gates_selection: str | None  # how the gate figure's trials were chosen, when not all
+
+    @property
+    def groups(self) -> list[str]:
+        """The subject's watched groups, in its order (their union ``all`` last)."""
+        return list(self.settings["groups"])
+
+    @property
+    def group_labels(self) -> dict[str, str]:
+        """How the subject names its groups in figures (ablate/subjects/<subject>/wording.py)."""
+        return dict(subject_wording(self.settings["subject"]).GROUP_LABELS)
 
 
 def _complete_baselines(runs: pd.DataFrame) -> list[int]:
@@ -86,9 +98,12 @@ def load(
         ranking = {}
     frames = []
     names = [m for k in kinds for m in CURVE_METRICS.get(k, ())]
-    if names:
+    prefixes = [CURVE_PREFIXES[k] for k in kinds if k in CURVE_PREFIXES]
+    if names or prefixes:
         ids = [i for trials_ in ranking.values() for i in trials_[0].run_ids] + _complete_baselines(runs)
-        frames.append(q.step_metrics_for_runs(engine, ids, names=names))
+        for prefix in prefixes or [None]:
+            frames.append(q.step_metrics_for_runs(engine, ids, names=names, prefix=prefix))
+            names = []
     selection = None
     if "gates" in kinds and ranking:
         gate_ids, selection = _gate_runs(engine, ranking, slope_metric, gate_cap)

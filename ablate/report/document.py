@@ -16,9 +16,8 @@ from pathlib import Path
 
 from ablate.objectives import OBJECTIVES
 from ablate.report.figures import CAPTIONS
-from ablate.report.model import BASELINE_LABEL, CONTROL_LABEL, SPEC_DEFAULTS, ArmEvidence, Paired, Report
+from ablate.report.model import BASELINE_LABEL, CONTROL_LABEL, ArmEvidence, Paired, Report
 from ablate.stats import LEVEL, RATIO_FLOOR, SCOPE_SEEDS, SCOPE_WITHIN, Interval, t_ppf
-from ablate.store.schema import GROUPS
 
 # --------------------------------------------------------------------------------------------- blocks
 
@@ -177,13 +176,11 @@ def _question(doc: Document, r: Report) -> None:
     doc.add(
         Heading(2, "1. The question"),
         Para(
-            f"A new image-to-text cross-attention branch joins the residual stream of a frozen CLIP ViT after "
-            f"block {s.spec['model']['inject_at']}, where small residual adapters are trained (the AA-CLIP "
-            "Stage 2 design). The original report found the adapters stopped learning and blamed the branch for "
-            "absorbing their gradient, from one batch and without an interval. This study asks, with paired runs "
-            "and intervals: does the branch dilute the gradient reaching the adapters, and which way of joining "
-            f"it keeps what the adapters learn? Joins searched: {searched}. The judged adapters are the "
-            f"`{s.judged_group}` group; every arm is compared with the no-branch baseline of the same seed."
+            s.wording.question(s.spec)
+            + " This study asks, with paired runs and intervals: does the branch dilute the gradient reaching "
+            "the trained modules, and which way of joining it keeps what they learn? Joins searched: "
+            f"{searched}. The judged group is `{s.judged_group}`; every arm is compared with the no-branch "
+            "baseline of the same seed."
         ),
     )
 
@@ -258,26 +255,15 @@ def _setting(doc: Document, r: Report) -> None:
         text = "none" if v is None else ", ".join(map(str, v)) if isinstance(v, list) else str(v)
         return text + (" (default)" if f"{section}.{key}" in s.defaulted else "")
 
-    weights = "random init" if s.pretrained is None else f"pretrained: `{s.pretrained}`"
-    backbone = f"`{s.backbone}`" + (" (the CPU toy backbone)" if s.toy else "")
     objectives = ", ".join(f"`{m}` ({s.directions[m]})" for m in s.objectives)
     scales = spec["search"].get("scale")
     per_fix = spec["search"].get("scale_per_fix") or {}
-    synthetic = not set(spec["data"]) - set(SPEC_DEFAULTS["data"])  # the spec names no data set: the generator
     v = val
     rows = [
         ("study", f"`{s.study}`" + (f": {s.description}" if s.description else "")),
         ("created", str(s.created_at) if s.created_at else "n/a"),
         ("spec hash", f"`{s.spec_hash[:16]}`"),
-        ("backbone", backbone + (" (default)" if "model.backbone" in s.defaulted else "")),
-        ("weights", weights),
-        ("branch", f"joins after block {v('model', 'inject_at')}; text-context norm: {v('model', 'context_norm')}"),
-        (
-            "data",
-            ("synthetic anomaly images; " if synthetic else "as the spec says (below); ")
-            + f"{v('data', 'train_size')} training images, "
-            f"batch {v('data', 'batch_size')}, data seed {v('data', 'seed')}",
-        ),
+        *s.wording.setting_rows(spec, val),
         (
             "training",
             f"{v('training', 'steps')} Adam steps, lr {v('training', 'lr')}, "
@@ -350,7 +336,7 @@ ARM_HEADER = ("arm", "trial", "scale", "seeds")
 def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
     s = r.setting
     g = s.judged_group
-    others = [o for o in GROUPS if o != g]
+    others = [o for o in s.groups if o != g]
     arms = _evidence_rows(r)
     note = _scope_words(arms)
     doc.add(
@@ -359,7 +345,7 @@ def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
             f"One row per fix: its best ranked trial by `{s.objectives[0]}` (as `ablate query --group-by fix`), "
             f"over that trial's {len(s.seeds)} seed{'s' * (len(s.seeds) != 1)}; and the two references over their "
             f"seeds: the no-branch baseline (`{BASELINE_LABEL}`) and the frozen-adapter control "
-            f"(`{CONTROL_LABEL}`, block adapters never updated: the known-bad case). Ratios are geometric means "
+            f"(`{CONTROL_LABEL}`, the `{g}` group never updated: the known-bad case). Ratios are geometric means "
             "over seeds. " + note
         ),
     )
@@ -565,7 +551,7 @@ def _paired(doc: Document, r: Report) -> None:
     doc.add(
         Para(
             "Each seed's run is compared with the no-branch baseline run of the same seed (same initial weights "
-            "of the backbone, adapters and projections, same training and held-out batches); the per-seed "
+            "of every module but the branch, same training and held-out batches); the per-seed "
             f"differences are then averaged with a {PCT} t-interval over the seeds (n = seeds with both runs "
             "complete). Rows: each fix's best-placed trial and every trial on the front."
         ),
@@ -595,22 +581,10 @@ def _caveats(doc: Document, r: Report) -> None:
             f"{n} seeds: the intervals over seeds use a t quantile of {num(t)} ({n - 1} degree{'s' * (n != 2)} "
             "of freedom), so they are wide; more seeds narrow them fastest."
         )
-    if s.toy:
-        items.append(
-            f"Toy model: the backbone is `{s.backbone}`, the small CPU backbone, not the AA-CLIP ViT-L-14-336 at "
-            "518 px the original report used."
-        )
-    if s.pretrained is None:
-        items.append(
-            "Random init: the frozen backbone has random weights, without a pretrained CLIP's feature geometry or "
-            "text-token norms, so this study can neither confirm nor refute a pretrained model's figures."
-        )
-    else:
-        items.append(f"Pretrained weights: `{s.pretrained}`.")
+    items += s.wording.caveats(s.spec)
     steps = ", ".join(map(str, s.run_steps)) or "n/a"
     items.append(f"Short training: each run has {steps} steps; what happens later in training is not measured.")
-    if not set(s.spec["data"]) - set(SPEC_DEFAULTS["data"]):  # the spec names no data set: the generator
-        items.append("Synthetic data: the images and masks are generated, not an anomaly-detection data set.")
+    items += s.wording.late_caveats(s.spec)
     if r.excluded:
         items.append(
             f"{len(r.excluded)} of {r.n_trials} trials are excluded (pruned, failed or incomplete; section 10) and "

@@ -19,7 +19,7 @@ CAPTIONS = {
     "each fix's trial by its own rule (in its title), which may differ from the trial in the tables.",
     "ratio-scale": "The judged group's training-time gradient ratio against the baseline, by scale.",
     "gates": "Gate trajectories of the fixes that learn one.",
-    "grad-norms": "Gradient norms per step: block adapters, projections and the branch (each fix's trial chosen "
+    "grad-norms": "Gradient norms per step: each watched group and the branch (each fix's trial chosen "
     "as in the loss figure).",
 }
 
@@ -46,6 +46,8 @@ def render_figures(engine: Engine, study: str, out_dir: Path) -> dict[str, Path]
             threshold=settings["threshold"],
             on_skip=lambda kind, why: skipped.__setitem__(kind, why),
             gates_selection=inputs.gates_selection,
+            groups=inputs.groups,
+            group_labels=inputs.group_labels,
         )
     except NoPlotData:  # nothing at all to draw (no complete trial): the report says so in words
         return {}

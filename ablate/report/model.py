@@ -27,7 +27,8 @@ from ablate.objectives import OBJECTIVES, seed_value
 from ablate.plot.extract import fix_sort_key
 from ablate.stats import SCOPE_NONE, SCOPE_SEEDS, Interval, mean_ci, ratio_ci
 from ablate.store import query as q
-from ablate.store.schema import GROUPS, HARDWARE_ATTR, RUN_FLOAT_FIELDS, StudyModel
+from ablate.store.schema import HARDWARE_ATTR, RUN_FLOAT_FIELDS, StudyModel
+from ablate.subjects import subject_wording
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,15 +41,13 @@ BASELINE_LABEL, CONTROL_LABEL = q.REFERENCE_LABELS["baseline"], q.REFERENCE_LABE
 AUROC_COLUMNS = tuple(c for c in RUN_FLOAT_FIELDS if "auroc" in c.lower())
 
 # The spec's defaults for what the setting section shows (ablate/spec.py; importing it would import
-# torch). tests/test_report.py checks these equal the spec models' defaults.
+# torch); a subject adds its own sections' (its wording module's SECTION_DEFAULTS). tests/test_report.py
+# checks these equal the spec models' defaults. probe.group's default is the subject's first group.
 SPEC_DEFAULTS: dict[str, dict[str, Any]] = {
-    "model": {"backbone": "tiny", "pretrained": None, "inject_at": 0, "context_norm": False, "adapter_weight": 0.1},
-    "data": {"seed": 0, "batch_size": 4, "train_size": 256, "anomaly_fraction": 0.5},
     "training": {"steps": 100, "lr": 5e-4, "device": "auto", "pack": 1},
-    "probe": {"batches": 6, "every": 50, "threshold": 0.8, "group": "layers", "gain_batches": 16},
+    "probe": {"batches": 6, "every": 50, "threshold": 0.8, "gain_batches": 16},
     "study": {"trials": 12, "seeds": [0], "sampler": "tpe", "frozen_control": True},
 }
-TOY_BACKBONES = frozenset({"tiny"})
 
 
 def _f(v: Any) -> float:
@@ -98,29 +97,23 @@ class Setting:
     n_runs: int
     wall_s: float  # sum of the runs' wall times
     packed: int  # largest number of arms trained side by side
+    subject: str = "aaclip"  # the registered subject (ablate/subjects/__init__.py)
+    groups: tuple[str, ...] = ()  # its watched groups, "all" last
 
     @property
-    def backbone(self) -> str:
-        return str(self.spec["model"]["backbone"])
-
-    @property
-    def pretrained(self) -> str | None:
-        p = self.spec["model"]["pretrained"]
-        return None if p in (None, "", "none") else str(p)
-
-    @property
-    def toy(self) -> bool:
-        return self.backbone in TOY_BACKBONES
+    def wording(self) -> Any:
+        """How this study's subject is described (ablate/subjects/<subject>/wording.py)."""
+        return subject_wording(self.subject)
 
 
-def _spec_sections(spec_text: str) -> tuple[dict[str, dict[str, Any]], frozenset[str], str]:
+def _spec_sections(spec_text: str, subject: str) -> tuple[dict[str, dict[str, Any]], frozenset[str], str]:
     try:
         raw = tomllib.loads(spec_text or "")
     except tomllib.TOMLDecodeError:
         raw = {}
     out: dict[str, dict[str, Any]] = {}
     defaulted = set()
-    for section, defaults in SPEC_DEFAULTS.items():
+    for section, defaults in {**subject_wording(subject).SECTION_DEFAULTS, **SPEC_DEFAULTS}.items():
         given = raw.get(section, {}) if isinstance(raw.get(section), dict) else {}
         out[section] = {**defaults, **given}
         defaulted |= {f"{section}.{k}" for k in defaults if k not in given}
@@ -155,7 +148,8 @@ def _setting(engine: Engine, name: str, settings: dict[str, Any], runs: pd.DataF
     with engine.connect() as conn:
         study = conn.execute(select(StudyModel.__table__).where(StudyModel.name == name)).one()
         hardware = _hardware(conn, study.optuna_study_name)
-    spec, defaulted, description = _spec_sections(study.spec_text)
+    spec, defaulted, description = _spec_sections(study.spec_text, settings["subject"])
+    spec["probe"].setdefault("group", settings["group"])
     done = runs[runs["status"] == "complete"]
     wall = pd.to_numeric(runs["wall_s"], errors="coerce")
     packed = pd.to_numeric(runs["packed_arms"], errors="coerce").dropna()
@@ -187,6 +181,8 @@ def _setting(engine: Engine, name: str, settings: dict[str, Any], runs: pd.DataF
         n_runs=len(runs),
         wall_s=float(wall.sum(min_count=1)),
         packed=int(packed.max()) if not packed.empty else 1,
+        subject=str(settings["subject"]),
+        groups=tuple(settings["groups"]),
     )
 
 
@@ -243,7 +239,9 @@ def _over_seeds(values: Sequence[float]) -> Interval:
     return ci
 
 
-def _evidence(row: Mapping[str, Any], rows: list[dict[str, Any]], objectives: Sequence[str]) -> ArmEvidence:
+def _evidence(
+    row: Mapping[str, Any], rows: list[dict[str, Any]], objectives: Sequence[str], groups: Sequence[str]
+) -> ArmEvidence:
     reference = row["fix"] in (BASELINE_LABEL, CONTROL_LABEL)
     best = row.get("best_trial")
     return ArmEvidence(
@@ -257,12 +255,12 @@ def _evidence(row: Mapping[str, Any], rows: list[dict[str, Any]], objectives: Se
         ci_scope=None if pd.isna(row.get("ci_scope")) else str(row.get("ci_scope")),
         objectives={m: _interval(row, m) for m in objectives},
         train_grad_ratio=_interval(row, "train_grad_ratio"),
-        train_grad_ratio_groups={g: _f(row.get(f"train_grad_ratio_{g}")) for g in GROUPS},
+        train_grad_ratio_groups={g: _f(row.get(f"train_grad_ratio_{g}")) for g in groups},
         train_update_ratio=_interval(row, "train_update_ratio"),
-        train_update_ratio_groups={g: _f(row.get(f"train_update_ratio_{g}")) for g in GROUPS},
+        train_update_ratio_groups={g: _f(row.get(f"train_update_ratio_{g}")) for g in groups},
         grad_ratio_init=_interval(row, "grad_ratio_init"),
-        grad_ratio_init_groups={g: _f(row.get(f"grad_ratio_init_{g}")) for g in GROUPS},
-        grad_share_init_groups={g: _f(row.get(f"grad_share_init_{g}")) for g in GROUPS},
+        grad_ratio_init_groups={g: _f(row.get(f"grad_ratio_init_{g}")) for g in groups},
+        grad_share_init_groups={g: _f(row.get(f"grad_share_init_{g}")) for g in groups},
         verdict=None if pd.isna(row.get("verdict")) else str(row.get("verdict")),
         adapter_gain=_interval(row, "adapter_gain"),
         adapter_gain_rel=_f(row.get("adapter_gain_rel")),
@@ -537,7 +535,7 @@ def gather(engine: Engine, study: str | None = None) -> Report:
             rows = []
         else:
             rows = _runs_of(runs, "trial", int(row["best_trial"]))
-        evidence.append(_evidence(row, rows, objectives))
+        evidence.append(_evidence(row, rows, objectives, setting.groups))
     evidence.sort(
         key=lambda e: (0 if e.label == BASELINE_LABEL else 1 if e.label == CONTROL_LABEL else 2, fix_sort_key(e.label))
     )

@@ -17,13 +17,22 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, insert
 
-from ablate.store.schema import ClassMetricModel, ProbePointModel, RunModel, StepMetricModel
+from ablate.store.groups import run_group_rows
+from ablate.store.schema import (
+    ClassMetricModel,
+    ProbeGroupMetricModel,
+    ProbePointModel,
+    RunGroupMetricModel,
+    RunModel,
+    StepMetricModel,
+)
 from ablate.store.writer import (
     _PROBE_INIT_COLUMNS,
     _check_final_status,
     _finished_columns,
     _fresh_run_fields,
     _metric_rows,
+    _probe_group_rows,
     _probe_row,
     _series_values,
     _trial_key,
@@ -98,4 +107,19 @@ def write_finished_runs(engine: Engine, study_id: int, runs: Sequence[FinishedRu
         ]
         if classes:
             conn.execute(insert(ClassMetricModel.__table__), classes)
+        groups = [
+            row
+            for run_id, run in zip(ids, runs, strict=True)
+            for row in run_group_rows(run_id, run.summary or {})
+        ]
+        groups += [
+            row
+            for run_id, run in zip(ids, runs, strict=True)
+            for p in run.probes
+            for row in _probe_group_rows(run_id, p)
+        ]
+        for table, rows in ((RunGroupMetricModel, [r for r in groups if "step" not in r]),
+                            (ProbeGroupMetricModel, [r for r in groups if "step" in r])):  # fmt: skip
+            if rows:
+                conn.execute(insert(table.__table__), rows)
     return ids

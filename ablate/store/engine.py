@@ -293,8 +293,11 @@ def open_storage(url: str | None = None, create: bool = True) -> Engine:
         return engine
     from ablate.store import migrate
 
-    with engine.connect() as conn:
-        fresh = migrate.schema_version(conn) is None
+    try:
+        with engine.connect() as conn:
+            fresh = migrate.schema_version(conn) is None
+    except SQLAlchemyError as exc:
+        raise ValueError(f"cannot open storage {display_url(engine)!r}: {_first_line(exc)}") from exc
     create_schema(engine)
     upgrade_schema(engine)
     if fresh:

@@ -42,13 +42,35 @@ def _rows(values: Mapping[str, Any], groups: Iterable[str], templates: Mapping[s
     return rows
 
 
-def run_group_rows(run_id: int, values: Mapping[str, Any], groups: Iterable[str]) -> list[dict[str, Any]]:
-    """The ablate_run_groups rows of a run summary's wide per-group values."""
+_ENDINGS = ("lo", "hi", "ci", "with", "without")  # what ends a judged or per-group column, never a group
+
+
+def groups_in(values: Mapping[str, Any], templates: Mapping[str, str]) -> list[str]:
+    """The groups a record's wide keys name: its ``groups`` list, else every suffix that fills one of
+    ``templates`` (``train_grad_ratio_{g}`` -> ``layers``), in key order."""
+    if isinstance(values.get("groups"), list | tuple) and values["groups"]:
+        return list(values["groups"])
+    found: dict[str, None] = {}
+    for template in templates.values():
+        head, _, tail = template.partition("{g}")
+        for k in values:
+            if k.startswith(head) and k.endswith(tail) and len(k) > len(head) + len(tail):
+                g = k[len(head) : len(k) - len(tail)]
+                if g not in _ENDINGS and not g.endswith(tuple(f"_{e}" for e in _ENDINGS)):
+                    found[g] = None
+    return list(found)
+
+
+def run_group_rows(run_id: int, values: Mapping[str, Any], groups: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The ablate_run_groups rows of a run summary's wide per-group values (``groups``: default, those
+    its keys name)."""
+    groups = groups_in(values, RUN_GROUP_COLUMNS) if groups is None else groups
     return _rows(values, groups, RUN_GROUP_COLUMNS, run_id=run_id)
 
 
-def probe_group_rows(run_id: int, step: int, values: Mapping[str, Any], groups: Iterable[str]) -> list[dict[str, Any]]:
+def probe_group_rows(run_id: int, step: int, values: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The ablate_probe_groups rows of a probe point's wide per-group values (``ProbeResult.flat()``)."""
+    groups = groups_in(values, PROBE_GROUP_COLUMNS)
     return _rows(values, groups, PROBE_GROUP_COLUMNS, run_id=run_id, step=step)
 
 

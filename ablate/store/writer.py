@@ -433,8 +433,7 @@ def _probe_row(run_id: int, probe: Mapping[str, Any] | ProbeResult) -> dict[str,
 
 def _probe_group_rows(run_id: int, probe: Mapping[str, Any] | ProbeResult) -> list[dict[str, Any]]:
     d = probe.flat() if hasattr(probe, "flat") else probe
-    groups = list((d.get("per_batch_ratios") or {}).keys())
-    return probe_group_rows(run_id, int(d["step"]), d, groups)
+    return probe_group_rows(run_id, int(d["step"]), d)
 
 
 def write_probes(engine: Engine, run_id: int, probes: Iterable[Mapping[str, Any] | ProbeResult]) -> int:
@@ -481,8 +480,7 @@ def finish_run(
         first = None if probe is None else {c: getattr(probe, c) for c in _PROBE_INIT_COLUMNS}
         for key, value in _finished_columns(status, summary, first, error).items():
             setattr(run, key, value)
-        groups = (summary or {}).get("groups") or ()
-        group_rows = run_group_rows(run_id, summary or {}, groups)
+        group_rows = run_group_rows(run_id, summary or {})
         if group_rows:
             session.execute(delete(RunGroupMetricModel).where(RunGroupMetricModel.run_id == run_id))
             session.execute(insert(RunGroupMetricModel), group_rows)

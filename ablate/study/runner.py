@@ -580,7 +580,10 @@ def preflight(spec: StudySpec) -> None:
     except AblateInputError as exc:
         raise AblateInputError("training.device", exc.message) from None
     # Files and code last (data on disk opens every file once): the errors already name the spec key.
-    arms.kind_of(first).check_data(first)
+    kind = arms.kind_of(first)
+    kind.check_data(first)
+    if spec.training.pack > 1:
+        kind.check_pack(first)
 
 
 def run_study(

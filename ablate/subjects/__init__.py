@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ablate.errors import AblateInputError
 
@@ -26,14 +26,30 @@ SUBJECTS: dict[str, str] = {
 }
 
 
-def register_subject(name: str, target: str) -> None:
-    """Register a subject under ``name``; ``target`` is the ``"module:attr"`` of its ``SubjectKind``."""
+def register_subject(name: str, target: str, wording: str | None = None) -> None:
+    """Register a subject under ``name``; ``target`` is the ``"module:attr"`` of its ``SubjectKind``,
+    ``wording`` the module a report takes its words from (default: a user model's)."""
     if name in SUBJECTS and SUBJECTS[name] != target:
         raise ValueError(f"subject {name!r} is already registered as {SUBJECTS[name]}")
     if ":" not in target:
         raise ValueError(f"subject target {target!r}: expected 'module:attr'")
     SUBJECTS[name] = target
+    if wording is not None:
+        WORDING[name] = wording
     subject_kind.cache_clear()
+
+
+# name -> the module that says how a report describes the subject (no torch: read commands import it)
+WORDING: dict[str, str] = {
+    "aaclip": "ablate.subjects.aaclip.wording",
+    "module": "ablate.subjects.module.wording",
+}
+GENERIC_WORDING = "ablate.subjects.module.wording"
+
+
+def subject_wording(name: str) -> Any:
+    """The report wording of subject ``name`` (a subject registered without one reads as a user model)."""
+    return importlib.import_module(WORDING.get(name, GENERIC_WORDING))
 
 
 def _entry_points() -> dict[str, str]:

@@ -34,6 +34,11 @@ class SubjectKind(Protocol):
         AblateInputError("training.pack", ...) when this subject's arms cannot be packed."""
         ...
 
+    def check_pack(self, cfg: ArmConfig) -> None:
+        """Before a study packs arms: AblateInputError("training.pack", ...) if this subject's arms
+        cannot be packed (checked on two arms like ``cfg``)."""
+        ...
+
     def packing_key(self, cfg: ArmConfig) -> Hashable:
         """Arms with equal keys may train packed."""
         ...

@@ -36,6 +36,9 @@ class AAClipSubject:
     def build_pack(self, cfgs: Sequence[ArmConfig], like: BuiltArm | None = None) -> PackSetup:
         return PackSetup(cfgs, like=_first_arm(like))
 
+    def check_pack(self, cfg: ArmConfig) -> None:
+        """AA-CLIP's arms always pack (ablate/subjects/aaclip/packed.py)."""
+
     def packing_key(self, cfg: ArmConfig) -> Hashable:
         return packing_key(cfg)
 

@@ -169,7 +169,7 @@ class ModuleArm(nn.Module):
     def forward(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, final features, norm inflation) as tensors (what a packed call returns per arm)."""
         loss, out = self.compute_loss(batch)
-        feats = out.final_features if out.final_features is not None else loss.new_zeros(1)
+        feats = out.final_features if out.final_features is not None else loss.new_full((1, 1), float("nan"))
         infl = out.norm_inflation if out.norm_inflation is not None else loss.new_ones(())
         return loss, feats, infl
 
@@ -179,4 +179,7 @@ class ModuleArm(nn.Module):
         if not torch.is_tensor(loss) or loss.dim() != 0:
             shape = tuple(loss.shape) if torch.is_tensor(loss) else type(loss).__name__
             raise AblateInputError("subject.loss", f"must return a scalar tensor, got {shape}")
-        return loss, ModuleOutput(self._ctx.get("features"), self._ctx.get("inflation"))
+        features = self._ctx.get("features")
+        if features is not None and features.dim() < 2:  # one number per sample: the batch is one vector
+            features = features.reshape(1, -1)
+        return loss, ModuleOutput(features, self._ctx.get("inflation"))

@@ -12,6 +12,7 @@ model with dropout matches its unpacked runs in distribution, not bit for bit.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -99,7 +100,10 @@ class PackedModuleArms(nn.Module):
         fast = torch.backends.mha.get_fastpath_enabled()
         torch.backends.mha.set_fastpath_enabled(False)
         try:
-            yield "different" if self.template.training else "same"
+            with warnings.catch_warnings():
+                # vmap runs ops without a batching rule one arm at a time, and says so on every call
+                warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
+                yield "different" if self.template.training else "same"
         finally:
             torch.backends.mha.set_fastpath_enabled(fast)
 
@@ -114,7 +118,7 @@ class PackedModuleArms(nn.Module):
         with self._vmap_mode() as randomness:
             loss, feats, infl = vmap(one, randomness=randomness)(params, buffers, batch)
         inflation = infl if template.has_branch and template.branch_active else None
-        features = feats.reshape(-1, *feats.shape[2:]) if feats.dim() > 2 else None
+        features = feats.reshape(-1, *feats.shape[2:])  # [arms x samples, ...], as one model gives it
         return loss, ModuleOutput(features, inflation)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -99,6 +100,10 @@ class ModuleSubject:
         if len(keys) > 1:
             raise AblateInputError("pack", "packed arms may differ only in seed and scale (same fix type, settings)")
         return ModuleBuilt(cfgs, like if isinstance(like, ModuleBuilt) else None)
+
+    def check_pack(self, cfg: ArmConfig) -> None:
+        """Two arms like ``cfg`` built as a pack: their packed forward and backward run once."""
+        ModuleBuilt([cfg, replace(cfg, seed=cfg.seed + 1)])
 
     def packing_key(self, cfg: ArmConfig) -> Hashable:
         return (cfg.packing_key(), cfg.subject, parse_fix(cfg.fix, cfg.scale).join)
