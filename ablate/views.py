@@ -268,9 +268,10 @@ def frame_view(frame: pd.DataFrame) -> TableView:
     rightmost columns go first (the query's own order says what matters), the first always stays."""
     columns = []
     for rank, name in enumerate(frame.columns):
-        kind = frame[name].dtype.kind
+        series = frame.iloc[:, rank]  # by position: a query may name two columns alike (a.*, b.*)
+        kind = series.dtype.kind
         if kind == "f":
-            dec = column_decimals(_num(v) for v in frame[name])
+            dec = column_decimals(_num(v) for v in series)
             columns.append((Col(str(name), "right", rank), lambda v, d=dec: fixed(_num(v), d)))
         else:
             columns.append((Col(str(name), "right" if kind in "iu" else "left", rank), lambda v: fmt(_num(v))))
