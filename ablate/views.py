@@ -34,6 +34,7 @@ SHORT = {
     "loss_slope_rel": "slope-base",
     "loss_last": "last loss",
     "train_grad_ratio": "R train",
+    "train_grad_ratio_ac1": "R ac1",
     "grad_ratio_init": "R @0",
     "image_auroc": "img AUROC",
     "image_ap": "img AP",
@@ -232,13 +233,23 @@ def runs_view(frame: pd.DataFrame) -> TableView:
         (Col("status", "left", 1), lambda r: str(r["status"])),
         metric("adapter_gain", "gain", 0),
         metric("train_grad_ratio", "R train", 1),
+        metric("train_grad_ratio_ac1", "R ac1", 2),
         metric("loss_slope", "slope", 2),
         metric("grad_ratio_init", "R @0", 3),
         *([metric("mfu", "mfu", 3)] if with_mfu else []),
         metric("loss_last", "last loss", 4),
         metric("wall_s", "wall s", 4),
     ]
-    return _view(columns, records, ["trial: the trial number, or base / ctrl for the no-branch baseline / control"])
+    return _view(
+        columns,
+        records,
+        [
+            "trial: the trial number, or base / ctrl for the no-branch baseline / control",
+            "R ac1: lag-1 autocorrelation of R train's per-step ratios; its within-seed interval is widened for it"
+            if any(_num(r.get("train_grad_ratio_ac1")) is not None for r in records)
+            else "",
+        ],
+    )
 
 
 def studies_view(rows: Sequence[Any], wide: bool = False) -> TableView:
@@ -268,9 +279,10 @@ def frame_view(frame: pd.DataFrame) -> TableView:
     rightmost columns go first (the query's own order says what matters), the first always stays."""
     columns = []
     for rank, name in enumerate(frame.columns):
-        kind = frame[name].dtype.kind
+        series = frame.iloc[:, rank]  # by position: a query may name two columns alike (a.*, b.*)
+        kind = series.dtype.kind
         if kind == "f":
-            dec = column_decimals(_num(v) for v in frame[name])
+            dec = column_decimals(_num(v) for v in series)
             columns.append((Col(str(name), "right", rank), lambda v, d=dec: fixed(_num(v), d)))
         else:
             columns.append((Col(str(name), "right" if kind in "iu" else "left", rank), lambda v: fmt(_num(v))))

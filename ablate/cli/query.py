@@ -10,6 +10,7 @@ import typer
 from ablate.cli.app import JsonOpt, StorageOpt, StudyOpt, app
 from ablate.cli.common import lookup_errors, open_read, print_table, print_view
 from ablate.errors import AblateInputError
+from ablate.store.sql_limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S
 
 
 @app.command()
@@ -32,7 +33,30 @@ def query(
     ] = None,
     sql_timeout: Annotated[
         float, typer.Option("--sql-timeout", metavar="SECONDS", help="Stop a --sql query after this long.")
-    ] = 10.0,
+    ] = DEFAULT_TIMEOUT_S,
+    sql_max_rows: Annotated[
+        int,
+        typer.Option(
+            "--sql-max-rows",
+            metavar="ROWS",
+            help="--sql reads at most this many rows (streamed, never the whole result); past it, prints "
+            "them and a note on stderr that the result was cut (exit 0), or with --strict exits 2.",
+        ),
+    ] = DEFAULT_MAX_ROWS,
+    sql_max_bytes: Annotated[
+        int,
+        typer.Option(
+            "--sql-max-bytes",
+            metavar="BYTES",
+            help="--sql holds at most this much memory in rows (default 64 MiB); past it the result is cut "
+            "like --sql-max-rows. One row may not exceed it (on SQLite: no value may exceed it divided by "
+            "the number of columns).",
+        ),
+    ] = DEFAULT_MAX_BYTES,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="A --sql result cut by --sql-max-rows or --sql-max-bytes is an error (exit 2)."),
+    ] = False,
     fmt_: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
     wide: Annotated[
         bool,
@@ -54,6 +78,10 @@ def query(
         raise AblateInputError("--group-by", f"only 'fix' is supported, got {group_by!r}")
     if not sql_timeout > 0 or sql_timeout == float("inf"):
         raise AblateInputError("--sql-timeout", f"must be a positive number of seconds, got {sql_timeout:g}")
+    if sql_max_rows <= 0:
+        raise AblateInputError("--sql-max-rows", f"must be a positive number of rows, got {sql_max_rows}")
+    if sql_max_bytes <= 0:
+        raise AblateInputError("--sql-max-bytes", f"must be a positive number of bytes, got {sql_max_bytes}")
     fmt_ = "json" if as_json else fmt_
     engine = open_read(open_storage, storage)
     if studies and sql is None and fmt_ != "csv":
@@ -63,7 +91,7 @@ def query(
 
     with lookup_errors():
         if sql is not None:
-            frame, title = q.run_sql(engine, sql, sql_timeout), "sql"
+            frame, title = q.run_sql(engine, sql, sql_timeout, sql_max_rows, sql_max_bytes), "sql"
         elif studies:
             frame, title = q.list_studies(engine), "studies"
         elif group_by == "fix":
@@ -74,6 +102,9 @@ def query(
             frame, title = q.class_metrics_frame(engine, study), "classes"
         else:
             frame, title = q.trials_frame(engine, study), "trials"
+    cut = frame.attrs.get("cut") if sql is not None else None
+    if cut is not None and strict:
+        raise AblateInputError(cut.option, f"{cut.reason} (--strict)")
     if fmt_ == "json":
         from ablate.jsonout import dumps_records
 
@@ -82,6 +113,8 @@ def query(
         sys.stdout.write(frame.to_csv(index=False))
     else:  # the terminal view keeps the columns a reader compares; csv/json carry them all
         print_view(engine, study, frame, title, wide)
+    if cut is not None:  # after the rows, on stderr: CSV and JSON on stdout stay whole
+        print(f"note: --sql: {cut.note()}", file=sys.stderr)
 
 
 def print_studies(engine, fmt_: str, wide: bool = False) -> None:

@@ -79,10 +79,11 @@ def train(
     adapter_gain: held-out loss with the judged adapter group reset to its initial weights minus the
     loss as trained (> 0: what it learned helps; exactly 0 when frozen). With --baseline (default) the
     no-branch run of the same seed is trained too, and the run's adapter gradient and update-to-weight
-    ratio are compared with it step by step (geometric mean after warm-up, 95% interval from blocks of
-    steps). The bypass probe R at probe points is shown too: after step 0 it also measures how much the
-    trained model relies on its branch (co-adaptation), not only dilution. --spec trains a study
-    spec's subject (AA-CLIP or your own model) with its settings; --batches defaults to 6 without it.
+    ratio are compared with it step by step (geometric mean after warm-up, 95% interval over the steps,
+    widened for their lag-1 autocorrelation, which is shown). The bypass probe R at probe points is
+    shown too: after step 0 it also measures how much the trained model relies on its branch
+    (co-adaptation), not only dilution. --spec trains a study spec's subject (AA-CLIP or your own
+    model) with its settings; --batches defaults to 6 without it.
     """
     from ablate.arms import train_compared
 
@@ -153,10 +154,10 @@ def print_train_summary(summary: dict, result, with_base: bool, seed: int, steps
             ("adapter_gain_rel", fmt(summary["adapter_gain_rel"], 3), "gain / baseline's gain"),
             ("train_grad_ratio",
              fmt_ci(summary["train_grad_ratio"], summary["train_grad_ratio_lo"], summary["train_grad_ratio_hi"]),
-             f"|grad {g}| vs baseline run"),
+             f"|grad {g}| vs baseline run (steps' lag-1 autocorr. {fmt(summary['train_grad_ratio_ac1'], 2)})"),
             ("train_update_ratio",
              fmt_ci(summary["train_update_ratio"], summary["train_update_ratio_lo"], summary["train_update_ratio_hi"]),
-             f"|dθ|/|θ| {g} vs baseline"),
+             f"|dθ|/|θ| {g} vs baseline (lag-1 autocorr. {fmt(summary['train_update_ratio_ac1'], 2)})"),
             ("loss_slope_rel", fmt(summary["loss_slope_rel"], 3), "slope - baseline's slope"),
         ]  # fmt: skip
     rows += [

@@ -13,8 +13,10 @@ take the steps they would have taken without the branch? That needs the baseline
   as much as without the branch, 0 = as little as frozen ones), and ``adapter_gain_diff`` with a
   paired interval (the same held-out batches in both runs).
 
-Intervals within one seed come from block means over steps (neighbouring steps are correlated);
-across seeds, from the per-seed values (see :mod:`ablate.stats`).
+Intervals within one seed are over the steps, widened by the effective sample size of the
+per-step log ratios (neighbouring steps are correlated; :func:`ablate.stats.series_ci`), and the
+judged group's lag-1 autocorrelation is kept beside them (``train_grad_ratio_ac1``,
+``train_update_ratio_ac1``); across seeds, intervals come from the per-seed values.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from ablate.stats import block_means, log_ratio, mean_ci
+from ablate.stats import log_ratio, mean_ci, series_ci
 
 RATIO_SERIES = {"train_grad_ratio": "grad_norm", "train_update_ratio": "upd"}
 
@@ -31,8 +33,11 @@ def _after_warmup(n: int, warmup_frac: float) -> int:
     return min(int(n * warmup_frac), max(n - 1, 0))
 
 
-def series_ratio(run: Sequence[float], base: Sequence[float], warmup_frac: float = 0.1) -> tuple[float, float, float]:
-    """(geometric mean, lo, hi) of run[t] / base[t] over steps after warm-up; within-seed interval."""
+def series_ratio(
+    run: Sequence[float], base: Sequence[float], warmup_frac: float = 0.1
+) -> tuple[float, float, float, float]:
+    """(geometric mean, lo, hi, lag-1 autocorrelation) of run[t] / base[t] over steps after warm-up:
+    a within-seed interval (:func:`ablate.stats.series_ci` on the log ratios)."""
     n = min(len(run), len(base))
     start = _after_warmup(n, warmup_frac)
     logs = []
@@ -41,10 +46,9 @@ def series_ratio(run: Sequence[float], base: Sequence[float], warmup_frac: float
             continue
         logs.append(log_ratio(a / b))
     if not logs:
-        return math.nan, math.nan, math.nan
-    ci = mean_ci(block_means(logs))
-    est = math.exp(sum(logs) / len(logs))
-    return est, math.exp(ci.lo), math.exp(ci.hi)
+        return math.nan, math.nan, math.nan, math.nan
+    ci, ac1 = series_ci(logs)
+    return math.exp(ci.estimate), math.exp(ci.lo), math.exp(ci.hi), ac1
 
 
 def compare_to_baseline(
@@ -61,10 +65,10 @@ def compare_to_baseline(
     for key, prefix in RATIO_SERIES.items():
         for g in groups:
             name = f"{prefix}_{g}"
-            est, lo, hi = series_ratio(metrics.get(name, []), base_metrics.get(name, []), warmup_frac)
+            est, lo, hi, ac1 = series_ratio(metrics.get(name, []), base_metrics.get(name, []), warmup_frac)
             out[f"{key}_{g}"] = est
             if g == judged:
-                out[key], out[f"{key}_lo"], out[f"{key}_hi"] = est, lo, hi
+                out[key], out[f"{key}_lo"], out[f"{key}_hi"], out[f"{key}_ac1"] = est, lo, hi, ac1
     gain = sum(gain_batches) / len(gain_batches) if gain_batches else math.nan
     base = sum(base_gain_batches) / len(base_gain_batches) if base_gain_batches else math.nan
     out["adapter_gain_rel"] = gain / base if base and math.isfinite(base) and base > 0 else math.nan

@@ -16,8 +16,24 @@ from pathlib import Path
 
 from ablate.objectives import OBJECTIVES
 from ablate.report.figures import CAPTIONS
-from ablate.report.model import BASELINE_LABEL, CONTROL_LABEL, ArmEvidence, Paired, Report
-from ablate.stats import LEVEL, RATIO_FLOOR, SCOPE_SEEDS, SCOPE_WITHIN, Interval, t_ppf
+from ablate.report.model import (
+    BASELINE_LABEL,
+    CONTROL_LABEL,
+    ArmEvidence,
+    Paired,
+    Report,
+    StepAutocorrelation,
+)
+from ablate.stats import (
+    CHECKED_AUTOCORRELATION,
+    HIGH_AUTOCORRELATION,
+    LEVEL,
+    RATIO_FLOOR,
+    SCOPE_SEEDS,
+    SCOPE_WITHIN,
+    Interval,
+    t_ppf,
+)
 
 # --------------------------------------------------------------------------------------------- blocks
 
@@ -136,7 +152,7 @@ def _scope_words(arms: Sequence[ArmEvidence]) -> str:
         return f"[lo, hi]: {PCT} Student-t interval over seeds (on the logs for ratios)."
     if SCOPE_WITHIN in scopes:
         return (
-            f"[lo, hi]: {PCT} interval WITHIN ONE SEED (batch or step-block noise): it says how well that "
+            f"[lo, hi]: {PCT} interval WITHIN ONE SEED (batch or step-to-step noise): it says how well that "
             "seed is measured, not how another seed would come out."
         )
     return "No intervals: one value per arm."
@@ -572,7 +588,7 @@ def _caveats(doc: Document, r: Report) -> None:
     n = len(s.seeds)
     if n == 1:
         items.append(
-            "One seed: every interval is within that seed (batch or step-block noise) and says how well this one "
+            "One seed: every interval is within that seed (batch or step-to-step noise) and says how well this one "
             "initialisation is measured, not how another would come out; the paired comparisons have no interval."
         )
     else:
@@ -627,7 +643,29 @@ def _caveats(doc: Document, r: Report) -> None:
         )
     if not any(e.auroc for e in r.evidence):
         items.append("AUROC was not evaluated: nothing here measures detection quality.")
+    ac = r.step_autocorrelation
+    if ac.n_high:
+        items.append(_autocorrelation_caveat(ac, n))
     doc.add(Heading(2, "7. Caveats"), Bullets(tuple(items)))
+
+
+def _autocorrelation_caveat(ac: StepAutocorrelation, n_seeds: int) -> str:
+    """When runs' per-step ratios are strongly autocorrelated: their within-seed intervals are wide."""
+    where = arm_name(ac.fix, ac.scale, ac.trial_number) + f", seed {ac.seed}"
+    text = (
+        f"Autocorrelated steps: in {ac.n_high} of {ac.n_runs} runs the per-step ratios to the baseline "
+        f"(`train_grad_ratio`, `train_update_ratio`) have lag-1 autocorrelation >= {num(HIGH_AUTOCORRELATION)} "
+        f"(up to {num(ac.highest)}, {where}), so they hold few independent steps: the runs' within-seed "
+        "intervals (`ablate query --runs`, columns `*_ac1`) are widened for it and are wide"
+    )
+    text += (
+        "; with one seed these are the intervals shown here, and more steps or seeds would narrow them."
+        if n_seeds == 1
+        else "; the intervals over seeds shown here already carry that noise."
+    )
+    if ac.highest > CHECKED_AUTOCORRELATION:
+        text += f" Above {num(CHECKED_AUTOCORRELATION)} the within-seed interval's coverage is not checked."
+    return text
 
 
 def _recommendation(doc: Document, r: Report) -> None:

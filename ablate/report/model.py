@@ -25,9 +25,9 @@ from sqlalchemy import Engine, inspect, select, text
 
 from ablate.objectives import OBJECTIVES, seed_value
 from ablate.plot.extract import fix_sort_key
-from ablate.stats import SCOPE_NONE, SCOPE_SEEDS, Interval, mean_ci, ratio_ci
+from ablate.stats import HIGH_AUTOCORRELATION, SCOPE_NONE, SCOPE_SEEDS, Interval, mean_ci, ratio_ci
 from ablate.store import query as q
-from ablate.store.schema import HARDWARE_ATTR, RUN_FLOAT_FIELDS, StudyModel
+from ablate.store.schema import AUTOCORRELATION_FIELDS, HARDWARE_ATTR, RUN_FLOAT_FIELDS, StudyModel
 from ablate.subjects import subject_wording
 
 if sys.version_info >= (3, 11):
@@ -486,6 +486,43 @@ class Excluded:
 
 
 @dataclass(frozen=True)
+class StepAutocorrelation:
+    """How autocorrelated the per-step ratios behind the runs' within-seed intervals are: the lag-1
+    autocorrelation of each complete run's train_grad_ratio / train_update_ratio series (the larger
+    of the two), which ``ablate.stats.series_ci`` widened the intervals for."""
+
+    n_runs: int  # complete runs that have one (none for a baseline: it is its own reference)
+    n_high: int  # of them, at or above HIGH_AUTOCORRELATION
+    highest: float  # NaN when no run has one
+    fix: str | None = None  # the run with the highest
+    scale: float = math.nan
+    trial_number: int | None = None
+    seed: int | None = None
+
+
+def _step_autocorrelation(runs: pd.DataFrame) -> StepAutocorrelation:
+    done = runs[runs["status"] == "complete"]
+    cols = [c for c in AUTOCORRELATION_FIELDS if c in done]
+    if done.empty or not cols:
+        return StepAutocorrelation(0, 0, math.nan)
+    ac1 = done[cols].apply(pd.to_numeric, errors="coerce").max(axis=1, skipna=True)
+    known = ac1.dropna()
+    if known.empty:
+        return StepAutocorrelation(0, 0, math.nan)
+    top = done.loc[known.idxmax()]
+    trial = top.get("trial_number")
+    return StepAutocorrelation(
+        n_runs=len(known),
+        n_high=int((known >= HIGH_AUTOCORRELATION).sum()),
+        highest=float(known.max()),
+        fix=str(top["fix"]),
+        scale=_f(top.get("scale")),
+        trial_number=None if trial is None or pd.isna(trial) else int(trial),
+        seed=int(top["seed"]),
+    )
+
+
+@dataclass(frozen=True)
 class Report:
     setting: Setting
     evidence: tuple[ArmEvidence, ...]  # baseline, control, then fixes in registry order
@@ -499,6 +536,7 @@ class Report:
     # the check that an objective scores adapters that never learn worse than the baseline's.
     control_vs_baseline: dict[str, Interval] | None = None
     auroc_columns: tuple[str, ...] = field(default=AUROC_COLUMNS)
+    step_autocorrelation: StepAutocorrelation = field(default=StepAutocorrelation(0, 0, math.nan))
 
     @property
     def front(self) -> tuple[RankedTrial, ...]:
@@ -568,6 +606,7 @@ def gather(engine: Engine, study: str | None = None) -> Report:
         excluded=excluded,
         n_trials=len(trials),
         control_vs_baseline=_control_vs_baseline(runs, objectives),
+        step_autocorrelation=_step_autocorrelation(runs),
     )
 
 
@@ -588,5 +627,6 @@ __all__ = [
     "Recommendation",
     "Report",
     "Setting",
+    "StepAutocorrelation",
     "gather",
 ]

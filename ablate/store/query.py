@@ -479,13 +479,23 @@ def json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------- raw SQL
 
 
-def run_sql(engine: Engine, sql: str, timeout_s: float = readonly_sql.DEFAULT_TIMEOUT_S) -> pd.DataFrame:
-    """Run one read-only query over the study tables and return its rows (``ablate query --sql``).
+def run_sql(
+    engine: Engine,
+    sql: str,
+    timeout_s: float = readonly_sql.DEFAULT_TIMEOUT_S,
+    max_rows: int = readonly_sql.DEFAULT_MAX_ROWS,
+    max_bytes: int = readonly_sql.DEFAULT_MAX_BYTES,
+) -> pd.DataFrame:
+    """Run one read-only query over the study tables and return its first rows (``ablate query --sql``).
 
     Checked by a SQL parser (one SELECT / WITH query, study tables only, pure functions only) and run
     in a database-enforced read-only transaction, always rolled back, stopped after ``timeout_s``
-    seconds; see :mod:`ablate.store.readonly_sql`. Refusals and database errors raise SQLInputError
-    (a ValueError).
+    seconds; the rows are streamed and reading stops at ``max_rows`` rows or ``max_bytes`` bytes
+    held, so memory stays bounded; see :mod:`ablate.store.readonly_sql`. ``frame.attrs["cut"]`` is
+    the :class:`~ablate.store.readonly_sql.Cut` saying where and why the rows stop short of the whole
+    result, or None. Refusals and database errors raise SQLInputError (a ValueError).
     """
-    columns, rows = readonly_sql.run_read_only(engine, sql, timeout_s)
-    return pd.DataFrame(rows, columns=columns)
+    result = readonly_sql.run_read_only(engine, sql, timeout_s, max_rows, max_bytes)
+    frame = pd.DataFrame(result.rows, columns=result.columns)
+    frame.attrs["cut"] = result.cut
+    return frame

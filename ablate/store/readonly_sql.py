@@ -26,7 +26,10 @@ Two layers, both needed:
    (and ``standard_conforming_strings``, so the regenerated literals read as written, and
    ``pg_catalog`` first on the search path, so an allowed name always calls the built-in); SQLite
    ``PRAGMA query_only`` plus a progress handler that aborts once the deadline has passed. The pooled
-   connection is reset afterwards (or discarded when it cannot be).
+   connection is reset afterwards (or discarded when it cannot be). The rows are streamed, one at a
+   time, and reading stops at a row cap and a byte budget (``--sql-max-rows``, ``--sql-max-bytes``),
+   so no query, however many or however large the rows it would return, can take this process's
+   memory; the result then says it was cut (:class:`Cut`).
 
 Every refusal and every database error is a :class:`SQLInputError` with a one-line message; the CLI
 prints it as ``error: --sql: ...`` and exits 2. Importing this module does not import sqlglot.
@@ -34,19 +37,23 @@ prints it as ``error: --sql: ...`` and exits 2. Importing this module does not i
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import sqlite3
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
 
 from ablate.errors import SQLInputError
 from ablate.store.schema import TABLE_NAMES
-
-DEFAULT_TIMEOUT_S = 10.0
+from ablate.store.sql_limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S
 
 # Optuna's tables (optuna/storages/_rdb/models.py) and its Alembic revision table. Named here, not read
 # from Optuna's metadata, because importing optuna's models costs half a second on every `--sql`;
@@ -325,20 +332,114 @@ def _check_table(node: Any, exp: Any, dialect: str, tables: frozenset[str]) -> N
 # ----------------------------------------------------------------------------------------- execute
 
 
-def execute_read_only(
-    engine: Engine, sql: str, timeout_s: float = DEFAULT_TIMEOUT_S
-) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """(column names, rows) of ``sql``, run in a read-only transaction that is always rolled back and
-    stopped after ``timeout_s`` seconds. ``sql`` must already be checked (:func:`check_sql`)."""
+@dataclass(frozen=True)
+class Cut:
+    """Why the rows of a ``--sql`` result stop short of the whole result."""
+
+    option: str  # the option whose limit stopped it: --sql-max-rows or --sql-max-bytes
+    reason: str  # one phrase, e.g. "the result has more than 100,000 rows"
+    kept: int  # rows returned (the first ones of the result)
+
+    def note(self) -> str:
+        return f"result cut: {self.reason}; printed the first {self.kept:,} rows ({self.option})"
+
+
+@dataclass(frozen=True)
+class SQLRows:
+    """A ``--sql`` result: column names, the rows read, and why reading stopped early (None: all rows)."""
+
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    cut: Cut | None
+
+
+def row_bytes(row: tuple[Any, ...]) -> int:
+    """The memory a fetched row holds in Python (the tuple and its values), the unit of --sql-max-bytes."""
+    return sys.getsizeof(row) + sum(map(sys.getsizeof, row))
+
+
+def _check_limits(timeout_s: float, max_rows: int, max_bytes: int) -> None:
     if not timeout_s > 0:
         raise SQLInputError(f"the timeout must be a positive number of seconds, got {timeout_s}")
+    if not (isinstance(max_rows, int) and max_rows > 0):
+        raise SQLInputError(f"the row cap must be a positive number of rows, got {max_rows}")
+    if not (isinstance(max_bytes, int) and max_bytes > 0):
+        raise SQLInputError(f"the byte budget must be a positive number of bytes, got {max_bytes}")
+
+
+def _collect(rows: Iterator[Any], kept: list[tuple[Any, ...]], max_rows: int, max_bytes: int) -> Cut | None:
+    """Append rows to ``kept`` until the result ends (None) or a limit stops it (the Cut).
+
+    Reads one row past ``max_rows`` to know whether the result is longer; a row that would take the
+    rows held past ``max_bytes`` is not kept. Either way nothing after it is read.
+    """
+    held = 0
+    for row in rows:
+        if len(kept) == max_rows:
+            return Cut("--sql-max-rows", f"the result has more than {max_rows:,} rows", len(kept))
+        size = row_bytes(row)
+        if held + size > max_bytes:
+            return Cut(
+                "--sql-max-bytes", f"the first {len(kept) + 1:,} rows take more than {max_bytes:,} bytes", len(kept)
+            )
+        kept.append(tuple(row))
+        held += size
+    return None
+
+
+def _pg_row_guard(sql: str, max_bytes: int, marker: str) -> str:
+    """``sql`` with every row's text size checked on the server before it is sent.
+
+    Rows arrive one at a time (libpq single-row mode), but one row can still be up to 1 GB (an
+    ``lpad`` or ``string_agg`` of that size): a row whose text form is longer than ``max_bytes`` makes
+    the server raise an error carrying ``marker`` instead, so the client never receives it. The cast of
+    a non-constant string to boolean is how plain SQL raises an error; the subquery keeps the
+    query's own column names and order.
+    """
+    row = "ablate_sql_row"
+    size = f"octet_length(CAST({row}.* AS text))"
+    return (
+        f"SELECT {row}.* FROM ({sql}) AS {row} WHERE CASE WHEN {size} <= {max_bytes} THEN true "
+        f"ELSE CAST('{marker} ' || {size} AS boolean) END"
+    )
+
+
+def execute_read_only(
+    engine: Engine,
+    sql: str,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> SQLRows:
+    """The first rows of ``sql``, run in a read-only transaction that is always rolled back and stopped
+    after ``timeout_s`` seconds. ``sql`` must already be checked (:func:`check_sql`).
+
+    Rows are streamed, one at a time, and reading stops at ``max_rows`` rows or when the rows held
+    would take more than ``max_bytes`` bytes (:func:`row_bytes`); the result then says where and why
+    (``SQLRows.cut``). Memory stays bounded whatever the query would return: on PostgreSQL the server
+    refuses to send a row larger than the budget (:func:`_pg_row_guard`); on SQLite, which runs in this
+    process, no value may be longer than the budget divided by the number of columns (SQLite's
+    ``SQLITE_LIMIT_LENGTH``, which also bounds the strings a query builds on the way). A row beyond
+    either bound cuts the result there, like the other limits.
+    """
+    _check_limits(timeout_s, max_rows, max_bytes)
     sqlite = engine.dialect.name == "sqlite"
+    # check_sql gives a SELECT / WITH query, or one behind its EXPLAIN prefix (a plan: small, and not
+    # allowed in a subquery); anything else only comes from a caller that skipped the check, and runs
+    # as it is, so the read-only transaction refuses it.
+    wrap = _QUERY_START.match(sql) is not None
     with engine.connect() as conn:
         fairy = conn.connection  # the pooled DBAPI connection; SQL text goes to the driver as-is
         raw = fairy.driver_connection
         fairy.rollback()  # start clean (e.g. after a pool pre-ping that opened a transaction)
         expired = [False]
+        old_length_limit = None
         cur = fairy.cursor()
+        kept: list[tuple[Any, ...]] = []
+        columns: list[str] = []
+        cut = None
+        marker = f"ablate-row-over-budget-{uuid.uuid4().hex}"
+        value_cap, ncols = max_bytes, 0
         try:
             if sqlite:
                 cur.execute("PRAGMA query_only = ON")
@@ -358,20 +459,51 @@ def execute_read_only(
                 # Built-in functions win over same-named ones elsewhere, whatever the role's search_path.
                 cur.execute("SELECT set_config('search_path', 'pg_catalog, ' || current_setting('search_path'), true)")
             try:
-                cur.execute(sql)
-                columns = [d[0] for d in cur.description] if cur.description else []
-                rows = [tuple(r) for r in cur.fetchall()] if cur.description else []
+                if sqlite:
+                    if wrap:  # the column count, from a run that stops before its first row
+                        ncols = len(cur.execute(f"SELECT * FROM ({sql}) LIMIT 0").description or ())
+                        value_cap = max(1, max_bytes // max(1, ncols))
+                    if hasattr(raw, "setlimit"):  # Python >= 3.11; only ever lowered
+                        value_cap = min(value_cap, raw.getlimit(sqlite3.SQLITE_LIMIT_LENGTH))
+                        old_length_limit = raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, value_cap)
+                    cur.execute(sql)
+                    columns = [d[0] for d in cur.description] if cur.description else []
+                    cut = _collect(iter(cur), kept, max_rows, max_bytes) if cur.description else None
+                else:
+                    stream = cur.stream(_pg_row_guard(sql, max_bytes, marker) if wrap else sql)
+                    try:
+                        rows = iter(stream)
+                        first = next(rows, None)
+                        columns = [d.name for d in cur.description] if cur.description else []
+                        if first is not None:
+                            cut = _collect(itertools.chain([first], rows), kept, max_rows, max_bytes)
+                    finally:
+                        stream.close()  # past a limit: psycopg cancels the query and drains what was sent
             except engine.dialect.loaded_dbapi.Error as exc:
                 if expired[0] or getattr(exc, "sqlstate", None) == "57014":  # 57014: query_canceled
                     raise SQLInputError(
                         f"the query ran past its {timeout_s:g} s timeout and was stopped (--sql-timeout)"
                     ) from None
-                text = str(exc).strip()
-                raise SQLInputError(f"SQL error: {text.splitlines()[0] if text else type(exc).__name__}") from None
+                if marker in str(exc):
+                    reason = f"row {len(kept) + 1:,} alone is larger than the {max_bytes:,}-byte budget"
+                    cut = Cut("--sql-max-bytes", reason, len(kept))
+                elif getattr(exc, "sqlite_errorname", None) == "SQLITE_TOOBIG":
+                    # Not "row N+1": Python's sqlite3 reads a row ahead and drops the row it had read
+                    # when the next one fails, so the value may be in either.
+                    reason = (
+                        f"a value after the first {len(kept):,} rows is longer than {value_cap:,} bytes "
+                        f"(the {max_bytes:,}-byte budget over {ncols} columns)"
+                    )
+                    cut = Cut("--sql-max-bytes", reason, len(kept))
+                else:
+                    text = str(exc).strip()
+                    raise SQLInputError(f"SQL error: {text.splitlines()[0] if text else type(exc).__name__}") from None
         finally:
             try:
                 if sqlite:
                     raw.set_progress_handler(None, 0)
+                    if old_length_limit is not None:
+                        raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, old_length_limit)
                 cur.close()
                 fairy.rollback()
                 if sqlite:
@@ -381,9 +513,16 @@ def execute_read_only(
             except Exception:
                 conn.invalidate()  # never hand a read-only (or broken) connection back to the pool
                 raise
-    return columns, rows
+    return SQLRows(columns, kept, cut)
 
 
-def run_read_only(engine: Engine, sql: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[list[str], list[tuple]]:
+def run_read_only(
+    engine: Engine,
+    sql: str,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> SQLRows:
     """Check ``sql`` (:func:`check_sql`) and run it (:func:`execute_read_only`)."""
-    return execute_read_only(engine, check_sql(sql, engine.dialect.name), timeout_s)
+    _check_limits(timeout_s, max_rows, max_bytes)
+    return execute_read_only(engine, check_sql(sql, engine.dialect.name), timeout_s, max_rows, max_bytes)

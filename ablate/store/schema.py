@@ -68,10 +68,13 @@ HARDWARE_ATTR = "ablate_hardware:"
 # The end-of-run evaluation (ablate/eval): the mean over classes of the metrics AA-CLIP reports; NULL
 # when the run was not evaluated. Per class they are rows of ablate_class_metrics.
 EVAL_FIELDS = EVAL_METRICS
+# Lag-1 autocorrelation of the judged group's per-step log ratios that each within-seed interval of
+# train_grad_ratio / train_update_ratio was widened for (ablate.stats.series_ci); NULL in older runs.
+AUTOCORRELATION_FIELDS = ("train_grad_ratio_ac1", "train_update_ratio_ac1")
 # Columns added to ablate_runs after databases had been written without them: all nullable, so
 # ablate.store.engine adds them to an older file (ALTER TABLE ... ADD COLUMN) and its runs read as
-# not evaluated. Any other missing column still refuses the file.
-ADDED_RUN_COLUMNS = EVAL_FIELDS
+# not evaluated (or without an autocorrelation). Any other missing column still refuses the file.
+ADDED_RUN_COLUMNS = (*EVAL_FIELDS, *AUTOCORRELATION_FIELDS)
 
 # Summary columns of ablate_runs that are floats (``steps`` is the one integer summary column).
 # ``grad_ratio_*`` are bypass-probe ratios of the run's judged group; ``train_*_ratio*`` compare the
@@ -91,9 +94,11 @@ RUN_FLOAT_FIELDS = (
     "train_grad_ratio",
     "train_grad_ratio_lo",
     "train_grad_ratio_hi",
+    "train_grad_ratio_ac1",
     "train_update_ratio",
     "train_update_ratio_lo",
     "train_update_ratio_hi",
+    "train_update_ratio_ac1",
     "grad_ratio_init",
     "grad_ratio_init_lo",
     "grad_ratio_init_hi",

@@ -15,7 +15,7 @@ from itertools import groupby
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Float, inspect, literal, select, text
+from sqlalchemy import Connection, Float, cast, inspect, null, select, text
 
 from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, column_interval, trial_interval
 from ablate.stats import SCOPE_SEEDS, SCOPE_WITHIN
@@ -37,7 +37,8 @@ RUN_ORDER = (RunModel.role.desc(), RunModel.trial_key, RunModel.seed)  # trials,
 
 def _run_columns(absent: frozenset[str] = frozenset()) -> tuple[Any, ...]:
     """The run columns the summaries read; ``absent`` ones (an older file) read as NULL."""
-    floats = (literal(None, Float).label(f) if f in absent else getattr(RunModel, f) for f in RUN_FLOAT_FIELDS)
+    # CAST(NULL AS FLOAT), not a bound NULL: PostgreSQL types an untyped NULL parameter as text
+    floats = (cast(null(), Float).label(f) if f in absent else getattr(RunModel, f) for f in RUN_FLOAT_FIELDS)
     return (*RUN_COLUMNS_HEAD, *floats, *RUN_COLUMNS_TAIL)
 
 
