@@ -113,6 +113,6 @@ def test_upgrade_keeps_every_number_postgresql(tmp_path: Path, fresh_pg_url: str
     _copy_to(_old_copy(tmp_path), fresh_pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
     with pytest.raises(ValueError, match="ablate db upgrade"):
         open_storage(fresh_pg_url, create=False)
-    assert upgrade_storage(fresh_pg_url)[0].startswith("schema 1 -> 2")
+    assert any(step.startswith("schema 1 -> 2") for step in upgrade_storage(fresh_pg_url))
     _same_as_release(fresh_pg_url)
     dispose_engines()
