@@ -187,7 +187,7 @@ class RunModel(Base):
     device: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
-    # Refreshed by the worker running it (ablate.store.writer.RunHeartbeat): a 'running' row whose
+    # Refreshed by the worker running it (ablate.store.claims.RunHeartbeat): a 'running' row whose
     # heartbeat has stopped belongs to a killed worker and may be taken over.
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
 

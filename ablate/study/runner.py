@@ -26,7 +26,7 @@ from ablate.engine.metrics import edge_means, loss_slope
 from ablate.engine.result import TrainResult
 from ablate.objectives import seed_value, trial_value
 from ablate.spec import OBJECTIVE_DIRECTIONS, StudySpec, spec_hash
-from ablate.store import writer
+from ablate.store import claims, metric_writes, provenance
 from ablate.store.engine import open_storage, retry_schema_race
 from ablate.store.schema import GROUPS, HARDWARE_ATTR, REFERENCE_KEYS
 from ablate.study.distinct import FINISHED, HOLDING, SKIPPED_ATTR, PerTrialSeedSampler, counted, is_skipped, skip_reason
@@ -184,7 +184,7 @@ class StudyRun:
         device = resolve_device(self.spec.training.device)
         # Reference runs are not Optuna trials, so a lease keeps two workers off the same one.
         lease = BASELINE_LEASE_S if role in REFERENCE_KEYS else None
-        return writer.start_run(
+        return claims.start_run(
             self.engine, self.study_id, role, trial_number, seed, choice.name, choice.scale, str(device), lease
         )
 
@@ -229,7 +229,7 @@ class StudyRun:
             apply_threads(n)
             label += f" ({n} thread{'s' if n > 1 else ''})"
         self.reporter.run_start(label, cfgs[0].run.steps)
-        buffers = [writer.MetricBuffer(self.engine, r.run_id, flush_every=10**9) for r in runs]
+        buffers = [metric_writes.MetricBuffer(self.engine, r.run_id, flush_every=10**9) for r in runs]
 
         def flush(arm: int, rows: list[tuple[int, dict[str, float]]]) -> None:
             if arm in dropped:
@@ -243,15 +243,15 @@ class StudyRun:
 
         def probe(arm: int, p: Any) -> None:
             if arm not in dropped:
-                writer.write_probe(self.engine, runs[arm].run_id, p)
+                metric_writes.write_probe(self.engine, runs[arm].run_id, p)
 
         def finish_live(status: str, error: str | None) -> None:
             for i, r in enumerate(runs):
                 if i not in dropped:
-                    writer.finish_run(self.engine, r.run_id, status, None, error=error)
+                    claims.finish_run(self.engine, r.run_id, status, None, error=error)
 
         try:
-            with writer.RunHeartbeat(self.engine, [r.run_id for r in runs], HEARTBEAT_S):
+            with claims.RunHeartbeat(self.engine, [r.run_id for r in runs], HEARTBEAT_S):
                 results = self._train(cfgs, probe, flush, on_nonfinite)
             rows = [None if i in dropped else self._row(r.role, res) for i, (r, res) in enumerate(zip(runs, results))]
         except AllArmsDropped:
@@ -270,7 +270,7 @@ class StudyRun:
             raise RunFailed(f"{label}: {exc}") from exc
         for r, row in zip(runs, rows):
             if row is not None:
-                writer.finish_run(self.engine, r.run_id, "complete", row)
+                claims.finish_run(self.engine, r.run_id, "complete", row)
         for r, result, row in zip(runs, results, rows):
             if row is not None:  # each line names its own run (a pack may hold several trials)
                 self.reporter.run_end(pack_label([r]), result, "complete")
@@ -338,15 +338,15 @@ class StudyRun:
         """The seed's complete baseline run: cached, read from the database, run here, or waited for
         while another worker runs it (a trial never goes on without its baseline)."""
         while seed not in self._refs:
-            ref = writer.reference_run(self.engine, self.study_id, seed)
+            ref = claims.reference_run(self.engine, self.study_id, seed)
             if ref is not None:
                 self._refs[seed] = ref
                 break
             try:
                 self.run_arm("baseline", None, NO_BRANCH, None, seed)
-            except writer.RunComplete:
+            except claims.RunComplete:
                 continue  # another worker finished it between our read and our claim: read it
-            except writer.RunBusy:
+            except claims.RunBusy:
                 self.reporter.waiting(f"baseline seed {seed} (running in another worker)")
                 time.sleep(REFERENCE_POLL_S)
         return self._refs[seed]
@@ -360,7 +360,7 @@ class StudyRun:
         free = [
             seed
             for seed in self.spec.study.seeds
-            if seed not in self._refs and writer.reference_status(self.engine, self.study_id, seed) != "complete"
+            if seed not in self._refs and claims.reference_status(self.engine, self.study_id, seed) != "complete"
         ]
         self._run_free("baseline", free)
         for seed in self.spec.study.seeds:
@@ -370,7 +370,7 @@ class StudyRun:
         free = [
             seed
             for seed in self.spec.study.seeds
-            if writer.reference_status(self.engine, self.study_id, seed, "control") != "complete"
+            if claims.reference_status(self.engine, self.study_id, seed, "control") != "complete"
         ]
         # Seeds another worker is on or has finished are skipped; trials do not need the control.
         self._run_free("control", free)
@@ -382,7 +382,7 @@ class StudyRun:
             for seed in pack:
                 try:
                     claimed.append((seed, self.claim(role, None, NO_BRANCH, None, seed)))
-                except (writer.RunBusy, writer.RunComplete):
+                except (claims.RunBusy, claims.RunComplete):
                     continue
             if claimed:
                 self.run_claimed(role, None, NO_BRANCH, None, claimed)
@@ -395,7 +395,7 @@ class StudyRun:
             earlier = optuna.storages.RetryFailedTrialCallback.retry_history(trial)
         if not earlier:
             return {}
-        ids = set(writer.adopt_runs(self.engine, self.study_id, earlier, trial.number, fix, scale))
+        ids = set(claims.adopt_runs(self.engine, self.study_id, earlier, trial.number, fix, scale))
         if not ids:
             return {}
         from ablate.store.summaries import run_records
@@ -619,14 +619,14 @@ def run_study(
     engine = open_storage(storage)
     url = engine.url.render_as_string(hide_password=False)
     try:
-        study_id = writer.register_study(
+        study_id = provenance.register_study(
             engine,
             study_name,
             study_name,
             spec_text,
             spec_hash(spec_text),
             [{"metric": m, "direction": OBJECTIVE_DIRECTIONS[m]} for m in spec.study.objectives],
-            writer.runtime_meta(),
+            provenance.runtime_meta(),
         )
     except ValueError as exc:
         raise StudySpecConflict(str(exc)) from None
@@ -690,7 +690,7 @@ def _optimize(
     because its worker was killed.
     """
     engine, study_id, reporter = runner.engine, runner.study_id, runner.reporter
-    writer.fail_stale_runs(engine, study_id, {t.number for t in study.get_trials(states=(TrialState.RUNNING,))})
+    claims.fail_stale_runs(engine, study_id, {t.number for t in study.get_trials(states=(TrialState.RUNNING,))})
     reporter.study_start(study_name, len(counted(study.get_trials(deepcopy=False))), total)
     runner.run_references()
     trials = study.get_trials(deepcopy=False)
@@ -708,7 +708,7 @@ def _optimize(
             optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         running = [t for t in trials if t.state == TrialState.RUNNING]
-        writer.fail_stale_runs(engine, study_id, {t.number for t in running})
+        claims.fail_stale_runs(engine, study_id, {t.number for t in running})
         waiting = any(t.state == TrialState.WAITING for t in trials)
         claimed = len(counted(trials, (*FINISHED, TrialState.RUNNING)))
         streak = next((i for i, t in enumerate(reversed(ran)) if not is_skipped(t)), len(ran))

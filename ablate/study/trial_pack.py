@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ablate import faults
 from ablate.engine.fixes import parse_fix
-from ablate.store import writer
+from ablate.store import claims
 from ablate.study.distinct import HOLDING, SKIPPED_ATTR, counted, params_of, skip_reason
 from ablate.study.runner import AllArmsDropped, ClaimedRun, RunFailed, StudyRun, pack_label, report_and_ask_prune
 from ablate.study.space import FIX_PARAM, suggest_arm
@@ -213,7 +213,7 @@ def _train_pack(
         arms = arms_of[m]
         dropped.update(arms)
         for i in arms:
-            writer.finish_run(runner.engine, runs[i].run_id, status, None, error=error)
+            claims.finish_run(runner.engine, runs[i].run_id, status, None, error=error)
         runner.reporter.run_end(pack_label([runs[i] for i in arms]), None, status, error)
         _tell(study, m, beats, on_trial, state)
         if len(dropped) == len(runs):
