@@ -21,16 +21,15 @@ from ablate import faults
 from ablate.engine.compare import compare_to_baseline
 from ablate.engine.device import describe_hardware, resolve_device
 from ablate.engine.fixes import NO_BRANCH, parse_fix
-from ablate.engine.loop import RunConfig
-from ablate.engine.metrics import edge_means, loss_slope
 from ablate.engine.result import TrainResult
-from ablate.objectives import seed_value, trial_value
 from ablate.spec import OBJECTIVE_DIRECTIONS, StudySpec, spec_hash
 from ablate.store import claims, metric_writes, provenance
 from ablate.store.engine import open_storage, retry_schema_race
 from ablate.store.schema import GROUPS, HARDWARE_ATTR, REFERENCE_KEYS
-from ablate.study.distinct import FINISHED, HOLDING, SKIPPED_ATTR, PerTrialSeedSampler, counted, is_skipped, skip_reason
-from ablate.study.space import arm_of, default_arm_params, suggest_arm
+from ablate.study.distinct import FINISHED, HOLDING, PerTrialSeedSampler, counted, is_skipped
+from ablate.study.packs import AllArmsDropped, ClaimedRun, RunFailed, pack_label
+from ablate.study.space import arm_of, default_arm_params
+from ablate.study.trial_pack import NATIVE_CONSTRAINTS, run_trials
 from ablate.subjects.aaclip.arm import ArmSetup, PackSetup, train_arm, train_pack
 from ablate.threads import LocalWorkers, apply_threads, choose_threads
 
@@ -84,64 +83,6 @@ class StudyOutcome:
 
 class StudySpecConflict(ValueError):
     """The study name is taken by a study with a different spec."""
-
-
-class RunFailed(RuntimeError):
-    """A seed's training run failed; the trial is marked FAIL and the study goes on."""
-
-
-class AllArmsDropped(Exception):  # noqa: N818 - a signal, not an error
-    """Every run of a several-trial pack was finished early (pruned or diverged): stop the pack."""
-
-
-@dataclass(frozen=True)
-class ClaimedRun:
-    """One claimed run row of a pack: whose run it is and the row's id."""
-
-    role: str
-    trial_number: int | None
-    fix: str
-    scale: float | None
-    seed: int
-    run_id: int
-
-
-def _joined(values: list[Any]) -> str:
-    return ",".join(dict.fromkeys(values))  # in order, each once
-
-
-def pack_label(runs: list[ClaimedRun]) -> str:
-    """'trial 3 fixed-scale s=0.5 seeds 0,1,2'; 'trials 3,4 ...' for a pack of several trials."""
-    first = runs[0]
-    choice = parse_fix(first.fix, first.scale)
-    if first.role == "trial":
-        trials = _joined([str(r.trial_number) for r in runs])
-        label = f"trial{'s' if ',' in trials else ''} {trials} {choice.name}"
-    else:
-        label = "baseline no-branch" if first.role == "baseline" else "control frozen-adapters"
-    if choice.scale is not None:
-        scales = {r.trial_number: parse_fix(r.fix, r.scale).scale for r in runs}
-        label += " s=" + ",".join(f"{v:.3g}" for v in scales.values())
-    seeds = _joined([str(r.seed) for r in runs])
-    return label + f" seed{'s' if ',' in seeds else ''} {seeds}"
-
-
-def _pruner_reading(metric: str, losses: list[float], warmup_frac: float) -> float:
-    """The pruner's reading of ``metric`` on the losses so far (the same quantity the objective uses)."""
-    if metric == "loss_slope":
-        return loss_slope(losses, warmup_frac)
-    return edge_means(losses)[1]  # loss_last
-
-
-def report_and_ask_prune(trial: optuna.Trial, metric: str, arm_losses: list[list[float]], step: int) -> bool:
-    """Report the mean reading over a trial's seeds (its arms' losses so far) at ``step``; True when
-    Optuna's pruner says stop. A non-finite reading is not reported (the flush fails the run)."""
-    readings = [_pruner_reading(metric, losses, RunConfig.warmup_frac) for losses in arm_losses]
-    value = sum(readings) / len(readings)
-    if not math.isfinite(value):
-        return False
-    trial.report(value, step)
-    return trial.should_prune()
 
 
 class StudyRun:
@@ -255,10 +196,6 @@ class StudyRun:
                 results = self._train(cfgs, probe, flush, on_nonfinite)
             rows = [None if i in dropped else self._row(r.role, res) for i, (r, res) in enumerate(zip(runs, results))]
         except AllArmsDropped:
-            raise
-        except optuna.TrialPruned:
-            finish_live("pruned", None)
-            self.reporter.run_end(label, None, "pruned")
             raise
         except KeyboardInterrupt:
             finish_live("failed", "interrupted")
@@ -404,64 +341,6 @@ class StudyRun:
             records = run_records(conn, self.study_id, "", roles=("trial",))
         return {int(r["seed"]): r for r in records if r["run_id"] in ids}
 
-    def objective(self, trial: optuna.Trial) -> float | list[float]:
-        fix, scale = suggest_arm(trial, self.spec)
-        spec = self.spec.study
-        trials = trial.study.get_trials(deepcopy=False)
-        why = skip_reason(trials, trial.number, trial.params, self.total)
-        if why is not None:
-            trial.set_user_attr(SKIPPED_ATTR, why)
-            raise optuna.TrialPruned(f"skipped: {why}")  # before any run: no evidence anywhere
-        watch = spec.objectives[0] if spec.pruning else None
-        for seed in spec.seeds:
-            self.reference(seed)
-        done = self.adopted_rows(next(t for t in trials if t.number == trial.number), fix, scale)
-        rows_by_seed: dict[int, dict[str, Any]] = dict(done)
-        for k, pack in enumerate(self._packs([s for s in spec.seeds if s not in done])):
-            offset = k * self.spec.training.steps
-            losses: list[list[float]] = [[] for _ in pack]
-
-            def report(
-                arm: int,
-                block: list[tuple[int, dict[str, float]]],
-                offset: int = offset,
-                losses: list[list[float]] = losses,
-            ) -> None:
-                losses[arm].extend(v["loss"] for _, v in block)
-                if watch is None or arm != len(losses) - 1:
-                    return  # a packed step is reported once, after its last arm's block
-                if report_and_ask_prune(trial, watch, losses, offset + block[-1][0]):
-                    raise optuna.TrialPruned()
-
-            claimed = [(seed, self.claim("trial", trial.number, fix, scale, seed)) for seed in pack]
-            ran = self.run_claimed("trial", trial.number, fix, scale, claimed, on_block=report)
-            rows_by_seed.update(zip(pack, ran))
-        values = self.finish_trial(trial, [rows_by_seed[seed] for seed in spec.seeds])
-        faults.point("finish")  # every run complete, Optuna not yet told
-        return values
-
-    def finish_trial(self, trial: optuna.Trial, rows: list[dict[str, Any]]) -> float | list[float]:
-        """The trial's objective values from its seeds' run rows (in spec seed order); notes the
-        per-seed values and the constraint on the trial."""
-        spec = self.spec.study
-        values = [trial_value(m, rows) for m in spec.objectives]
-        trial.set_user_attr(
-            "per_seed", {str(seed): {m: seed_value(m, r) for m in spec.objectives} for seed, r in zip(spec.seeds, rows)}
-        )
-        if spec.constraint_metric is not None:
-            c = trial_value(spec.constraint_metric, rows)
-            sign = 1.0 if OBJECTIVE_DIRECTIONS[spec.constraint_metric] == "maximize" else -1.0
-            # Optuna: a constraint value <= 0 is satisfied; a NaN metric counts as violated.
-            value = sign * (spec.constraint_min - c) if math.isfinite(c) else math.inf
-            trial.set_user_attr("constraint", [value])
-            if _NATIVE_CONSTRAINTS:
-                trial.set_constraint(spec.constraint_metric, value)
-        return values[0] if len(values) == 1 else values
-
-
-# Optuna >= 5 reads constraints set on the trial; older releases need a sampler constraints_func.
-_NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
-
 
 def _constraints(frozen: optuna.trial.FrozenTrial) -> list[float]:
     return frozen.user_attrs.get("constraint", [math.inf])
@@ -471,7 +350,7 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     """The spec's sampler, reseeded per trial (see PerTrialSeedSampler) so no worker or resume
     re-draws another trial's point."""
     s = spec.study
-    cons = _constraints if s.constraint_metric is not None and not _NATIVE_CONSTRAINTS else None
+    cons = _constraints if s.constraint_metric is not None and not NATIVE_CONSTRAINTS else None
 
     def build(seed: int | None) -> optuna.samplers.BaseSampler:
         if s.sampler == "random":
@@ -682,12 +561,12 @@ def _optimize(
 ) -> StudyOutcome:
     """Run trials until the study holds ``total`` counted trials and none is RUNNING or WAITING.
 
-    One trial per ``study.optimize`` call, so each start sees every other worker's claims (see
-    ablate/study/distinct.py). Between trials, trials whose worker stopped beating are failed (Optuna's
-    retry callback re-enqueues each as WAITING) and their runs marked failed; waiting trials are run
-    (a retry or a default arm) even when the count is reached, so none is left WAITING; and a worker
-    with nothing left to run waits for the trials other workers still run, so no arm goes unevaluated
-    because its worker was killed.
+    One pack of trials (one trial by default, ablate/study/trial_pack.py) per round, so each start
+    sees every other worker's claims (see ablate/study/distinct.py). Between rounds, trials whose
+    worker stopped beating are failed (Optuna's retry callback re-enqueues each as WAITING) and their
+    runs marked failed; waiting trials are run (a retry or a default arm) even when the count is
+    reached, so none is left WAITING; and a worker with nothing left to run waits for the trials
+    other workers still run, so no arm goes unevaluated because its worker was killed.
     """
     engine, study_id, reporter = runner.engine, runner.study_id, runner.reporter
     claims.fail_stale_runs(engine, study_id, {t.number for t in study.get_trials(states=(TrialState.RUNNING,))})
@@ -715,14 +594,7 @@ def _optimize(
         # As many failures as trials this call set out to run: stop instead of failing forever.
         failing = sum(t.state == TrialState.FAIL for t in ran) >= max(remaining, 1)
         if (claimed < total or waiting) and streak < MAX_SKIPS_IN_A_ROW and not failing:
-            if spec.trials_per_pack > 1:
-                from ablate.study.trial_pack import run_trial_pack  # it builds on this module
-
-                run_trial_pack(study, runner, on_trial)
-            else:
-                study.optimize(
-                    runner.objective, n_trials=1, catch=(RunFailed,), callbacks=[on_trial], gc_after_trial=False
-                )
+            run_trials(study, runner, on_trial)
             continue
         if streak >= MAX_SKIPS_IN_A_ROW:
             reporter.waiting(f"no new parameter set in {streak} draws; stopping at {claimed} trials")
