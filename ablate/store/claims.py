@@ -23,6 +23,7 @@ from ablate.store.schema import (
     REFERENCE_KEYS,
     ROLES,
     RUN_FLOAT_FIELDS,
+    WORKER_FIELDS,
     ClassMetricModel,
     ProbePointModel,
     RunModel,
@@ -64,8 +65,11 @@ def _describe(role: str, trial_number: int | None, seed: int) -> str:
     return f"{role} run (seed {seed})" if role in REFERENCE_KEYS else f"trial {trial_number} seed {seed}"
 
 
-def fresh_run_fields(fix: str, scale: float | None, device: str | None) -> dict[str, Any]:
-    """The columns of a run row as :func:`start_run` leaves it: running, no summary yet."""
+def fresh_run_fields(
+    fix: str, scale: float | None, device: str | None, worker: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The columns of a run row as :func:`start_run` leaves it: running, no summary yet, and the
+    worker that claimed it (``provenance.worker_record``; None: not recorded)."""
     return {
         "fix": fix,
         "scale": None if scale is None else float(scale),
@@ -83,6 +87,7 @@ def fresh_run_fields(fix: str, scale: float | None, device: str | None) -> dict[
         "frozen": None,
         "adapter_gain_batches": None,
         **dict.fromkeys(RUN_FLOAT_FIELDS),
+        **{f: (worker or {}).get(f) for f in WORKER_FIELDS},
     }
 
 
@@ -104,6 +109,7 @@ def start_run(
     scale: float | None,
     device: str | None,
     lease_s: float | None = None,
+    worker: Mapping[str, Any] | None = None,
 ) -> int:
     """Mark a run 'running' and return its id; the row is unique per (study, role, trial, seed).
 
@@ -112,10 +118,11 @@ def start_run(
     with a dead attempt's numbers. A 'complete' row raises ValueError: finished work is not re-run.
     With ``lease_s``, a 'running' row whose worker's heartbeat (see :class:`RunHeartbeat`) is less
     than ``lease_s`` seconds old raises RunBusy instead of being taken over (for runs no Optuna trial
-    coordinates); a killed worker's row is taken over once its heartbeat is that old.
+    coordinates); a killed worker's row is taken over once its heartbeat is that old. ``worker``:
+    the claiming worker's record (``provenance.worker_record``), stored on the row.
     """
     trial_key = run_trial_key(role, trial_number)
-    fields = fresh_run_fields(fix, scale, device)
+    fields = fresh_run_fields(fix, scale, device, worker)
     for attempt in range(2):
         try:
             with Session(engine) as session, session.begin():

@@ -1,5 +1,5 @@
-"""Where a study's numbers came from: its row in ablate_studies (name, spec, objectives) and the
-software, git revision and host it ran with.
+"""Where a study's numbers came from: its row in ablate_studies (name, spec, objectives), the
+software, git revision and host it ran with, and the worker each run ran in.
 
 Every function takes an Engine and does its own short transaction.
 """
@@ -7,6 +7,7 @@ Every function takes an Engine and does its own short transaction.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -133,3 +134,40 @@ def register_study(
             if found is None:
                 raise
             return found
+
+
+# Set by ablate's launchers (ablate/launch/) in each worker's environment; a worker started by hand
+# is recognised from its scheduler's own variables, else it is a plain `ablate study run` ("cli").
+LAUNCHER_ENV = "ABLATE_WORKER_LAUNCHER"
+JOB_ENV = "ABLATE_WORKER_JOB"
+
+
+def _scheduler(env: Mapping[str, str]) -> tuple[str, str | None]:
+    """(launcher, job) for a worker no ablate launcher started: SLURM, a Kubernetes Job, or neither."""
+    if env.get("SLURM_JOB_ID"):
+        array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+        return "slurm", f"{array}_{task}" if array and task else env["SLURM_JOB_ID"]
+    if env.get("KUBERNETES_SERVICE_HOST"):
+        index = env.get("JOB_COMPLETION_INDEX")  # an Indexed Job's pod number
+        return "kubernetes", index if index is not None else env.get("HOSTNAME")
+    return "cli", None
+
+
+def worker_record(gpus_visible: int, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``ablate_runs`` worker columns for runs this process claims (schema.WORKER_FIELDS): host,
+    process id, launcher, job or task id, and the devices it saw: ``CUDA_VISIBLE_DEVICES`` as set
+    ("" reads "none"), else "all" when ``gpus_visible`` > 0, else "cpu"."""
+    env = os.environ if env is None else env
+    launcher, job = _scheduler(env)
+    cuda = env.get("CUDA_VISIBLE_DEVICES")
+    if cuda is not None:
+        devices = cuda.strip() or "none"
+    else:
+        devices = "all" if gpus_visible > 0 else "cpu"
+    return {
+        "worker_host": socket.gethostname(),
+        "worker_pid": os.getpid(),
+        "worker_launcher": env.get(LAUNCHER_ENV) or launcher,
+        "worker_job": env.get(JOB_ENV) or job,
+        "worker_devices": devices[:128],
+    }

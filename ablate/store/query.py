@@ -26,6 +26,7 @@ from ablate.store.schema import (
     GROUPS,
     PROBE_FLOAT_FIELDS,
     RUN_FLOAT_FIELDS,
+    WORKER_FIELDS,
     ClassMetricModel,
     ProbePointModel,
     RunModel,
@@ -91,6 +92,7 @@ RUNS_COLUMNS = [
     "error",
     "started_at",
     "finished_at",
+    *WORKER_FIELDS,
 ]
 
 
@@ -116,6 +118,7 @@ def _runs_df(records: list[dict[str, Any]]) -> pd.DataFrame:
             "scale": "float64",
             "steps": "Int64",
             "packed_arms": "Int64",
+            "worker_pid": "Int64",
             **dict.fromkeys(RUN_FLOAT_FIELDS, "float64"),
         }
     )

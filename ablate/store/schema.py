@@ -49,10 +49,14 @@ HARDWARE_ATTR = "ablate_hardware:"
 # The end-of-run evaluation (ablate/eval): the mean over classes of the metrics AA-CLIP reports; NULL
 # when the run was not evaluated. Per class they are rows of ablate_class_metrics.
 EVAL_FIELDS = EVAL_METRICS
+# Where a run ran (ablate/store/provenance.py worker_record): the worker's host, process id,
+# launcher (cli, local, slurm, submitit-local, ray, kubernetes), job or task id, and the devices it saw
+# (CUDA_VISIBLE_DEVICES, or "cpu").
+WORKER_FIELDS = ("worker_host", "worker_pid", "worker_launcher", "worker_job", "worker_devices")
 # Columns added to ablate_runs after databases had been written without them: all nullable, so
 # ablate.store.engine adds them to an older file (ALTER TABLE ... ADD COLUMN) and its runs read as
-# not evaluated. Any other missing column still refuses the file.
-ADDED_RUN_COLUMNS = EVAL_FIELDS
+# not evaluated / of no recorded worker. Any other missing column still refuses the file.
+ADDED_RUN_COLUMNS = (*EVAL_FIELDS, *WORKER_FIELDS)
 
 # Summary columns of ablate_runs that are floats (``steps`` is the one integer summary column).
 # ``grad_ratio_*`` are bypass-probe ratios of the run's judged group; ``train_*_ratio*`` compare the
@@ -202,6 +206,11 @@ class RunModel(Base):
     adapter_gain_batches: Mapped[str | None] = mapped_column(Text)  # JSON list per held-out batch
     verdict: Mapped[str | None] = mapped_column(String(16))
     nonfinite: Mapped[str | None] = mapped_column(Text)  # JSON {column: "nan"|"inf"|"-inf"}
+    worker_host: Mapped[str | None] = mapped_column(String(255))  # WORKER_FIELDS: set when the run is claimed
+    worker_pid: Mapped[int | None] = mapped_column(Integer)
+    worker_launcher: Mapped[str | None] = mapped_column(String(32))
+    worker_job: Mapped[str | None] = mapped_column(String(128))
+    worker_devices: Mapped[str | None] = mapped_column(String(128))
 
     @classmethod
     def find(cls, session: Session, study_id: int, role: str, trial_key: int, seed: int) -> RunModel | None:

@@ -15,12 +15,20 @@ from itertools import groupby
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Float, inspect, literal, select, text
+from sqlalchemy import Connection, inspect, literal, select, text
 
 from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, column_interval, trial_interval
 from ablate.stats import SCOPE_SEEDS, SCOPE_WITHIN
 from ablate.store.encode import decode_fields
-from ablate.store.schema import ADDED_RUN_COLUMNS, EVAL_FIELDS, GROUPS, RUN_FLOAT_FIELDS, RunModel, StudyModel
+from ablate.store.schema import (
+    ADDED_RUN_COLUMNS,
+    EVAL_FIELDS,
+    GROUPS,
+    RUN_FLOAT_FIELDS,
+    WORKER_FIELDS,
+    RunModel,
+    StudyModel,
+)
 
 STATUS_SEVERITY = {"failed": 3, "pruned": 2, "running": 1, "complete": 0}
 REFERENCE_LABELS = {"baseline": "no-branch (baseline)", "control": "frozen-adapters (control)"}
@@ -29,8 +37,12 @@ RUN_ORDER = (RunModel.role.desc(), RunModel.trial_key, RunModel.seed)  # trials,
 
 def _run_columns(absent: frozenset[str] = frozenset()) -> tuple[Any, ...]:
     """The run columns the summaries read; ``absent`` ones (an older file) read as NULL."""
-    floats = (literal(None, Float).label(f) if f in absent else getattr(RunModel, f) for f in RUN_FLOAT_FIELDS)
-    return (*RUN_COLUMNS_HEAD, *floats, *RUN_COLUMNS_TAIL)
+
+    def column(name: str) -> Any:
+        return literal(None, RunModel.__table__.c[name].type).label(name) if name in absent else getattr(RunModel, name)
+
+    floats = (column(f) for f in RUN_FLOAT_FIELDS)
+    return (*RUN_COLUMNS_HEAD, *floats, *RUN_COLUMNS_TAIL, *(column(f) for f in WORKER_FIELDS))
 
 
 RUN_COLUMNS_HEAD = (

@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy.orm import Session
 
 from ablate import faults
 from ablate.engine.compare import compare_to_baseline
@@ -24,8 +25,8 @@ from ablate.engine.fixes import NO_BRANCH, parse_fix
 from ablate.engine.result import TrainResult
 from ablate.spec import OBJECTIVE_DIRECTIONS, StudySpec, spec_hash
 from ablate.store import claims, metric_writes, provenance
-from ablate.store.engine import open_storage, retry_schema_race
-from ablate.store.schema import GROUPS, HARDWARE_ATTR, REFERENCE_KEYS
+from ablate.store.engine import OPTUNA_PG_POOL_SIZE, PG_POOL_TIMEOUT_S, open_storage, retry_schema_race
+from ablate.store.schema import GROUPS, HARDWARE_ATTR, REFERENCE_KEYS, StudyModel
 from ablate.study.distinct import FINISHED, HOLDING, PerTrialSeedSampler, counted, is_skipped
 from ablate.study.packs import AllArmsDropped, ClaimedRun, RunFailed, pack_label
 from ablate.study.space import arm_of, default_arm_params
@@ -105,6 +106,9 @@ class StudyRun:
         # The first arm built: every later run shares its frozen backbone and data set (and the
         # data set's drawn samples) instead of building them again. Same spec, so the same backbone.
         self._like: ArmSetup | None = None
+        import torch
+
+        self.worker = provenance.worker_record(torch.cuda.device_count())  # stored on every run it claims
 
     def run_arm(
         self,
@@ -126,8 +130,9 @@ class StudyRun:
         # Reference runs are not Optuna trials, so a lease keeps two workers off the same one.
         lease = BASELINE_LEASE_S if role in REFERENCE_KEYS else None
         return claims.start_run(
-            self.engine, self.study_id, role, trial_number, seed, choice.name, choice.scale, str(device), lease
-        )
+            self.engine, self.study_id, role, trial_number, seed, choice.name, choice.scale, str(device), lease,
+            self.worker,
+        )  # fmt: skip
 
     def run_claimed(
         self,
@@ -380,10 +385,14 @@ def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
         else:  # pragma: no cover - optuna < 4.9
             retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=2)}
         sqlite = url.startswith("sqlite")
+        # PostgreSQL: one connection (the main thread and the trial heartbeat take turns), see
+        # ablate/store/engine.py PG_POOL_SIZE for the budget per worker.
+        pg = {"pool_size": OPTUNA_PG_POOL_SIZE, "max_overflow": 0, "pool_pre_ping": True}
+        pg["pool_timeout"] = PG_POOL_TIMEOUT_S
         storage = retry_schema_race(
             lambda: optuna.storages.RDBStorage(
                 url,
-                engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else None,
+                engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else pg,
                 heartbeat_interval=max(1, round(HEARTBEAT_S)),
                 grace_period=max(2, round(GRACE_S)),
                 **retry,
@@ -414,7 +423,7 @@ def _serialize_sqlite_transactions(engine: Any) -> None:
     engine.dispose()  # connections opened while Optuna set up the schema predate the hooks
 
 
-def _enqueue_defaults(study: optuna.Study, spec: StudySpec, limit: int) -> None:
+def enqueue_defaults(study: optuna.Study, spec: StudySpec, limit: int) -> None:
     """Every fix once at its default scale, unless a trial already ran (or waits to run) it.
 
     At most ``limit`` are enqueued (the trials this call will run), so no trial is left waiting.
@@ -478,6 +487,48 @@ def preflight(spec: StudySpec) -> None:
     check_data(first)
 
 
+def open_study(spec: StudySpec, spec_text: str, storage: str | None, name: str) -> tuple[Any, int, optuna.Study, bool]:
+    """Create the study (its ``ablate_studies`` row and its Optuna study, tables included) or find
+    it: ``(engine, study id, Optuna study, created now)``. Idempotent, so every worker calls it and a
+    launcher calls it once before its workers start; a name taken by another spec raises
+    StudySpecConflict."""
+    engine = open_storage(storage)
+    url = engine.url.render_as_string(hide_password=False)
+    with Session(engine) as session:
+        created = StudyModel.find_by_name(name, session) is None
+    try:
+        study_id = provenance.register_study(
+            engine,
+            name,
+            name,
+            spec_text,
+            spec_hash(spec_text),
+            [{"metric": m, "direction": OBJECTIVE_DIRECTIONS[m]} for m in spec.study.objectives],
+            provenance.runtime_meta(),
+        )
+    except ValueError as exc:
+        raise StudySpecConflict(str(exc)) from None
+    rdb = _rdb_storage(url)
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=len(spec.search.fixes), n_warmup_steps=spec.training.steps // 4)
+        if spec.study.pruning
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(
+        storage=rdb,
+        study_name=name,
+        directions=spec.study.directions,
+        sampler=make_sampler(spec),
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(spec.study.objectives)
+    study.set_user_attr("ablate_spec_hash", spec_hash(spec_text))
+    return engine, study_id, study, created
+
+
 def run_study(
     spec: StudySpec,
     spec_text: str,
@@ -495,38 +546,8 @@ def run_study(
     preflight(spec)
     study_name = name or spec.name
     total = n_trials if n_trials is not None else spec.study.trials
-    engine = open_storage(storage)
+    engine, study_id, study, _created = open_study(spec, spec_text, storage, study_name)
     url = engine.url.render_as_string(hide_password=False)
-    try:
-        study_id = provenance.register_study(
-            engine,
-            study_name,
-            study_name,
-            spec_text,
-            spec_hash(spec_text),
-            [{"metric": m, "direction": OBJECTIVE_DIRECTIONS[m]} for m in spec.study.objectives],
-            provenance.runtime_meta(),
-        )
-    except ValueError as exc:
-        raise StudySpecConflict(str(exc)) from None
-    rdb = _rdb_storage(url)
-    pruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=len(spec.search.fixes), n_warmup_steps=spec.training.steps // 4)
-        if spec.study.pruning
-        else optuna.pruners.NopPruner()
-    )
-    study = optuna.create_study(
-        storage=rdb,
-        study_name=study_name,
-        directions=spec.study.directions,
-        sampler=make_sampler(spec),
-        pruner=pruner,
-        load_if_exists=True,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(spec.study.objectives)
-    study.set_user_attr("ablate_spec_hash", spec_hash(spec_text))
     _record_hardware(study, spec)
     with LocalWorkers() as workers:
         runner = StudyRun(spec, engine, study_id, reporter, lambda: choose_threads(threads, workers.live()), total)
@@ -574,7 +595,7 @@ def _optimize(
     runner.run_references()
     trials = study.get_trials(deepcopy=False)
     remaining = max(0, total - len(counted(trials, (*FINISHED, TrialState.RUNNING))))
-    _enqueue_defaults(study, spec, remaining)
+    enqueue_defaults(study, spec, remaining)
     ran: list[optuna.trial.FrozenTrial] = []
 
     def on_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -603,14 +624,14 @@ def _optimize(
             break
         reporter.waiting(f"trial {', '.join(str(t.number) for t in running)} (another worker, or a stopped one)")
         time.sleep(min(HEARTBEAT_S / 2, 5.0))
+    ran_now = len([t for t in ran if not is_skipped(t)])
+    return study_outcome(study, study_name, url, ran_now, len([t for t in ran if t.state == TrialState.FAIL]))
+
+
+def study_outcome(study: optuna.Study, name: str, url: str, ran: int, failed: int) -> StudyOutcome:
+    """What the study holds now, with the trials this call (its workers, for a launcher) ran and saw fail."""
     best = [
         {"trial": t.number, **dict(zip(("fix", "scale"), arm_of(t.params))), "values": t.values} for t in _best(study)
     ]
-    return StudyOutcome(
-        name=study_name,
-        storage=url,
-        n_trials=len(counted(study.get_trials(deepcopy=False))),
-        ran=len([t for t in ran if not is_skipped(t)]),
-        failed=len([t for t in ran if t.state == TrialState.FAIL]),
-        best=best,
-    )
+    n_trials = len(counted(study.get_trials(deepcopy=False)))
+    return StudyOutcome(name=name, storage=url, n_trials=n_trials, ran=ran, failed=failed, best=best)
