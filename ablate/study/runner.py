@@ -389,10 +389,19 @@ def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
         # ablate/store/engine.py PG_POOL_SIZE for the budget per worker.
         pg = {"pool_size": OPTUNA_PG_POOL_SIZE, "max_overflow": 0, "pool_pre_ping": True}
         pg["pool_timeout"] = PG_POOL_TIMEOUT_S
+        setup = {}
+        if not sqlite:
+            # Optuna's set-up (tables, alembic stamp, schema version check) holds one connection while
+            # it opens another; a throwaway storage with two does it first, and the worker's own
+            # storage skips it, so it never needs more than its one.
+            two = {"pool_size": 2, "max_overflow": 0}
+            retry_schema_race(lambda: optuna.storages.RDBStorage(url, engine_kwargs=two).engine.dispose())
+            setup = {"skip_compatibility_check": True, "skip_table_creation": True}
         storage = retry_schema_race(
             lambda: optuna.storages.RDBStorage(
                 url,
                 engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else pg,
+                **setup,
                 heartbeat_interval=max(1, round(HEARTBEAT_S)),
                 grace_period=max(2, round(GRACE_S)),
                 **retry,
