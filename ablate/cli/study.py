@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -116,7 +116,11 @@ def study_run(
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         if plan is not None:
-            outcome = _run_workers(spec_path, spec, text, url, name, trials, plan, quiet or as_json, locals())
+            # Each worker gets this command's spec overrides and thread count, as given.
+            given = {"--data": data, "--data-kind": data_kind, "--eval-data": eval_data,
+                     "--eval-data-kind": eval_data_kind, "--pretrained": pretrained, "--threads": threads}  # fmt: skip
+            extra = [a for flag, value in given.items() if value is not None for a in (flag, str(value))]
+            outcome = _run_workers(spec_path, spec, text, url, name, trials, plan, quiet or as_json, extra)
         elif events:
             from ablate.launch.events import EventWriter
 
@@ -155,17 +159,6 @@ def study_run(
             sys.stdout.write(f"plot: {p}\n")  # plain: a long path must not wrap
 
 
-# The options a worker of --workers is given as this command was (the spec's overrides, --threads).
-_FORWARDED = {
-    "data": "--data",
-    "data_kind": "--data-kind",
-    "eval_data": "--eval-data",
-    "eval_data_kind": "--eval-data-kind",
-    "pretrained": "--pretrained",
-    "threads": "--threads",
-}
-
-
 def _gpu_plan(workers: int | None, gpus: str | None) -> list[str | None]:
     """Each worker's CUDA_VISIBLE_DEVICES (None: leave it), or the one-line refusal."""
     import os
@@ -191,11 +184,10 @@ def _run_workers(
     trials: int | None,
     plan: list[str | None],
     quiet: bool,
-    options: dict[str, Any],
+    extra: list[str],
 ) -> StudyOutcome:
     from ablate.launch.local import WorkersFailed, run_local_study
 
-    extra = [a for key, flag in _FORWARDED.items() if options.get(key) is not None for a in (flag, str(options[key]))]
     view = None
     if not quiet:
         from ablate.console import workers_view
