@@ -517,6 +517,7 @@ def open_study(spec: StudySpec, spec_text: str, storage: str | None, name: str) 
         )
     except ValueError as exc:
         raise StudySpecConflict(str(exc)) from None
+    engine.dispose()  # its idle connections, while Optuna's set-up takes two (engine.py PG_POOL_SIZE)
     rdb = _rdb_storage(url)
     pruner = (
         optuna.pruners.MedianPruner(n_startup_trials=len(spec.search.fixes), n_warmup_steps=spec.training.steps // 4)
