@@ -7,6 +7,7 @@
 # Idempotent: a second call finds the running server and prints the same URL. The server listens on
 # 127.0.0.1 only, on a free port, with trust authentication, its socket and data under $ABLATE_PG_DIR
 # (default /tmp/ablate-pg-$USER). Durability is off (fsync, synchronous_commit): it is a test server.
+# $ABLATE_PG_OPTS adds server options at start, e.g. "-c max_connections=30" (tests/test_workers_pg.py).
 # PostgreSQL refuses to run as root, so as root it runs as the OS user `postgres` (created if absent).
 # Progress goes to stderr; the last line on stdout is `export ABLATE_TEST_PG_URL=...`.
 set -euo pipefail
@@ -84,7 +85,7 @@ else
     echo "$PORT" >"$PORT_FILE"
     log "starting on 127.0.0.1:$PORT (log $LOGFILE)"
     as_pg "$PG_CTL" -D "$DATA" -l "$LOGFILE" -w -t 60 \
-        -o "-h 127.0.0.1 -p $PORT -k $STATE -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+        -o "-h 127.0.0.1 -p $PORT -k $STATE -c fsync=off -c synchronous_commit=off -c full_page_writes=off ${ABLATE_PG_OPTS:-}" \
         start >&2 || { tail -n 20 "$LOGFILE" >&2 || true; die "pg_ctl start failed"; }
 fi
 

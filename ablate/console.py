@@ -148,3 +148,72 @@ def study_reporter(console: Console, objectives: list[str]) -> RichStudyReporter
     """Live bars on a terminal, plain lines anywhere else."""
     cls = RichStudyReporter if console.is_terminal else PlainStudyReporter
     return cls(console, objectives)
+
+
+class RichWorkersView(RichStudyReporter):
+    """Several local workers (``ablate study run --workers N``) on a terminal: the study's trial bar,
+    one step bar per worker, the best-so-far table."""
+
+    def __init__(self, console: Console, objectives: list[str], workers: int) -> None:
+        super().__init__(console, objectives)
+        self.worker_tasks = [self.progress.add_task(f"w{i + 1} starting", total=1) for i in range(workers)]
+
+    def event(self, worker: int, event: dict[str, Any]) -> None:
+        """One event line of a worker (ablate/launch/events.py)."""
+        from ablate.launch.events import frozen_view
+
+        tag, kind, task = f"w{worker + 1}", event["event"], self.worker_tasks[worker]
+        if kind == "run_start":
+            self.progress.reset(task, total=event["steps"], description=f"{tag} {event['label']}")
+        elif kind == "step":
+            self.progress.update(task, completed=event["step"] + 1)
+        elif kind == "run_end":
+            self.run_end(f"{tag} {event['label']}", None, event["status"], event.get("error"))
+        elif kind == "trial_end":
+            self.trial_end(frozen_view(event["trial"]), [frozen_view(t) for t in event["best"]])
+        elif kind == "waiting":
+            self.progress.update(task, description=f"{tag} waiting for {event['what']}")
+
+    def line(self, worker: int, text: str) -> None:
+        """A line a worker wrote on stderr (an error, a warning)."""
+        self.console.print(f"w{worker + 1}: {text}", style="yellow", markup=False)
+
+    def exited(self, worker: int, code: int) -> None:
+        word = "done" if code == 0 else f"stopped (exit {code})"
+        self.progress.update(self.worker_tasks[worker], description=f"w{worker + 1} {word}")
+
+
+class PlainWorkersView(PlainStudyReporter):
+    """Several local workers anywhere else: one plain line per finished run, trial or worker,
+    each naming its worker (w1, w2, ...)."""
+
+    def __init__(self, console: Console, objectives: list[str], workers: int) -> None:
+        super().__init__(console, objectives)
+        self._waits: dict[int, str] = {}
+
+    def event(self, worker: int, event: dict[str, Any]) -> None:
+        """One event line of a worker (ablate/launch/events.py)."""
+        from ablate.launch.events import frozen_view, result_view
+
+        tag, kind = f"w{worker + 1}", event["event"]
+        if kind == "run_end":
+            result = event.get("result")
+            self.run_end(f"{tag} {event['label']}", result and result_view(result), event["status"], event.get("error"))
+        elif kind == "trial_end":
+            self._waits.pop(worker, None)
+            self.trial_end(frozen_view(event["trial"]), [])
+        elif kind == "waiting" and self._waits.get(worker) != event["what"]:
+            self._waits[worker] = event["what"]
+            self._line(f"{tag} waiting for {event['what']}")
+
+    def line(self, worker: int, text: str) -> None:
+        self._line(f"w{worker + 1}: {text}")
+
+    def exited(self, worker: int, code: int) -> None:
+        self._line(f"w{worker + 1} " + ("done" if code == 0 else f"stopped (exit {code})"))
+
+
+def workers_view(console: Console, objectives: list[str], workers: int) -> RichWorkersView | PlainWorkersView:
+    """Live bars on a terminal, plain lines anywhere else (as study_reporter)."""
+    cls = RichWorkersView if console.is_terminal else PlainWorkersView
+    return cls(console, objectives, workers)

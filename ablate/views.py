@@ -239,6 +239,7 @@ def runs_view(frame: pd.DataFrame) -> TableView:
         *([metric("mfu", "mfu", 3)] if with_mfu else []),
         metric("loss_last", "last loss", 4),
         metric("wall_s", "wall s", 4),
+        *([(Col("worker", "left", 5), worker_text)] if any(r.get("worker_host") for r in records) else []),
     ]
     return _view(
         columns,
@@ -250,6 +251,17 @@ def runs_view(frame: pd.DataFrame) -> TableView:
             else "",
         ],
     )
+
+
+def worker_text(run: dict) -> str:
+    """Where a run ran, from its worker columns: 'host:pid launcher job devices' ('-' when not recorded)."""
+    if not run.get("worker_host"):
+        return MISSING
+    parts = [f"{run['worker_host']}:{_int(run.get('worker_pid'))}", str(run.get("worker_launcher") or MISSING)]
+    if run.get("worker_job"):
+        parts.append(str(run["worker_job"]))
+    parts.append(f"devices {run.get('worker_devices') or MISSING}")
+    return " ".join(parts)
 
 
 def studies_view(rows: Sequence[Any], wide: bool = False) -> TableView:

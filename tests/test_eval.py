@@ -261,7 +261,7 @@ def test_train_eval_batches_prints_the_metrics_in_json(capsys):
 
 
 def test_the_bulk_writer_stores_the_same_class_rows_as_finish_run(tmp_path):
-    from ablate.store import writer
+    from ablate.store import claims, provenance
     from ablate.store.bulk import FinishedRun, write_finished_runs
 
     ev = evaluate(_Scorer("random"), _test_batches(4, 5), torch.device("cpu"), CLASSES)[0]
@@ -269,12 +269,12 @@ def test_the_bulk_writer_stores_the_same_class_rows_as_finish_run(tmp_path):
     frames = []
     for how in ("stream", "bulk"):
         engine = open_storage(f"sqlite:///{tmp_path / how}.db")
-        sid = writer.register_study(
+        sid = provenance.register_study(
             engine, "s", "s", "x", "h" * 64, [{"metric": "loss_slope", "direction": "minimize"}]
         )
         if how == "stream":
-            run_id = writer.start_run(engine, sid, "baseline", None, 0, "no-branch", None, "cpu")
-            writer.finish_run(engine, run_id, "complete", summary)
+            run_id = claims.start_run(engine, sid, "baseline", None, 0, "no-branch", None, "cpu")
+            claims.finish_run(engine, run_id, "complete", summary)
         else:
             write_finished_runs(
                 engine, sid, [FinishedRun("baseline", None, 0, "no-branch", None, "cpu", "complete", summary)]

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from ablate.errors import AblateInputError
 from ablate.objectives import trial_value
 from ablate.spec import parse_spec
-from ablate.store import open_storage, query, writer
+from ablate.store import claims, open_storage, provenance, query
 from ablate.study import run_study
 from ablate.study import runner as study_runner
 from ablate.study.runner import StudyReporter, StudySpecConflict
@@ -235,8 +235,9 @@ def test_a_trial_waits_for_a_baseline_leased_elsewhere(tmp_path, monkeypatch):
     from ablate.spec import spec_hash
 
     objectives = [{"metric": m, "direction": d} for m, d in zip(spec.study.objectives, spec.study.directions)]
-    sid = writer.register_study(engine, "mini", "mini", text, spec_hash(text), objectives, writer.runtime_meta())
-    writer.start_run(engine, sid, "baseline", None, 0, "no-branch", None, "cpu")  # the other worker's
+    meta = provenance.runtime_meta()
+    sid = provenance.register_study(engine, "mini", "mini", text, spec_hash(text), objectives, meta)
+    claims.start_run(engine, sid, "baseline", None, 0, "no-branch", None, "cpu")  # the other worker's
 
     waits = []
 

@@ -31,6 +31,8 @@ def _input_error_line(exc: AblateInputError) -> str:
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled as Ctrl-C is (the running run is marked failed, Optuna's trial FAIL), exit 143."""
 
+    signum = 15  # what a supervisor of local workers forwards to them (ablate/launch/local.py)
+
 
 _terminated = False  # click turns any KeyboardInterrupt into Abort; this says which signal it was
 _stopping = False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,6 +11,10 @@ from ablate.cli.app import JsonOpt, QuietOpt, StorageOpt, ThreadsOpt, err, study
 from ablate.cli.common import check_out_dir, check_threads, emit_json, print_view
 from ablate.cli.plot import draw_plots
 from ablate.errors import AblateInputError
+
+if TYPE_CHECKING:
+    from ablate.spec import StudySpec
+    from ablate.study.runner import StudyOutcome
 
 
 @study_app.command("run")
@@ -43,6 +47,21 @@ def study_run(
         typer.Option("--pretrained", help="Backbone weights: a local checkpoint or a cached open_clip tag."),
     ] = None,
     threads: ThreadsOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Run N worker processes on this machine (each its own GPU, round-robin over --gpus; on a CPU "
+            "machine they share the cores), with one progress view. Ctrl-C stops them all; rerun to resume.",
+        ),
+    ] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option("--gpus", help="With --workers: the GPUs to use, e.g. 0,1,2,3 (default: every visible GPU)."),
+    ] = None,
+    events: Annotated[
+        bool, typer.Option("--events", hidden=True, help="Progress as JSON lines on stdout (for --workers).")
+    ] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -69,6 +88,7 @@ def study_run(
     if name is not None and not name.strip():
         raise AblateInputError("--name", "must not be empty")
     check_threads(threads)
+    plan = None if workers is None and gpus is None else _gpu_plan(workers, gpus)
     url = storage_url(storage)
     from ablate.store.engine import is_memory_sqlite, open_storage
 
@@ -95,7 +115,19 @@ def study_run(
     # Our progress display and failure lines replace Optuna's per-trial log (and its tracebacks).
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        if quiet or as_json:
+        if plan is not None:
+            # Each worker gets this command's spec overrides and thread count, as given.
+            given = {"--data": data, "--data-kind": data_kind, "--eval-data": eval_data,
+                     "--eval-data-kind": eval_data_kind, "--pretrained": pretrained, "--threads": threads}  # fmt: skip
+            extra = [a for flag, value in given.items() if value is not None for a in (flag, str(value))]
+            outcome = _run_workers(spec_path, spec, text, url, name, trials, plan, quiet or as_json, extra)
+        elif events:
+            from ablate.launch.events import EventWriter
+
+            writer = EventWriter(sys.stdout)
+            writer.outcome(run_study(spec, text, url, trials, name, writer, threads=threads))
+            return
+        elif quiet or as_json:
             outcome = run_study(spec, text, url, trials, name, threads=threads)
         else:
             from ablate.console import study_reporter
@@ -125,3 +157,44 @@ def study_run(
             err.print(f"{outcome.failed} trial(s) failed this time; run the same command to retry them.")
         for p in written:
             sys.stdout.write(f"plot: {p}\n")  # plain: a long path must not wrap
+
+
+def _gpu_plan(workers: int | None, gpus: str | None) -> list[str | None]:
+    """Each worker's CUDA_VISIBLE_DEVICES (None: leave it), or the one-line refusal."""
+    import os
+
+    from ablate.launch.worker import gpu_plan, parse_gpus
+
+    if workers is None:
+        raise AblateInputError("--gpus", "give --workers N too")
+    if workers < 1:
+        raise AblateInputError("--workers", f"must be >= 1, got {workers}")
+    import torch
+
+    ids = parse_gpus(gpus) if gpus is not None else None
+    return gpu_plan(workers, ids, torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def _run_workers(
+    spec_path: str,
+    spec: StudySpec,
+    text: str,
+    url: str,
+    name: str | None,
+    trials: int | None,
+    plan: list[str | None],
+    quiet: bool,
+    extra: list[str],
+) -> StudyOutcome:
+    from ablate.launch.local import WorkersFailed, run_local_study
+
+    view = None
+    if not quiet:
+        from ablate.console import workers_view
+
+        view = workers_view(err, spec.study.objectives, len(plan))
+    try:
+        return run_local_study(spec, text, spec_path, url, name, trials, plan, extra, view)
+    except WorkersFailed as exc:
+        err.file.write(f"run failed: {exc}\n")
+        raise typer.Exit(1) from None

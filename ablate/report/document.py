@@ -311,6 +311,7 @@ def _setting(doc: Document, r: Report) -> None:
         ("versions", ", ".join(f"{k} {x or 'n/a'}" for k, x in s.versions.items())),
         ("git revision", f"`{s.git_revision}`" if s.git_revision else "n/a"),
         ("devices of the runs", ", ".join(s.devices) or "n/a"),
+        ("workers", _workers_text(s.workers)),
     ]
     if s.hardware:
         for h in s.hardware:
@@ -328,6 +329,15 @@ def _setting(doc: Document, r: Report) -> None:
              "the study's and runs' records."),
         Table(("what", "value"), tuple(rows)),
     )  # fmt: skip
+
+
+def _workers_text(workers: tuple[tuple[str, int], ...], shown: int = 8) -> str:
+    """'2 workers: vm:41 local 1/2 devices 0 (5 runs); ...' (host:pid launcher job devices)."""
+    if not workers:
+        return "not recorded (an older ablate ran the runs)"
+    listed = "; ".join(f"{w} ({n} run{'s' if n != 1 else ''})" for w, n in workers[:shown])
+    more = f"; and {len(workers) - shown} more" if len(workers) > shown else ""
+    return f"{len(workers)} worker{'s' if len(workers) != 1 else ''}: {listed}{more}"
 
 
 def _range(rng: dict) -> str:

@@ -93,6 +93,7 @@ class Setting:
     host: str | None  # the machine that created the study
     devices: tuple[str, ...]  # the devices its runs were trained on (ablate_runs.device)
     hardware: tuple[dict[str, Any], ...]  # per machine, when the study recorded it (newer ablate)
+    workers: tuple[tuple[str, int], ...]  # (where a worker ran, its runs), for runs that recorded it
     run_steps: tuple[int, ...]  # distinct step counts of its complete runs
     n_runs: int
     wall_s: float  # sum of the runs' wall times
@@ -144,6 +145,21 @@ def _hardware(conn: Any, optuna_name: str) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
+def _workers(runs: pd.DataFrame) -> tuple[tuple[str, int], ...]:
+    """Each worker that ran some of the runs (host, pid, launcher, job, devices) and how many it ran,
+    in the order of their first run."""
+    from ablate.views import worker_text
+
+    if "worker_host" not in runs or runs["worker_host"].isna().all():
+        return ()
+    counts: dict[str, int] = {}
+    for run in runs.sort_values("run_id").to_dict(orient="records"):
+        if run.get("worker_host"):
+            key = worker_text(run)
+            counts[key] = counts.get(key, 0) + 1
+    return tuple(counts.items())
+
+
 def _setting(engine: Engine, name: str, settings: dict[str, Any], runs: pd.DataFrame) -> Setting:
     with engine.connect() as conn:
         study = conn.execute(select(StudyModel.__table__).where(StudyModel.name == name)).one()
@@ -177,6 +193,7 @@ def _setting(engine: Engine, name: str, settings: dict[str, Any], runs: pd.DataF
         host=study.host,
         devices=tuple(sorted({str(d) for d in runs["device"].dropna()})),
         hardware=hardware,
+        workers=_workers(runs),
         run_steps=tuple(sorted({int(s) for s in done["steps"].dropna()})),
         n_runs=len(runs),
         wall_s=float(wall.sum(min_count=1)),

@@ -1,8 +1,8 @@
 """Storing many finished runs in one transaction (imports, and the read benchmark's large databases).
 
-A worker streams a run through :func:`~ablate.store.writer.start_run`, a
-:class:`~ablate.store.writer.MetricBuffer`, :func:`~ablate.store.writer.write_probes` and
-:func:`~ablate.store.writer.finish_run`: four transactions per run, each a commit (an fsync on
+A worker streams a run through :func:`~ablate.store.claims.start_run`, a
+:class:`~ablate.store.metric_writes.MetricBuffer`, :func:`~ablate.store.metric_writes.write_probes` and
+:func:`~ablate.store.claims.finish_run`: four transactions per run, each a commit (an fsync on
 SQLite). Writing thousands of runs that way is bound by commits, not by rows. This path builds
 every row with the same helpers those functions use, so a run stored here has exactly the columns
 it would have had through them (``tests/test_store_bulk.py`` compares the two), only without the
@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, insert
 
+from ablate.store.claims import (
+    PROBE_INIT_COLUMNS,
+    check_final_status,
+    finished_columns,
+    fresh_run_fields,
+    run_trial_key,
+)
 from ablate.store.groups import run_group_rows
+from ablate.store.metric_writes import class_metric_rows, metric_rows, probe_group_rows_of, probe_row, series_values
 from ablate.store.schema import (
     ClassMetricModel,
     ProbeGroupMetricModel,
@@ -25,18 +33,6 @@ from ablate.store.schema import (
     RunGroupMetricModel,
     RunModel,
     StepMetricModel,
-)
-from ablate.store.writer import (
-    _PROBE_INIT_COLUMNS,
-    _check_final_status,
-    _finished_columns,
-    _fresh_run_fields,
-    _metric_rows,
-    _probe_group_rows,
-    _probe_row,
-    _series_values,
-    _trial_key,
-    class_metric_rows,
 )
 
 if TYPE_CHECKING:
@@ -70,19 +66,19 @@ def write_finished_runs(engine: Engine, study_id: int, runs: Sequence[FinishedRu
         return []
     run_rows, probe_rows = [], []
     for run in runs:
-        _check_final_status(run.status)
-        probes = [_probe_row(0, p) for p in run.probes]  # run_id filled in once the run has one
+        check_final_status(run.status)
+        probes = [probe_row(0, p) for p in run.probes]  # run_id filled in once the run has one
         first = min(probes, key=lambda p: p["step"], default=None)
-        first_cols = None if first is None else {c: first[c] for c in _PROBE_INIT_COLUMNS}
+        first_cols = None if first is None else {c: first[c] for c in PROBE_INIT_COLUMNS}
         run_rows.append(
             {
                 "study_id": study_id,
                 "role": run.role,
                 "trial_number": run.trial_number,
-                "trial_key": _trial_key(run.role, run.trial_number),
+                "trial_key": run_trial_key(run.role, run.trial_number),
                 "seed": run.seed,
-                **_fresh_run_fields(run.fix, run.scale, run.device),
-                **_finished_columns(run.status, run.summary, first_cols, run.error),
+                **fresh_run_fields(run.fix, run.scale, run.device),
+                **finished_columns(run.status, run.summary, first_cols, run.error),
             }
         )
         probe_rows.append(probes)
@@ -92,11 +88,11 @@ def write_finished_runs(engine: Engine, study_id: int, runs: Sequence[FinishedRu
             int(r[0])
             for r in conn.execute(insert(runs_table).returning(runs_table.c.id, sort_by_parameter_order=True), run_rows)
         ]
-        metric_rows: list[dict[str, Any]] = []
+        steps: list[dict[str, Any]] = []
         for run_id, run in zip(ids, runs, strict=True):
-            metric_rows += _metric_rows(run_id, _series_values(run.metrics))
-        if metric_rows:
-            conn.execute(insert(StepMetricModel.__table__), metric_rows)
+            steps += metric_rows(run_id, series_values(run.metrics))
+        if steps:
+            conn.execute(insert(StepMetricModel.__table__), steps)
         points = [{**p, "run_id": run_id} for run_id, probes in zip(ids, probe_rows, strict=True) for p in probes]
         if points:
             conn.execute(insert(ProbePointModel.__table__), points)
@@ -116,7 +112,7 @@ def write_finished_runs(engine: Engine, study_id: int, runs: Sequence[FinishedRu
             row
             for run_id, run in zip(ids, runs, strict=True)
             for p in run.probes
-            for row in _probe_group_rows(run_id, p)
+            for row in probe_group_rows_of(run_id, p)
         ]
         for table, rows in ((RunGroupMetricModel, [r for r in groups if "step" not in r]),
                             (ProbeGroupMetricModel, [r for r in groups if "step" in r])):  # fmt: skip

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 FLAGS = ("nan", "inf", "-inf")
@@ -122,3 +123,8 @@ def decode_float_lists(text: str | None) -> dict[str, list[float]]:
     if isinstance(raw, list):
         return {"": decode_float_list(text)}
     return {k: decode_float_list(json.dumps(v)) for k, v in raw.items()}
+
+
+def utcnow() -> datetime:
+    """The timestamp every ablate_* column stores: naive UTC, the same on every backend."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)

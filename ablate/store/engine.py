@@ -26,6 +26,13 @@ DEFAULT_STORAGE = "sqlite:///results.db"
 STORAGE_ENV = "ABLATE_STORAGE"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 10
+# Connections one process may hold on PostgreSQL: ablate's engine at most PG_POOL_SIZE (the main
+# thread and the run heartbeat's), Optuna's storage at most OPTUNA_PG_POOL_SIZE (ablate/study/runner.py
+# _rdb_storage). 3 per worker, so 32 workers (96) fit the server's default max_connections = 100. A
+# thread that finds the pool busy waits for a connection (the work between is milliseconds).
+PG_POOL_SIZE = 2
+OPTUNA_PG_POOL_SIZE = 1
+PG_POOL_TIMEOUT_S = 120
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -134,7 +141,8 @@ def make_engine(url: str) -> Engine:
 
     SQLite: WAL journal, a 30 s busy timeout and foreign keys on every connection (set by a connect
     event, so pooled connections all have them). The parent directory must exist. PostgreSQL: psycopg 3,
-    pre-ping and a connect timeout so an unreachable server fails in seconds. Nothing connects here.
+    pre-ping, a connect timeout so an unreachable server fails in seconds, and a small pool
+    (PG_POOL_SIZE) so many workers fit the server's connection limit. Nothing connects here.
     """
     parsed = normalize_url(url)
     key = parsed.render_as_string(hide_password=False)
@@ -154,7 +162,12 @@ def make_engine(url: str) -> Engine:
         else:
             try:
                 engine = create_engine(
-                    parsed, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S}
+                    parsed,
+                    pool_pre_ping=True,
+                    pool_size=PG_POOL_SIZE,
+                    max_overflow=0,
+                    pool_timeout=PG_POOL_TIMEOUT_S,
+                    connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S},
                 )
             except (ArgumentError, NoSuchModuleError) as exc:
                 raise ValueError(f"invalid storage {display_url(parsed)!r}: {exc}") from exc
@@ -253,17 +266,18 @@ def check_schema(engine: Engine, readable: bool = False) -> None:
 
 
 def upgrade_schema(engine: Engine) -> list[str]:
-    """Add the ``ADDED_RUN_COLUMNS`` an older ablate_runs table lacks (nullable Float columns, so its
-    rows read as not evaluated); returns what was added. Another worker adding the same column at the
-    same moment is not an error."""
+    """Add the ``ADDED_RUN_COLUMNS`` an older ablate_runs table lacks (nullable columns of the type
+    the schema declares, so its rows read as not evaluated, of no recorded worker); returns what was
+    added. Another worker adding the same column at the same moment is not an error."""
     missing = _missing_columns(engine)
     _refuse_older(engine, missing, addable=True)
     added = []
     table = RunModel.__tablename__
     for column in missing.get(table, []):
+        sql_type = RunModel.__table__.c[column].type.compile(dialect=engine.dialect)
         try:
             with engine.begin() as conn:
-                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} FLOAT"))
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
             added.append(column)
         except DBAPIError as exc:
             if column not in {c["name"] for c in inspect(engine).get_columns(table)}:

@@ -28,6 +28,7 @@ from ablate.store.schema import (
     PROBE_GROUP_COLUMNS,
     RUN_FLOAT_FIELDS,
     RUN_GROUP_COLUMNS,
+    WORKER_FIELDS,
     ClassMetricModel,
     ProbePointModel,
     RunModel,
@@ -90,7 +91,7 @@ RUNS_HEAD = [
     "frozen",
     *RUN_FLOAT_FIELDS,
 ]
-RUNS_TAIL = ["verdict", "device", "error", "started_at", "finished_at"]
+RUNS_TAIL = ["verdict", "device", "error", "started_at", "finished_at", *WORKER_FIELDS]
 
 
 def runs_columns(groups: Sequence[str]) -> list[str]:
@@ -125,6 +126,7 @@ def _runs_df(records: list[dict[str, Any]], groups: Sequence[str]) -> pd.DataFra
             "scale": "float64",
             "steps": "Int64",
             "packed_arms": "Int64",
+            "worker_pid": "Int64",
             **dict.fromkeys(RUN_FLOAT_FIELDS, "float64"),
             **dict.fromkeys(wide_columns(RUN_GROUP_COLUMNS, groups), "float64"),
         }

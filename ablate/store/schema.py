@@ -71,10 +71,15 @@ EVAL_FIELDS = EVAL_METRICS
 # Lag-1 autocorrelation of the judged group's per-step log ratios that each within-seed interval of
 # train_grad_ratio / train_update_ratio was widened for (ablate.stats.series_ci); NULL in older runs.
 AUTOCORRELATION_FIELDS = ("train_grad_ratio_ac1", "train_update_ratio_ac1")
+# Where a run ran (ablate/store/provenance.py worker_record): the worker's host, process id,
+# launcher (cli, local, slurm, submitit-local, ray, kubernetes), job or task id, and the devices it saw
+# (CUDA_VISIBLE_DEVICES, or "cpu").
+WORKER_FIELDS = ("worker_host", "worker_pid", "worker_launcher", "worker_job", "worker_devices")
 # Columns added to ablate_runs after databases had been written without them: all nullable, so
 # ablate.store.engine adds them to an older file (ALTER TABLE ... ADD COLUMN) and its runs read as
-# not evaluated (or without an autocorrelation). Any other missing column still refuses the file.
-ADDED_RUN_COLUMNS = (*EVAL_FIELDS, *AUTOCORRELATION_FIELDS)
+# not evaluated, without an autocorrelation or of no recorded worker. Any other missing column still
+# refuses the file.
+ADDED_RUN_COLUMNS = (*EVAL_FIELDS, *AUTOCORRELATION_FIELDS, *WORKER_FIELDS)
 
 # Summary columns of ablate_runs that are floats (``steps`` is the one integer summary column).
 # ``grad_ratio_*`` are bypass-probe ratios of the run's judged group; ``train_*_ratio*`` compare the
@@ -204,7 +209,7 @@ class RunModel(Base):
     device: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
-    # Refreshed by the worker running it (ablate.store.writer.RunHeartbeat): a 'running' row whose
+    # Refreshed by the worker running it (ablate.store.claims.RunHeartbeat): a 'running' row whose
     # heartbeat has stopped belongs to a killed worker and may be taken over.
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
 
@@ -219,6 +224,11 @@ class RunModel(Base):
     adapter_gain_batches: Mapped[str | None] = mapped_column(Text)  # JSON list per held-out batch
     verdict: Mapped[str | None] = mapped_column(String(16))
     nonfinite: Mapped[str | None] = mapped_column(Text)  # JSON {column: "nan"|"inf"|"-inf"}
+    worker_host: Mapped[str | None] = mapped_column(String(255))  # WORKER_FIELDS: set when the run is claimed
+    worker_pid: Mapped[int | None] = mapped_column(Integer)
+    worker_launcher: Mapped[str | None] = mapped_column(String(32))
+    worker_job: Mapped[str | None] = mapped_column(String(128))
+    worker_devices: Mapped[str | None] = mapped_column(String(128))
 
     @classmethod
     def find(cls, session: Session, study_id: int, role: str, trial_key: int, seed: int) -> RunModel | None:

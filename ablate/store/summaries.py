@@ -15,7 +15,7 @@ from itertools import groupby
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Float, cast, inspect, null, select, text
+from sqlalchemy import Connection, cast, inspect, null, select, text
 
 from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, column_interval, trial_interval
 from ablate.stats import SCOPE_SEEDS, SCOPE_WITHIN
@@ -26,6 +26,7 @@ from ablate.store.schema import (
     EVAL_FIELDS,
     RUN_FLOAT_FIELDS,
     RUN_GROUP_COLUMNS,
+    WORKER_FIELDS,
     RunModel,
     StudyModel,
 )
@@ -37,9 +38,15 @@ RUN_ORDER = (RunModel.role.desc(), RunModel.trial_key, RunModel.seed)  # trials,
 
 def _run_columns(absent: frozenset[str] = frozenset()) -> tuple[Any, ...]:
     """The run columns the summaries read; ``absent`` ones (an older file) read as NULL."""
-    # CAST(NULL AS FLOAT), not a bound NULL: PostgreSQL types an untyped NULL parameter as text
-    floats = (cast(null(), Float).label(f) if f in absent else getattr(RunModel, f) for f in RUN_FLOAT_FIELDS)
-    return (*RUN_COLUMNS_HEAD, *floats, *RUN_COLUMNS_TAIL)
+
+    def column(name: str) -> Any:
+        # CAST(NULL AS type), not a bound NULL: PostgreSQL types an untyped NULL parameter as text
+        if name in absent:
+            return cast(null(), RunModel.__table__.c[name].type).label(name)
+        return getattr(RunModel, name)
+
+    floats = (column(f) for f in RUN_FLOAT_FIELDS)
+    return (*RUN_COLUMNS_HEAD, *floats, *RUN_COLUMNS_TAIL, *(column(f) for f in WORKER_FIELDS))
 
 
 RUN_COLUMNS_HEAD = (

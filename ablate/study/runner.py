@@ -16,22 +16,22 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy.orm import Session
 
 from ablate import arms, faults
 from ablate.engine.compare import compare_to_baseline
 from ablate.engine.device import describe_hardware, resolve_device
 from ablate.engine.fixes import NO_BRANCH, parse_fix
-from ablate.engine.loop import RunConfig
-from ablate.engine.metrics import edge_means, loss_slope
 from ablate.engine.result import TrainResult
 from ablate.engine.subject import ALL_GROUP
-from ablate.objectives import seed_value, trial_value
 from ablate.spec import OBJECTIVE_DIRECTIONS, StudySpec, spec_hash
-from ablate.store import writer
-from ablate.store.engine import open_storage, retry_schema_race
-from ablate.store.schema import HARDWARE_ATTR, REFERENCE_KEYS
-from ablate.study.distinct import FINISHED, HOLDING, SKIPPED_ATTR, PerTrialSeedSampler, counted, is_skipped, skip_reason
-from ablate.study.space import arm_of, default_arm_params, suggest_arm
+from ablate.store import claims, metric_writes, provenance
+from ablate.store.engine import OPTUNA_PG_POOL_SIZE, PG_POOL_TIMEOUT_S, open_storage, retry_schema_race
+from ablate.store.schema import HARDWARE_ATTR, REFERENCE_KEYS, StudyModel
+from ablate.study.distinct import FINISHED, HOLDING, PerTrialSeedSampler, counted, is_skipped
+from ablate.study.packs import AllArmsDropped, ClaimedRun, RunFailed, pack_label
+from ablate.study.space import arm_of, default_arm_params
+from ablate.study.trial_pack import NATIVE_CONSTRAINTS, run_trials
 from ablate.threads import LocalWorkers, apply_threads, choose_threads
 
 
@@ -86,64 +86,6 @@ class StudySpecConflict(ValueError):
     """The study name is taken by a study with a different spec."""
 
 
-class RunFailed(RuntimeError):
-    """A seed's training run failed; the trial is marked FAIL and the study goes on."""
-
-
-class AllArmsDropped(Exception):  # noqa: N818 - a signal, not an error
-    """Every run of a several-trial pack was finished early (pruned or diverged): stop the pack."""
-
-
-@dataclass(frozen=True)
-class ClaimedRun:
-    """One claimed run row of a pack: whose run it is and the row's id."""
-
-    role: str
-    trial_number: int | None
-    fix: str
-    scale: float | None
-    seed: int
-    run_id: int
-
-
-def _joined(values: list[Any]) -> str:
-    return ",".join(dict.fromkeys(values))  # in order, each once
-
-
-def pack_label(runs: list[ClaimedRun]) -> str:
-    """'trial 3 fixed-scale s=0.5 seeds 0,1,2'; 'trials 3,4 ...' for a pack of several trials."""
-    first = runs[0]
-    choice = parse_fix(first.fix, first.scale)
-    if first.role == "trial":
-        trials = _joined([str(r.trial_number) for r in runs])
-        label = f"trial{'s' if ',' in trials else ''} {trials} {choice.name}"
-    else:
-        label = "baseline no-branch" if first.role == "baseline" else "control frozen-adapters"
-    if choice.scale is not None:
-        scales = {r.trial_number: parse_fix(r.fix, r.scale).scale for r in runs}
-        label += " s=" + ",".join(f"{v:.3g}" for v in scales.values())
-    seeds = _joined([str(r.seed) for r in runs])
-    return label + f" seed{'s' if ',' in seeds else ''} {seeds}"
-
-
-def _pruner_reading(metric: str, losses: list[float], warmup_frac: float) -> float:
-    """The pruner's reading of ``metric`` on the losses so far (the same quantity the objective uses)."""
-    if metric == "loss_slope":
-        return loss_slope(losses, warmup_frac)
-    return edge_means(losses)[1]  # loss_last
-
-
-def report_and_ask_prune(trial: optuna.Trial, metric: str, arm_losses: list[list[float]], step: int) -> bool:
-    """Report the mean reading over a trial's seeds (its arms' losses so far) at ``step``; True when
-    Optuna's pruner says stop. A non-finite reading is not reported (the flush fails the run)."""
-    readings = [_pruner_reading(metric, losses, RunConfig.warmup_frac) for losses in arm_losses]
-    value = sum(readings) / len(readings)
-    if not math.isfinite(value):
-        return False
-    trial.report(value, step)
-    return trial.should_prune()
-
-
 class StudyRun:
     def __init__(
         self,
@@ -164,6 +106,9 @@ class StudyRun:
         # The first arm built: every later run shares its frozen backbone and data set (and the
         # data set's drawn samples) instead of building them again. Same spec, so the same backbone.
         self._like: Any = None
+        import torch
+
+        self.worker = provenance.worker_record(torch.cuda.device_count())  # stored on every run it claims
 
     def run_arm(
         self,
@@ -184,9 +129,10 @@ class StudyRun:
         device = resolve_device(self.spec.training.device)
         # Reference runs are not Optuna trials, so a lease keeps two workers off the same one.
         lease = BASELINE_LEASE_S if role in REFERENCE_KEYS else None
-        return writer.start_run(
-            self.engine, self.study_id, role, trial_number, seed, choice.name, choice.scale, str(device), lease
-        )
+        return claims.start_run(
+            self.engine, self.study_id, role, trial_number, seed, choice.name, choice.scale, str(device), lease,
+            self.worker,
+        )  # fmt: skip
 
     def run_claimed(
         self,
@@ -229,7 +175,7 @@ class StudyRun:
             apply_threads(n)
             label += f" ({n} thread{'s' if n > 1 else ''})"
         self.reporter.run_start(label, cfgs[0].run.steps)
-        buffers = [writer.MetricBuffer(self.engine, r.run_id, flush_every=10**9) for r in runs]
+        buffers = [metric_writes.MetricBuffer(self.engine, r.run_id, flush_every=10**9) for r in runs]
 
         def flush(arm: int, rows: list[tuple[int, dict[str, float]]]) -> None:
             if arm in dropped:
@@ -243,22 +189,18 @@ class StudyRun:
 
         def probe(arm: int, p: Any) -> None:
             if arm not in dropped:
-                writer.write_probe(self.engine, runs[arm].run_id, p)
+                metric_writes.write_probe(self.engine, runs[arm].run_id, p)
 
         def finish_live(status: str, error: str | None) -> None:
             for i, r in enumerate(runs):
                 if i not in dropped:
-                    writer.finish_run(self.engine, r.run_id, status, None, error=error)
+                    claims.finish_run(self.engine, r.run_id, status, None, error=error)
 
         try:
-            with writer.RunHeartbeat(self.engine, [r.run_id for r in runs], HEARTBEAT_S):
+            with claims.RunHeartbeat(self.engine, [r.run_id for r in runs], HEARTBEAT_S):
                 results = self._train(cfgs, probe, flush, on_nonfinite)
             rows = [None if i in dropped else self._row(r.role, res) for i, (r, res) in enumerate(zip(runs, results))]
         except AllArmsDropped:
-            raise
-        except optuna.TrialPruned:
-            finish_live("pruned", None)
-            self.reporter.run_end(label, None, "pruned")
             raise
         except KeyboardInterrupt:
             finish_live("failed", "interrupted")
@@ -270,7 +212,7 @@ class StudyRun:
             raise RunFailed(f"{label}: {exc}") from exc
         for r, row in zip(runs, rows):
             if row is not None:
-                writer.finish_run(self.engine, r.run_id, "complete", row)
+                claims.finish_run(self.engine, r.run_id, "complete", row)
         for r, result, row in zip(runs, results, rows):
             if row is not None:  # each line names its own run (a pack may hold several trials)
                 self.reporter.run_end(pack_label([r]), result, "complete")
@@ -328,15 +270,15 @@ class StudyRun:
         """The seed's complete baseline run: cached, read from the database, run here, or waited for
         while another worker runs it (a trial never goes on without its baseline)."""
         while seed not in self._refs:
-            ref = writer.reference_run(self.engine, self.study_id, seed)
+            ref = claims.reference_run(self.engine, self.study_id, seed)
             if ref is not None:
                 self._refs[seed] = ref
                 break
             try:
                 self.run_arm("baseline", None, NO_BRANCH, None, seed)
-            except writer.RunComplete:
+            except claims.RunComplete:
                 continue  # another worker finished it between our read and our claim: read it
-            except writer.RunBusy:
+            except claims.RunBusy:
                 self.reporter.waiting(f"baseline seed {seed} (running in another worker)")
                 time.sleep(REFERENCE_POLL_S)
         return self._refs[seed]
@@ -350,7 +292,7 @@ class StudyRun:
         free = [
             seed
             for seed in self.spec.study.seeds
-            if seed not in self._refs and writer.reference_status(self.engine, self.study_id, seed) != "complete"
+            if seed not in self._refs and claims.reference_status(self.engine, self.study_id, seed) != "complete"
         ]
         self._run_free("baseline", free)
         for seed in self.spec.study.seeds:
@@ -360,7 +302,7 @@ class StudyRun:
         free = [
             seed
             for seed in self.spec.study.seeds
-            if writer.reference_status(self.engine, self.study_id, seed, "control") != "complete"
+            if claims.reference_status(self.engine, self.study_id, seed, "control") != "complete"
         ]
         # Seeds another worker is on or has finished are skipped; trials do not need the control.
         self._run_free("control", free)
@@ -372,7 +314,7 @@ class StudyRun:
             for seed in pack:
                 try:
                     claimed.append((seed, self.claim(role, None, NO_BRANCH, None, seed)))
-                except (writer.RunBusy, writer.RunComplete):
+                except (claims.RunBusy, claims.RunComplete):
                     continue
             if claimed:
                 self.run_claimed(role, None, NO_BRANCH, None, claimed)
@@ -385,7 +327,7 @@ class StudyRun:
             earlier = optuna.storages.RetryFailedTrialCallback.retry_history(trial)
         if not earlier:
             return {}
-        ids = set(writer.adopt_runs(self.engine, self.study_id, earlier, trial.number, fix, scale))
+        ids = set(claims.adopt_runs(self.engine, self.study_id, earlier, trial.number, fix, scale))
         if not ids:
             return {}
         from ablate.store.summaries import run_records
@@ -393,64 +335,6 @@ class StudyRun:
         with self.engine.connect() as conn:
             records = run_records(conn, self.study_id, "", roles=("trial",))
         return {int(r["seed"]): r for r in records if r["run_id"] in ids}
-
-    def objective(self, trial: optuna.Trial) -> float | list[float]:
-        fix, scale = suggest_arm(trial, self.spec)
-        spec = self.spec.study
-        trials = trial.study.get_trials(deepcopy=False)
-        why = skip_reason(trials, trial.number, trial.params, self.total)
-        if why is not None:
-            trial.set_user_attr(SKIPPED_ATTR, why)
-            raise optuna.TrialPruned(f"skipped: {why}")  # before any run: no evidence anywhere
-        watch = spec.objectives[0] if spec.pruning else None
-        for seed in spec.seeds:
-            self.reference(seed)
-        done = self.adopted_rows(next(t for t in trials if t.number == trial.number), fix, scale)
-        rows_by_seed: dict[int, dict[str, Any]] = dict(done)
-        for k, pack in enumerate(self._packs([s for s in spec.seeds if s not in done])):
-            offset = k * self.spec.training.steps
-            losses: list[list[float]] = [[] for _ in pack]
-
-            def report(
-                arm: int,
-                block: list[tuple[int, dict[str, float]]],
-                offset: int = offset,
-                losses: list[list[float]] = losses,
-            ) -> None:
-                losses[arm].extend(v["loss"] for _, v in block)
-                if watch is None or arm != len(losses) - 1:
-                    return  # a packed step is reported once, after its last arm's block
-                if report_and_ask_prune(trial, watch, losses, offset + block[-1][0]):
-                    raise optuna.TrialPruned()
-
-            claimed = [(seed, self.claim("trial", trial.number, fix, scale, seed)) for seed in pack]
-            ran = self.run_claimed("trial", trial.number, fix, scale, claimed, on_block=report)
-            rows_by_seed.update(zip(pack, ran))
-        values = self.finish_trial(trial, [rows_by_seed[seed] for seed in spec.seeds])
-        faults.point("finish")  # every run complete, Optuna not yet told
-        return values
-
-    def finish_trial(self, trial: optuna.Trial, rows: list[dict[str, Any]]) -> float | list[float]:
-        """The trial's objective values from its seeds' run rows (in spec seed order); notes the
-        per-seed values and the constraint on the trial."""
-        spec = self.spec.study
-        values = [trial_value(m, rows) for m in spec.objectives]
-        trial.set_user_attr(
-            "per_seed", {str(seed): {m: seed_value(m, r) for m in spec.objectives} for seed, r in zip(spec.seeds, rows)}
-        )
-        if spec.constraint_metric is not None:
-            c = trial_value(spec.constraint_metric, rows)
-            sign = 1.0 if OBJECTIVE_DIRECTIONS[spec.constraint_metric] == "maximize" else -1.0
-            # Optuna: a constraint value <= 0 is satisfied; a NaN metric counts as violated.
-            value = sign * (spec.constraint_min - c) if math.isfinite(c) else math.inf
-            trial.set_user_attr("constraint", [value])
-            if _NATIVE_CONSTRAINTS:
-                trial.set_constraint(spec.constraint_metric, value)
-        return values[0] if len(values) == 1 else values
-
-
-# Optuna >= 5 reads constraints set on the trial; older releases need a sampler constraints_func.
-_NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
 
 
 def _constraints(frozen: optuna.trial.FrozenTrial) -> list[float]:
@@ -461,7 +345,7 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     """The spec's sampler, reseeded per trial (see PerTrialSeedSampler) so no worker or resume
     re-draws another trial's point."""
     s = spec.study
-    cons = _constraints if s.constraint_metric is not None and not _NATIVE_CONSTRAINTS else None
+    cons = _constraints if s.constraint_metric is not None and not NATIVE_CONSTRAINTS else None
 
     def build(seed: int | None) -> optuna.samplers.BaseSampler:
         if s.sampler == "random":
@@ -491,10 +375,23 @@ def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
         else:  # pragma: no cover - optuna < 4.9
             retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=2)}
         sqlite = url.startswith("sqlite")
+        # PostgreSQL: one connection (the main thread and the trial heartbeat take turns), see
+        # ablate/store/engine.py PG_POOL_SIZE for the budget per worker.
+        pg = {"pool_size": OPTUNA_PG_POOL_SIZE, "max_overflow": 0, "pool_pre_ping": True}
+        pg["pool_timeout"] = PG_POOL_TIMEOUT_S
+        setup = {}
+        if not sqlite:
+            # Optuna's set-up (tables, alembic stamp, schema version check) holds one connection while
+            # it opens another; a throwaway storage with two does it first, and the worker's own
+            # storage skips it, so it never needs more than its one.
+            two = {"pool_size": 2, "max_overflow": 0}
+            retry_schema_race(lambda: optuna.storages.RDBStorage(url, engine_kwargs=two).engine.dispose())
+            setup = {"skip_compatibility_check": True, "skip_table_creation": True}
         storage = retry_schema_race(
             lambda: optuna.storages.RDBStorage(
                 url,
-                engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else None,
+                engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else pg,
+                **setup,
                 heartbeat_interval=max(1, round(HEARTBEAT_S)),
                 grace_period=max(2, round(GRACE_S)),
                 **retry,
@@ -525,7 +422,7 @@ def _serialize_sqlite_transactions(engine: Any) -> None:
     engine.dispose()  # connections opened while Optuna set up the schema predate the hooks
 
 
-def _enqueue_defaults(study: optuna.Study, spec: StudySpec, limit: int) -> None:
+def enqueue_defaults(study: optuna.Study, spec: StudySpec, limit: int) -> None:
     """Every fix once at its default scale, unless a trial already ran (or waits to run) it.
 
     At most ``limit`` are enqueued (the trials this call will run), so no trial is left waiting.
@@ -586,6 +483,49 @@ def preflight(spec: StudySpec) -> None:
         kind.check_pack(first)
 
 
+def open_study(spec: StudySpec, spec_text: str, storage: str | None, name: str) -> tuple[Any, int, optuna.Study, bool]:
+    """Create the study (its ``ablate_studies`` row and its Optuna study, tables included) or find
+    it: ``(engine, study id, Optuna study, created now)``. Idempotent, so every worker calls it and a
+    launcher calls it once before its workers start; a name taken by another spec raises
+    StudySpecConflict."""
+    engine = open_storage(storage)
+    url = engine.url.render_as_string(hide_password=False)
+    with Session(engine) as session:
+        created = StudyModel.find_by_name(name, session) is None
+    try:
+        study_id = provenance.register_study(
+            engine,
+            name,
+            name,
+            spec_text,
+            spec_hash(spec_text),
+            [{"metric": m, "direction": OBJECTIVE_DIRECTIONS[m]} for m in spec.study.objectives],
+            provenance.runtime_meta(),
+        )
+    except ValueError as exc:
+        raise StudySpecConflict(str(exc)) from None
+    engine.dispose()  # its idle connections, while Optuna's set-up takes two (engine.py PG_POOL_SIZE)
+    rdb = _rdb_storage(url)
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=len(spec.search.fixes), n_warmup_steps=spec.training.steps // 4)
+        if spec.study.pruning
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(
+        storage=rdb,
+        study_name=name,
+        directions=spec.study.directions,
+        sampler=make_sampler(spec),
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(spec.study.objectives)
+    study.set_user_attr("ablate_spec_hash", spec_hash(spec_text))
+    return engine, study_id, study, created
+
+
 def run_study(
     spec: StudySpec,
     spec_text: str,
@@ -603,38 +543,8 @@ def run_study(
     preflight(spec)
     study_name = name or spec.name
     total = n_trials if n_trials is not None else spec.study.trials
-    engine = open_storage(storage)
+    engine, study_id, study, _created = open_study(spec, spec_text, storage, study_name)
     url = engine.url.render_as_string(hide_password=False)
-    try:
-        study_id = writer.register_study(
-            engine,
-            study_name,
-            study_name,
-            spec_text,
-            spec_hash(spec_text),
-            [{"metric": m, "direction": OBJECTIVE_DIRECTIONS[m]} for m in spec.study.objectives],
-            writer.runtime_meta(),
-        )
-    except ValueError as exc:
-        raise StudySpecConflict(str(exc)) from None
-    rdb = _rdb_storage(url)
-    pruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=len(spec.search.fixes), n_warmup_steps=spec.training.steps // 4)
-        if spec.study.pruning
-        else optuna.pruners.NopPruner()
-    )
-    study = optuna.create_study(
-        storage=rdb,
-        study_name=study_name,
-        directions=spec.study.directions,
-        sampler=make_sampler(spec),
-        pruner=pruner,
-        load_if_exists=True,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(spec.study.objectives)
-    study.set_user_attr("ablate_spec_hash", spec_hash(spec_text))
     _record_hardware(study, spec)
     with LocalWorkers() as workers:
         runner = StudyRun(spec, engine, study_id, reporter, lambda: choose_threads(threads, workers.live()), total)
@@ -669,20 +579,20 @@ def _optimize(
 ) -> StudyOutcome:
     """Run trials until the study holds ``total`` counted trials and none is RUNNING or WAITING.
 
-    One trial per ``study.optimize`` call, so each start sees every other worker's claims (see
-    ablate/study/distinct.py). Between trials, trials whose worker stopped beating are failed (Optuna's
-    retry callback re-enqueues each as WAITING) and their runs marked failed; waiting trials are run
-    (a retry or a default arm) even when the count is reached, so none is left WAITING; and a worker
-    with nothing left to run waits for the trials other workers still run, so no arm goes unevaluated
-    because its worker was killed.
+    One pack of trials (one trial by default, ablate/study/trial_pack.py) per round, so each start
+    sees every other worker's claims (see ablate/study/distinct.py). Between rounds, trials whose
+    worker stopped beating are failed (Optuna's retry callback re-enqueues each as WAITING) and their
+    runs marked failed; waiting trials are run (a retry or a default arm) even when the count is
+    reached, so none is left WAITING; and a worker with nothing left to run waits for the trials
+    other workers still run, so no arm goes unevaluated because its worker was killed.
     """
     engine, study_id, reporter = runner.engine, runner.study_id, runner.reporter
-    writer.fail_stale_runs(engine, study_id, {t.number for t in study.get_trials(states=(TrialState.RUNNING,))})
+    claims.fail_stale_runs(engine, study_id, {t.number for t in study.get_trials(states=(TrialState.RUNNING,))})
     reporter.study_start(study_name, len(counted(study.get_trials(deepcopy=False))), total)
     runner.run_references()
     trials = study.get_trials(deepcopy=False)
     remaining = max(0, total - len(counted(trials, (*FINISHED, TrialState.RUNNING))))
-    _enqueue_defaults(study, spec, remaining)
+    enqueue_defaults(study, spec, remaining)
     ran: list[optuna.trial.FrozenTrial] = []
 
     def on_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -695,21 +605,14 @@ def _optimize(
             optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         running = [t for t in trials if t.state == TrialState.RUNNING]
-        writer.fail_stale_runs(engine, study_id, {t.number for t in running})
+        claims.fail_stale_runs(engine, study_id, {t.number for t in running})
         waiting = any(t.state == TrialState.WAITING for t in trials)
         claimed = len(counted(trials, (*FINISHED, TrialState.RUNNING)))
         streak = next((i for i, t in enumerate(reversed(ran)) if not is_skipped(t)), len(ran))
         # As many failures as trials this call set out to run: stop instead of failing forever.
         failing = sum(t.state == TrialState.FAIL for t in ran) >= max(remaining, 1)
         if (claimed < total or waiting) and streak < MAX_SKIPS_IN_A_ROW and not failing:
-            if spec.trials_per_pack > 1:
-                from ablate.study.trial_pack import run_trial_pack  # it builds on this module
-
-                run_trial_pack(study, runner, on_trial)
-            else:
-                study.optimize(
-                    runner.objective, n_trials=1, catch=(RunFailed,), callbacks=[on_trial], gc_after_trial=False
-                )
+            run_trials(study, runner, on_trial)
             continue
         if streak >= MAX_SKIPS_IN_A_ROW:
             reporter.waiting(f"no new parameter set in {streak} draws; stopping at {claimed} trials")
@@ -718,14 +621,14 @@ def _optimize(
             break
         reporter.waiting(f"trial {', '.join(str(t.number) for t in running)} (another worker, or a stopped one)")
         time.sleep(min(HEARTBEAT_S / 2, 5.0))
+    ran_now = len([t for t in ran if not is_skipped(t)])
+    return study_outcome(study, study_name, url, ran_now, len([t for t in ran if t.state == TrialState.FAIL]))
+
+
+def study_outcome(study: optuna.Study, name: str, url: str, ran: int, failed: int) -> StudyOutcome:
+    """What the study holds now, with the trials this call (its workers, for a launcher) ran and saw fail."""
     best = [
         {"trial": t.number, **dict(zip(("fix", "scale"), arm_of(t.params))), "values": t.values} for t in _best(study)
     ]
-    return StudyOutcome(
-        name=study_name,
-        storage=url,
-        n_trials=len(counted(study.get_trials(deepcopy=False))),
-        ran=len([t for t in ran if not is_skipped(t)]),
-        failed=len([t for t in ran if t.state == TrialState.FAIL]),
-        best=best,
-    )
+    n_trials = len(counted(study.get_trials(deepcopy=False)))
+    return StudyOutcome(name=name, storage=url, n_trials=n_trials, ran=ran, failed=failed, best=best)
