@@ -36,7 +36,9 @@ class _Scorer(torch.nn.Module):
         self.rule = rule
         self.g = torch.Generator().manual_seed(0)
 
-    def anomaly_scores(self, batch):
+    def anomaly_scores(self, batch, scoring=None):
+        from ablate.subjects.aaclip.scoring import BatchScores, log_odds
+
         masks = batch.masks.reshape(-1, *batch.masks.shape[-2:])
         if self.rule == "oracle":  # told the mask: a perfect map, a perfect image score
             maps = 0.1 + 0.8 * masks
@@ -48,7 +50,7 @@ class _Scorer(torch.nn.Module):
             score = torch.rand(len(maps), generator=self.g)
         else:  # from the image label, as the map's maximum would give it
             score = maps.flatten(1).amax(1) if self.rule == "oracle" else 0.9 - 0.8 * masks.flatten(1).amax(1)
-        return maps, score
+        return BatchScores(maps, log_odds(maps), maps.flatten(1).amax(1), score)
 
 
 def _test_batches(n: int = 20, bs: int = 5, size: int = 32):
@@ -284,12 +286,14 @@ def test_the_bulk_writer_stores_the_same_class_rows_as_finish_run(tmp_path):
     )
 
 
-def test_the_aaclip_scores_of_a_model_told_the_mask_rank_it_first():
-    """The real scoring path (levels' softmax, upsampling, averaging, detection + map maximum) on
-    logits planted from the mask: near-perfect pixel ranking (the grid is coarser than the mask),
-    perfect images; planted the other way round, the worst."""
+@pytest.mark.parametrize("scoring", ["aaclip", "softmax"])
+def test_the_aaclip_scores_of_a_model_told_the_mask_rank_it_first(scoring):
+    """The real scoring path (AA-CLIP's blurred logit-difference maps and class-normalised image
+    scores, or the softmax alternative) on logits planted from the mask: near-perfect pixel ranking
+    (the grid is coarser than the mask), perfect images; planted the other way round, the worst."""
     from ablate.subjects.aaclip.arm import ArmSetup
     from ablate.subjects.aaclip.model import ForwardOut
+    from ablate.subjects.aaclip.scoring import Scoring
 
     setup = ArmSetup(_cfg())
     model = setup.model
@@ -300,13 +304,13 @@ def test_the_aaclip_scores_of_a_model_told_the_mask_rank_it_first():
             b = batch_of[id(images)]
             coarse = torch.nn.functional.adaptive_avg_pool2d(b.masks.unsqueeze(1), model.grid)
             logits = torch.cat([-coarse, coarse], 1) * 20 * sign
-            det = torch.stack([-b.labels.float(), b.labels.float()], 1) * 20 * sign
-            return ForwardOut([logits] * len(model.levels), det, None, None)
+            det = torch.stack([-b.labels.float(), b.labels.float()], 1) * 0.2 * sign
+            return ForwardOut([logits] * len(model.levels), det, None, None, det)
 
         model.forward = told
-        res = evaluate(model, batches, torch.device("cpu"), model.classes)[0]
+        res = evaluate(model, batches, torch.device("cpu"), model.classes, scoring=Scoring(scoring))[0]
         assert res.metrics["image_auroc"] == expect
         assert abs(res.metrics["pixel_auroc"] - expect) < 0.05, res.metrics
     del model.forward
-    real = evaluate(model, batches, torch.device("cpu"), model.classes)[0]
+    real = evaluate(model, batches, torch.device("cpu"), model.classes, scoring=Scoring(scoring))[0]
     assert 0.2 < real.metrics["pixel_auroc"] < 0.8  # untrained: near chance

@@ -14,6 +14,7 @@ from ablate.engine.loop import RunConfig
 from ablate.spec import parse_spec, with_overrides
 from ablate.subjects.aaclip.arm import ArmConfig, ArmSetup, DataConfig, PackSetup, train_arm, train_pack
 from ablate.subjects.aaclip.data.folders import Source, detect_kind, list_samples
+from ablate.subjects.aaclip.data.names import aaclip_names
 from ablate.subjects.aaclip.data.sources import FolderConfig, build_folder_data, few_shot
 from ablate.subjects.aaclip.prompts import class_prompts
 from tests.data_fixtures import SQUARE, make_manifest, make_mvtec, make_visa
@@ -72,7 +73,9 @@ def test_batches_carry_images_masks_labels_and_classes(sets, kind):
     # A mask wherever the label says anomalous, none elsewhere.
     assert torch.equal(batch.masks.flatten(1).amax(1).long(), batch.labels)
     names = [data.classes[i] for i in batch.class_idx]
-    assert names == [s.class_name.replace("_", " ") for s in ev.samples]
+    # AA-CLIP's descriptive names for MVTec AD and VisA classes; other layouts: the folder name
+    own = aaclip_names(kind)
+    assert names == [own.get(s.class_name, s.class_name.replace("_", " ")) for s in ev.samples]
     # The white square is where the mask is: the image is brighter there than anywhere else.
     m = batch.masks.bool()
     bright = batch.images.mean(1)
@@ -101,8 +104,14 @@ def test_class_names_reach_the_prompts_with_real_names(sets):
     )
     arm = ArmConfig(data=DataConfig(batch_size=2, folders=cfg), probe_batches=2, gain_batches=2, device="cpu")
     setup = ArmSetup(arm)
-    # Training classes first, then the evaluation set's: one text embedding per class name.
-    assert setup.model.classes == ["candle", "pipe fryum", "dark bottle", "metal nut"]
+    # Training classes first, then the evaluation set's: one text embedding per class name (the
+    # spec's real name, else AA-CLIP's for a VisA or MVTec AD class).
+    assert setup.model.classes == [
+        "candle",
+        "pipe-shaped fryum",
+        "dark bottle",
+        "metal nut which has four notched edges",
+    ]
     assert setup.model.text_embeds.shape[0] == 4
     assert class_prompts("dark bottle")[1][0] == "a damaged dark bottle."
     # Probe and gain batches come from the evaluation set (MVTec classes), training from VisA.
@@ -120,9 +129,9 @@ def test_few_shot_takes_k_per_class_with_a_seed(sets):
     assert few_shot(samples, 0, seed=0) == samples and few_shot(samples, 99, seed=0) == samples
 
 
-def test_augmentation_moves_image_and_mask_together(sets):
-    cfg = FolderConfig(train=Source("mvtec", str(sets["mvtec"])), augment=True)
-    ds = build_folder_data(cfg, 64, seed=0).train
+def test_flips_move_image_and_mask_together(sets):
+    cfg = FolderConfig(train=Source("mvtec", str(sets["mvtec"])))
+    ds = build_folder_data(cfg, 64, seed=0, augment="flips").train
     i = next(j for j, s in enumerate(ds.samples) if s.label == 1)
     plain = ds.sample(i)[1]
     moved = [ds.sample(i, step) for step in range(8)]
@@ -146,7 +155,7 @@ def _arm(folders: FolderConfig, steps: int = 3, seed: int = 0) -> ArmConfig:
 
 
 def test_short_training_on_folder_data_same_with_or_without_workers(sets):
-    base = FolderConfig(train=Source("manifest", str(sets["manifest"])), few_shot=3, augment=True, workers=0)
+    base = FolderConfig(train=Source("manifest", str(sets["manifest"])), few_shot=3, workers=0)  # augmented
     a = train_arm(_arm(base))
     b = train_arm(_arm(replace(base, workers=1)))
     assert len(a.metrics["loss"]) == 3 and all(torch.isfinite(torch.tensor(a.metrics["loss"])))
@@ -224,9 +233,8 @@ def test_study_run_on_folder_data(sets, tmp_path, capsys):
     assert {r[0] for r in evaluated} == {"baseline", "control", "trial"}
     assert all(0.0 <= v <= 1.0 for r in evaluated for v in r[1:]), evaluated
     visa = ArmSetup(_arm(FolderConfig(train=Source("visa", str(sets["visa"]))))).eval_set
-    assert classes == {s.class_name.replace("_", " ") for s in visa.samples} or classes == {
-        s.class_name for s in visa.samples
-    }
+    own = aaclip_names("visa")
+    assert classes == {own.get(s.class_name, s.class_name.replace("_", " ")) for s in visa.samples}
 
 
 def test_evaluation_batches_cover_the_evaluation_set_once(sets):

@@ -579,7 +579,7 @@ def preflight(spec: StudySpec) -> None:
     """Checks that need the engine or this machine (cross-field limits, device, weights file, the
     data set on disk), before anything is written."""
     from ablate.errors import AblateInputError
-    from ablate.subjects.aaclip.arm import check_data, validate
+    from ablate.subjects.aaclip.arm import check_data, load_text_adapter, validate
     from ablate.subjects.aaclip.backbone import backbone_spec, resolve_pretrained
 
     first = spec.arm(spec.search.fixes[0], None, spec.study.seeds[0])
@@ -590,6 +590,10 @@ def preflight(spec: StudySpec) -> None:
     for spec_field, check in (
         ("training.device", lambda: resolve_device(spec.training.device)),
         ("model.pretrained", lambda: resolve_pretrained(backbone_spec(spec.model.backbone), spec.model.pretrained)),
+        (
+            "model.text_adapter",
+            lambda: spec.model.text_adapter and load_text_adapter(first.model, spec.model.text_adapter),
+        ),
     ):
         try:
             check()

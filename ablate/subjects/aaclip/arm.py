@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
-from ablate.engine.device import resolve_device
+from ablate.engine.device import check_precision, resolve_device
 from ablate.engine.fixes import parse_fix
 from ablate.engine.loop import RunConfig, StepRows, train_arms, train_run
 from ablate.engine.probe import ArmLabel, run_probe
@@ -19,7 +20,9 @@ from ablate.engine.result import ProbeResult, TrainResult
 from ablate.errors import AblateInputError
 from ablate.eval.metrics import DEFAULT_BINS
 from ablate.subjects.aaclip.backbone import backbone_spec
+from ablate.subjects.aaclip.data.augment import AUGMENTS
 from ablate.subjects.aaclip.data.image_dataset import StepBatches, StepLoader, iterate_batches
+from ablate.subjects.aaclip.data.order import batch_indices
 from ablate.subjects.aaclip.data.sources import (
     FolderConfig,
     build_folder_data,
@@ -29,8 +32,20 @@ from ablate.subjects.aaclip.data.sources import (
 )
 from ablate.subjects.aaclip.data.synthetic import TEXTURE_CLASSES, Batch, SyntheticAnomalyDataset
 from ablate.subjects.aaclip.evaluate import evaluate
-from ablate.subjects.aaclip.model import AAClipConfig, AAClipModel, SharedBackbone, build_model
+from ablate.subjects.aaclip.layers import TextAdapter
+from ablate.subjects.aaclip.model import AAClipConfig, AAClipModel, SharedBackbone, build_backbone, build_model
 from ablate.subjects.aaclip.packed import PackedAAClip
+from ablate.subjects.aaclip.scoring import DOMAINS, SCORINGS, Scoring
+from ablate.subjects.aaclip.sizes import backbone_widths
+from ablate.subjects.aaclip.stage1 import (
+    STAGE1_SEED_OFFSET,
+    SURGERY_ATTENTIONS,
+    Stage1Config,
+    Stage1Result,
+    adapted_class_embeddings,
+    read_checkpoint,
+    train_text_adapter,
+)
 
 PROBE_INDEX_OFFSET = 1_000_000  # probe images never appear in training
 # The synthetic test set of the end-of-run evaluation: one fixed set for every seed and arm (as a
@@ -50,6 +65,7 @@ class DataConfig:
     # Images on disk instead of the synthetic textures (train_size, classes and anomaly_fraction
     # then do not apply: the pool is the training set's images, after few_shot).
     folders: FolderConfig | None = None
+    augment: str = "aaclip"  # training images (data/augment.py): aaclip | flips | none
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,8 @@ class EvalConfig:
     enabled: bool = False
     batches: int = 8  # test batches of data.batch_size images (synthetic: a fixed set for every seed)
     bins: int = DEFAULT_BINS  # histogram bins per class (binned AUROC/AP: ties within a bin)
+    scoring: str = "aaclip"  # how maps and image scores are made (scoring.py): aaclip | softmax
+    domain: str = "industrial"  # AA-CLIP's blur and image score per domain: industrial | medical
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,9 @@ class ArmConfig:
     freeze_adapters: bool = False  # the frozen control: block adapters never updated
     gain_batches: int = 16  # held-out batches for adapter_gain (forward passes only, so cheap)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # AA-CLIP Stage 1 before this arm (None: none; the study runner trains it once per seed instead
+    # and hands every arm of the seed the same text adapter).
+    stage1: Stage1Config | None = None
 
     @property
     def frozen_groups(self) -> tuple[str, ...]:
@@ -99,7 +120,26 @@ def validate(cfg: ArmConfig) -> None:
         ("anomaly_fraction", 0 <= cfg.data.anomaly_fraction <= 1, "must be in [0, 1]"),
         ("eval.batches", cfg.eval.batches >= 1, "must be >= 1"),
         ("eval.bins", 2 <= cfg.eval.bins <= 2**20, "must be in [2, 1048576]"),
+        ("eval.scoring", cfg.eval.scoring in SCORINGS, f"must be one of {', '.join(SCORINGS)}"),
+        ("eval.domain", cfg.eval.domain in DOMAINS, f"must be one of {', '.join(DOMAINS)}"),
+        ("data.augment", cfg.data.augment in AUGMENTS, f"must be one of {', '.join(AUGMENTS)}"),
+        ("model.detection_logit_scale", cfg.model.detection_logit_scale > 0, "must be > 0"),
     ]
+    check_precision(cfg.run.precision)
+    s1 = cfg.stage1
+    if s1 is not None:
+        checks += [
+            ("stage1.epochs", s1.epochs >= 1 or s1.steps >= 1, "must be >= 1 (or give stage1.steps)"),
+            ("stage1.steps", s1.steps >= 0, "must be >= 0"),
+            ("stage1.lr", s1.lr > 0, "must be > 0"),
+            ("stage1.batch_size", s1.batch_size >= 1, "must be >= 1"),
+            ("stage1.orthogonal_weight", s1.orthogonal_weight >= 0, "must be >= 0"),
+            (
+                "stage1.surgery_attention",
+                s1.surgery_attention in SURGERY_ATTENTIONS,
+                f"must be one of {', '.join(SURGERY_ATTENTIONS)}",
+            ),
+        ]
     for name, ok, msg in checks:
         if not ok:
             raise AblateInputError(name, msg)
@@ -119,41 +159,126 @@ def check_data(cfg: ArmConfig) -> None:
         )
 
 
+@dataclass
+class ArmData:
+    """What arms of one spec share: the training and evaluation sets and the frozen backbone."""
+
+    dataset: Any
+    eval_set: Any
+    shared: SharedBackbone
+
+    @property
+    def classes(self) -> list[str]:
+        return self.shared.classes
+
+
+def arm_data(cfg: ArmConfig, like: ArmSetup | ArmData | None = None) -> ArmData:
+    """Build the data sets and the frozen backbone of ``cfg`` (or take ``like``'s)."""
+    if isinstance(like, ArmSetup):
+        return like.data
+    if like is not None:
+        return like
+    validate(cfg)
+    spec = backbone_spec(cfg.model.backbone)
+    folders = cfg.data.folders
+    if folders is None:
+        dataset = SyntheticAnomalyDataset(
+            spec.image_size, cfg.data.seed, cfg.data.classes, cfg.data.anomaly_fraction, augment=cfg.data.augment
+        )
+        eval_set = None
+    else:
+        check_data(cfg)
+        data = build_folder_data(folders, spec.image_size, cfg.data.seed, cfg.data.augment)
+        dataset, eval_set = data.train, data.eval
+    return ArmData(dataset, eval_set, build_backbone(cfg.model, dataset.classes))
+
+
+def training_pool(cfg: ArmConfig, data: ArmData) -> int:
+    """How many images the training order runs over: the synthetic pool, or the training set."""
+    return cfg.data.train_size if data.eval_set is None else len(data.dataset)
+
+
+def new_text_adapter(model: AAClipConfig, device: torch.device | str | None = None) -> TextAdapter:
+    """A freshly initialised text adapter for ``model``'s backbone (on ``device``; "meta": shapes only)."""
+    _, embed, d_txt = backbone_widths(model.backbone)
+    with torch.device(device or "cpu"):
+        return TextAdapter(d_txt, embed, model.text_adapter_layers, model.text_adapter_weight)
+
+
+def load_text_adapter(model: AAClipConfig, source: str | bytes) -> dict[str, torch.Tensor]:
+    """A text adapter's weights from a checkpoint (path or bytes), checked against ``model``'s shapes."""
+    return read_checkpoint(source, new_text_adapter(model, "meta"))
+
+
+def run_stage1(
+    cfg: ArmConfig, data: ArmData, device: torch.device, on_step: Callable[[int], None] | None = None
+) -> Stage1Result:
+    """AA-CLIP Stage 1 for ``cfg``'s seed on its training set (``cfg.stage1``, default settings if None)."""
+    spec = backbone_spec(cfg.model.backbone)
+    levels = spec.levels if cfg.model.levels is None else cfg.model.levels
+    torch.manual_seed(cfg.seed + STAGE1_SEED_OFFSET)
+    adapter = new_text_adapter(cfg.model)
+    data.shared.clip.to(device)
+    return train_text_adapter(
+        data.shared.clip,
+        data.dataset,
+        training_pool(cfg, data),
+        data.classes,
+        cfg.stage1 or Stage1Config(),
+        adapter,
+        levels,
+        spec.surgery_blocks,
+        cfg.seed,
+        device,
+        cfg.run.precision,
+        on_step,
+    )
+
+
 class ArmSetup:
     """The built pieces of an arm: device, model, data set, probe batches, training batch source.
 
-    ``like`` is an arm already built whose backbone and data set this one shares (a pack's first arm).
+    ``like`` is an arm already built (or its :class:`ArmData`) whose backbone and data set this one
+    shares (a pack's first arm). The text side: ``text_adapter`` (Stage 1 weights the caller trained
+    for this seed), else the checkpoint ``model.text_adapter``, else Stage 1 trained here when
+    ``cfg.stage1`` asks for it, else the frozen CLIP's class embeddings.
     """
 
-    def __init__(self, cfg: ArmConfig, like: ArmSetup | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ArmConfig,
+        like: ArmSetup | ArmData | None = None,
+        text_adapter: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         validate(cfg)
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        spec = backbone_spec(cfg.model.backbone)
-        folders = cfg.data.folders
-        if like is not None:
-            self.dataset, self.eval_set = like.dataset, like.eval_set
-            m = like.model
-            shared = SharedBackbone(m.clip, m.classes, m.text_embeds, m.text_context)
-        elif folders is None:
-            self.dataset = SyntheticAnomalyDataset(
-                spec.image_size, cfg.data.seed, cfg.data.classes, cfg.data.anomaly_fraction
-            )
-            self.eval_set = None
-            shared = None
-        else:
-            check_data(cfg)
-            data = build_folder_data(folders, spec.image_size, cfg.data.seed)
-            self.dataset, self.eval_set = data.train, data.eval
-            shared = None
-        self.model: AAClipModel = build_model(cfg.model, self.dataset.classes, cfg.seed, shared).to(self.device)
+        self.data = arm_data(cfg, like)
+        self.dataset, self.eval_set = self.data.dataset, self.data.eval_set
+        self.pool = training_pool(cfg, self.data)
+        shared = self.data.shared
+        shared.clip.to(self.device)
+        self.stage1: Stage1Result | None = None
+        state = text_adapter
+        if state is None and cfg.model.text_adapter:
+            state = load_text_adapter(cfg.model, cfg.model.text_adapter)
+        if state is None and cfg.stage1 is not None:
+            self.stage1 = run_stage1(cfg, self.data, self.device)
+            state = self.stage1.state
+        text_embeds = None
+        if state is not None:
+            adapter = new_text_adapter(cfg.model)
+            adapter.load_state_dict(state)
+            text_embeds = adapted_class_embeddings(shared.clip, shared.classes, adapter, self.device)
+        self.model: AAClipModel = build_model(cfg.model, self.dataset.classes, cfg.seed, shared, text_embeds).to(
+            self.device
+        )
         self._loader: StepLoader | None = None
         if self.eval_set is None:
             # Held out from training, and different for every seed, so seeds are independent replicates.
             first = PROBE_INDEX_OFFSET + (cfg.seed % 10_000) * PROBE_SEED_STRIDE
             self.probe_batches = self._held_out(first, cfg.probe_batches)
             self.eval_batches = self._held_out(first + EVAL_OFFSET, cfg.gain_batches)
-            self._order = torch.randperm(cfg.data.train_size, generator=torch.Generator().manual_seed(cfg.seed))
         else:
             # Folder data: probe and adapter-gain batches come from the evaluation set, in an order
             # drawn from the seed (probe images first, then gain images; cycled if the set is small).
@@ -165,13 +290,12 @@ class ArmSetup:
             chunks = [held[i : i + bs] for i in range(0, need, bs)]
             self.probe_batches = [self.eval_set.batch(c).to(self.device) for c in chunks[: cfg.probe_batches]]
             self.eval_batches = [self.eval_set.batch(c).to(self.device) for c in chunks[cfg.probe_batches :]]
-            self._order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(cfg.seed))
-            self._loader = StepLoader(self.step_batches(), folders.workers, self.device)
+            self._loader = StepLoader(self.step_batches(), cfg.data.folders.workers, self.device)
 
     def step_batches(self, others: Sequence[ArmSetup] = (), stack: bool = False) -> StepBatches:
         """This arm's training batches by step (with ``others``: every arm's, stacked over arms)."""
-        arms = [self, *others]
-        return StepBatches([(a.dataset, a._order, a.cfg.data.batch_size) for a in arms], self.cfg.run.steps, stack)
+        arms = [(a.dataset, a.cfg.seed, a.cfg.data.batch_size, a.pool) for a in [self, *others]]
+        return StepBatches(arms, self.cfg.run.steps, stack)
 
     def evaluation_batches(self, batch_size: int | None = None) -> Iterator[Batch]:
         """The evaluation set once, in order, on the device (masks, labels, ``class_idx`` into
@@ -213,10 +337,8 @@ class ArmSetup:
     def train_batch(self, step: int) -> Batch:
         if self._loader is not None:
             return self._loader(step)
-        bs, n = self.cfg.data.batch_size, self.cfg.data.train_size
-        start = (step * bs) % n
-        idx = [int(self._order[(start + j) % n]) for j in range(bs)]
-        return self.dataset.batch(idx).to(self.device)
+        idx = batch_indices(self.cfg.seed, self.pool, self.cfg.data.batch_size, step)
+        return self.dataset.batch(idx, step).to(self.device)
 
 
 def _packing_key(cfg: ArmConfig) -> tuple:
@@ -225,6 +347,8 @@ def _packing_key(cfg: ArmConfig) -> tuple:
     return (
         m.shared_part(),
         (m.inject_at, m.adapter_layers, m.levels, m.adapter_weight, m.branch_heads, m.branch_dropout),
+        (m.detection_logit_scale, m.text_adapter, m.text_adapter_layers, m.text_adapter_weight),
+        cfg.stage1,
         parse_fix(m.fix, m.scale).join,
         cfg.data,
         replace(cfg.run, freeze=()),
@@ -238,16 +362,23 @@ def _packing_key(cfg: ArmConfig) -> tuple:
 
 class PackSetup:
     """Several arms built to train side by side: one shared backbone and data set, a packed model,
-    and every batch stacked over arms (each arm keeps its own data order and held-out batches)."""
+    and every batch stacked over arms (each arm keeps its own data order, held-out batches and text
+    side: ``text_adapters[i]``, the Stage 1 weights of arm i's seed, or None; see :class:`ArmSetup`)."""
 
-    def __init__(self, cfgs: Sequence[ArmConfig], like: ArmSetup | None = None) -> None:
+    def __init__(
+        self,
+        cfgs: Sequence[ArmConfig],
+        like: ArmSetup | ArmData | None = None,
+        text_adapters: Sequence[dict[str, torch.Tensor] | None] | None = None,
+    ) -> None:
         if not cfgs:
             raise ValueError("a pack needs at least one arm")
         keys = [_packing_key(c) for c in cfgs]
         if any(k != keys[0] for k in keys[1:]):
             raise AblateInputError("pack", "packed arms may differ only in seed and scale (same fix type, settings)")
-        first = ArmSetup(cfgs[0], like=like)
-        self.arms = [first, *(ArmSetup(c, like=first) for c in cfgs[1:])]
+        weights = list(text_adapters) if text_adapters is not None else [None] * len(cfgs)
+        first = ArmSetup(cfgs[0], like=like, text_adapter=weights[0])
+        self.arms = [first, *(ArmSetup(c, like=first, text_adapter=w) for c, w in zip(cfgs[1:], weights[1:]))]
         self.cfg = cfgs[0]
         self.device = first.device
         self.model = PackedAAClip([a.model for a in self.arms])
@@ -294,6 +425,7 @@ def probe_arm(cfg: ArmConfig) -> ProbeResult:
         dropout=cfg.run.probe_dropout,
         rng_seed=cfg.seed,
         group=cfg.run.group,
+        precision=cfg.run.precision,
     )
 
 
@@ -331,7 +463,11 @@ def evaluate_into(results: list[TrainResult], setup: ArmSetup | PackSetup) -> li
     """Run the end-of-run evaluation when the config asks for it; set each result's ``evaluation``."""
     cfg = setup.cfg.eval
     if cfg.enabled:
-        evals = evaluate(setup.model, setup.test_batches(), setup.device, setup.model.classes, cfg.bins)
+        scoring = Scoring(cfg.scoring, cfg.domain)
+        batches = setup.test_batches()
+        evals = evaluate(
+            setup.model, batches, setup.device, setup.model.classes, cfg.bins, scoring, setup.cfg.run.precision
+        )
         for result, ev in zip(results, evals, strict=True):
             result.evaluation = ev
     return results
