@@ -115,6 +115,7 @@ def test_schema_creates_only_ablate_tables(engine: Engine) -> None:
         "ablate_step_metrics",
         "ablate_probe_points",
         "ablate_class_metrics",
+        "ablate_blobs",
     }
     assert names == set(TABLE_NAMES)
     create_schema(engine)  # idempotent

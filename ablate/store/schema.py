@@ -25,6 +25,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -38,8 +39,10 @@ from ablate.eval import EVAL_METRICS
 TABLE_PREFIX = "ablate_"
 BASELINE_TRIAL_KEY = -1  # the no-branch reference run of a seed
 CONTROL_TRIAL_KEY = -2  # the frozen-adapter control of a seed (no branch, block adapters not updated)
-ROLES = ("trial", "baseline", "control")
-REFERENCE_KEYS = {"baseline": BASELINE_TRIAL_KEY, "control": CONTROL_TRIAL_KEY}
+STAGE1_TRIAL_KEY = -3  # the subject's Stage 1 of a seed (AA-CLIP: the text adapter every arm of the seed uses)
+ROLES = ("trial", "baseline", "control", "stage1")
+# Runs of a seed that belong to no trial (trial_number NULL): one per (study, role, seed).
+REFERENCE_KEYS = {"baseline": BASELINE_TRIAL_KEY, "control": CONTROL_TRIAL_KEY, "stage1": STAGE1_TRIAL_KEY}
 GROUPS = ("layers", "proj", "all")
 STATUSES = ("running", "complete", "failed", "pruned")
 # Optuna study user attribute (+ host) where the study runner notes each machine's hardware; an
@@ -168,7 +171,8 @@ class RunModel(Base):
         CheckConstraint(
             "(role = 'trial' AND trial_number IS NOT NULL AND trial_key = trial_number AND trial_number >= 0)"
             f" OR (role = 'baseline' AND trial_number IS NULL AND trial_key = {BASELINE_TRIAL_KEY})"
-            f" OR (role = 'control' AND trial_number IS NULL AND trial_key = {CONTROL_TRIAL_KEY})",
+            f" OR (role = 'control' AND trial_number IS NULL AND trial_key = {CONTROL_TRIAL_KEY})"
+            f" OR (role = 'stage1' AND trial_number IS NULL AND trial_key = {STAGE1_TRIAL_KEY})",
             name="ck_ablate_runs_trial_key",
         ),
         Index("ix_ablate_runs_study_id", "study_id"),
@@ -255,6 +259,22 @@ class ClassMetricModel(Base):
     value: Mapped[float | None] = mapped_column(Float)
     flag: Mapped[str | None] = mapped_column(String(4))  # "nan" | "inf" | "-inf" when value is NULL
     note: Mapped[str | None] = mapped_column(Text)
+
+
+class BlobModel(Base):
+    """A binary artefact of a run, kept in the database so every worker of a study reads the same one
+    (the Stage 1 text adapter's weights: the ``stage1`` run of a seed, ``name`` "text_adapter")."""
+
+    __tablename__ = "ablate_blobs"
+    __table_args__ = (UniqueConstraint("run_id", "name", name="uq_ablate_blobs_run_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("ablate_runs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    nbytes: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 TABLES = tuple(Base.metadata.sorted_tables)

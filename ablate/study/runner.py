@@ -31,7 +31,8 @@ from ablate.store.engine import open_storage, retry_schema_race
 from ablate.store.schema import GROUPS, HARDWARE_ATTR, REFERENCE_KEYS
 from ablate.study.distinct import FINISHED, HOLDING, SKIPPED_ATTR, PerTrialSeedSampler, counted, is_skipped, skip_reason
 from ablate.study.space import arm_of, default_arm_params, suggest_arm
-from ablate.subjects.aaclip.arm import ArmSetup, PackSetup, train_arm, train_pack
+from ablate.study.stage1 import StudyStage1
+from ablate.subjects.aaclip.arm import ArmData, ArmSetup, PackSetup, train_arm, train_pack
 from ablate.threads import LocalWorkers, apply_threads, choose_threads
 
 
@@ -163,7 +164,8 @@ class StudyRun:
         self._refs: dict[int, dict[str, Any]] = {}  # seed -> the baseline run the comparison needs
         # The first arm built: every later run shares its frozen backbone and data set (and the
         # data set's drawn samples) instead of building them again. Same spec, so the same backbone.
-        self._like: ArmSetup | None = None
+        self._like: ArmSetup | ArmData | None = None
+        self.stage1 = StudyStage1(self)  # the text adapter each seed's arms share (AA-CLIP Stage 1)
 
     def run_arm(
         self,
@@ -284,8 +286,9 @@ class StudyRun:
         on_nonfinite: Callable[[int, int], None] | None,
     ) -> list[TrainResult]:
         """One arm alone, or several packed; the first arm built lends its backbone to every later one."""
+        text = [self.stage1.weights(c.seed) for c in cfgs]
         if len(cfgs) == 1:  # alone, a non-finite loss raises: the run (and its one trial) fails
-            setup = ArmSetup(cfgs[0], like=self._like)
+            setup = ArmSetup(cfgs[0], like=self._like, text_adapter=text[0])
             self._like = self._like or setup
             result = train_arm(
                 cfgs[0],
@@ -295,7 +298,7 @@ class StudyRun:
                 setup=setup,
             )
             return [result]
-        pack = PackSetup(cfgs, like=self._like)
+        pack = PackSetup(cfgs, like=self._like, text_adapters=text)
         self._like = self._like or pack.arms[0]
         return train_pack(
             cfgs,
@@ -352,11 +355,13 @@ class StudyRun:
         return self._refs[seed]
 
     def run_references(self) -> None:
-        """Every seed's baseline, then (if the spec asks) its frozen-adapter control.
+        """Every seed's Stage 1 (when the spec trains one), its baseline, then (if the spec asks) its
+        frozen-adapter control.
 
         First pass: run each baseline no other worker holds (so two workers split them); second
         pass: wait for the ones another worker is running.
         """
+        self.stage1.run_free(self.spec.study.seeds)
         free = [
             seed
             for seed in self.spec.study.seeds
