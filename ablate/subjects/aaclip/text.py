@@ -32,10 +32,10 @@ def embed_classes(
     encode: Callable[[torch.Tensor], torch.Tensor], tokens: Sequence[tuple[torch.Tensor, int]]
 ) -> torch.Tensor:
     """[C, E, 2] from the prompts of each class (``tokens``: :func:`prompt_tokens`) and a text encoder
-    ``encode(tokens) -> [P, E]``."""
+    ``encode(tokens) -> [P, E]`` (one call for every class's prompts)."""
+    every = F.normalize(encode(torch.cat([toks for toks, _ in tokens])), dim=-1)
     embeds = []
-    for toks, n_normal in tokens:
-        emb = F.normalize(encode(toks), dim=-1)
+    for emb, (_, n_normal) in zip(every.split([len(toks) for toks, _ in tokens]), tokens):
         t = torch.stack([emb[:n_normal].mean(0), emb[n_normal:].mean(0)], dim=-1)
         embeds.append(F.normalize(t, dim=0))
     return torch.stack(embeds)
