@@ -177,6 +177,10 @@ def test_row2_the_image_score_is_min_max_normalised_per_class_then_averaged():
             i = (cls == c).numpy()
             want = roc_auc_score(labels.numpy()[i], ref[i])
             assert res.per_class[name]["image_auroc"] == pytest.approx(want, abs=1e-9)
+        for c, name in enumerate(["a", "b"]):  # pixels: binned on the map's log-odds scale, same ranking
+            i = cls == c
+            want = roc_auc_score(masks[i].flatten().numpy(), maps[i].flatten().numpy())
+            assert res.per_class[name]["pixel_auroc"] == pytest.approx(want, abs=2e-3)
         if domain == "industrial":
             assert res.per_class["a"]["image_auroc"] > 0.8  # the detection score counts as much as the map
             raw = 0.5 * (maps.flatten(1).amax(1) + det)
