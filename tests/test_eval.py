@@ -144,8 +144,9 @@ def cli(capsys, *args):
 def test_a_study_with_evaluation_stores_every_metric_per_run_and_class(eval_db):
     engine = open_storage(f"sqlite:///{eval_db}", create=False)
     runs = query.runs_frame(engine)
-    complete = runs[runs.status == "complete"]
-    assert len(complete) == 4  # 2 trials, a baseline and a control
+    complete = runs[(runs.status == "complete") & (runs.role != "stage1")]
+    assert len(complete) == 4  # 2 trials, a baseline and a control (the Stage 1 run is not evaluated)
+    assert runs[runs.role == "stage1"].image_auroc.isna().all()
     for m in EVAL_METRICS:
         assert complete[m].notna().all() and complete[m].between(0, 1).all(), m
     classes = query.class_metrics_frame(engine)
@@ -174,7 +175,8 @@ def test_image_auroc_is_an_objective_optuna_and_the_queries_agree_on(eval_db, ca
     assert code == 0 and all({*EVAL_METRICS, "image_auroc_lo"} <= set(r) for r in rows)
     assert rows[0]["pixel_auroc"] == pytest.approx(trials.pixel_auroc.iloc[0])
     code, out, _ = cli(capsys, "query", "--storage", url, "--runs", "--json")
-    assert code == 0 and all(r["image_ap"] is not None for r in json.loads(out) if r["status"] == "complete")
+    runs = [r for r in json.loads(out) if r["status"] == "complete" and r["role"] != "stage1"]
+    assert code == 0 and runs and all(r["image_ap"] is not None for r in runs)
     code, out, _ = cli(capsys, "query", "--storage", url, "--classes", "--json")
     rows = json.loads(out)
     assert code == 0 and len(rows) == 4 * len(CLASSES) and {"class_name", *EVAL_METRICS, "note"} <= set(rows[0])

@@ -21,6 +21,7 @@ from ablate.store import writer
 from ablate.subjects.aaclip.arm import arm_data, load_text_adapter, run_stage1, training_pool
 from ablate.subjects.aaclip.data.order import steps_per_epoch
 from ablate.subjects.aaclip.stage1 import to_bytes
+from ablate.threads import apply_threads
 
 if TYPE_CHECKING:
     from ablate.study.runner import StudyRun
@@ -86,6 +87,10 @@ class StudyStage1:
         run_id = runner.claim(ROLE, None, NO_BRANCH, None, seed)
         cfg = runner.spec.arm(NO_BRANCH, None, seed)
         label = f"stage1 text adapter seed {seed}"
+        if runner.threads is not None:  # the same thread policy as every other run of the worker
+            n, _why = runner.threads()
+            apply_threads(n)
+            label += f" ({n} thread{'s' if n > 1 else ''})"
         try:
             data = arm_data(cfg, runner._like)
             runner._like = runner._like or data  # every later arm shares its backbone and data
