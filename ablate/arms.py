@@ -34,14 +34,15 @@ def validate(cfg: ArmConfig) -> None:
     kind_of(cfg).validate(cfg)
 
 
-def build(cfg: ArmConfig, like: BuiltArm | None = None) -> BuiltArm:
-    """One arm built; ``like`` is an arm built before whose frozen parts and data it may share."""
-    return kind_of(cfg).build(cfg, like)
+def build(cfg: ArmConfig, like: Any = None, stage1: Any = None) -> BuiltArm:
+    """One arm built; ``like`` is an arm built before whose frozen parts and data it may share;
+    ``stage1`` its seed's Stage 1 state (a study trains it once per seed; None: the subject's own)."""
+    return kind_of(cfg).build(cfg, like, stage1)
 
 
-def build_pack(cfgs: Sequence[ArmConfig], like: BuiltArm | None = None) -> BuiltArm:
-    """Several arms of one subject built to train side by side."""
-    return kind_of(cfgs[0]).build_pack(cfgs, like)
+def build_pack(cfgs: Sequence[ArmConfig], like: Any = None, stage1: Sequence[Any] | None = None) -> BuiltArm:
+    """Several arms of one subject built to train side by side (``stage1``: per arm, as ``build``)."""
+    return kind_of(cfgs[0]).build_pack(cfgs, like, stage1)
 
 
 def probe_arm(cfg: ArmConfig, built: BuiltArm | None = None) -> ProbeResult:

@@ -25,6 +25,7 @@ from ablate.subjects.aaclip.backbone import BACKBONES
 from ablate.subjects.aaclip.data.folders import Source
 from ablate.subjects.aaclip.data.sources import FolderConfig
 from ablate.subjects.aaclip.model import AAClipConfig
+from ablate.subjects.aaclip.stage1 import Stage1Config
 from ablate.subjects.module.config import ModuleSubjectConfig, frozen_value
 
 if sys.version_info >= (3, 11):
@@ -57,6 +58,12 @@ class ModelSection(_Strict):
     adapter_weight: float = Field(0.1, gt=0, le=1)
     # Seed of a random-init backbone (ignored with pretrained weights): one network for every arm.
     backbone_seed: int = Field(0, ge=0)
+    # QuickGELU in the backbone (what OpenAI's weights were trained with); AA-CLIP runs them with GELU.
+    quick_gelu: bool = False
+    # The detection cross-entropy's logits: AA-CLIP's raw cosines (1); 100 = CLIP's temperature.
+    detection_logit_scale: float = Field(1.0, gt=0)
+    # A Stage 1 text adapter checkpoint (ablate's or AA-CLIP's text_adapter.pth) instead of training one.
+    text_adapter: str | None = Field(None, min_length=1)
 
     @field_validator("backbone")
     @classmethod
@@ -73,7 +80,7 @@ class ModelSection(_Strict):
         return self
 
 
-_FOLDER_ONLY = ("root", "manifest", "split_csv", "classes", "real_names", "few_shot", "augment")
+_FOLDER_ONLY = ("root", "manifest", "split_csv", "classes", "real_names", "few_shot")
 
 
 class _FolderFields(_Strict):
@@ -124,8 +131,15 @@ class DataSection(_FolderFields):
     split: Literal["train", "test", "all"] = "test"
     real_names: dict[str, str] = Field(default_factory=dict)  # class -> the name the prompts use
     few_shot: int = Field(0, ge=0, le=1_000_000)  # k training images per class (data.seed); 0 = all
-    augment: bool = False  # flips and 90-degree rotations of training images
+    # Training images: AA-CLIP's augmentation (default), flips and 90-degree rotations, or none;
+    # true / false: the earlier key's flips / none.
+    augment: Literal["aaclip", "flips", "none"] = "aaclip"
     workers: int = Field(2, ge=0, le=64)  # processes reading training images ahead; 0 = none
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_bool(cls, v: object) -> object:
+        return {True: "flips", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("real_names")
     @classmethod
@@ -153,7 +167,6 @@ class DataSection(_FolderFields):
             eval=None if eval_data is None else eval_data.source(eval_data.kind, eval_data.split, "eval_data"),
             real_names=tuple(sorted(self.real_names.items())),
             few_shot=self.few_shot,
-            augment=self.augment,
             workers=self.workers,
         )
 
@@ -180,6 +193,9 @@ class TrainingSection(_Strict):
     # type train together (StudySpec.trials_per_pack).
     pack: int = Field(1, ge=1, le=64)
     compile: bool = False  # torch.compile the training step (GPU; the first steps pay the compile)
+    # fp32: AA-CLIP's own precision (exact parity); tf32: TF32 matrix products on CUDA; bf16: bfloat16
+    # autocast, an order of magnitude faster on an H100/H200 (docs/parity.md says what it changes).
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
 
     @field_validator("device")
     @classmethod
@@ -212,6 +228,36 @@ class EvalSection(_Strict):
     enabled: bool | None = None
     batches: int = Field(8, ge=1, le=100_000)
     bins: int = Field(DEFAULT_BINS, ge=2, le=2**20)
+    # aaclip: AA-CLIP's test maps and class-normalised image scores; softmax: probability maps and
+    # 0.5 (detection probability + map maximum) (ablate/subjects/aaclip/scoring.py).
+    scoring: Literal["aaclip", "softmax"] = "aaclip"
+    domain: Literal["industrial", "medical"] = "industrial"  # AA-CLIP's blur and image score per domain
+
+
+class Stage1Section(_Strict):
+    """AA-CLIP Stage 1: the text adapter, trained once per seed before that seed's Stage 2 arms
+    (ablate/subjects/aaclip/stage1.py). Off: the frozen CLIP's text embeddings (AA-CLIP's
+    text_epoch = 0). ``model.text_adapter`` loads a checkpoint instead of training."""
+
+    enabled: bool = True
+    epochs: int = Field(5, ge=1, le=100_000)
+    steps: int = Field(0, ge=0, le=10_000_000)  # > 0: this many steps instead of the epochs
+    lr: float = Field(1e-5, gt=0)
+    batch_size: int = Field(16, ge=1, le=4096)
+    orthogonal_weight: float = Field(0.1, ge=0)
+    # AA-CLIP's value-value attention mixes the images of a batch ("batch", its code as it runs);
+    # "tokens" attends within each image.
+    surgery_attention: Literal["batch", "tokens"] = "batch"
+
+    def config(self) -> Stage1Config:
+        return Stage1Config(
+            epochs=self.epochs,
+            steps=self.steps,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            orthogonal_weight=self.orthogonal_weight,
+            surgery_attention=self.surgery_attention,
+        )
 
 
 class ScaleRange(_Strict):
@@ -348,7 +394,7 @@ class StudySection(_Strict):
 GROUP_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"
 RESERVED_GROUPS = ("all", "branch", "lo", "hi", "init", "with", "without")
 _REFERENCE = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"  # "module:attr"
-AACLIP_SECTIONS = ("model", "data", "eval_data", "eval")
+AACLIP_SECTIONS = ("model", "data", "eval_data", "eval", "stage1")
 AACLIP_GROUPS = ("layers", "proj")
 
 
@@ -411,6 +457,7 @@ class StudySpec(_Strict):
     search: SearchSection = Field(default_factory=SearchSection)
     study: StudySection = Field(default_factory=StudySection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    stage1: Stage1Section = Field(default_factory=Stage1Section)
 
     _source_dir: str | None = PrivateAttr(None)  # the spec file's folder: a subject's default path
 
@@ -478,6 +525,11 @@ class StudySpec(_Strict):
         return max(1, self.training.pack // len(self.study.seeds))
 
     @property
+    def trains_stage1(self) -> bool:
+        """Whether the study trains a text adapter per seed (Stage 1 on, no checkpoint given)."""
+        return self.subject is None and self.stage1.enabled and self.model.text_adapter is None
+
+    @property
     def evaluates(self) -> bool:
         """Whether runs end with the AUROC/AP evaluation: ``eval.enabled``, else on for data on disk."""
         return self.eval.enabled if self.eval.enabled is not None else self.data.kind != "synthetic"
@@ -494,6 +546,9 @@ class StudySpec(_Strict):
                 context_norm=self.model.context_norm,
                 adapter_weight=self.model.adapter_weight,
                 backbone_seed=self.model.backbone_seed,
+                quick_gelu=self.model.quick_gelu,
+                detection_logit_scale=self.model.detection_logit_scale,
+                text_adapter=self.model.text_adapter,
             ),
             data=DataConfig(
                 seed=self.data.seed,
@@ -501,8 +556,16 @@ class StudySpec(_Strict):
                 train_size=self.data.train_size,
                 anomaly_fraction=self.data.anomaly_fraction,
                 folders=self.data.folders(self.eval_data),
+                augment=self.data.augment,
             ),
-            eval=EvalConfig(enabled=self.evaluates, batches=self.eval.batches, bins=self.eval.bins),
+            eval=EvalConfig(
+                enabled=self.evaluates,
+                batches=self.eval.batches,
+                bins=self.eval.bins,
+                scoring=self.eval.scoring,
+                domain=self.eval.domain,
+            ),
+            stage1=self.stage1.config() if self.trains_stage1 else None,
         )
 
     def _module_config(self, sub: SubjectSection) -> ModuleSubjectConfig:
@@ -536,6 +599,7 @@ class StudySpec(_Strict):
                 threshold=self.probe.threshold,
                 group=self.judged_group,
                 compile=self.training.compile,
+                precision=self.training.precision,
             ),
             probe_batches=self.probe.batches,
             seed=seed,

@@ -46,7 +46,7 @@ CLASSES_NOTE = "n (bad): images (anomalous); nan: undefined (one label only; csv
 
 # Short labels for the reference rows of the per-fix view (the frame keeps the long ones).
 REFERENCE_SHORT = {"no-branch (baseline)": "no-branch (base)", "frozen-adapters (control)": "frozen (control)"}
-ROLE_SHORT = {"baseline": "base", "control": "ctrl"}
+ROLE_SHORT = {"baseline": "base", "control": "ctrl", "stage1": "stg1"}
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def fixes_view(frame: pd.DataFrame, objectives: list[str]) -> TableView:
     return _view(columns, records, [scope_note(frame), "#: the fix's best ranked trial"])
 
 
-_ROLE_ORDER = {"baseline": 0, "control": 1, "trial": 2}
+_ROLE_ORDER = {"stage1": -1, "baseline": 0, "control": 1, "trial": 2}
 
 
 def runs_view(frame: pd.DataFrame) -> TableView:

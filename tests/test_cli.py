@@ -23,9 +23,11 @@ def test_probe_json_exact_unit_ratio(capsys, fix):
         assert doc[f"grad_ratio_{g}"] == 1.0
         assert doc[f"grad_norm_{g}_with"] == doc[f"grad_norm_{g}_without"] > 0
         assert doc["per_batch_ratios"][g] == [1.0, 1.0]
-    assert doc["grad_norm_all_with"] ** 2 == pytest.approx(
-        doc["grad_norm_layers_with"] ** 2 + doc["grad_norm_proj_with"] ** 2, rel=1e-4
-    )
+    # |all|^2 = |layers|^2 + |proj|^2 holds per batch; the JSON's norms are means over the batches, so
+    # by Jensen the union's mean is at least the norm of the parts' means, and close to it
+    parts = doc["grad_norm_layers_with"] ** 2 + doc["grad_norm_proj_with"] ** 2
+    assert parts <= doc["grad_norm_all_with"] ** 2 * (1 + 1e-6)
+    assert doc["grad_norm_all_with"] ** 2 == pytest.approx(parts, rel=1e-2)
 
 
 def test_probe_all_fixes_table(capsys):

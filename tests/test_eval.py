@@ -38,7 +38,9 @@ class _Scorer(torch.nn.Module):
         self.rule = rule
         self.g = torch.Generator().manual_seed(0)
 
-    def anomaly_scores(self, batch):
+    def anomaly_scores(self, batch, scoring=None):
+        from ablate.subjects.aaclip.scoring import BatchScores, log_odds
+
         masks = batch.masks.reshape(-1, *batch.masks.shape[-2:])
         if self.rule == "oracle":  # told the mask: a perfect map, a perfect image score
             maps = 0.1 + 0.8 * masks
@@ -50,7 +52,7 @@ class _Scorer(torch.nn.Module):
             score = torch.rand(len(maps), generator=self.g)
         else:  # from the image label, as the map's maximum would give it
             score = maps.flatten(1).amax(1) if self.rule == "oracle" else 0.9 - 0.8 * masks.flatten(1).amax(1)
-        return maps, score
+        return BatchScores(maps, log_odds(maps), maps.flatten(1).amax(1), score)
 
 
 def _test_batches(n: int = 20, bs: int = 5, size: int = 32):
@@ -145,8 +147,9 @@ def cli(capsys, *args):
 def test_a_study_with_evaluation_stores_every_metric_per_run_and_class(eval_db):
     engine = open_storage(f"sqlite:///{eval_db}", create=False)
     runs = query.runs_frame(engine)
-    complete = runs[runs.status == "complete"]
-    assert len(complete) == 4  # 2 trials, a baseline and a control
+    complete = runs[(runs.status == "complete") & (runs.role != "stage1")]
+    assert len(complete) == 4  # 2 trials, a baseline and a control (the Stage 1 run is not evaluated)
+    assert runs[runs.role == "stage1"].image_auroc.isna().all()
     for m in EVAL_METRICS:
         assert complete[m].notna().all() and complete[m].between(0, 1).all(), m
     classes = query.class_metrics_frame(engine)
@@ -175,7 +178,8 @@ def test_image_auroc_is_an_objective_optuna_and_the_queries_agree_on(eval_db, ca
     assert code == 0 and all({*EVAL_METRICS, "image_auroc_lo"} <= set(r) for r in rows)
     assert rows[0]["pixel_auroc"] == pytest.approx(trials.pixel_auroc.iloc[0])
     code, out, _ = cli(capsys, "query", "--storage", url, "--runs", "--json")
-    assert code == 0 and all(r["image_ap"] is not None for r in json.loads(out) if r["status"] == "complete")
+    runs = [r for r in json.loads(out) if r["status"] == "complete" and r["role"] != "stage1"]
+    assert code == 0 and runs and all(r["image_ap"] is not None for r in runs)
     code, out, _ = cli(capsys, "query", "--storage", url, "--classes", "--json")
     rows = json.loads(out)
     assert code == 0 and len(rows) == 4 * len(CLASSES) and {"class_name", *EVAL_METRICS, "note"} <= set(rows[0])
@@ -287,12 +291,14 @@ def test_the_bulk_writer_stores_the_same_class_rows_as_finish_run(tmp_path):
     )
 
 
-def test_the_aaclip_scores_of_a_model_told_the_mask_rank_it_first():
-    """The real scoring path (levels' softmax, upsampling, averaging, detection + map maximum) on
-    logits planted from the mask: near-perfect pixel ranking (the grid is coarser than the mask),
-    perfect images; planted the other way round, the worst."""
+@pytest.mark.parametrize("scoring", ["aaclip", "softmax"])
+def test_the_aaclip_scores_of_a_model_told_the_mask_rank_it_first(scoring):
+    """The real scoring path (AA-CLIP's blurred logit-difference maps and class-normalised image
+    scores, or the softmax alternative) on logits planted from the mask: near-perfect pixel ranking
+    (the grid is coarser than the mask), perfect images; planted the other way round, the worst."""
     from ablate.subjects.aaclip.arm import ArmSetup
     from ablate.subjects.aaclip.model import ForwardOut
+    from ablate.subjects.aaclip.scoring import Scoring
 
     setup = ArmSetup(_cfg())
     model = setup.model
@@ -303,13 +309,13 @@ def test_the_aaclip_scores_of_a_model_told_the_mask_rank_it_first():
             b = batch_of[id(images)]
             coarse = torch.nn.functional.adaptive_avg_pool2d(b.masks.unsqueeze(1), model.grid)
             logits = torch.cat([-coarse, coarse], 1) * 20 * sign
-            det = torch.stack([-b.labels.float(), b.labels.float()], 1) * 20 * sign
-            return ForwardOut([logits] * len(model.levels), det, None, None)
+            det = torch.stack([-b.labels.float(), b.labels.float()], 1) * 0.2 * sign
+            return ForwardOut([logits] * len(model.levels), det, None, None, det)
 
         model.forward = told
-        res = evaluate(model, batches, torch.device("cpu"), model.classes)[0]
+        res = evaluate(model, batches, torch.device("cpu"), model.classes, scoring=Scoring(scoring))[0]
         assert res.metrics["image_auroc"] == expect
         assert abs(res.metrics["pixel_auroc"] - expect) < 0.05, res.metrics
     del model.forward
-    real = evaluate(model, batches, torch.device("cpu"), model.classes)[0]
+    real = evaluate(model, batches, torch.device("cpu"), model.classes, scoring=Scoring(scoring))[0]
     assert 0.2 < real.metrics["pixel_auroc"] < 0.8  # untrained: near chance

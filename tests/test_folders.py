@@ -16,6 +16,7 @@ from ablate.engine.loop import RunConfig
 from ablate.spec import parse_spec, with_overrides
 from ablate.subjects.aaclip.arm import ArmSetup, DataConfig, PackSetup, aaclip_arm
 from ablate.subjects.aaclip.data.folders import Source, detect_kind, list_samples
+from ablate.subjects.aaclip.data.names import aaclip_names
 from ablate.subjects.aaclip.data.sources import FolderConfig, build_folder_data, few_shot
 from ablate.subjects.aaclip.prompts import class_prompts
 from tests.data_fixtures import SQUARE, make_manifest, make_mvtec, make_visa
@@ -74,7 +75,9 @@ def test_batches_carry_images_masks_labels_and_classes(sets, kind):
     # A mask wherever the label says anomalous, none elsewhere.
     assert torch.equal(batch.masks.flatten(1).amax(1).long(), batch.labels)
     names = [data.classes[i] for i in batch.class_idx]
-    assert names == [s.class_name.replace("_", " ") for s in ev.samples]
+    # AA-CLIP's descriptive names for MVTec AD and VisA classes; other layouts: the folder name
+    own = aaclip_names(kind)
+    assert names == [own.get(s.class_name, s.class_name.replace("_", " ")) for s in ev.samples]
     # The white square is where the mask is: the image is brighter there than anywhere else.
     m = batch.masks.bool()
     bright = batch.images.mean(1)
@@ -103,8 +106,14 @@ def test_class_names_reach_the_prompts_with_real_names(sets):
     )
     arm = aaclip_arm(data=DataConfig(batch_size=2, folders=cfg), probe_batches=2, gain_batches=2, device="cpu")
     setup = ArmSetup(arm)
-    # Training classes first, then the evaluation set's: one text embedding per class name.
-    assert setup.model.classes == ["candle", "pipe fryum", "dark bottle", "metal nut"]
+    # Training classes first, then the evaluation set's: one text embedding per class name (the
+    # spec's real name, else AA-CLIP's for a VisA or MVTec AD class).
+    assert setup.model.classes == [
+        "candle",
+        "pipe-shaped fryum",
+        "dark bottle",
+        "metal nut which has four notched edges",
+    ]
     assert setup.model.text_embeds.shape[0] == 4
     assert class_prompts("dark bottle")[1][0] == "a damaged dark bottle."
     # Probe and gain batches come from the evaluation set (MVTec classes), training from VisA.
@@ -122,9 +131,9 @@ def test_few_shot_takes_k_per_class_with_a_seed(sets):
     assert few_shot(samples, 0, seed=0) == samples and few_shot(samples, 99, seed=0) == samples
 
 
-def test_augmentation_moves_image_and_mask_together(sets):
-    cfg = FolderConfig(train=Source("mvtec", str(sets["mvtec"])), augment=True)
-    ds = build_folder_data(cfg, 64, seed=0).train
+def test_flips_move_image_and_mask_together(sets):
+    cfg = FolderConfig(train=Source("mvtec", str(sets["mvtec"])))
+    ds = build_folder_data(cfg, 64, seed=0, augment="flips").train
     i = next(j for j, s in enumerate(ds.samples) if s.label == 1)
     plain = ds.sample(i)[1]
     moved = [ds.sample(i, step) for step in range(8)]
@@ -148,7 +157,7 @@ def _arm(folders: FolderConfig, steps: int = 3, seed: int = 0) -> ArmConfig:
 
 
 def test_short_training_on_folder_data_same_with_or_without_workers(sets):
-    base = FolderConfig(train=Source("manifest", str(sets["manifest"])), few_shot=3, augment=True, workers=0)
+    base = FolderConfig(train=Source("manifest", str(sets["manifest"])), few_shot=3, workers=0)  # augmented
     a = train_arm(_arm(base))
     b = train_arm(_arm(replace(base, workers=1)))
     assert len(a.metrics["loss"]) == 3 and all(torch.isfinite(torch.tensor(a.metrics["loss"])))
@@ -217,7 +226,8 @@ def test_study_run_on_folder_data(sets, tmp_path, capsys):
     with sqlite3.connect(db) as con:
         (text,) = con.execute("select spec_text from ablate_studies").fetchone()
         evaluated = con.execute(
-            "select role, image_auroc, image_ap, pixel_auroc, pixel_ap from ablate_runs where status = 'complete'"
+            "select role, image_auroc, image_ap, pixel_auroc, pixel_ap from ablate_runs "
+            "where status = 'complete' and role != 'stage1'"
         ).fetchall()
         classes = {r[0] for r in con.execute("select distinct class_name from ablate_class_metrics")}
     assert "--data" in text and str(sets["mvtec"]) in text
@@ -226,9 +236,8 @@ def test_study_run_on_folder_data(sets, tmp_path, capsys):
     assert {r[0] for r in evaluated} == {"baseline", "control", "trial"}
     assert all(0.0 <= v <= 1.0 for r in evaluated for v in r[1:]), evaluated
     visa = ArmSetup(_arm(FolderConfig(train=Source("visa", str(sets["visa"]))))).eval_set
-    assert classes == {s.class_name.replace("_", " ") for s in visa.samples} or classes == {
-        s.class_name for s in visa.samples
-    }
+    own = aaclip_names("visa")
+    assert classes == {own.get(s.class_name, s.class_name.replace("_", " ")) for s in visa.samples}
 
 
 def test_evaluation_batches_cover_the_evaluation_set_once(sets):
@@ -239,7 +248,8 @@ def test_evaluation_batches_cover_the_evaluation_set_once(sets):
     labels = torch.cat([b.labels for b in seen])
     assert labels.tolist() == [s.label for s in setup.eval_set.samples]
     names = [setup.model.classes[i] for i in torch.cat([b.class_idx for b in seen])]
-    assert names == [s.class_name.replace("_", " ") for s in setup.eval_set.samples]
+    own = aaclip_names("mvtec")  # AA-CLIP's names of the MVTec AD classes
+    assert names == [own[s.class_name] for s in setup.eval_set.samples]
     with_workers = ArmSetup(_arm(replace(folders, workers=1)))
     again = list(with_workers.evaluation_batches(batch_size=3))
     assert all(torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks) for a, b in zip(seen, again))

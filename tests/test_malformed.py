@@ -107,6 +107,22 @@ SPEC_CASES = [
     ("eval bins one", add("eval", "bins = 1"), [], "eval.bins"),
     ("eval enabled not a bool", add("eval", 'enabled = "yes"'), [], "eval.enabled"),
     ("evaluation objective without evaluation", add("study", 'objectives = ["image_auroc"]'), [], "study.objectives"),
+    ("precision unknown", add("training", 'precision = "fp8"'), [], "training.precision"),
+    ("stage1 lr zero", S + "\n[stage1]\nlr = 0.0\n", [], "stage1.lr"),
+    ("stage1 epochs zero", S + "\n[stage1]\nepochs = 0\n", [], "stage1.epochs"),
+    ("stage1 attention unknown", S + '\n[stage1]\nsurgery_attention = "heads"\n', [], "stage1.surgery_attention"),
+    ("eval scoring unknown", add("eval", 'scoring = "mean"'), [], "eval.scoring"),
+    ("eval domain unknown", add("eval", 'domain = "space"'), [], "eval.domain"),
+    ("augment unknown", add("data", 'augment = "mixup"'), [], "data.augment"),
+    ("detection logit scale zero", S + "\n[model]\ndetection_logit_scale = 0.0\n", [], "model.detection_logit_scale"),
+    ("text adapter missing", S + '\n[model]\ntext_adapter = "{tmp}/no_adapter.pt"\n', [], "model.text_adapter"),
+    (
+        "text adapter of another shape",
+        S + '\n[model]\ntext_adapter = "{tmp}/adapter_32.pt"\n',
+        [],
+        "model.text_adapter",
+    ),
+    ("text adapter not a checkpoint", S + '\n[model]\ntext_adapter = "{tmp}/garbage.pt"\n', [], "model.text_adapter"),
     ("name with spaces", sub('name = "other"', 'name = "my study"'), [], "name"),
     ("not TOML", S + "\n[[[", [], "spec"),
 ]
@@ -174,6 +190,11 @@ def workdir(mini_study_db, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("malformed")
     copy_db(mini_study_db, tmp / "results.db")
     (tmp / "garbage.pt").write_bytes(b"this is not a checkpoint")
+    # a text adapter of a 32-wide text tower: the tiny backbone's is 64 wide
+    from ablate.subjects.aaclip.layers import TextAdapter
+    from ablate.subjects.aaclip.stage1 import to_bytes
+
+    (tmp / "adapter_32.pt").write_bytes(to_bytes(TextAdapter(32, 32).state_dict()))
     (tmp / "taken.png").write_bytes(b"x")
     (tmp / "latin1.toml").write_bytes(S.replace("other", "caf\xe9").encode("latin-1"))
     (tmp / "binary.toml").write_bytes(b'name = "x"\n\xff\xfe\x00 binary')
@@ -197,6 +218,6 @@ def test_malformed_input_is_refused_before_anything_is_written(capsys, workdir, 
         args = ["study", "run", str(spec), "--storage", f"sqlite:///{db}", "--quiet", *args]
     line = refused_line(capsys, db, args)
     assert field in line, line
-    if field.startswith(("--", "study", "training", "model", "data", "probe", "search", "eval")):
+    if field.startswith(("--", "study", "training", "model", "data", "probe", "search", "eval", "stage1")):
         assert f"{field}:" in line or f"'{field}'" in line, line
     assert not (workdir / "plots").exists()

@@ -76,7 +76,8 @@ def test_query_tables_fit_the_width_whole_cells_and_say_what_is_left_out(capsys,
 def test_query_runs_lists_the_references_first(capsys, db_url):
     code, out, _ = cli(capsys, "query", "--storage", db_url, "--runs", "--wide")
     rows = [line.split() for line in out.splitlines()[4:] if line.strip() and line.split()[0].isdigit()]
-    assert [r[1] for r in rows] == ["base"] * 2 + ["ctrl"] * 2 + ["0", "0", "1", "1", "2", "2", "3", "3"]
+    expect = ["stg1"] * 2 + ["base"] * 2 + ["ctrl"] * 2 + ["0", "0", "1", "1", "2", "2", "3", "3"]
+    assert [r[1] for r in rows] == expect  # Stage 1 (the text adapter of each seed) first
     assert "<NA>" not in out and "nan" not in out
 
 
@@ -112,7 +113,7 @@ def test_query_bad_input(capsys, db_url, args, fragment):
     code, out, err = cli(capsys, "query", "--storage", db_url, *args)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and fragment in err
-    assert query.runs_frame(open_storage(db_url), "mini").shape[0] == 12  # nothing deleted
+    assert query.runs_frame(open_storage(db_url), "mini").shape[0] == 14  # nothing deleted
 
 
 def test_query_missing_database(capsys, tmp_path):

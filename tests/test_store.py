@@ -118,6 +118,7 @@ def test_schema_creates_only_ablate_tables(engine: Engine) -> None:
         "ablate_run_groups",
         "ablate_probe_groups",
         "ablate_schema",
+        "ablate_blobs",
     }
     assert names == set(TABLE_NAMES)
     create_schema(engine)  # idempotent

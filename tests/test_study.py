@@ -53,16 +53,26 @@ def _runs(db: Path) -> list[tuple]:
 def test_study_stores_every_seed_and_baseline(mini_study_db):
     runs = _runs(mini_study_db)
     complete = [r for r in runs if r[5] == "complete"]
-    assert len(complete) == len(runs) == 4 * 2 + 2 + 2  # trials x seeds, a baseline and a control per seed
+    # trials x seeds, and per seed a Stage 1 run, a baseline and a control
+    assert len(complete) == len(runs) == 4 * 2 + 2 + 2 + 2
+    assert sorted((r[2], r[3]) for r in runs if r[0] == "stage1") == [(0, "no-branch"), (1, "no-branch")]
     assert sorted((r[2], r[3]) for r in runs if r[0] == "baseline") == [(0, "no-branch"), (1, "no-branch")]
     assert sorted((r[2], r[3]) for r in runs if r[0] == "control") == [(0, "no-branch"), (1, "no-branch")]
     trial_seeds = sorted((r[1], r[2]) for r in runs if r[0] == "trial")
     assert trial_seeds == [(t, s) for t in range(4) for s in (0, 1)]
     with sqlite3.connect(mini_study_db) as con:
-        per_run = con.execute("select run_id, count(*) from ablate_step_metrics group by run_id").fetchall()
+        per_run = con.execute(
+            "select run_id, count(*) from ablate_step_metrics where run_id in "
+            "(select id from ablate_runs where role != 'stage1') group by run_id"
+        ).fetchall()
+        stage1 = con.execute(
+            "select run_id, count(*) from ablate_step_metrics where run_id in "
+            "(select id from ablate_runs where role = 'stage1') group by run_id"
+        ).fetchall()
         probes = con.execute("select run_id, group_concat(step) from ablate_probe_points group by run_id").fetchall()
     # 6 steps x (5 metrics + 1 gate for tanh-gate)
     assert {n for _, n in per_run} <= {6 * N_METRICS, 6 * (N_METRICS + 1)}
+    assert [n for _, n in stage1] == [5 * 3, 5 * 3]  # 5 epochs of one batch: loss and its two parts
     assert all(sorted(map(int, s.split(","))) == [0, 3, 6] for _, s in probes)
 
 
@@ -119,7 +129,7 @@ def test_resume_runs_only_missing_trials(tmp_path):
     more = run_study(spec, MINI, url, n_trials=3)
     assert (more.n_trials, more.ran) == (3, 1)
     runs = _runs(tmp_path / "r.db")
-    assert len(runs) == 2 + 2 + 3 * 2  # the baselines and controls were not repeated
+    assert len(runs) == 2 + 2 + 2 + 3 * 2  # the Stage 1 runs, baselines and controls were not repeated
     assert len({r[:3] for r in runs}) == len(runs)
 
 
@@ -223,12 +233,15 @@ def test_ratio_objectives_that_reward_amplification_are_refused():
         parse_spec(text)
 
 
-def test_a_trial_waits_for_a_baseline_leased_elsewhere(tmp_path, monkeypatch):
-    """Another worker holds seed 0's baseline; the trial waits instead of failing, then takes the run
-    over once the lease lapses, and every trial completes with its comparison computed."""
+@pytest.mark.parametrize("role", ["baseline", "stage1"])
+def test_a_trial_waits_for_a_baseline_leased_elsewhere(tmp_path, monkeypatch, role):
+    """Another worker holds seed 0's baseline (or its Stage 1); the trial waits instead of failing, then
+    takes the run over once the lease lapses, and every trial completes with its comparison computed."""
     monkeypatch.setattr(study_runner, "REFERENCE_POLL_S", 0.2)
     monkeypatch.setattr(study_runner, "BASELINE_LEASE_S", 1.5)
     text = MINI.replace("seeds = [0, 1]", "seeds = [0]\nfrozen_control = false").replace("trials = 4", "trials = 1")
+    if role == "baseline":  # Stage 1 off: run before the baseline, it could outlast the 1.5 s lease
+        text += "[stage1]\nenabled = false\n"
     url = sqlite_url(tmp_path / "w.db")
     spec = parse_spec(text)
     engine = open_storage(url)
@@ -237,7 +250,7 @@ def test_a_trial_waits_for_a_baseline_leased_elsewhere(tmp_path, monkeypatch):
     objectives = [{"metric": m, "direction": d} for m, d in zip(spec.study.objectives, spec.study.directions)]
     meta = provenance.runtime_meta()
     sid = provenance.register_study(engine, "mini", "mini", text, spec_hash(text), objectives, meta)
-    claims.start_run(engine, sid, "baseline", None, 0, "no-branch", None, "cpu")  # the other worker's
+    claims.start_run(engine, sid, role, None, 0, "no-branch", None, "cpu")  # the other worker's
 
     waits = []
 
@@ -246,7 +259,7 @@ def test_a_trial_waits_for_a_baseline_leased_elsewhere(tmp_path, monkeypatch):
             waits.append(what)
 
     out = run_study(spec, text, url, reporter=Recorder())
-    assert waits and "baseline seed 0" in waits[0]
+    assert waits and f"{role} seed 0" in waits[0]
     assert out.n_trials == 1 and out.failed == 0
     runs = query.runs_frame(engine, "mini")
     trial = runs[runs.role == "trial"].iloc[0]
@@ -260,7 +273,7 @@ def test_study_on_postgresql(fresh_pg_url):
     study = optuna.load_study(study_name="mini", storage=fresh_pg_url)
     assert len(study.get_trials()) == 2
     frame = query.runs_frame(open_storage(fresh_pg_url), "mini")
-    assert len(frame) == 4 and set(frame.status) == {"complete"}  # 2 trials + baseline + control
+    assert len(frame) == 5 and set(frame.status) == {"complete"}  # 2 trials + Stage 1 + baseline + control
     trials = query.trials_frame(open_storage(fresh_pg_url), "mini")  # Optuna's states read by SQL on PostgreSQL
     assert list(trials.status) == ["complete", "complete"] and trials.ranked.all()
     _optuna_fails_one_trial_and_no_view_counts_it(fresh_pg_url)
@@ -421,11 +434,18 @@ def test_three_workers_started_together_on_an_empty_database_all_finish(tmp_path
     assert all(r.status == "complete" for r in runs)
 
 
-# The kill points: by timing (somewhere in a run), or exactly through ABLATE_FAULT (ablate/faults.py):
-# in trial 0's second probe (the baseline's 60 steps probe at 0, 30 and 60), between its first
-# flush's rows and their commit (the baseline flushes twice), and after its runs completed but
-# before Optuna was told.
-KILL_POINTS = {"baseline": None, "trial": None, "probe": "probe:5", "flush": "flush:3", "finish": "finish:1"}
+# The kill points: by timing (somewhere in a run: the seed's Stage 1, its baseline, a trial), or
+# exactly through ABLATE_FAULT (ablate/faults.py): in trial 0's second probe (the baseline's 60 steps
+# probe at 0, 30 and 60), between its first flush's rows and their commit (the baseline flushes
+# twice), and after its runs completed but before Optuna was told.
+KILL_POINTS = {
+    "stage1": None,
+    "baseline": None,
+    "trial": None,
+    "probe": "probe:5",
+    "flush": "flush:3",
+    "finish": "finish:1",
+}
 
 
 @pytest.mark.parametrize("when", list(KILL_POINTS))
@@ -479,7 +499,13 @@ def test_a_worker_killed_outright_loses_only_its_run(tmp_path, when):
     assert sorted(t.params["fix"] for t in complete) == ["fixed-scale", "none", "tanh-gate"]
     ok = [r for r in runs if r[5] == "complete"]
     assert sorted((r[0], r[3]) for r in ok) == sorted(
-        [("baseline", "no-branch"), ("trial", "fixed-scale"), ("trial", "none"), ("trial", "tanh-gate")]
+        [
+            ("stage1", "no-branch"),
+            ("baseline", "no-branch"),
+            ("trial", "fixed-scale"),
+            ("trial", "none"),
+            ("trial", "tanh-gate"),
+        ]
     )
     frame = query.trials_frame(open_storage(sqlite_url(db)), "mini")
     assert frame[frame.status == "complete"].train_grad_ratio.notna().all()

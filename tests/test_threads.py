@@ -85,5 +85,6 @@ def test_two_study_workers_take_one_thread_each_on_two_cores(tmp_path, monkeypat
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
-    assert all(label.endswith("(1 thread)") for label in labels[:3]), labels
-    assert all(label.endswith("(2 threads)") for label in labels[3:]), labels
+    # 4 runs a study: Stage 1, baseline, control, one trial
+    assert len(labels) == 8 and all(label.endswith("(1 thread)") for label in labels[:4]), labels
+    assert all(label.endswith("(2 threads)") for label in labels[4:]), labels

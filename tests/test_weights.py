@@ -1,6 +1,6 @@
-"""Backbone weights from disk only: open_clip checkpoints, OpenAI's TorchScript ``.pt`` (with the
-QuickGELU it was trained with), open_clip tags found in the local Hugging Face cache with
-HF_HUB_OFFLINE set, and a quick clear error when nothing is on disk."""
+"""Backbone weights from disk only: open_clip checkpoints, OpenAI's TorchScript ``.pt`` (run with
+GELU as AA-CLIP runs it, QuickGELU on request), open_clip tags found in the local Hugging Face cache
+with HF_HUB_OFFLINE set, and a quick clear error when nothing is on disk."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from ablate.subjects.aaclip.backbone import (
     build_clip,
     is_torchscript_archive,
     resolve_pretrained,
-    wants_quick_gelu,
 )
 
 
@@ -37,7 +36,9 @@ def _uses_quick_gelu(model: torch.nn.Module) -> bool:
     return any(type(m).__name__ == "QuickGELU" for m in model.modules())
 
 
-def test_openai_torchscript_checkpoint_loads_with_quick_gelu(tmp_path):
+def test_openai_weights_run_with_gelu_as_aaclip_runs_them_and_quick_gelu_on_request(tmp_path):
+    """AA-CLIP builds its CLIP from a model config without quick_gelu, so OpenAI's weights run with
+    nn.GELU; QuickGELU (what they were trained with) is the model.quick_gelu option."""
     source = _tiny_clip(quick_gelu=True)
     path = tmp_path / "ViT-tiny.pt"
     with warnings.catch_warnings():
@@ -47,8 +48,15 @@ def test_openai_torchscript_checkpoint_loads_with_quick_gelu(tmp_path):
         torch.jit.save(traced, str(path))
     assert is_torchscript_archive(str(path))
     built = build_clip(BACKBONES["tiny"], str(path))
-    assert _uses_quick_gelu(built)
+    assert not _uses_quick_gelu(built)
+    assert any(isinstance(m, torch.nn.GELU) for m in built.modules())
     assert _same_weights(built, source)
+    quick = build_clip(BACKBONES["tiny"], str(path), quick_gelu=True)
+    assert _uses_quick_gelu(quick) and _same_weights(quick, source)
+    # the activation is what differs: the same weights give other features
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(built.encode_image(image), quick.encode_image(image), atol=1e-4)
 
 
 def test_open_clip_state_dict_loads_as_is(tmp_path):
@@ -95,7 +103,6 @@ def test_a_cached_tag_is_found_offline(offline_hub):
     ckpt.write_bytes((2).to_bytes(8, "little") + b"{}")
     spec = BACKBONES["vit-l-14-336@518"]
     assert resolve_pretrained(spec, "openai") == str(ckpt)
-    assert wants_quick_gelu(spec, "openai", str(ckpt))  # OpenAI's weights: QuickGELU
 
 
 def test_an_uncached_tag_fails_fast_offline(offline_hub):

@@ -1,4 +1,4 @@
-"""Device choice and the autocast context: bf16 on CUDA, plain fp32 on CPU, same code path."""
+"""Device choice and the precision context (fp32, tf32 or bf16 autocast), same code path on CPU and CUDA."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import torch
 from ablate.errors import AblateInputError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+# fp32: full float32 (TF32 off for matrix products and convolutions); tf32: float32 storage, TF32
+# tensor-core products on CUDA (same as fp32 on a CPU); bf16: bfloat16 autocast (CUDA and CPU).
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -23,10 +26,42 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_precision(precision: str, field: str = "training.precision") -> str:
+    if precision not in PRECISIONS:
+        raise AblateInputError(field, f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 @contextlib.contextmanager
-def autocast(device: torch.device) -> Iterator[None]:
-    if device.type == "cuda":
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+def _tf32(on: bool) -> Iterator[None]:
+    """TF32 for CUDA matrix products and cuDNN convolutions on or off inside the block, restored after."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9; the legacy flags may not be mixed with it
+        conv = torch.backends.cudnn.conv
+        saved = (matmul.fp32_precision, conv.fp32_precision)
+        matmul.fp32_precision = conv.fp32_precision = "tf32" if on else "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, conv.fp32_precision = saved
+        return
+    saved = (matmul.allow_tf32, conv.allow_tf32)
+    matmul.allow_tf32 = conv.allow_tf32 = on
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, conv.allow_tf32 = saved
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str = "fp32") -> Iterator[None]:
+    """Run the block at ``precision`` (PRECISIONS) on ``device``."""
+    check_precision(precision)
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    elif device.type == "cuda":
+        with _tf32(precision == "tf32"):
             yield
     else:
         yield

@@ -42,6 +42,7 @@ class RunConfig:
     freeze: tuple[str, ...] = ()
     compile: bool = False  # torch.compile the loss computation (GPU runs; first steps pay the compile)
     count_flops: bool = True  # FLOPs per step (once per configuration) for the MFU
+    precision: str = "fp32"  # fp32 | tf32 | bf16 (autocast), ablate/engine/device.py
 
 
 def _peak_mem_mb(device: torch.device) -> float:
@@ -118,7 +119,7 @@ def train_arms(
     # Fused Adam on CUDA: one kernel for every parameter (same update rule, elementwise per arm).
     opt = torch.optim.Adam(trained, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda" or None)
     judged_init = [p.detach().clone() for p in groups[cfg.group]]  # for adapter_gain at the end
-    flops = step_flops(subject, train_batches(0), device) if cfg.count_flops else math.nan
+    flops = step_flops(subject, train_batches(0), device, cfg.precision) if cfg.count_flops else math.nan
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.cuda.synchronize(device)
@@ -167,7 +168,9 @@ def train_arms(
         nonlocal probe_s
         faults.point("probe")
         t = time.perf_counter()
-        results = probe_arms(subject, probe_batches, device, arms, step, cfg.threshold, cfg.probe_dropout, cfg.group)
+        results = probe_arms(
+            subject, probe_batches, device, arms, step, cfg.threshold, cfg.probe_dropout, cfg.group, cfg.precision
+        )
         probe_s += time.perf_counter() - t
         for a, p in enumerate(results):
             probes[a].append(p)
@@ -183,7 +186,7 @@ def train_arms(
         opt.zero_grad(set_to_none=True)
         for p in groups["all"]:  # frozen groups are not in the optimiser; clear their gradient too
             p.grad = None
-        with autocast(device):
+        with autocast(device, cfg.precision):
             loss, _ = compute_loss(batch)
         loss.sum().backward()
         before = {k: [p.detach().clone() for p in ps] for k, ps in watched.items() if k != "all"}
@@ -214,7 +217,8 @@ def train_arms(
     if cfg.probe_every >= 0 and (cfg.steps == 0 or not probes[0] or probes[0][-1].step != cfg.steps):
         probe(cfg.steps)
     held_out = probe_batches if eval_batches is None else eval_batches
-    gains = held_out_gain(subject, groups[cfg.group], judged_init, held_out, device, [a.seed for a in arms])
+    seeds = [a.seed for a in arms]
+    gains = held_out_gain(subject, groups[cfg.group], judged_init, held_out, device, seeds, cfg.precision)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
@@ -270,7 +274,7 @@ def batch_tensors(batch: Any) -> list[torch.Tensor]:
     return [t for t in leaves if torch.is_tensor(t)]
 
 
-def step_flops(subject: Subject, batch: Any, device: torch.device) -> float:
+def step_flops(subject: Subject, batch: Any, device: torch.device, precision: str = "fp32") -> float:
     """FLOPs of one training step (forward + backward, all arms), counted once per configuration.
 
     Counted with torch's FlopCounterMode on one real step whose gradients are then dropped (and whose
@@ -281,7 +285,7 @@ def step_flops(subject: Subject, batch: Any, device: torch.device) -> float:
 
     params = [p for p in subject.parameters() if p.requires_grad]
     shapes = tuple(tuple(t.shape) for t in (*params, *batch_tensors(batch)))
-    key = (type(subject).__name__, getattr(subject, "n_arms", 1), subject.has_branch, device.type, shapes)
+    key = (type(subject).__name__, getattr(subject, "n_arms", 1), subject.has_branch, device.type, precision, shapes)
     if key not in _FLOPS_CACHE:
         saved = [p.grad for p in params]
         was_training = getattr(subject, "training", False)
@@ -289,7 +293,7 @@ def step_flops(subject: Subject, batch: Any, device: torch.device) -> float:
         counter = FlopCounterMode(display=False)
         try:
             with subject.dropout_seeded([0] * getattr(subject, "n_arms", 1)), counter:
-                with autocast(device):
+                with autocast(device, precision):
                     loss, _ = subject.compute_loss(batch)
                 loss.sum().backward()
         finally:
@@ -308,6 +312,7 @@ def held_out_gain(
     batches: Sequence[Any],
     device: torch.device,
     rng_seeds: Sequence[int],
+    precision: str = "fp32",
 ) -> list[list[float]]:
     """Per arm, per held-out batch: loss with ``params`` reset to ``initial`` minus loss as trained.
 
@@ -325,7 +330,7 @@ def held_out_gain(
             pair = []
             for weights in (trained, initial):
                 _load(params, weights)
-                with subject.dropout_seeded([s + i for s in rng_seeds]), autocast(device):
+                with subject.dropout_seeded([s + i for s in rng_seeds]), autocast(device, precision):
                     loss, _ = subject.compute_loss(batch)
                 pair.append(loss.float().reshape(arms))
             out.append(pair[1] - pair[0])

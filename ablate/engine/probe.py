@@ -36,7 +36,14 @@ class ArmLabel:
     seed: int
 
 
-def _arm(subject: Subject, groups: dict[str, list], batch: Any, device: torch.device, rng_seeds: Sequence[int]):  # noqa: ANN202
+def _arm(  # noqa: ANN202
+    subject: Subject,
+    groups: dict[str, list],
+    batch: Any,
+    device: torch.device,
+    rng_seeds: Sequence[int],
+    precision: str = "fp32",
+):
     """One forward/backward on a batch: ([loss, inflation, g_X, g_G for each group] as [arms] tensors,
     final features [arms, ...])."""
     arms = getattr(subject, "n_arms", 1)
@@ -44,7 +51,7 @@ def _arm(subject: Subject, groups: dict[str, list], batch: Any, device: torch.de
     for p in params:
         p.grad = None
     with subject.dropout_seeded(rng_seeds):
-        with autocast(device):
+        with autocast(device, precision):
             loss, out = subject.compute_loss(batch)
         loss.sum().backward()
     inflation = out.norm_inflation if out.norm_inflation is not None else torch.ones(arms, device=device)
@@ -70,9 +77,11 @@ def run_probe(
     dropout: bool = False,
     rng_seed: int = 0,
     group: str = DEFAULT_GROUP,
+    precision: str = "fp32",
 ) -> ProbeResult:
     """Measure R_G = ||grad_G L|| with / without the branch, per batch and adapter group G (one arm)."""
-    return probe_arms(subject, batches, device, [ArmLabel(fix, scale, rng_seed)], step, threshold, dropout, group)[0]
+    label = [ArmLabel(fix, scale, rng_seed)]
+    return probe_arms(subject, batches, device, label, step, threshold, dropout, group, precision)[0]
 
 
 def probe_arms(
@@ -84,6 +93,7 @@ def probe_arms(
     threshold: float = DEFAULT_THRESHOLD,
     dropout: bool = False,
     group: str = DEFAULT_GROUP,
+    precision: str = "fp32",
 ) -> list[ProbeResult]:
     """The probe of every arm of ``subject`` (one, or a packed several), on the same passes.
 
@@ -103,9 +113,9 @@ def probe_arms(
     try:
         for i, batch in enumerate(batches):
             seeds = [a.seed + i for a in arms]
-            with_, f_with = _arm(subject, groups, batch, device, seeds)
+            with_, f_with = _arm(subject, groups, batch, device, seeds, precision)
             with subject.branch_bypassed():
-                without, f_without = _arm(subject, groups, batch, device, seeds)
+                without, f_without = _arm(subject, groups, batch, device, seeds, precision)
             cos = F.cosine_similarity(f_with, f_without, dim=-1).reshape(len(arms), -1).mean(1)
             rows.append(torch.stack([*with_, without[0], *without[3:], cos]))  # [columns, arms]
         # One host transfer for the whole probe.

@@ -5,13 +5,14 @@ A full-size evaluation set has too many pixels to keep (MVTec AD's test split at
 (positives and negatives), ``bins`` counts each, and the curves are read off the histograms at the
 end. Memory is ``2 x groups x bins`` integers whatever the size of the set.
 
-Scores are probabilities in [0, 1]. Binning them linearly would lump every score below 1/bins
-together, and a CLIP anomaly map (softmax of logits scaled by 100) puts most normal pixels there,
-so the histogram is over the log-odds ``log p - log(1 - p)`` clamped to ``[-LOGIT_RANGE,
-LOGIT_RANGE]``: bins are 2 * 24 / 65536 = 7e-4 log-odds wide, finer than a float32 probability
-near 1 can tell apart (1 - p >= 6e-8, log-odds <= 16.6). Two scores in one bin count as a tie, the
-only difference from the exact computation; ties are handled as scikit-learn does (half a
-correctly ordered pair for AUROC; one threshold for AP).
+Scores are probabilities in [0, 1] (``update``) or log-odds (``update_logits``: any score on that
+scale, e.g. AA-CLIP's map as the mean logit difference over levels). Binning probabilities linearly
+would lump every score below 1/bins together, and a CLIP anomaly map (softmax of logits scaled by
+100) puts most normal pixels there, so the histogram is over the log-odds ``log p - log(1 - p)``
+clamped to ``[-LOGIT_RANGE, LOGIT_RANGE]``: bins are 2 * 24 / 65536 = 7e-4 log-odds wide, finer
+than a float32 probability near 1 can tell apart (1 - p >= 6e-8, log-odds <= 16.6). Two scores in
+one bin count as a tie, the only difference from the exact computation; ties are handled as
+scikit-learn does (half a correctly ordered pair for AUROC; one threshold for AP).
 
 Definitions (those of ``sklearn.metrics.roc_auc_score`` and ``average_precision_score``):
 AUROC = P(score of a positive > score of a negative) + 0.5 P(equal); AP = sum over thresholds,
@@ -67,15 +68,28 @@ class BinnedCurves:
         return self.counts[0]
 
     def bin_of(self, scores: torch.Tensor) -> torch.Tensor:
-        """The bin of each probability (log-odds, clamped, linear over the range)."""
+        """The bin of each probability (its log-odds, see :meth:`bin_of_logit`)."""
         p = scores.detach().double().clamp(0.0, 1.0)
-        logit = (torch.log(p) - torch.log1p(-p)).nan_to_num(nan=0.0, posinf=LOGIT_RANGE, neginf=-LOGIT_RANGE)
+        return self.bin_of_logit(torch.log(p) - torch.log1p(-p))
+
+    def bin_of_logit(self, logits: torch.Tensor) -> torch.Tensor:
+        """The bin of each log-odds score (clamped to [-LOGIT_RANGE, LOGIT_RANGE], linear over it)."""
+        logit = logits.detach().double().nan_to_num(nan=0.0, posinf=LOGIT_RANGE, neginf=-LOGIT_RANGE)
         unit = (logit.clamp(-LOGIT_RANGE, LOGIT_RANGE) + LOGIT_RANGE) / (2 * LOGIT_RANGE)
         return (unit * self.bins).long().clamp_(0, self.bins - 1)
 
     @torch.no_grad()
     def update(self, scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | int = 0) -> None:
         """Add scores (probabilities) with their 0/1 labels; ``groups`` broadcasts to ``scores``."""
+        self._add(self.bin_of(scores), scores, labels, groups)
+
+    @torch.no_grad()
+    def update_logits(self, logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | int = 0) -> None:
+        """Add scores given on the log-odds scale (any monotone score of that scale: ranking is all
+        AUROC and AP read), with their 0/1 labels."""
+        self._add(self.bin_of_logit(logits), logits, labels, groups)
+
+    def _add(self, bins: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | int) -> None:
         if isinstance(groups, int):
             groups = torch.full_like(labels, groups, dtype=torch.long)
         groups = torch.broadcast_to(groups.to(scores.device), scores.shape).reshape(-1).long()
@@ -84,7 +98,7 @@ class BinnedCurves:
                 raise ValueError(f"group index outside [0, {self.groups})")
         positive = torch.broadcast_to(labels.to(scores.device), scores.shape).reshape(-1) > 0.5
         # One flat index over [negative | positive] x groups x bins: no boolean masking, no host sync.
-        idx = (positive.long() * self.groups + groups) * self.bins + self.bin_of(scores).reshape(-1)
+        idx = (positive.long() * self.groups + groups) * self.bins + bins.reshape(-1)
         self.counts.view(-1).index_add_(0, idx, torch.ones_like(idx))
 
     def compute(self) -> list[CurveMetrics]:

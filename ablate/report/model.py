@@ -194,7 +194,8 @@ def _setting(engine: Engine, name: str, settings: dict[str, Any], runs: pd.DataF
         devices=tuple(sorted({str(d) for d in runs["device"].dropna()})),
         hardware=hardware,
         workers=_workers(runs),
-        run_steps=tuple(sorted({int(s) for s in done["steps"].dropna()})),
+        # Stage 2 runs: a subject's Stage 1 (AA-CLIP's text adapter) has its own length
+        run_steps=tuple(sorted({int(s) for s in done.loc[done["role"] != "stage1", "steps"].dropna()})),
         n_runs=len(runs),
         wall_s=float(wall.sum(min_count=1)),
         packed=int(packed.max()) if not packed.empty else 1,

@@ -25,7 +25,9 @@ from ablate.store.schema import (
     ROLES,
     RUN_FLOAT_FIELDS,
     WORKER_FIELDS,
+    BlobModel,
     ClassMetricModel,
+    ProbeGroupMetricModel,
     ProbePointModel,
     RunGroupMetricModel,
     RunModel,
@@ -155,8 +157,9 @@ def start_run(
                         f"{_describe(role, trial_number, seed)} of study {study_id} is already complete "
                         f"(run {run.id}); not re-running finished work"
                     )
-                session.execute(delete(StepMetricModel).where(StepMetricModel.run_id == run.id))
-                session.execute(delete(ProbePointModel).where(ProbePointModel.run_id == run.id))
+                # a reused row starts clean: its series, probes, per-group numbers and artefacts go
+                for model in (StepMetricModel, ProbePointModel, ProbeGroupMetricModel, RunGroupMetricModel, BlobModel):
+                    session.execute(delete(model).where(model.run_id == run.id))
                 for key, value in fields.items():
                     setattr(run, key, value)
                 return run.id

@@ -25,6 +25,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -38,8 +39,10 @@ from ablate.eval import EVAL_METRICS
 TABLE_PREFIX = "ablate_"
 BASELINE_TRIAL_KEY = -1  # the no-branch reference run of a seed
 CONTROL_TRIAL_KEY = -2  # the frozen-adapter control of a seed (no branch, block adapters not updated)
-ROLES = ("trial", "baseline", "control")
-REFERENCE_KEYS = {"baseline": BASELINE_TRIAL_KEY, "control": CONTROL_TRIAL_KEY}
+STAGE1_TRIAL_KEY = -3  # the subject's Stage 1 of a seed (AA-CLIP: the text adapter every arm of the seed uses)
+ROLES = ("trial", "baseline", "control", "stage1")
+# Runs of a seed that belong to no trial (trial_number NULL): one per (study, role, seed).
+REFERENCE_KEYS = {"baseline": BASELINE_TRIAL_KEY, "control": CONTROL_TRIAL_KEY, "stage1": STAGE1_TRIAL_KEY}
 # Per-group numbers live in long tables keyed by group name (ablate_run_groups, ablate_probe_groups):
 # any subject's groups, plus their union "all". Read back, each becomes a column named by the
 # template below (train_grad_ratio_layers, grad_ratio_proj_lo, ...), so frames look alike for every
@@ -190,7 +193,8 @@ class RunModel(Base):
         CheckConstraint(
             "(role = 'trial' AND trial_number IS NOT NULL AND trial_key = trial_number AND trial_number >= 0)"
             f" OR (role = 'baseline' AND trial_number IS NULL AND trial_key = {BASELINE_TRIAL_KEY})"
-            f" OR (role = 'control' AND trial_number IS NULL AND trial_key = {CONTROL_TRIAL_KEY})",
+            f" OR (role = 'control' AND trial_number IS NULL AND trial_key = {CONTROL_TRIAL_KEY})"
+            f" OR (role = 'stage1' AND trial_number IS NULL AND trial_key = {STAGE1_TRIAL_KEY})",
             name="ck_ablate_runs_trial_key",
         ),
         Index("ix_ablate_runs_study_id", "study_id"),
@@ -318,6 +322,22 @@ class SchemaInfoModel(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class BlobModel(Base):
+    """A binary artefact of a run, kept in the database so every worker of a study reads the same one
+    (the Stage 1 text adapter's weights: the ``stage1`` run of a seed, ``name`` "text_adapter")."""
+
+    __tablename__ = "ablate_blobs"
+    __table_args__ = (UniqueConstraint("run_id", "name", name="uq_ablate_blobs_run_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("ablate_runs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    nbytes: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 TABLES = tuple(Base.metadata.sorted_tables)

@@ -31,6 +31,7 @@ from ablate.store.schema import HARDWARE_ATTR, REFERENCE_KEYS, StudyModel
 from ablate.study.distinct import FINISHED, HOLDING, PerTrialSeedSampler, counted, is_skipped
 from ablate.study.packs import AllArmsDropped, ClaimedRun, RunFailed, pack_label
 from ablate.study.space import arm_of, default_arm_params
+from ablate.study.stage1 import StudyStage1
 from ablate.study.trial_pack import NATIVE_CONSTRAINTS, run_trials
 from ablate.threads import LocalWorkers, apply_threads, choose_threads
 
@@ -109,6 +110,7 @@ class StudyRun:
         import torch
 
         self.worker = provenance.worker_record(torch.cuda.device_count())  # stored on every run it claims
+        self.stage1 = StudyStage1(self)  # the per-seed state each seed's arms share (AA-CLIP Stage 1)
 
     def run_arm(
         self,
@@ -226,8 +228,13 @@ class StudyRun:
         on_nonfinite: Callable[[int, int], None] | None,
     ) -> list[TrainResult]:
         """One arm alone, or several packed; the first arm built lends its frozen parts and data set
-        to every later one. Alone, a non-finite loss raises: the run (and its one trial) fails."""
-        built = arms.build(cfgs[0], like=self._like) if len(cfgs) == 1 else arms.build_pack(cfgs, like=self._like)
+        to every later one, and each arm gets its seed's Stage 1 (None when the subject has none).
+        Alone, a non-finite loss raises: the run (and its one trial) fails."""
+        stage1 = [self.stage1.weights(c.seed) for c in cfgs]
+        if len(cfgs) == 1:
+            built = arms.build(cfgs[0], like=self._like, stage1=stage1[0])
+        else:
+            built = arms.build_pack(cfgs, like=self._like, stage1=stage1)
         self._like = self._like or built
         return arms.train_pack(
             cfgs,
@@ -284,11 +291,13 @@ class StudyRun:
         return self._refs[seed]
 
     def run_references(self) -> None:
-        """Every seed's baseline, then (if the spec asks) its frozen-adapter control.
+        """Every seed's Stage 1 (when the spec trains one), its baseline, then (if the spec asks) its
+        frozen-adapter control.
 
         First pass: run each baseline no other worker holds (so two workers split them); second
         pass: wait for the ones another worker is running.
         """
+        self.stage1.run_free(self.spec.study.seeds)
         free = [
             seed
             for seed in self.spec.study.seeds

@@ -25,13 +25,33 @@ class SubjectKind(Protocol):
         """Checks that touch files or import code (a study's preflight), before anything is written."""
         ...
 
-    def build(self, cfg: ArmConfig, like: BuiltArm | None = None) -> BuiltArm:
-        """One arm built; ``like`` is an arm built before whose frozen parts and data it may share."""
+    def build(self, cfg: ArmConfig, like: Any = None, stage1: Any = None) -> BuiltArm:
+        """One arm built; ``like`` is an arm (or data) built before whose frozen parts and data it may
+        share; ``stage1`` is its seed's Stage 1 state (``run_stage1``), None when there is none."""
         ...
 
-    def build_pack(self, cfgs: Sequence[ArmConfig], like: BuiltArm | None = None) -> BuiltArm:
-        """Several arms (equal ``packing_key``) trained side by side in one forward/backward;
-        AblateInputError("training.pack", ...) when this subject's arms cannot be packed."""
+    def build_pack(self, cfgs: Sequence[ArmConfig], like: Any = None, stage1: Sequence[Any] | None = None) -> BuiltArm:
+        """Several arms (equal ``packing_key``) trained side by side in one forward/backward, each with
+        its seed's Stage 1 state; AblateInputError("training.pack", ...) when they cannot be packed."""
+        ...
+
+    def trains_stage1(self, cfg: ArmConfig) -> bool:
+        """Whether a study trains this subject's Stage 1 once per seed before the seed's arms (AA-CLIP:
+        the text adapter), stored as the seed's ``stage1`` run and handed to every arm of the seed."""
+        ...
+
+    def run_stage1(self, cfg: ArmConfig, like: Any, on_start: Any, on_step: Any) -> Any:
+        """Train the seed's Stage 1: ``(result, data)``; ``result`` has ``state``, ``metrics`` (per step),
+        ``steps`` and ``wall_s``; ``data`` is what later arms may share (their ``like``).
+        ``on_start(steps)`` is called once the length is known."""
+        ...
+
+    def stage1_bytes(self, state: Any) -> bytes:
+        """A Stage 1 state as bytes (what the database keeps)."""
+        ...
+
+    def stage1_state(self, cfg: ArmConfig, data: bytes) -> Any:
+        """A Stage 1 state back from its bytes, checked against ``cfg``."""
         ...
 
     def check_pack(self, cfg: ArmConfig) -> None:

@@ -27,6 +27,9 @@ class BackboneSpec:
     depth: int  # visual transformer blocks (what inject_at, adapter_layers and levels index)
     adapter_layers: int  # adapters after blocks 0..k-1
     levels: tuple[int, ...]  # 1-based block indices whose output is a feature level
+    # Stage 1's image features: the last k blocks run value-value attention (AA-CLIP's "DPAM" surgery,
+    # 19 of 24 blocks at ViT-L-14: its surgery_until_layer = 20 replaces blocks -1 .. -19).
+    surgery_blocks: int = 0
     open_clip_name: str | None = None  # a built-in open_clip config ...
     open_clip_cfg: dict[str, Any] = field(default_factory=dict)  # ... or an explicit one
     description: str = ""
@@ -39,6 +42,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         depth=8,
         adapter_layers=2,
         levels=(2, 4, 6, 8),
+        surgery_blocks=6,  # 19/24 of the depth, as at ViT-L-14
         open_clip_cfg={
             "embed_dim": 64,
             "vision_cfg": {"image_size": 64, "layers": 8, "width": 64, "head_width": 16, "patch_size": 8},
@@ -52,6 +56,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         depth=24,
         adapter_layers=6,
         levels=(6, 12, 18, 24),
+        surgery_blocks=19,
         open_clip_name="ViT-L-14-336",
         description="AA-CLIP scale: ViT-L-14-336 at 518 px, 1370 tokens x 1024, 24 blocks, 768-wide text",
     ),
@@ -144,20 +149,6 @@ def is_torchscript_archive(path: str) -> bool:
         return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
 
 
-def wants_quick_gelu(spec: BackboneSpec, pretrained: str | None, ckpt: str | None) -> bool:
-    """OpenAI's weights were trained with QuickGELU (open_clip's ``-quickgelu`` models): their
-    TorchScript ``.pt`` and the open_clip tags whose pretrained config says so."""
-    if ckpt is None:
-        return False
-    if is_torchscript_archive(ckpt):
-        return True
-    if spec.open_clip_name is not None and pretrained is not None and not Path(pretrained).expanduser().is_file():
-        import open_clip
-
-        return bool(open_clip.get_pretrained_cfg(spec.open_clip_name, pretrained).get("quick_gelu", False))
-    return False
-
-
 # Entries of an OpenAI TorchScript state dict that open_clip's CLIP does not hold.
 _OPENAI_EXTRA = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
@@ -183,8 +174,13 @@ def load_weights(model: nn.Module, ckpt: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def build_clip(spec: BackboneSpec, pretrained: str | None = None) -> nn.Module:
-    """Build the open_clip CLIP for ``spec``, load local weights if given, and freeze it."""
+def build_clip(spec: BackboneSpec, pretrained: str | None = None, quick_gelu: bool = False) -> nn.Module:
+    """Build the open_clip CLIP for ``spec``, load local weights if given, and freeze it.
+
+    The MLP activation is ``nn.GELU`` unless ``quick_gelu``: AA-CLIP builds its CLIP from a model
+    config without ``quick_gelu`` and loads OpenAI's weights into it, so it runs them with GELU
+    although they were trained with QuickGELU (docs/parity.md).
+    """
     import open_clip
     from open_clip.model import CLIP
 
@@ -194,10 +190,6 @@ def build_clip(spec: BackboneSpec, pretrained: str | None = None) -> nn.Module:
         cfg["vision_cfg"]["image_size"] = spec.image_size
     else:
         cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec.open_clip_cfg.items()}
-    try:
-        quick_gelu = wants_quick_gelu(spec, pretrained, ckpt)
-    except Exception as exc:
-        raise AblateInputError("pretrained", f"cannot read {ckpt}: {str(exc).splitlines()[0]}") from exc
     model = CLIP(**cfg, quick_gelu=quick_gelu)
     if ckpt is not None:
         try:
@@ -213,9 +205,7 @@ def build_clip(spec: BackboneSpec, pretrained: str | None = None) -> nn.Module:
 
 
 @torch.no_grad()
-def encode_prompts(clip: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(normalised text embeddings [P, E], token features after text block 0 [P, 77, d_txt])."""
+def text_block0(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The prompts' token features after text block 0 [P, 77, d_txt] (the branch's text context)."""
     x = clip.token_embedding(tokens) + clip.positional_embedding
-    block0 = clip.transformer.resblocks[0](x, attn_mask=clip.attn_mask)
-    emb = clip.encode_text(tokens, normalize=True)
-    return emb, block0
+    return clip.transformer.resblocks[0](x, attn_mask=clip.attn_mask)

@@ -1,11 +1,13 @@
 """Evaluation at the end of a run: image- and pixel-level AUROC and AP per class, and their mean.
 
 The columns AA-CLIP's test reports: ``image_auroc`` and ``image_ap`` from the image score,
-``pixel_auroc`` and ``pixel_ap`` from the anomaly map upsampled to the mask size, per class, and
-the mean over classes. The subject supplies the scores (``anomaly_scores(batch) -> (maps [n, H, W],
-image scores [n])``, probabilities); this module imports no subject. Scores go into on-device
-histograms batch by batch (:mod:`ablate.eval.metrics`), so a full-size test set needs memory for
-one batch and the histograms only.
+``pixel_auroc`` and ``pixel_ap`` from the anomaly map at the mask size, per class, and the mean over
+classes. The subject supplies each batch's scores (``anomaly_scores(batch, scoring) ->``
+:class:`~ablate.subjects.aaclip.scoring.BatchScores`); how they are made is
+:mod:`ablate.subjects.aaclip.scoring`. Pixel scores go into on-device histograms batch by batch
+(:mod:`ablate.eval.metrics`); AA-CLIP's image score is normalised over the whole class, so per image
+only its map maximum and detection score are kept (and per class the pixel extremes) until the end:
+a full-size test set needs memory for one batch, the histograms and a few numbers per image.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from ablate.engine.device import autocast
 from ablate.eval import EVAL_METRICS
 from ablate.eval.metrics import DEFAULT_BINS, BinnedCurves
+from ablate.subjects.aaclip.scoring import Scoring, image_scores
 
 __all__ = ["EVAL_METRICS", "EvalResult", "evaluate"]
 
@@ -57,18 +60,25 @@ def evaluate(
     device: torch.device,
     class_names: Sequence[str],
     bins: int = DEFAULT_BINS,
+    scoring: Scoring | None = None,
+    precision: str = "fp32",
 ) -> list[EvalResult]:
     """Score every batch with ``subject`` (eval mode, no grad) and return one result per arm.
 
     ``batches`` yields ``Batch``-like objects (images, masks [.., H, W], labels, class_idx indexing
     ``class_names``), on any device: each is moved to ``device`` when used, so a generator over a
     large test set streams. For a pack of arms a batch may be stacked per arm ([arms, B, ...]) or
-    plain ([B, ...], then every arm sees it).
+    plain ([B, ...], then every arm sees it). ``precision``: the autocast of the forward passes.
     """
+    scoring = scoring or Scoring()
     arms = getattr(subject, "n_arms", 1)
     n_cls = len(class_names)
-    image = BinnedCurves(arms * n_cls, device, bins)
-    pixel = BinnedCurves(arms * n_cls, device, bins)
+    n_groups = arms * n_cls
+    image = BinnedCurves(n_groups, device, bins)
+    pixel = BinnedCurves(n_groups, device, bins)
+    pix_min = torch.full((n_groups,), math.inf, dtype=torch.float64, device=device)
+    pix_max = torch.full((n_groups,), -math.inf, dtype=torch.float64, device=device)
+    parts: list[tuple[torch.Tensor, ...]] = []  # per batch: groups, labels, map max, detection
     was_training = getattr(subject, "training", False)
     subject.train(False)
     try:
@@ -76,13 +86,19 @@ def evaluate(
             if batch.images.device.type != torch.device(device).type:  # ('cuda' vs 'cuda:0' is no move)
                 batch = batch.to(device)
             batch = _for_arms(batch, arms)
-            with autocast(device):
-                maps, scores = subject.anomaly_scores(batch)
+            with autocast(device, precision):
+                s = subject.anomaly_scores(batch, scoring)
             cls = batch.class_idx.reshape(arms, -1)
             groups = (torch.arange(arms, device=device).unsqueeze(1) * n_cls + cls).reshape(-1)
-            image.update(scores.float(), batch.labels.reshape(-1), groups)
             masks = batch.masks.reshape(-1, *batch.masks.shape[-2:])
-            pixel.update(maps.float(), masks, groups.view(-1, 1, 1))
+            pixel.update_logits(s.map_logits, masks, groups.view(-1, 1, 1))
+            flat = s.maps.detach().double().flatten(1)
+            pix_min.scatter_reduce_(0, groups, flat.amin(1), "amin")
+            pix_max.scatter_reduce_(0, groups, flat.amax(1), "amax")
+            parts.append((groups, batch.labels.reshape(-1), s.map_max.float(), s.detection.float()))
+        if parts:
+            groups, labels, map_max, detection = (torch.cat(t) for t in zip(*parts))
+            image.update(image_scores(scoring, map_max, detection, groups, pix_min, pix_max), labels, groups)
     finally:
         subject.train(was_training)
     img, pix = image.compute(), pixel.compute()

@@ -1,4 +1,9 @@
-"""The two trainable pieces AA-CLIP Stage 2 adds to the frozen ViT: image adapters and the new branch."""
+"""The trainable pieces of AA-CLIP and the injected branch.
+
+AA-CLIP's own: the residual adapter (image blocks 0..5, text blocks 0..2), the bias-free projections,
+and the text adapter that Stage 1 trains (docs/parity.md maps each to the authors' code). The branch
+(image-to-text cross-attention) is the new piece ablate studies.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +12,57 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class ImageAdapter(nn.Module):
-    """AA-CLIP residual adapter: a = LeakyReLU(W x), then a norm-matched blend with weight w.
+class ResidualAdapter(nn.Module):
+    """AA-CLIP's residual adapter: a = LeakyReLU(W x) (no bias), then a norm-matched blend with weight w.
 
     ``x <- w * a * |x|/|a| + (1 - w) * x``: the adapter output is rescaled to the token's own norm,
-    so it can redirect but never inflate the stream.
+    so it can redirect but never inflate the stream. (|a| is clamped at 1e-12 only so an all-zero
+    output gives no NaN; AA-CLIP divides as is.)
     """
 
-    def __init__(self, width: int, weight: float = 0.1, eps: float = 1e-6) -> None:
+    def __init__(self, width: int, weight: float = 0.1) -> None:
         super().__init__()
         self.fc = nn.Linear(width, width, bias=False)
         nn.init.xavier_uniform_(self.fc.weight)
         self.act = nn.LeakyReLU()
         self.weight = weight
-        self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.act(self.fc(x))
-        a = a * (x.norm(dim=-1, keepdim=True) / (a.norm(dim=-1, keepdim=True) + self.eps))
+        a = a * (x.norm(dim=-1, keepdim=True) / a.norm(dim=-1, keepdim=True).clamp_min(1e-12))
         return self.weight * a + (1.0 - self.weight) * x
+
+
+def projection(d_in: int, d_out: int) -> nn.Linear:
+    """AA-CLIP's per-level and detection projection: bias-free, Xavier-uniform (its ``relu`` flag is
+    off by default, so no activation follows)."""
+    lin = nn.Linear(d_in, d_out, bias=False)
+    nn.init.xavier_uniform_(lin.weight)
+    return lin
+
+
+class TextAdapter(nn.Module):
+    """AA-CLIP's Stage 1 text adapter: residual adapters after the first ``layers`` text blocks and a
+    learned ``LeakyReLU(W x)`` (bias-free, d_txt -> embed) in place of CLIP's ``text_projection``.
+
+    At ViT-L-14 width (768 -> 768, 3 layers): 3 x 768^2 + 768^2 = 2,359,296 parameters.
+    """
+
+    def __init__(self, d_txt: int, embed: int, layers: int = 3, weight: float = 0.1) -> None:
+        super().__init__()
+        self.adapters = nn.ModuleList(ResidualAdapter(d_txt, weight) for _ in range(layers))
+        self.proj = nn.Sequential(projection(d_txt, embed), nn.LeakyReLU())
+
+    def encode(self, clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """Text embeddings [P, embed] (not normalised) of the tokenised prompts through the frozen text
+        tower with the adapters: the EOT token's features after ``ln_final``, through ``proj``."""
+        x = clip.token_embedding(tokens) + clip.positional_embedding
+        for i, block in enumerate(clip.transformer.resblocks):
+            x = block(x, attn_mask=clip.attn_mask)
+            if i < len(self.adapters):
+                x = self.adapters[i](x)
+        x = clip.ln_final(x)
+        return self.proj(x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)])
 
 
 class CrossAttentionBranch(nn.Module):

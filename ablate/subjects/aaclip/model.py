@@ -19,12 +19,13 @@ from torch import nn
 from ablate.engine.dropout import DropoutStream
 from ablate.engine.fixes import FixChoice, parse_fix
 from ablate.errors import AblateInputError
-from ablate.subjects.aaclip.backbone import backbone_spec, build_clip, encode_prompts
-from ablate.subjects.aaclip.layers import CrossAttentionBranch, ImageAdapter
+from ablate.subjects.aaclip.backbone import backbone_spec, build_clip, text_block0
+from ablate.subjects.aaclip.layers import CrossAttentionBranch, ResidualAdapter, projection
 from ablate.subjects.aaclip.loss import stage2_loss
-from ablate.subjects.aaclip.prompts import class_prompts
+from ablate.subjects.aaclip.scoring import BatchScores, Scoring, batch_scores
+from ablate.subjects.aaclip.text import clip_encoder, embed_classes, prompt_tokens
 
-LOGIT_SCALE = 100.0  # AA-CLIP's fixed temperature on cosine similarities
+LOGIT_SCALE = 100.0  # AA-CLIP's fixed temperature on the segmentation cosines
 
 
 @dataclass(frozen=True)
@@ -43,18 +44,28 @@ class AAClipConfig:
     # Seed of a randomly initialised backbone. Not the arm's seed: like pretrained weights, the frozen
     # backbone is one fixed network for every seed and arm, so packed arms can share it.
     backbone_seed: int = 0
+    # The backbone's MLP activation: nn.GELU as AA-CLIP builds it (its model config has no quick_gelu,
+    # even for OpenAI's weights); True = QuickGELU, what OpenAI's weights were trained with.
+    quick_gelu: bool = False
+    # The detection logits the cross-entropy sees: AA-CLIP's raw cosines (1.0); 100 = CLIP's temperature.
+    detection_logit_scale: float = 1.0
+    # The Stage 1 text adapter (a checkpoint file; None: trained by Stage 1, or none when it is off).
+    text_adapter: str | None = None
+    text_adapter_layers: int = 3  # residual adapters after text blocks 0..k-1
+    text_adapter_weight: float = 0.1
 
     def shared_part(self) -> tuple:
         """What arms must agree on to share one frozen backbone (and so train packed)."""
-        return (self.backbone, self.pretrained, self.backbone_seed, self.context_norm)
+        return (self.backbone, self.pretrained, self.backbone_seed, self.context_norm, self.quick_gelu)
 
 
 @dataclass
 class ForwardOut:
-    seg_logits: list[torch.Tensor]  # per level [n, 2, h, w]; n = arms x batch when packed
-    det_logits: torch.Tensor  # [n, 2]
+    seg_logits: list[torch.Tensor]  # per level [n, 2, h, w] (100 x cosine); n = arms x batch when packed
+    det_logits: torch.Tensor  # [n, 2]: detection_logit_scale x det_cosine
     final_features: torch.Tensor  # [n, N, E], L2-normalised, last level
     norm_inflation: torch.Tensor | None  # [arms] (0-d for one model), at the injection point; None = branch off
+    det_cosine: torch.Tensor | None = None  # [n, 2]: the detection token . (t_normal, t_abnormal)
 
 
 @dataclass
@@ -63,25 +74,22 @@ class SharedBackbone:
 
     clip: nn.Module
     classes: list[str]
-    text_embeds: torch.Tensor  # [C, E, 2]
+    text_embeds: torch.Tensor  # [C, E, 2], the frozen CLIP's (what Stage 2 uses with Stage 1 off)
     text_context: torch.Tensor  # [C, 16*77, d_txt]
 
 
 def build_backbone(cfg: AAClipConfig, classes: Sequence[str]) -> SharedBackbone:
-    import open_clip
-
     torch.manual_seed(cfg.backbone_seed)
-    clip = build_clip(backbone_spec(cfg.backbone), cfg.pretrained)
-    embeds, contexts = [], []
+    clip = build_clip(backbone_spec(cfg.backbone), cfg.pretrained, cfg.quick_gelu)
+    tokens = prompt_tokens(classes)
+    contexts = []
     with torch.no_grad():
-        for name in classes:
-            normal, abnormal = class_prompts(name)
-            emb, ctx = encode_prompts(clip, open_clip.tokenize(normal + abnormal))
-            t = torch.stack([emb[: len(normal)].mean(0), emb[len(normal) :].mean(0)], dim=-1)
-            embeds.append(F.normalize(t, dim=0))
+        embeds = embed_classes(clip_encoder(clip), tokens)
+        for toks, _ in tokens:
+            ctx = text_block0(clip, toks)
             ctx = ctx.reshape(-1, ctx.shape[-1])
             contexts.append(F.normalize(ctx, dim=-1) if cfg.context_norm else ctx)
-    return SharedBackbone(clip, list(classes), torch.stack(embeds), torch.stack(contexts))
+    return SharedBackbone(clip, list(classes), embeds, torch.stack(contexts))
 
 
 class _AAClipBase(nn.Module):
@@ -98,10 +106,12 @@ class _AAClipBase(nn.Module):
     grid: int
     inject_at: int
 
-    def _init_shared(self, shared: SharedBackbone) -> None:
+    def _init_shared(self, shared: SharedBackbone, text_embeds: torch.Tensor) -> None:
+        """``text_embeds``: [C, E, 2] for one model, [arms, C, E, 2] packed (each arm its own text side)."""
+        self.shared = shared
         self.clip = shared.clip
         self.classes = list(shared.classes)
-        self.register_buffer("text_embeds", shared.text_embeds, persistent=False)
+        self.register_buffer("text_embeds", text_embeds, persistent=False)
         self.register_buffer("text_context", shared.text_context, persistent=False)
         self.branch_active = True
 
@@ -151,18 +161,26 @@ class _AAClipBase(nn.Module):
                 x = self._adapt(i, x)
             if (i + 1) in level_set:
                 feats.append(x)
-        text = self.text_embeds[class_idx]  # [n, E, 2]
+        text = self._class_text(class_idx)  # [n, E, 2]
         seg_logits, final = [], None
         n = images.shape[0]
+        tokens = None
         for level, f in enumerate(feats):
-            f = F.normalize(self._seg_proj(level, visual.ln_post(f[:, 1:])), dim=-1)
+            tokens = visual.ln_post(f[:, 1:])
+            f = F.normalize(self._seg_proj(level, tokens), dim=-1)
             logits = LOGIT_SCALE * torch.bmm(f, text.to(f.dtype))  # [n, N, 2]
             seg_logits.append(logits.transpose(1, 2).reshape(n, 2, self.grid, self.grid))
             final = f
-        pooled = visual.ln_post(feats[-1][:, 1:]).mean(dim=1)
-        det = F.normalize(self._det_proj(pooled), dim=-1)
-        det_logits = LOGIT_SCALE * torch.bmm(det.unsqueeze(1), text.to(det.dtype)).squeeze(1)
-        return ForwardOut(seg_logits, det_logits, final, inflation)
+        # The detection token: every patch token of the last level projected and L2-normalised, then
+        # averaged (the mean is not normalised again, so its dot product is not quite a cosine).
+        det = F.normalize(self._det_proj(tokens), dim=-1).mean(dim=1)
+        det_cosine = torch.bmm(det.unsqueeze(1), text.to(det.dtype)).squeeze(1)  # [n, 2]
+        det_logits = self.detection_logit_scale * det_cosine
+        return ForwardOut(seg_logits, det_logits, final, inflation, det_cosine)
+
+    def _class_text(self, class_idx: torch.Tensor) -> torch.Tensor:
+        """Each sample's [E, 2] class text embedding (one model: one text side for every sample)."""
+        return self.text_embeds[class_idx]
 
     def compute_loss(self, batch) -> tuple[torch.Tensor, ForwardOut]:
         """Loss per arm ([arms]; 0-d for one model) on a batch (packed: [arms, B, ...] tensors)."""
@@ -172,25 +190,11 @@ class _AAClipBase(nn.Module):
         return (loss if self.n_arms > 1 else loss[0]), out
 
     @torch.no_grad()
-    def anomaly_scores(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(anomaly maps [n, H, W], image scores [n]), probabilities in [0, 1]; n = arms x batch.
-
-        Map: per level the abnormal probability ``softmax(seg_logits)[:, 1]`` (the loss's p),
-        upsampled bilinearly to the mask size, then the mean over levels (AA-CLIP's test averages
-        its levels; its Gaussian smoothing of the map is left out). Image score: the mean of the
-        detection head's abnormal probability and the map's maximum, so a defect the detection
-        token misses but the map finds still raises the score (the usual fusion in CLIP anomaly
-        detectors, e.g. AnomalyCLIP).
-        """
+    def anomaly_scores(self, batch, scoring: Scoring | None = None) -> BatchScores:
+        """The batch's anomaly maps at the mask size and the parts of its image scores (n = arms x
+        batch), made as ``scoring`` says (default: AA-CLIP's test; ablate/subjects/aaclip/scoring.py)."""
         out = self(batch.images, batch.class_idx)
-        size = batch.masks.shape[-2:]
-        maps = [
-            F.interpolate(torch.softmax(lg.float(), dim=1), size=size, mode="bilinear", align_corners=False)[:, 1]
-            for lg in out.seg_logits
-        ]
-        amap = torch.stack(maps).mean(0)
-        det = torch.softmax(out.det_logits.float(), dim=-1)[:, 1]
-        return amap, 0.5 * (det + amap.flatten(1).amax(1))
+        return batch_scores(out.seg_logits, out.det_cosine, batch.masks.shape[-2:], scoring or Scoring())
 
     # --- the per-arm pieces ----------------------------------------------------------------
     def _join_branch(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,7 +206,7 @@ class _AAClipBase(nn.Module):
     def _seg_proj(self, level: int, f: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _det_proj(self, pooled: torch.Tensor) -> torch.Tensor:
+    def _det_proj(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -210,14 +214,21 @@ class AAClipModel(_AAClipBase):
     """One arm: the frozen backbone, its adapters, projections and (unless no-branch) the branch."""
 
     def __init__(
-        self, cfg: AAClipConfig, classes: Sequence[str], seed: int = 0, shared: SharedBackbone | None = None
+        self,
+        cfg: AAClipConfig,
+        classes: Sequence[str],
+        seed: int = 0,
+        shared: SharedBackbone | None = None,
+        text_embeds: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         spec = backbone_spec(cfg.backbone)
         self.cfg = cfg
         self.seed = seed
         self.fix: FixChoice = parse_fix(cfg.fix, cfg.scale)
-        self._init_shared(shared if shared is not None else build_backbone(cfg, classes))
+        self.detection_logit_scale = float(cfg.detection_logit_scale)
+        shared = shared if shared is not None else build_backbone(cfg, classes)
+        self._init_shared(shared, shared.text_embeds if text_embeds is None else text_embeds)
         visual = self.clip.visual
         depth = len(visual.transformer.resblocks)
         d_img = visual.transformer.width
@@ -236,9 +247,9 @@ class AAClipModel(_AAClipBase):
         self.grid = visual.grid_size[0]
 
         torch.manual_seed(seed)
-        self.adapters = nn.ModuleList(ImageAdapter(d_img, cfg.adapter_weight) for _ in range(self.adapter_layers))
-        self.seg_proj = nn.ModuleList(nn.Linear(d_img, embed) for _ in self.levels)
-        self.det_proj = nn.Linear(d_img, embed)
+        self.adapters, self.seg_proj, self.det_proj = image_adapter(
+            d_img, embed, self.adapter_layers, len(self.levels), cfg.adapter_weight
+        )
 
         # The branch draws from its own RNG stream so every arm with the same seed shares the
         # adapter initialisation: the pairing the comparison rests on.
@@ -285,19 +296,34 @@ class AAClipModel(_AAClipBase):
     def _seg_proj(self, level: int, f: torch.Tensor) -> torch.Tensor:
         return self.seg_proj[level](f)
 
-    def _det_proj(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.det_proj(pooled)
+    def _det_proj(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.det_proj(tokens)
+
+
+def image_adapter(
+    d_img: int, embed: int, layers: int, levels: int, weight: float = 0.1
+) -> tuple[nn.ModuleList, nn.ModuleList, nn.Linear]:
+    """AA-CLIP's image adapter: residual adapters after blocks 0..layers-1, one projection per level
+    and the detection projection (at ViT-L-14: 6 x 1024^2 + 5 x 1024 x 768 = 10,223,616 parameters)."""
+    adapters = nn.ModuleList(ResidualAdapter(d_img, weight) for _ in range(layers))
+    seg_proj = nn.ModuleList(projection(d_img, embed) for _ in range(levels))
+    return adapters, seg_proj, projection(d_img, embed)
 
 
 DROPOUT_SEED_OFFSET = 2_000_003  # an arm's dropout stream: its own, apart from its initialisation
 
 
 def build_model(
-    cfg: AAClipConfig, classes: Sequence[str], seed: int = 0, shared: SharedBackbone | None = None
+    cfg: AAClipConfig,
+    classes: Sequence[str],
+    seed: int = 0,
+    shared: SharedBackbone | None = None,
+    text_embeds: torch.Tensor | None = None,
 ) -> AAClipModel:
-    """Config -> model (open_clip's config-to-builder habit); ``shared`` reuses a built backbone."""
+    """Config -> model (open_clip's config-to-builder habit); ``shared`` reuses a built backbone;
+    ``text_embeds`` [C, E, 2] replaces the frozen CLIP's class embeddings (Stage 1's text side)."""
     if not (isinstance(cfg.adapter_weight, float | int) and 0 < cfg.adapter_weight <= 1):
         raise AblateInputError("adapter_weight", "must be in (0, 1]")
     if not math.isfinite(float(cfg.adapter_weight)):
         raise AblateInputError("adapter_weight", "must be finite")
-    return AAClipModel(cfg, classes, seed, shared)
+    return AAClipModel(cfg, classes, seed, shared, text_embeds)

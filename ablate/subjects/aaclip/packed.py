@@ -19,7 +19,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ablate.errors import AblateInputError
 from ablate.subjects.aaclip.layers import attend
-from ablate.subjects.aaclip.model import AAClipModel, SharedBackbone, _AAClipBase
+from ablate.subjects.aaclip.model import AAClipModel, _AAClipBase
 
 
 class Stacked(nn.Module):
@@ -112,6 +112,7 @@ class PackedAAClip(_AAClipBase):
                 raise AblateInputError("pack", "packed arms must share one backbone (build them with shared=)")
             same = (
                 a.cfg.inject_at == first.cfg.inject_at
+                and a.detection_logit_scale == first.detection_logit_scale
                 and a.adapter_layers == first.adapter_layers
                 and a.levels == first.levels
                 and a.fix.join is first.fix.join
@@ -121,7 +122,9 @@ class PackedAAClip(_AAClipBase):
             if not same:
                 raise AblateInputError("pack", f"arm {a.fix.name!r} does not match {first.fix.name!r} in structure")
         self.n_arms = len(arms)
-        self._init_shared(SharedBackbone(first.clip, first.classes, first.text_embeds, first.text_context))
+        self.detection_logit_scale = first.detection_logit_scale
+        # Each arm keeps its own class text embeddings (arms of different seeds have their own Stage 1).
+        self._init_shared(first.shared, torch.stack([a.text_embeds for a in arms]))
         self._gate_names = sorted(first.gate_values())
         self.adapter_layers, self.levels, self.grid, self.inject_at = (
             first.adapter_layers,
@@ -156,6 +159,11 @@ class PackedAAClip(_AAClipBase):
         return self.branch.call(lambda m: m.join.gate_values())
 
     # --- the per-arm pieces ----------------------------------------------------------------
+    def _class_text(self, class_idx: torch.Tensor) -> torch.Tensor:
+        """Sample i of the stacked batch belongs to arm i // B: its class's embedding from its arm's text side."""
+        arm = torch.arange(self.n_arms, device=class_idx.device).repeat_interleave(class_idx.shape[0] // self.n_arms)
+        return self.text_embeds[arm, class_idx]
+
     def _per_arm(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(self.n_arms, -1, *x.shape[1:])
 
@@ -179,6 +187,6 @@ class PackedAAClip(_AAClipBase):
         out = self.seg_proj[level](self._per_arm(f))
         return out.reshape(-1, *out.shape[2:])
 
-    def _det_proj(self, pooled: torch.Tensor) -> torch.Tensor:
-        out = self.det_proj(self._per_arm(pooled))
+    def _det_proj(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = self.det_proj(self._per_arm(tokens))
         return out.reshape(-1, *out.shape[2:])

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ablate.engine.arm import ArmConfig, BuiltArm, validate_arm
+from ablate.engine.arm import ArmConfig, validate_arm
 from ablate.engine.fixes import parse_fix
 from ablate.errors import AblateInputError
 from ablate.subjects.module.arm import ModuleBuilt, held_out, load_code, make_model, to_device
@@ -92,10 +92,24 @@ class ModuleSubject:
     def check_data(self, cfg: ArmConfig) -> None:
         describe(cfg.subject)
 
-    def build(self, cfg: ArmConfig, like: BuiltArm | None = None) -> ModuleBuilt:
+    def build(self, cfg: ArmConfig, like: Any = None, stage1: Any = None) -> ModuleBuilt:
         return ModuleBuilt([cfg], like if isinstance(like, ModuleBuilt) else None)
 
-    def build_pack(self, cfgs: Sequence[ArmConfig], like: BuiltArm | None = None) -> ModuleBuilt:
+    def trains_stage1(self, cfg: ArmConfig) -> bool:
+        return False  # a [subject] spec has no Stage 1
+
+    def run_stage1(self, cfg: ArmConfig, like: Any, on_start: Any, on_step: Any) -> Any:
+        raise NotImplementedError("a user's model has no Stage 1")
+
+    def stage1_bytes(self, state: Any) -> bytes:
+        raise NotImplementedError("a user's model has no Stage 1")
+
+    def stage1_state(self, cfg: ArmConfig, data: bytes) -> Any:
+        raise NotImplementedError("a user's model has no Stage 1")
+
+    def build_pack(
+        self, cfgs: Sequence[ArmConfig], like: Any = None, stage1: Sequence[Any] | None = None
+    ) -> ModuleBuilt:
         keys = {self.packing_key(c) for c in cfgs}
         if len(keys) > 1:
             raise AblateInputError("pack", "packed arms may differ only in seed and scale (same fix type, settings)")

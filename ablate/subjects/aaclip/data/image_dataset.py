@@ -1,11 +1,11 @@
 """Images and masks on disk as ``Batch``es at the model's input size, and a prefetching step loader.
 
 Each image is resized straight to ``image_size`` x ``image_size`` (bicubic, no crop, as AA-CLIP does),
-so a mask resized the same way stays aligned with the patch grid; the mask is binarised (any
-non-zero pixel is a defect), resized bilinearly with antialiasing and thresholded at 0.5. Images are
-CLIP-normalised. ``augment`` flips and rotates image and mask together by multiples of 90 degrees,
+so a mask resized the same way stays aligned with the patch grid; the mask is resized
+nearest-neighbour and binarised (any non-zero pixel is a defect), as AA-CLIP does. Images are
+CLIP-normalised. ``augment`` (data/augment.py) transforms training images and masks together,
 drawn from (seed, image, step), so an augmented run is still reproducible; held-out batches are
-never augmented.
+never augmented. Training batches follow data/order.py: epochs, reshuffled every epoch.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
+from ablate.subjects.aaclip.data.augment import prepare
 from ablate.subjects.aaclip.data.folders import Sample
-from ablate.subjects.aaclip.data.synthetic import CLIP_MEAN, CLIP_STD, Batch
+from ablate.subjects.aaclip.data.order import batch_indices
+from ablate.subjects.aaclip.data.synthetic import CLIP_MEAN, CLIP_STD, Batch, augment_generator
 
 
 def load_image(path: str, size: int) -> torch.Tensor:
@@ -30,27 +31,16 @@ def load_image(path: str, size: int) -> torch.Tensor:
 
 
 def load_mask(path: str | None, size: int) -> torch.Tensor:
-    """[size, size] float {0, 1}; zeros without a mask file."""
+    """[size, size] float {0, 1}: the grey mask resized NEAREST, then any non-zero pixel is 1; zeros
+    without a mask file."""
     if path is None:
         return torch.zeros(size, size)
     from PIL import Image
 
     with Image.open(path) as im:
-        grey = im.convert("L")
-        w, h = grey.size
-        data = torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8).view(1, 1, h, w)
-    binary = (data > 0).float()
-    resized = F.interpolate(binary, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return (resized[0, 0] >= 0.5).float()
-
-
-def _augment(img: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    k = int(torch.randint(0, 4, (1,), generator=g))
-    flip = bool(torch.randint(0, 2, (1,), generator=g))
-    img, mask = torch.rot90(img, k, (1, 2)), torch.rot90(mask, k, (0, 1))
-    if flip:
-        img, mask = img.flip(2), mask.flip(1)
-    return img.contiguous(), mask.contiguous()
+        grey = im.convert("L").resize((size, size), Image.Resampling.NEAREST)
+        data = torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8).view(size, size)
+    return (data != 0).float()
 
 
 class FolderDataset:
@@ -66,7 +56,7 @@ class FolderDataset:
         image_size: int,
         class_names: Sequence[str],
         prompt_name: Callable[[str], str],
-        augment: bool = False,
+        augment: str = "none",
         seed: int = 0,
     ) -> None:
         self.samples = list(samples)
@@ -82,18 +72,20 @@ class FolderDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def sample(self, index: int, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        """(normalised image [3,H,W], mask [H,W], label, class index); ``step`` set: augmented."""
+    def sample(
+        self, index: int, step: int | None = None, colour: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """(normalised image [3,H,W], mask [H,W], label, class index); ``step`` set: augmented (with
+        the colour jitter unless ``colour`` is False)."""
         s = self.samples[index]
         img = load_image(s.image, self.image_size)
         mask = load_mask(s.mask, self.image_size)
-        if self.augment and step is not None:
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + index) * 1_000_033 + step)
-            img, mask = _augment(img, mask, g)
-        return (img - self._mean) / self._std, mask, s.label, self.class_idx[index]
+        g = None if step is None else augment_generator(self.seed, index, step)
+        img, mask = prepare(img, mask, self._mean, self._std, self.augment, g, colour)
+        return img, mask, s.label, self.class_idx[index]
 
-    def batch(self, indices: Sequence[int], step: int | None = None) -> Batch:
-        items = [self.sample(i, step) for i in indices]
+    def batch(self, indices: Sequence[int], step: int | None = None, colour: bool = True) -> Batch:
+        items = [self.sample(i, step, colour) for i in indices]
         return Batch(
             images=torch.stack([it[0] for it in items]),
             masks=torch.stack([it[1] for it in items]),
@@ -110,11 +102,11 @@ class FolderDataset:
 class StepBatches(torch.utils.data.Dataset):
     """Item ``step`` = the training batch of every arm at that step (stacked over arms if ``stack``).
 
-    Each entry of ``arms`` is (data set, training order, batch size): an arm's batch at a step is
-    the next ``batch size`` images of its own seeded order, cycled, exactly as the in-process path.
+    Each entry of ``arms`` is (data set, seed, batch size, pool size): an arm's batch at a step is
+    that step's batch of its own seeded epochs over the pool (data/order.py), as the in-process path.
     """
 
-    def __init__(self, arms: Sequence[tuple[object, torch.Tensor, int]], steps: int, stack: bool) -> None:
+    def __init__(self, arms: Sequence[tuple[object, int, int, int]], steps: int, stack: bool) -> None:
         self.arms = list(arms)
         self.steps = steps
         self.stack = stack
@@ -124,11 +116,8 @@ class StepBatches(torch.utils.data.Dataset):
 
     def batch(self, step: int) -> Batch:
         out = []
-        for dataset, order, bs in self.arms:
-            n = len(order)
-            start = (step * bs) % n
-            idx = [int(order[(start + j) % n]) for j in range(bs)]
-            out.append(dataset.batch(idx, step) if isinstance(dataset, FolderDataset) else dataset.batch(idx))
+        for dataset, seed, bs, pool in self.arms:
+            out.append(dataset.batch(batch_indices(seed, pool, bs, step), step))
         return Batch.stack(out) if self.stack else out[0]
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, ...]:

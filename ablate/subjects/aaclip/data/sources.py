@@ -10,12 +10,14 @@ are the same, which a cross-data-set study avoids by naming ``[eval_data]``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from ablate.errors import AblateInputError
 from ablate.subjects.aaclip.data.folders import Sample, Source, list_samples
 from ablate.subjects.aaclip.data.image_dataset import FolderDataset
+from ablate.subjects.aaclip.data.names import aaclip_names
 from ablate.subjects.aaclip.data.validate import validate_samples
 
 
@@ -25,7 +27,6 @@ class FolderConfig:
     eval: Source | None = None  # None: the test split of the training set
     real_names: tuple[tuple[str, str], ...] = ()  # folder class -> the name the prompts use
     few_shot: int = 0  # k training images per class (seeded by the data seed); 0 = all
-    augment: bool = False  # flips and 90-degree rotations of training images (never held-out ones)
     workers: int = 2  # processes that read training images ahead; 0 = in the training process
 
     @property
@@ -35,9 +36,13 @@ class FolderConfig:
         t = self.train
         return Source(t.kind, t.root, "test", t.classes, t.split_csv, t.field)
 
-    def prompt_name(self, class_name: str) -> str:
-        """The class as the prompts name it: the real-name map's entry, else underscores as spaces."""
-        return dict(self.real_names).get(class_name, class_name.replace("_", " "))
+    def prompt_name(self, class_name: str, kind: str | None = None) -> str:
+        """The class as the prompts name it: the spec's real-name entry, else AA-CLIP's name for a class
+        of that layout (MVTec AD, VisA: data/class_names.toml), else the folder name, ``_`` as a space."""
+        own = dict(self.real_names)
+        if class_name in own:
+            return own[class_name]
+        return aaclip_names(kind or "").get(class_name, class_name.replace("_", " "))
 
 
 _CHECKED: dict[Source, list[Sample]] = {}
@@ -85,18 +90,20 @@ class FolderData:
     eval: FolderDataset
 
 
-def build_folder_data(cfg: FolderConfig, image_size: int, seed: int) -> FolderData:
-    """Training and evaluation data sets over one class list (``seed``: few-shot draw, augmentation)."""
+def build_folder_data(cfg: FolderConfig, image_size: int, seed: int, augment: str = "none") -> FolderData:
+    """Training and evaluation data sets over one class list (``seed``: few-shot draw, augmentation;
+    ``augment``: the training images' augmentation, data/augment.py)."""
     check_folders(cfg)
     train = few_shot(checked_samples(cfg.train), cfg.few_shot, seed)
     held = checked_samples(cfg.eval_source)
+    train_name = partial(cfg.prompt_name, kind=cfg.train.kind)
+    held_name = partial(cfg.prompt_name, kind=cfg.eval_source.kind)
     classes: list[str] = []
-    for s in train + held:
-        name = cfg.prompt_name(s.class_name)
+    for name in [train_name(s.class_name) for s in train] + [held_name(s.class_name) for s in held]:
         if name not in classes:
             classes.append(name)
     return FolderData(
         tuple(classes),
-        FolderDataset(train, image_size, classes, cfg.prompt_name, cfg.augment, seed),
-        FolderDataset(held, image_size, classes, cfg.prompt_name),
+        FolderDataset(train, image_size, classes, train_name, augment, seed),
+        FolderDataset(held, image_size, classes, held_name),
     )

@@ -1,7 +1,9 @@
 """Synthetic anomaly data: procedural textures with drawn defects and exact pixel masks.
 
 Deterministic by (seed, index), generated on the fly, nothing downloaded. Class names are real
-MVTec AD texture categories so the prompts name real classes.
+MVTec AD texture categories so the prompts name real classes (by their folder names: the textures
+are not MVTec's, so AA-CLIP's descriptive names would describe other images). Training images are
+augmented as ``augment`` says (data/augment.py), like images on disk.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+
+from ablate.subjects.aaclip.data.augment import prepare
 
 TEXTURE_CLASSES = ("carpet", "grid", "leather", "tile", "wood")
 DEFECT_KINDS = ("scratch", "spot", "crack", "blotch")
@@ -38,6 +42,11 @@ class Batch:
         """Arms' batches side by side: every tensor gains a leading [arms] dimension."""
         fields = ("images", "masks", "labels", "class_idx")
         return Batch(*(torch.stack([getattr(b, f) for b in batches]) for f in fields))
+
+
+def augment_generator(seed: int, index: int, step: int) -> torch.Generator:
+    """The augmentation draws of one training image at one step."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + index) * 1_000_033 + step)
 
 
 def _grid_coords(size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,6 +139,7 @@ class SyntheticAnomalyDataset:
         classes: tuple[str, ...] = TEXTURE_CLASSES,
         anomaly_fraction: float = 0.5,
         cache_bytes: int = CACHE_BYTES,
+        augment: str = "none",
     ) -> None:
         unknown = [c for c in classes if c not in TEXTURE_CLASSES]
         if unknown:
@@ -138,13 +148,23 @@ class SyntheticAnomalyDataset:
         self.seed = seed
         self.classes = tuple(classes)
         self.anomaly_fraction = anomaly_fraction
+        self.augment = augment
         self._mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
         self._std = torch.tensor(CLIP_STD).view(3, 1, 1)
         self._cache: OrderedDict[int, tuple[torch.Tensor, torch.Tensor, int, int, str]] = OrderedDict()
         self._cache_max = cache_bytes // (4 * 4 * image_size * image_size)  # 3 image planes + mask, fp32
 
-    def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, int, str]:
-        """(normalised image [3,H,W], mask [H,W], label, class index, defect kind or '')."""
+    def sample(
+        self, index: int, step: int | None = None, colour: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, int, int, str]:
+        """(normalised image [3,H,W], mask [H,W], label, class index, defect kind or ''); ``step`` set:
+        augmented (with the colour jitter unless ``colour`` is False)."""
+        raw, mask, label, cls, kind = self._raw(index)
+        g = None if step is None else augment_generator(self.seed, index, step)
+        img, mask = prepare(raw, mask, self._mean, self._std, self.augment, g, colour)
+        return img, mask, label, cls, kind
+
+    def _raw(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, int, str]:
         hit = self._cache.get(index)
         if hit is not None:
             self._cache.move_to_end(index)
@@ -157,6 +177,7 @@ class SyntheticAnomalyDataset:
         return item
 
     def _draw(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, int, str]:
+        """(raw image [3,H,W] in [0, 1], mask, label, class index, defect kind)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         cls = index % len(self.classes)
         size = self.image_size
@@ -172,11 +193,10 @@ class SyntheticAnomalyDataset:
             # Defects differ from the texture in colour and brightness, as real ones do.
             img = torch.where(m, 0.15 * img + 0.85 * colour, img)
             mask = m.float()
-        img = (img.clamp(0.0, 1.0) - self._mean) / self._std
-        return img, mask, int(kind != ""), cls, kind
+        return img.clamp(0.0, 1.0), mask, int(kind != ""), cls, kind
 
-    def batch(self, indices: list[int]) -> Batch:
-        items = [self.sample(i) for i in indices]
+    def batch(self, indices: list[int], step: int | None = None, colour: bool = True) -> Batch:
+        items = [self.sample(i, step, colour) for i in indices]
         return Batch(
             images=torch.stack([it[0] for it in items]),
             masks=torch.stack([it[1] for it in items]),
