@@ -1,3 +1,3 @@
 """ablate: measure how an injected branch changes the gradient reaching a model's adapters."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -369,7 +369,7 @@ def test_row9_packed_arms_keep_each_seeds_own_text_side():
     weights = []
     for c in cfgs:
         torch.manual_seed(100 + c.seed)
-        weights.append(new_text_adapter(c.model).state_dict())
+        weights.append(new_text_adapter(c.subject.model).state_dict())
     pack = PackSetup(cfgs, text_adapters=weights)
     packed = train_pack(cfgs, built=pack)
     for c, w, p in zip(cfgs, weights, packed):
@@ -538,18 +538,18 @@ def test_row13_precision_is_an_option_and_bf16_quantises():
 
 # --- the spec's defaults are AA-CLIP's ------------------------------------------------------------------------
 def test_a_specs_defaults_are_aaclips_and_each_alternative_is_a_key():
-    arm = parse_spec('name = "s"').arm("none", None, 0)
+    arm = parse_spec('name = "s"').arm("none", None, 0).subject
     assert arm.stage1 == Stage1Config()  # 5 epochs, batch 16, lr 1e-5, orthogonality 0.1
     assert (arm.data.augment, arm.eval.scoring, arm.eval.domain) == ("aaclip", "aaclip", "industrial")
-    assert (arm.model.quick_gelu, arm.model.detection_logit_scale, arm.run.lr) == (False, 1.0, 5e-4)
+    assert (arm.model.quick_gelu, arm.model.detection_logit_scale, parse_spec('name = "s"').arm("none", None, 0).run.lr) == (False, 1.0, 5e-4)
     alt = parse_spec(
         'name = "s"\n[model]\ndetection_logit_scale = 100.0\n[data]\naugment = false\n'
         '[eval]\nscoring = "softmax"\ndomain = "medical"\n[stage1]\nenabled = false\n'
-    ).arm("none", None, 0)
+    ).arm("none", None, 0).subject
     assert alt.stage1 is None and alt.data.augment == "none" and alt.model.detection_logit_scale == 100.0
     assert (alt.eval.scoring, alt.eval.domain) == ("softmax", "medical")
-    assert parse_spec('name = "s"\n[data]\naugment = true\n').arm("none", None, 0).data.augment == "flips"
-    given = parse_spec('name = "s"\n[model]\ntext_adapter = "/ckpt/text_adapter.pth"\n').arm("none", None, 0)
+    assert parse_spec('name = "s"\n[data]\naugment = true\n').arm("none", None, 0).subject.data.augment == "flips"
+    given = parse_spec('name = "s"\n[model]\ntext_adapter = "/ckpt/text_adapter.pth"\n').arm("none", None, 0).subject
     assert given.stage1 is None and given.model.text_adapter == "/ckpt/text_adapter.pth"
 
 

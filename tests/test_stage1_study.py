@@ -84,7 +84,7 @@ def test_no_stage1_run_when_it_is_off_or_a_checkpoint_is_given(tmp_path, stage1)
     if stage1 == "off":
         spec_text += "enabled = false\n"
     else:
-        model = parse_spec(spec_text).arm("none", None, 0).model
+        model = parse_spec(spec_text).arm("none", None, 0).subject.model
         torch.manual_seed(0)
         (tmp_path / "ta.pt").write_bytes(to_bytes(new_text_adapter(model).state_dict()))
         spec_text += f'[model]\ntext_adapter = "{tmp_path / "ta.pt"}"\n'

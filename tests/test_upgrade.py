@@ -36,7 +36,7 @@ def _same_as_release(url: str) -> None:
     engine = open_storage(url, create=False)
     for name, frame in FRAMES.items():
         old = json.loads((RELEASE / f"{name}.json").read_text())
-        new = q.json_records(frame(engine))
+        new = q.json_records(frame(engine, "release-0.1.0"))
         assert len(new) == len(old), name
         for a, b in zip(old, new, strict=True):
             assert {k: b[k] for k in a} == a, name
@@ -74,22 +74,28 @@ def test_upgrade_keeps_every_number_sqlite(tmp_path: Path, capsys: pytest.Captur
     assert upgrade_storage(url) == []  # a second upgrade does nothing
 
 
-def test_study_run_upgrades_the_file_it_resumes(tmp_path: Path) -> None:
+def test_study_run_upgrades_the_file_and_refuses_to_mix_releases(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """study run upgrades an old file; the old study is not continued by this release (its AA-CLIP
+    numbers differ: docs/parity.md), and a new study runs beside it in the same file."""
     url = _old_copy(tmp_path)
     spec = tmp_path / "release.toml"
     shutil.copy(RELEASE / "release.toml", spec)
     with pytest.raises(SystemExit) as exc:
         main(["study", "run", str(spec), "--storage", url, "--trials", "4", "--no-plots", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "was run by ablate 0.1.0" in err[0] and "--name" in err[0]
+    _same_as_release(url)  # upgraded, nothing added to the old study
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "run", str(spec), "--storage", url, "--name", "again", "--trials", "1", "--no-plots", "-q"])
     assert exc.value.code == 0
     engine = open_storage(url, create=False)
-    trials = q.trials_frame(engine)
-    assert len(trials) == 4 and trials["ranked"].all()
-    # the three old trials read as they did; the new one has its groups from the long table
-    old = {r["trial_number"]: r for r in json.loads((RELEASE / "trials.json").read_text())}
-    new = {r["trial_number"]: r for r in q.json_records(trials)}
-    for number, row in old.items():
-        assert {k: new[number][k] for k in row} == row
-    assert new[3]["train_grad_ratio_layers"] is not None
+    new = q.trials_frame(engine, "again")
+    assert len(new) == 1 and new["ranked"].all() and new["train_grad_ratio_layers"].notna().all()
+    roles = set(q.runs_frame(engine, "again")["role"])
+    assert roles == {"stage1", "baseline", "control", "trial"}  # the stage1 role fits the upgraded table
+    _same_as_release(url)
 
 
 def _copy_to(src_url: str, dst_url: str) -> None:

@@ -9,7 +9,10 @@ failed step leaves the file as it was.
 
 Schema 1 -> 2: AA-CLIP's per-group numbers (``train_grad_ratio_layers``, ``grad_share_proj``, ...,
 33 columns of ablate_runs and ablate_probe_points) move to the long tables ablate_run_groups and
-ablate_probe_groups, keyed by group name, so that any subject's groups fit; the old columns go.
+ablate_probe_groups, keyed by group name, so that any subject's groups fit; the old columns go. And
+ablate_runs' CHECK constraints admit the ``stage1`` role (a subject's per-seed Stage 1 run): SQLite
+cannot alter a constraint, so there the table is rebuilt (foreign keys off while it is, so no child
+row is touched); PostgreSQL drops and adds the constraints.
 """
 
 from __future__ import annotations
@@ -126,6 +129,33 @@ def _move_group_columns(
     return len(rows)
 
 
+def _run_checks(conn: Connection) -> None:
+    """Give ablate_runs this release's CHECK constraints (rows and ids unchanged)."""
+    from sqlalchemy import CheckConstraint
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    table = RunModel.__table__
+    if conn.dialect.name == "postgresql":
+        for c in table.constraints:
+            if isinstance(c, CheckConstraint):
+                conn.execute(text(f"ALTER TABLE {table.name} DROP CONSTRAINT IF EXISTS {c.name}"))
+                conn.execute(text(f"ALTER TABLE {table.name} ADD CONSTRAINT {c.name} CHECK ({c.sqltext})"))
+        return
+    tmp = f"{table.name}_rebuilt"
+    ddl = str(CreateTable(table).compile(dialect=conn.dialect))
+    conn.exec_driver_sql(ddl.replace(f"CREATE TABLE {table.name} ", f"CREATE TABLE {tmp} ", 1))
+    have = _columns(conn, table.name)
+    cols = ", ".join(c.name for c in table.columns if c.name in have)
+    conn.exec_driver_sql(f"INSERT INTO {tmp} ({cols}) SELECT {cols} FROM {table.name}")
+    conn.exec_driver_sql(f"DROP TABLE {table.name}")
+    conn.exec_driver_sql(f"ALTER TABLE {tmp} RENAME TO {table.name}")
+    for index in table.indexes:
+        conn.execute(CreateIndex(index))
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise RuntimeError(f"rebuilding {table.name} broke {len(broken)} foreign keys; the upgrade is rolled back")
+
+
 def _v1_to_v2(conn: Connection) -> str:
     runs = _move_group_columns(conn, RunModel.__tablename__, {"run_id": "id"}, RUN_GROUP_COLUMNS, RunGroupMetricModel)
     probes = _move_group_columns(
@@ -135,7 +165,11 @@ def _v1_to_v2(conn: Connection) -> str:
         PROBE_GROUP_COLUMNS,
         ProbeGroupMetricModel,
     )
-    return f"schema 1 -> 2: per-group numbers moved to long tables ({runs} run values, {probes} probe values)"
+    _run_checks(conn)
+    return (
+        f"schema 1 -> 2: per-group numbers moved to long tables ({runs} run values, {probes} probe values); "
+        "runs admit the stage1 role"
+    )
 
 
 # version -> the step that upgrades a file from it to the next version
@@ -148,18 +182,26 @@ def upgrade(engine: Engine) -> list[str]:
     The tables this release adds must exist already (ablate.store.engine.create_schema).
     """
     done: list[str] = []
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_LOCK_KEY})
-        elif conn.dialect.name == "sqlite" and inspect(conn).has_table(RunModel.__tablename__):
-            # A write first takes SQLite's write lock before anything is read: a second worker
-            # waits here, then reads the version the first one left.
-            conn.execute(text(f"UPDATE {RunModel.__tablename__} SET id = id WHERE 1 = 0"))
-        version = schema_version(conn)
-        if version is None or version >= SCHEMA_VERSION:
-            return done
-        while version < SCHEMA_VERSION:
-            done.append(STEPS[version](conn))
-            version += 1
-        stamp(conn, version)
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:  # a no-op inside a transaction: before the first write begins one
+            conn.exec_driver_sql("PRAGMA foreign_keys = OFF")
+        try:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_LOCK_KEY})
+            elif inspect(conn).has_table(RunModel.__tablename__):
+                # A write first takes SQLite's write lock before anything is read: a second worker
+                # waits here, then reads the version the first one left.
+                conn.execute(text(f"UPDATE {RunModel.__tablename__} SET id = id WHERE 1 = 0"))
+            version = schema_version(conn)
+            if version is not None and version < SCHEMA_VERSION:
+                while version < SCHEMA_VERSION:
+                    done.append(STEPS[version](conn))
+                    version += 1
+                stamp(conn, version)
+            conn.commit()
+        finally:
+            if sqlite:
+                conn.rollback()
+                conn.exec_driver_sql("PRAGMA foreign_keys = ON")
     return done

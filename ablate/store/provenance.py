@@ -83,6 +83,12 @@ def _objectives_json(objectives: Sequence[Mapping[str, str]]) -> str:
     return json.dumps(out)
 
 
+def _release_line(version: str | None) -> tuple[str, ...]:
+    """A release's major.minor: studies are resumed only by the release line that started them
+    (a minor release may change what a run computes; e.g. 0.2 made the AA-CLIP subject AA-CLIP's)."""
+    return tuple((version or "0.1").split(".")[:2])
+
+
 def register_study(
     engine: Engine,
     name: str,
@@ -108,6 +114,13 @@ def register_study(
             raise ValueError(
                 f"study {name!r} already exists with a different spec (hash {row.spec_hash[:12]}, "
                 f"this spec {spec_hash[:12]}); use another --name"
+            )
+        mine = meta.get("ablate_version")
+        if mine is not None and _release_line(row.ablate_version) != _release_line(mine):
+            raise ValueError(
+                f"study {name!r} was run by ablate {row.ablate_version or 'before 0.1.0'}, and this release "
+                f"({mine}) computes AA-CLIP as AA-CLIP does (docs/parity.md), so its trials would not compare; "
+                "it stays readable; continue under another --name"
             )
         return row.id
 
