@@ -1,4 +1,4 @@
-"""Why per-step metrics go through MetricBuffer (DESIGN.md §6): time three ways to store one run's series.
+"""Why per-step metrics go through MetricBuffer (docs/performance.md): time three ways to store one run's series.
 
     PYTHONPATH=. python bench/bench_store_writes.py [--steps 1000] [--repeats 3]
 

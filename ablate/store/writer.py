@@ -1,4 +1,4 @@
-"""Writing studies, runs, per-step metrics and probe points (DESIGN.md §6).
+"""Writing studies, runs, per-step metrics and probe points (docs/results-database.md).
 
 Every function takes an Engine and does its own short transaction, so a worker never holds a write
 lock while it trains (SQLite allows one writer at a time). Per-step metrics go through
@@ -100,7 +100,7 @@ def _git_revision(cwd: Path) -> str | None:
 
 
 def runtime_meta(git_dir: str | Path | None = None) -> dict[str, str | None]:
-    """The software versions, git revision and host for :func:`register_study` (DESIGN.md §7).
+    """The software versions, git revision and host for :func:`register_study` (docs/results-database.md).
 
     Reads installed package metadata instead of importing torch/optuna/open_clip, so it is cheap.
     ``git_dir`` defaults to the directory of this source file (the ablate checkout).
@@ -328,7 +328,7 @@ class MetricBuffer:
     Flushes automatically once ``flush_every`` distinct steps are buffered, on :meth:`flush`, and on
     leaving a ``with`` block (also after an exception, so a failed run keeps the steps it reached).
     Values may be Python floats or 0-d tensors; tensors are detached when added and copied to the
-    host only at flush time (DESIGN.md §7: no host sync per step). A (step, name) added twice before a
+    host only at flush time (docs/performance.md: no host sync per step). A (step, name) added twice before a
     flush keeps the last value; adding a step that was already flushed fails at the next flush.
     ``n_flushes`` counts the transactions written, ``n_rows`` the rows.
     """
