@@ -63,6 +63,12 @@ DEFAULT_OBJECTIVES = ("adapter_gain", "dilution_train")
 EVAL_OBJECTIVES = EVAL_METRICS  # need [eval] enabled
 
 
+def known_objectives(names: Sequence[str]) -> list[str]:
+    """The names among a study's stored objectives that this version knows, in their order (a
+    database written by another version may name one it does not)."""
+    return [m for m in names if m in OBJECTIVES]
+
+
 def seed_value(name: str, row: Mapping[str, float]) -> float:
     """One seed's value of an objective from its run row (a dict of run columns)."""
     obj = OBJECTIVES[name]

@@ -351,32 +351,35 @@ def test_spec_defaults_match_the_spec_models():
             assert getattr(made, key) == value, (section_name, key)
 
 
-def test_pareto_ranks_peel_the_plots_front():
-    """Rank 1 is exactly pareto_front's front, and each later rank is the front of what is left
-    (ties, duplicates and one objective included), for both directions."""
+def test_pareto_ranks_peel_the_front_by_definition():
+    """Each rank is the set of points no other remaining point dominates (checked pairwise from the
+    definition), ties, duplicates and one objective included, for both directions; rank 1 is the
+    plot's front."""
     import random
 
-    from ablate.plot.pareto import pareto_front
-    from ablate.report.model import _pareto_ranks
+    from ablate.pareto import pareto_front, pareto_ranks
+
+    def dominates(a, b, dirs):
+        better = [(x <= y) if d == "minimize" else (x >= y) for x, y, d in zip(a, b, dirs)]
+        return all(better) and a != b
 
     rng = random.Random(0)
     for trial in range(300):
         n = rng.randint(1, 30)
         pts = [(float(rng.randint(0, 6)), float(rng.randint(0, 6))) for _ in range(n)]
         dirs = [rng.choice(["maximize", "minimize"]), rng.choice(["maximize", "minimize"])]
-        ranks = _pareto_ranks(pts, dirs)
+        ranks = pareto_ranks(pts, dirs)
         left = list(range(n))
         rank = 0
         while left:
             rank += 1
-            front = pareto_front(
-                [pts[i] for i in left], maximize_x=dirs[0] == "maximize", minimize_y=dirs[1] == "minimize"
-            )
-            want = sorted(left[i] for i in front)
+            want = sorted(i for i in left if not any(dominates(pts[j], pts[i], dirs) for j in left))
             assert sorted(i for i in left if ranks[i] == rank) == want, (trial, pts, dirs)
             left = [i for i in left if ranks[i] != rank]
-    assert _pareto_ranks([(1.0,), (3.0,), (3.0,), (2.0,)], ["maximize"]) == [3, 1, 1, 2]
-    assert _pareto_ranks([(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (1.0, 1.0, 1.0)], ["maximize"] * 3) == [2, 2, 1]
+        front = pareto_front(pts, maximize_x=dirs[0] == "maximize", minimize_y=dirs[1] == "minimize")
+        assert sorted(front) == sorted(i for i in range(n) if ranks[i] == 1)
+    assert pareto_ranks([(1.0,), (3.0,), (3.0,), (2.0,)], ["maximize"]) == [3, 1, 1, 2]
+    assert pareto_ranks([(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (1.0, 1.0, 1.0)], ["maximize"] * 3) == [2, 2, 1]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

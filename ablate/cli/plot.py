@@ -46,7 +46,7 @@ def plot(
 
 
 def draw_plots(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet: bool) -> list:
-    from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
+    from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, known_objectives
     from ablate.plot import render_all, source
     from ablate.plot.extract import PLOT_KINDS
     from ablate.store.engine import open_storage
@@ -58,7 +58,7 @@ def draw_plots(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet
     with lookup_errors():
         inputs = source.load(engine, name, kinds)
     settings = inputs.settings
-    objectives = [m for m in settings["objectives"] if m in OBJECTIVES]
+    objectives = known_objectives(settings["objectives"])
     y, x = (objectives + [m for m in DEFAULT_OBJECTIVES if m not in objectives])[:2]
     return render_all(
         inputs.runs,

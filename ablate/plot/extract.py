@@ -33,7 +33,7 @@ from ablate.engine.fix_order import registry_names
 from ablate.engine.metrics import loss_line  # the slope's own fit (plain maths, no torch)
 from ablate.errors import AblateInputError
 from ablate.eval import EVAL_METRICS
-from ablate.plot.pareto import pareto_front
+from ablate.pareto import pareto_front
 from ablate.stats import geo_mean
 
 # The registry's names read without importing torch (read commands stay light; see fix_order.py).

@@ -8,16 +8,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Engine
 
+from ablate.jsonout import json_value
 from ablate.report.model import Report, gather
 
 __all__ = ["Report", "ReportFiles", "gather", "write_report"]
@@ -30,23 +28,6 @@ class ReportFiles:
     html: Path
     json: Path
     figures: tuple[Path, ...]
-
-
-def _jsonable(v: Any) -> Any:
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return {f.name: _jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple | set | frozenset):
-        items = [_jsonable(x) for x in v]
-        return sorted(items, key=str) if isinstance(v, set | frozenset) else items
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, datetime):
-        return v.isoformat()
-    if isinstance(v, Path):
-        return v.name
-    return v
 
 
 def write_report(engine: Engine, study: str | None, out_dir: str | Path, source: str) -> ReportFiles:
@@ -66,5 +47,5 @@ def write_report(engine: Engine, study: str | None, out_dir: str | Path, source:
     md, page, js = out / "report.md", out / "report.html", out / "report.json"
     md.write_text(render_markdown(doc, out), encoding="utf-8")
     page.write_text(render_html(doc), encoding="utf-8")
-    js.write_text(json.dumps(_jsonable(report), indent=2) + "\n", encoding="utf-8")
+    js.write_text(json.dumps(json_value(report), indent=2) + "\n", encoding="utf-8")
     return ReportFiles(report.setting.study, md, page, js, tuple(figures.values()))

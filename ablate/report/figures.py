@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
+from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, known_objectives
 from ablate.stats import LEVEL
 
 PCT = f"{LEVEL:.0%}"
@@ -31,7 +31,7 @@ def render_figures(engine: Engine, study: str, out_dir: Path) -> dict[str, Path]
 
     inputs = source.load(engine, study)
     settings = inputs.settings
-    objectives = [m for m in settings["objectives"] if m in OBJECTIVES]
+    objectives = known_objectives(settings["objectives"])
     y, x = (objectives + [m for m in DEFAULT_OBJECTIVES if m not in objectives])[:2]
     skipped: dict[str, str] = {}
     try:

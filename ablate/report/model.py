@@ -11,7 +11,6 @@ Torch-free (like ``query`` and ``plot``): pandas, numpy and SQLAlchemy only.
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import sys
@@ -23,7 +22,8 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, inspect, select, text
 
-from ablate.objectives import OBJECTIVES, seed_value
+from ablate.objectives import OBJECTIVES, known_objectives, seed_value
+from ablate.pareto import pareto_ranks
 from ablate.plot.extract import fix_sort_key
 from ablate.stats import SCOPE_NONE, SCOPE_SEEDS, Interval, mean_ci, ratio_ci
 from ablate.store import query as q
@@ -314,62 +314,10 @@ class Paired:
     update_ratio: Interval  # train_update_ratio, the same way
 
 
-def _ranks_2d(keyed: list[tuple[float, float]]) -> list[int]:
-    """Non-dominated sorting of points where smaller is better on both axes, in O(n log n).
-
-    Points are taken best x first (ties: best y first); a point goes to the first layer none of whose
-    points dominates it. Every point already placed has x <= this one's, so a distinct earlier point
-    dominates it exactly when its y is <= this y; a layer is free when its lowest y is above this y,
-    and the layers' lowest ys never decrease with the layer, so a binary search finds it. Exact
-    duplicates do not dominate each other and share a rank (as on ``pareto_front``'s front).
-    """
-    order = sorted(range(len(keyed)), key=lambda i: keyed[i])
-    ranks = [0] * len(keyed)
-    lowest: list[float] = []  # per layer, the lowest y placed in it
-    previous: int | None = None
-    for i in order:
-        if previous is not None and keyed[i] == keyed[previous]:
-            ranks[i] = ranks[previous]
-            continue
-        y = keyed[i][1]
-        layer = bisect.bisect_right(lowest, y)
-        if layer == len(lowest):
-            lowest.append(y)
-        else:
-            lowest[layer] = min(lowest[layer], y)
-        ranks[i] = layer + 1
-        previous = i
-    return ranks
-
-
-def _pareto_ranks(points: list[tuple[float, ...]], directions: Sequence[str]) -> list[int]:
-    """Non-dominated sorting: rank 1 is the front (``ablate.plot.pareto.pareto_front``'s), rank 2 the
-    front once rank 1 is removed, ... One or two objectives in O(n log n); more, pairwise."""
-    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
-    keyed = [tuple(s * v for s, v in zip(signs, p)) for p in points]  # smaller is better on every axis
-    if len(directions) <= 2:
-        return _ranks_2d([(k[0], k[1] if len(k) > 1 else 0.0) for k in keyed])
-    ranks = [0] * len(points)
-    left = list(range(len(points)))
-    rank = 0
-    while left:
-        rank += 1
-        front = [
-            i
-            for i in left
-            if not any(all(a <= b for a, b in zip(keyed[j], keyed[i])) and keyed[j] != keyed[i] for j in left)
-        ]
-        for i in front:
-            ranks[i] = rank
-        chosen = set(front)
-        left = [i for i in left if i not in chosen]
-    return ranks
-
-
 def _ranked_trials(trials: pd.DataFrame, objectives: Sequence[str], directions: Sequence[str]) -> list[RankedTrial]:
     rows = [r for r in trials.to_dict(orient="records") if r["ranked"]]
     rows = [r for r in rows if all(math.isfinite(_f(r.get(m))) for m in objectives)]
-    ranks = _pareto_ranks([tuple(_f(r[m]) for m in objectives) for r in rows], directions) if objectives else []
+    ranks = pareto_ranks([tuple(_f(r[m]) for m in objectives) for r in rows], directions) if objectives else []
     out = [
         RankedTrial(
             trial_number=int(r["trial_number"]),
@@ -520,7 +468,7 @@ def gather(engine: Engine, study: str | None = None) -> Report:
     settings = q.study_settings(engine, study)
     name = settings["study"]
     trials, fixes, runs = q.summary_frames(engine, name)
-    objectives = [m for m in settings["objectives"] if m in OBJECTIVES] or ["adapter_gain"]
+    objectives = known_objectives(settings["objectives"]) or ["adapter_gain"]
     directions = [OBJECTIVES[m].direction for m in objectives]
     setting = _setting(
         engine, name, {**settings, "objectives": objectives, "directions": dict(zip(objectives, directions))}, runs

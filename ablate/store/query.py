@@ -8,16 +8,15 @@ only; a diverged run still shows its NaN/inf in :func:`runs_frame`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, inspect, or_, select
 
-from ablate.objectives import OBJECTIVES
+from ablate.jsonout import json_float, json_value
+from ablate.objectives import known_objectives
 from ablate.store import catalog, readonly_sql, summaries
 from ablate.store.catalog import latest_study, study_settings
 from ablate.store.encode import decode_fields, decode_float, decode_float_lists
@@ -163,7 +162,7 @@ def _trial_records(
     columns), its settings, id and name."""
     study_id, name = _resolve_study(conn, study)
     settings = catalog.settings(conn, study_id, name)
-    objectives = [m for m in settings["objectives"] if m in OBJECTIVES]
+    objectives = known_objectives(settings["objectives"])
     if runs is None:
         runs = summaries.run_records(conn, study_id, name, roles=("trial",))
     trial_runs = [r for r in runs if r["role"] == "trial"]
@@ -182,7 +181,7 @@ def _trials_df(records: list[dict[str, Any]], objectives: Sequence[str]) -> pd.D
 
 
 def _objectives(settings: dict[str, Any]) -> list[str]:
-    return [m for m in settings["objectives"] if m in OBJECTIVES]
+    return known_objectives(settings["objectives"])
 
 
 def trials_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
@@ -400,33 +399,6 @@ def class_metrics_frame(engine: Engine, study: str | None = None) -> pd.DataFram
     )
 
 
-def _json_value(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _json_value(x) for k, x in v.items()}
-    if isinstance(v, list | tuple | np.ndarray):
-        return [_json_value(x) for x in v]
-    if v is None or v is pd.NA or v is pd.NaT:
-        return None
-    if isinstance(v, float | np.floating):
-        f = float(v)
-        if math.isnan(f):
-            return None
-        return f if math.isfinite(f) else ("inf" if f > 0 else "-inf")
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, np.bool_):
-        return bool(v)
-    if isinstance(v, pd.Timestamp | datetime):
-        return v.isoformat()
-    return v
-
-
-def _json_float(f: float) -> float | str | None:
-    if f != f:  # NaN
-        return None
-    return f if -math.inf < f < math.inf else ("inf" if f > 0 else "-inf")
-
-
 def json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """The frame's rows as strict-JSON-safe dicts (for ``--json`` output).
 
@@ -441,9 +413,9 @@ def json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
         col = frame.iloc[:, i]
         values = col.tolist()
         if col.dtype == np.float64:
-            columns.append([_json_float(v) for v in values])
+            columns.append([json_float(v, "text") for v in values])
         else:
-            columns.append([_json_value(v) for v in values])
+            columns.append([json_value(v, "text") for v in values])
     return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
