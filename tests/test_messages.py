@@ -54,7 +54,11 @@ def test_study_to_a_file_prints_one_plain_line_per_run(capsys, tmp_path):
     )
     assert lines[-1] == "study mini: 2 finished trials (2 run now, 0 failed)"
     assert not any(ch in err for ch in "━─┏\r")  # no bar, table or carriage-return frames
-    assert out.lstrip().startswith("per fix")  # stdout: the table alone, on a line of its own
+    assert out.lstrip().startswith("per fix")  # stdout: the table, then what to run next
+    assert "\nrecommended: " in out
+    assert out.splitlines()[-1] == (
+        f"next, the study written up (Markdown, HTML): ablate report mini --storage {url} --out reports/mini"
+    )
 
     # the same name with another spec: one line, on its own
     other = write_spec(tmp_path, MINI.replace("steps = 6", "steps = 5"), "other.toml")
@@ -66,7 +70,7 @@ def test_probe_and_train_to_a_file_print_a_plain_line_per_arm(capsys):
     code, out, err = cli(capsys, "train", "--fix", "none", "--steps", "2", "--batches", "2", "--device", "cpu")
     assert code == 0 and "Training run: none" in out
     lines = err.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["baseline no-branch", "train none"]
+    assert [line.split(":")[0] for line in lines] == ["no-branch (baseline)", "train none"]
     assert all(" steps in " in line and "loss slope" in line for line in lines)
     code, out, err = cli(capsys, "probe", "--fix", "zero-init", "--batches", "2", "--device", "cpu")
     assert code == 0 and err == "probe zero-init: R 1\n"

@@ -145,7 +145,7 @@ def make_references() -> pd.DataFrame:
         [
             {"study": "s1", "fix": "no-branch (baseline)", "n_seeds": 3, X: 0.0, f"{X}_lo": 0.0, f"{X}_hi": 0.0,
              Y: 0.35, f"{Y}_lo": 0.30, f"{Y}_hi": 0.41},
-            {"study": "s1", "fix": "frozen-adapters (control)", "n_seeds": 2, X: 13.8, f"{X}_lo": 13.0,
+            {"study": "s1", "fix": "frozen (control)", "n_seeds": 2, X: 13.8, f"{X}_lo": 13.0,
              f"{X}_hi": 14.0, Y: 0.0, f"{Y}_lo": NAN, f"{Y}_hi": NAN},
         ]
     )  # fmt: skip
@@ -262,7 +262,7 @@ def test_tradeoff_references(trials: pd.DataFrame, references: pd.DataFrame) -> 
     base, control = data.references
     assert base == ReferenceMark("no-branch (baseline)", 0.0, 0.0, 0.0, 0.35, 0.30, 0.41, 3)
     assert (control.label, control.x, control.x_lo, control.x_hi, control.y, control.n_seeds) == (
-        "frozen-adapters (control)", 13.8, 13.0, 14.0, 0.0, 2,
+        "frozen (control)", 13.8, 13.0, 14.0, 0.0, 2,
     )  # fmt: skip
     assert math.isnan(control.y_lo) and math.isnan(control.y_hi)
     # References are marks, never points or front members.
@@ -539,7 +539,7 @@ def test_render_every_kind(
         assert_valid(p)
     # the keyword arguments reach the figure (matplotlib's SVG keeps each text as a comment)
     svg = (tmp_path / "tradeoff.svg").read_text()
-    for text in ("no-branch (baseline), 3 seeds", "frozen-adapters (control), 2 seeds", "probe threshold R"):
+    for text in ("no-branch (baseline), 3 seeds", "frozen (control), 2 seeds", "probe threshold R"):
         assert text in svg
     assert "threshold R = 0.8" in (tmp_path / "ratio-scale.svg").read_text()
 
@@ -554,7 +554,7 @@ def test_render_tradeoff_draws_unranked_front_references_threshold(
     _, labels = ax.get_legend_handles_labels()
     assert "not ranked: pruned, failed, incomplete or no value (4)" in labels
     assert "Pareto front (ranked trials)" in labels
-    assert "no-branch (baseline), 3 seeds" in labels and "frozen-adapters (control), 2 seeds" in labels
+    assert "no-branch (baseline), 3 seeds" in labels and "frozen (control), 2 seeds" in labels
     assert "fixed-scale (2 trials)" in labels and "none (1 trial)" in labels
     (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "probe threshold R = 0.8"]
     assert line.get_xdata()[0] == pytest.approx(-math.log(0.8))

@@ -161,7 +161,7 @@ def check_evidence(md: str, per_fix: list[dict]) -> None:
         check_cell(r45["slope - baseline"], q, "loss_slope_rel", interval=False)
 
 
-REFS = ("no-branch (baseline)", "frozen-adapters (control)")
+REFS = ("no-branch (baseline)", "frozen (control)")
 
 
 def test_evidence_tables_equal_query_group_by_fix(written):
@@ -242,7 +242,7 @@ def test_setting_and_caveats_come_from_the_stored_study(written):
     caveats = section(md, "## 7.")
     assert "2 seeds" in caveats and "Toy model" in caveats and "Random init" in caveats
     assert "each run has 6 steps" in caveats
-    control = next(r for r in written["per_fix"] if r["fix"] == "frozen-adapters (control)")
+    control = next(r for r in written["per_fix"] if r["fix"] == "frozen (control)")
     m = re.search(r"the frozen control - the baseline on `adapter_gain`, paired by seed: ([^;]*);", caveats)
     check_cell(m.group(1), control, "adapter_gain_diff")  # the query's paired gain difference of the control
 

@@ -45,6 +45,28 @@ def emit_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(json_value(doc), indent=2) + "\n")
 
 
+def program() -> str:
+    """How the user runs ``ablate``, for the commands we print for them to run next: ``ablate`` when
+    their shell finds this program by that name, else the path they typed (``.venv/bin/ablate``)."""
+    import shutil
+
+    typed = sys.argv[0] if sys.argv else ""
+    if os.path.basename(typed) != "ablate":  # python -m ablate, or called in-process
+        return "ablate"
+    found = shutil.which("ablate")
+    if found and os.path.realpath(found) == os.path.realpath(typed):
+        return "ablate"
+    return typed
+
+
+def storage_option(storage: str | None) -> str:
+    """`` --storage URL`` (password masked) when the user named a database with ``--storage``, else ''
+    ($ABLATE_STORAGE, if set, applies to the next command as it did to this one)."""
+    from ablate.store.engine import DEFAULT_STORAGE, display_url
+
+    return "" if not storage or storage == DEFAULT_STORAGE else f" --storage {display_url(storage)}"
+
+
 def open_read(open_storage, url):
     try:
         return open_storage(url, create=False)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ablate.cli.app import JsonOpt, StorageOpt, app, out_console
-from ablate.cli.common import check_out_dir, emit_json, open_read
+from ablate.cli.common import check_out_dir, emit_json, open_read, program
 from ablate.errors import AblateInputError
 
 
@@ -29,7 +29,7 @@ def report(
     engine = open_read(open_storage, url)
     check_out_dir(out_dir, "--out", "the report")
     try:
-        files = write_report(engine, study, out_dir, display_url(url))
+        files = write_report(engine, study, out_dir, display_url(url), program())
     except LookupError as exc:
         raise AblateInputError("STUDY", str(exc).strip("'\"")) from None
     if as_json:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ablate.cli.app import JsonOpt, QuietOpt, StorageOpt, ThreadsOpt, err, study_app
-from ablate.cli.common import check_out_dir, check_threads, emit_json, print_view
+from ablate.cli.common import check_out_dir, check_threads, emit_json, print_view, program, storage_option
 from ablate.cli.plot import draw_plots
 from ablate.errors import AblateInputError
 
@@ -125,3 +125,5 @@ def study_run(
             err.print(f"{outcome.failed} trial(s) failed this time; run the same command to retry them.")
         for p in written:
             sys.stdout.write(f"plot: {p}\n")  # plain: a long path must not wrap
+        report = f"{program()} report {outcome.name}{storage_option(storage)} --out reports/{outcome.name}"
+        sys.stdout.write(f"next, the study written up (Markdown, HTML): {report}\n")

@@ -30,6 +30,7 @@ from ablate.cli.app import (
 )
 from ablate.cli.arms import arm_config
 from ablate.cli.common import emit_json, plain_line, print_probe_table, progress_bar, worker_threads
+from ablate.ranking import REFERENCE_LABELS
 from ablate.textfmt import fmt
 
 
@@ -108,7 +109,7 @@ def train(
     with_base = baseline and not (setup.fix_name == NO_BRANCH and not freeze_adapters)
     if with_base:
         base_cfg = replace(cfg.with_fix(NO_BRANCH, None), freeze_adapters=False)
-        arms.insert(0, ("baseline no-branch", base_cfg, None))
+        arms.insert(0, (REFERENCE_LABELS["baseline"], base_cfg, None))
     results = []
     with worker_threads(threads), progress_bar(quiet or as_json) as prog:
         for label, arm_cfg, arm_setup in arms:

@@ -30,9 +30,12 @@ class ReportFiles:
     figures: tuple[Path, ...]
 
 
-def write_report(engine: Engine, study: str | None, out_dir: str | Path, source: str) -> ReportFiles:
+def write_report(
+    engine: Engine, study: str | None, out_dir: str | Path, source: str, program: str = "ablate"
+) -> ReportFiles:
     """Write the study's report into ``out_dir`` (created if missing); ``source`` is the database URL
-    the report names (passwords masked by the caller). LookupError for an unknown study."""
+    the report names (passwords masked by the caller), ``program`` how its reader runs ablate (its
+    "reproduce" commands start with it). LookupError for an unknown study."""
     from ablate.report.document import compose
     from ablate.report.figures import render_figures
     from ablate.report.html import render_html
@@ -43,7 +46,7 @@ def write_report(engine: Engine, study: str | None, out_dir: str | Path, source:
     out.mkdir(parents=True, exist_ok=True)
     figures = render_figures(engine, report.setting.study, out)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    doc = compose(report, figures, source, generated)
+    doc = compose(report, figures, source, generated, program)
     md, page, js = out / "report.md", out / "report.html", out / "report.json"
     md.write_text(render_markdown(doc, out), encoding="utf-8")
     page.write_text(render_html(doc), encoding="utf-8")

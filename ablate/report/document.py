@@ -146,8 +146,9 @@ def _scope_words(arms: Sequence[ArmEvidence]) -> str:
 # ------------------------------------------------------------------------------------------ compose
 
 
-def compose(report: Report, figures: dict[str, Path], source: str, generated: str) -> Document:
-    """The whole report as blocks; ``figures`` are {kind: PNG path}, ``source`` the database URL shown."""
+def compose(report: Report, figures: dict[str, Path], source: str, generated: str, program: str = "ablate") -> Document:
+    """The whole report as blocks; ``figures`` are {kind: PNG path}, ``source`` the database URL shown,
+    ``program`` the command its "reproduce" section runs ablate with."""
     s = report.setting
     doc = Document(f"Gradient dilution: study {s.study}")
     doc.add(
@@ -166,7 +167,7 @@ def compose(report: Report, figures: dict[str, Path], source: str, generated: st
     _recommendation(doc, report)
     _more_figures(doc, figures)
     _excluded(doc, report)
-    _reproduce(doc, report, source)
+    _reproduce(doc, report, source, program)
     return doc
 
 
@@ -718,17 +719,17 @@ def _excluded(doc: Document, r: Report) -> None:
     )
 
 
-def _reproduce(doc: Document, r: Report, source: str) -> None:
+def _reproduce(doc: Document, r: Report, source: str, program: str) -> None:
     name = r.setting.study
     doc.add(
         Heading(2, "11. Reproduce"),
         Para("The tables above, and this report, from the same database:"),
         Code(
-            f"ablate query --study {name} --storage {source} --group-by fix --format csv\n"
-            f"ablate query --study {name} --storage {source} --runs --format csv\n"
-            f"ablate report {name} --storage {source} --out DIR",
+            f"{program} query --study {name} --storage {source} --group-by fix --format csv\n"
+            f"{program} query --study {name} --storage {source} --runs --format csv\n"
+            f"{program} report {name} --storage {source} --out DIR",
             "bash",
         ),
-        Para("The spec stored with the study (`ablate study run` on it reruns the study):"),
+        Para(f"The spec stored with the study (`{program} study run` on it reruns the study):"),
         Code(r.setting.spec_text.strip(), "toml"),
     )

@@ -146,7 +146,7 @@ METRIC_COLUMNS = [
     *(f"{m}{end}" for m in EVAL_FIELDS for end in ("", "_lo", "_hi")),
     "ci_scope", "threshold", "verdict",
 ]  # fmt: skip
-FIX_HEAD_COLUMNS = ["study", "fix", "n_trials", "n_unranked", "best_trial", "scale", "n_seeds"]
+FIX_HEAD_COLUMNS = ["study", "fix", "rank", "recommended", "n_trials", "n_unranked", "best_trial", "scale", "n_seeds"]
 
 
 def _ordered(records: list[dict[str, Any]], head: list[str], objectives: Sequence[str]) -> pd.DataFrame:
@@ -206,26 +206,39 @@ def _fix_records(
     conn: Any, study: str | None, runs: list[dict[str, Any]] | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """(fix records, trial records, settings) from the study's runs (read here when not given)."""
-    trials, settings, study_id, name = _trial_records(conn, study, runs)
     if runs is None:
-        refs = summaries.run_records(conn, study_id, name, roles=tuple(REFERENCE_LABELS))
-    else:
-        refs = [r for r in runs if r["role"] in REFERENCE_LABELS]
-    fixes = summaries.fix_records(trials, refs, name, _objectives(settings), settings["threshold"], METRIC_COLUMNS)
+        study_id, name = _resolve_study(conn, study)
+        runs = summaries.run_records(conn, study_id, name)
+    trials, settings, _, name = _trial_records(conn, study, runs)
+    fixes = summaries.fix_records(trials, runs, name, _objectives(settings), settings["threshold"], METRIC_COLUMNS)
     return fixes, trials, settings
 
 
+FIX_VERSUS_COLUMNS = ["vs_baseline", "vs_baseline_diff", "vs_baseline_diff_lo", "vs_baseline_diff_hi"]
+
+
 def _fixes_df(records: list[dict[str, Any]], objectives: Sequence[str]) -> pd.DataFrame:
-    df = _ordered(records, FIX_HEAD_COLUMNS, objectives)
-    return df.astype({"n_trials": "int64", "n_unranked": "int64", "best_trial": "Int64", "n_seeds": "int64"})
+    obj_cols = [c for m in objectives for c in (m, f"{m}_lo", f"{m}_hi")]
+    columns = [*FIX_HEAD_COLUMNS, *obj_cols, *FIX_VERSUS_COLUMNS, *[c for c in METRIC_COLUMNS if c not in obj_cols]]
+    df = pd.DataFrame.from_records(records, columns=list(dict.fromkeys([*columns, "wall_s"])))
+    return df.astype(
+        {"rank": "Int64", "recommended": "bool", "n_trials": "int64", "n_unranked": "int64", "best_trial": "Int64",
+         "n_seeds": "int64"}
+    )  # fmt: skip
 
 
 def group_by_fix(engine: Engine, study: str | None = None) -> pd.DataFrame:
-    """One row per fix: its best *ranked* trial (by the study's first objective) with that trial's
-    intervals over seeds, and how many ranked trials the fix has; then the references, the no-branch
-    baseline and the frozen-adapter control, over their seeds. Different scales of a fix are different
-    arms, so they are never pooled as replicates; unranked (pruned, failed, incomplete) trials never
-    count. Rows: the references first, then the fixes by name.
+    """One row per fix: its best *ranked* trial by the study's first objective (ties: the better
+    Pareto rank) with that trial's intervals over seeds, and how many ranked trials the fix has;
+    before them the references, the no-branch baseline and the frozen control, over their seeds.
+    Different scales of a fix are different arms, so they are never pooled as replicates; unranked
+    (pruned, failed, incomplete) trials never count.
+
+    Rows: the references, then the fixes by ``rank`` (best first on the first objective), then the
+    fixes with no ranked trial. ``vs_baseline`` ('better', 'worse', '≈ base', or '-' with one seed)
+    and ``vs_baseline_diff`` [``_lo``, ``_hi``] compare each row's first objective with the
+    baseline's, paired by seed; ``recommended`` marks the fix whose trial ``ablate report``
+    recommends (:mod:`ablate.ranking`).
     """
     with engine.connect() as conn:
         fixes, _, settings = _fix_records(conn, study)

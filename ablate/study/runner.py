@@ -25,6 +25,7 @@ from ablate.engine.loop import RunConfig
 from ablate.engine.metrics import edge_means, loss_slope
 from ablate.engine.result import TrainResult
 from ablate.objectives import seed_value, trial_value
+from ablate.ranking import REFERENCE_LABELS
 from ablate.spec import OBJECTIVE_DIRECTIONS, StudySpec, spec_hash
 from ablate.store import writer
 from ablate.store.engine import open_storage, retry_schema_race
@@ -118,7 +119,7 @@ def pack_label(runs: list[ClaimedRun]) -> str:
         trials = _joined([str(r.trial_number) for r in runs])
         label = f"trial{'s' if ',' in trials else ''} {trials} {choice.name}"
     else:
-        label = "baseline no-branch" if first.role == "baseline" else "control frozen-adapters"
+        label = REFERENCE_LABELS[first.role]
     if choice.scale is not None:
         scales = {r.trial_number: parse_fix(r.fix, r.scale).scale for r in runs}
         label += " s=" + ",".join(f"{v:.3g}" for v in scales.values())
