@@ -25,6 +25,7 @@ from ablate.plot import (
     pareto_front,
     ranked_runs,
 )
+from ablate.stats import t_ppf
 
 NAN = float("nan")
 RUN_COLUMNS = [
@@ -425,7 +426,11 @@ def test_ratio_vs_scale_geometric_means(runs: pd.DataFrame) -> None:
     np.testing.assert_allclose(fs.scale, [0.1, 1.0])
     # 0.5 and 2.0 average to 1 geometrically (arithmetically 1.25); the failed seed's 5.0 is ignored
     np.testing.assert_allclose(fs.ratio, [1.0, 0.6])
-    np.testing.assert_allclose(fs.ratio_std, [np.std([0.5, 2.0], ddof=1), 0.0])
+    # 95% t-interval of the geometric mean over the runs, on the logs; one run has none
+    half = t_ppf(0.975, 1) * np.std(np.log([0.5, 2.0]), ddof=1) / np.sqrt(2)
+    np.testing.assert_allclose([fs.ratio_lo[0], fs.ratio_hi[0]], [np.exp(-half), np.exp(half)])
+    assert np.isnan(fs.ratio_lo[1]) and np.isnan(fs.ratio_hi[1])
+    assert not data.one_scale_per_fix  # fixed-scale ran at 0.1 and 1
     np.testing.assert_array_equal(fs.n_runs, [2, 1])
     # trials 6 and 9 drew the same layerscale: one configuration, pooled (sqrt(1.0 * 0.25))
     ls = series["layerscale"]

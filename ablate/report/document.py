@@ -477,6 +477,8 @@ def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
                 f"[lo, hi]: {PCT} t-interval over the seeds' values.",
             )
         )  # fmt: skip
+        if "eval" in figures:
+            doc.add(Figure(figures["eval"], CAPTIONS["eval"]))
     for kind in ("loss", "grad-norms"):
         if kind in figures:
             doc.add(Figure(figures[kind], CAPTIONS[kind]))

@@ -16,7 +16,7 @@ import pandas as pd
 from sqlalchemy import Engine, inspect, or_, select
 
 from ablate.jsonout import json_float, json_value
-from ablate.objectives import known_objectives
+from ablate.objectives import OBJECTIVES, known_objectives
 from ablate.store import catalog, readonly_sql, summaries
 from ablate.store.catalog import latest_study, study_settings
 from ablate.store.encode import decode_fields, decode_float, decode_float_lists
@@ -142,10 +142,20 @@ METRIC_COLUMNS = [
     "grad_ratio_init", "grad_ratio_init_lo", "grad_ratio_init_hi",
     *(f"grad_ratio_init_{g}" for g in GROUPS),
     *(f"grad_share_init_{g}" for g in GROUPS),
-    "grad_ratio_mean", "loss_slope", "loss_slope_std", "loss_slope_rel", "loss_first", "loss_last",
+    "grad_ratio_mean", "loss_slope", "loss_slope_lo", "loss_slope_hi", "loss_slope_std", "loss_slope_rel", "loss_first",
+    "loss_last",
     *(f"{m}{end}" for m in EVAL_FIELDS for end in ("", "_lo", "_hi")),
     "ci_scope", "threshold", "verdict",
 ]  # fmt: skip
+# The metrics a trial can be drawn by (``ablate plot --x/--y``): the trials frame's value columns and
+# every objective (one the study did not optimise is derived from its column: ablate/plot/extract.py).
+TRIAL_METRICS: tuple[str, ...] = tuple(
+    sorted(
+        {c for c in METRIC_COLUMNS if not c.endswith(("_lo", "_hi")) and c not in ("ci_scope", "threshold", "verdict")}
+        | set(OBJECTIVES)
+        | {"wall_s"}
+    )
+)
 FIX_HEAD_COLUMNS = ["study", "fix", "rank", "recommended", "n_trials", "n_unranked", "best_trial", "scale", "n_seeds"]
 
 

@@ -152,6 +152,9 @@ def metric_columns(rows: list[dict[str, Any]], objectives: Sequence[str], thresh
     rec["grad_ratio_mean"] = column_interval("grad_ratio_mean", rows, ratio=True).estimate
     for column in ("loss_slope", "loss_slope_rel", "loss_first", "loss_last"):
         rec[column] = _mean([r.get(column) for r in rows])
+    slope = column_interval("loss_slope", rows)  # the y of the loss-versus-ratio figure, with its interval
+    rec.setdefault("loss_slope_lo", slope.lo)
+    rec.setdefault("loss_slope_hi", slope.hi)
     rec["loss_slope_std"] = _std([r.get("loss_slope") for r in rows])
     for column in EVAL_FIELDS:  # the end-of-run evaluation, mean over seeds (NaN: not evaluated)
         if column not in rec:
