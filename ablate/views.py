@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ablate.ranking import REFERENCE_LABELS
 from ablate.tablefit import Col, hidden_note
-from ablate.textfmt import MISSING, column_decimals, fixed, fmt, fmt_ci
+from ablate.textfmt import MISSING, column_decimals, fixed, fmt, fmt_ci, scale_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -91,8 +91,7 @@ def _ci(row: dict, name: str, decimals: int) -> str:
 
 
 def _scale(v: Any) -> str:
-    v = _num(v)
-    return MISSING if v is None else fmt(v, 3)
+    return scale_text(_num(v))
 
 
 def _int(v: Any) -> str:
@@ -174,7 +173,7 @@ def trials_view(frame: pd.DataFrame, objectives: list[str]) -> TableView:
 def _fix_label(r: dict) -> str:
     """A fix with its best trial's scale ('tanh-gate s=0'), as the figures label it."""
     scale = _num(r.get("scale"))
-    return str(r["fix"]) if scale is None else f"{r['fix']} s={fmt(scale, 3)}"
+    return str(r["fix"]) if scale is None else f"{r['fix']} s={scale_text(scale)}"
 
 
 def recommendation_line(records: Sequence[dict], primary: str) -> str:

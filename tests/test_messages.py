@@ -77,3 +77,50 @@ def test_probe_and_train_to_a_file_print_a_plain_line_per_arm(capsys):
     assert max(len(line) for line in out.splitlines()) <= 80  # piped, no COLUMNS: 80 columns
     code, out, err = cli(capsys, "probe", "--fix", "zero-init", "--batches", "2", "--device", "cpu", "--quiet")
     assert code == 0 and err == ""
+
+
+@pytest.mark.parametrize("columns", ["80", "200"])
+def test_help_lists_every_command_with_its_whole_summary(capsys, monkeypatch, columns):
+    monkeypatch.setenv("COLUMNS", columns)
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0 and "…" not in out and "..." not in out.split("Commands:")[1]
+    listed = out.split("Commands:")[1]
+    for command in ("plot", "probe", "query", "report", "train", "study"):
+        assert f"\n  {command} " in listed
+    # the summaries end as sentences do, not cut
+    assert "report.json." in " ".join(listed.split()) and "evaluation." in " ".join(listed.split())
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["train", "--stpes", "3"], "error: --stpes: no such option (did you mean --steps?)"),
+        (["query", "--grup-by", "fix"], "error: --grup-by: no such option (did you mean --group-by?)"),
+        (["query", "--zzz"], "error: --zzz: no such option"),
+    ],
+)
+def test_an_unknown_option_names_the_close_one(capsys, args, line):
+    code, out, err = cli(capsys, *args)
+    assert code == 2 and out == "" and err == line + "\n"
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("[training]\nstpes = 3", "training.stpes: unknown key (did you mean 'steps'?)"),
+        ("[traning]\nsteps = 3", "traning: unknown key (did you mean 'training'?)"),
+        ('[study]\nobjective = ["adapter_gain"]', "study.objective: unknown key (did you mean 'objectives'?)"),
+        (
+            '[search]\nfixes = ["fixed-scale"]\n[search.scale_per_fix.fixed-scale]\nmn = 0.1',
+            "search.scale_per_fix.fixed-scale.mn: unknown key (did you mean 'min'?)",
+        ),
+        ("zzz = 1", "zzz: unknown key"),
+    ],
+)
+def test_an_unknown_spec_key_names_the_close_one(text, line):
+    from ablate.errors import AblateInputError
+    from ablate.spec import parse_spec
+
+    with pytest.raises(AblateInputError) as info:
+        parse_spec(text)
+    assert f"{info.value.field}: {info.value.message}" == line

@@ -691,9 +691,10 @@ def test_smoothing_window_and_centred_mean() -> None:
 def test_labels_round_the_scale(runs: pd.DataFrame, steps: pd.DataFrame) -> None:
     from ablate.plot.extract import scale_text
 
-    assert scale_text(0.00118363) == "s=0.0012" and scale_text(1e-4) == "s=0.0001" and scale_text(NAN) == ""
+    # three significant digits, as a scale reads in every table and the report (ablate/textfmt.py)
+    assert scale_text(0.00118363) == "s=0.00118" and scale_text(1e-4) == "s=0.0001" and scale_text(NAN) == ""
     gates = {g.fix: g for g in extract_gates(steps, runs.assign(scale=runs["scale"] * 1.0118363)).series}
-    assert gates["tanh-gate"].label == "tanh-gate s=0.51 (trial 4): tanh(α)"
+    assert gates["tanh-gate"].label == "tanh-gate s=0.506 (trial 4): tanh(α)"
 
 
 def test_tradeoff_bars_only_where_an_interval_has_width(trials: pd.DataFrame, references: pd.DataFrame) -> None:

@@ -12,7 +12,10 @@ from ablate.cli.common import lookup_errors, open_read, print_table, print_view
 from ablate.errors import AblateInputError
 
 
-@app.command()
+@app.command(
+    short_help="Read the results database: trials, --group-by fix (ranked, against the baseline), --runs, "
+    "--classes, --studies, --sql; table, csv or json."
+)
 def query(
     study: StudyOpt = None,
     storage: StorageOpt = None,

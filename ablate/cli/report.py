@@ -11,7 +11,10 @@ from ablate.cli.common import check_out_dir, emit_json, open_read, program
 from ablate.errors import AblateInputError
 
 
-@app.command()
+@app.command(
+    short_help="Write a study up from the database: report.md with its figures, one self-contained "
+    "report.html, report.json."
+)
 def report(
     study: Annotated[str, typer.Argument(metavar="STUDY", help="Name of the study to write up.")],
     out_dir: Annotated[str, typer.Option("--out", help="Folder for report.md, report.html, report.json and the PNGs.")],

@@ -13,7 +13,11 @@ from ablate.cli.plot import draw_plots
 from ablate.errors import AblateInputError
 
 
-@study_app.command("run")
+@study_app.command(
+    "run",
+    short_help="Run an Optuna study of the spec's fixes and scales (resumes it if it exists), then print the "
+    "per-fix table and draw the figures.",
+)
 def study_run(
     spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="Study spec, e.g. studies/quick.toml.")],
     trials: Annotated[

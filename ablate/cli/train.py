@@ -34,7 +34,9 @@ from ablate.ranking import REFERENCE_LABELS
 from ablate.textfmt import fmt
 
 
-@app.command()
+@app.command(
+    short_help="Train one arm and its no-branch baseline briefly: adapter gain, gradient ratios, bypass probes."
+)
 def train(
     fix: Annotated[str, typer.Option("--fix", help="Fix type (see `ablate probe --help`).")] = "none",
     scale: ScaleOpt = None,

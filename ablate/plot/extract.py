@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ablate import textfmt
 from ablate.engine.fix_order import registry_names
 from ablate.engine.metrics import loss_line  # the slope's own fit (plain maths, no torch)
 from ablate.errors import AblateInputError
@@ -150,8 +151,8 @@ def _width(lo: float, hi: float) -> bool:
 
 
 def scale_text(scale: float) -> str:
-    """A scale as figures print it: two significant digits ('s=0.0012', not 's=0.00118363')."""
-    return "" if np.isnan(scale) else f"s={scale:.2g}"
+    """A scale as figures label it, 's=' and the one scale format (ablate/textfmt.py); '' without one."""
+    return "" if np.isnan(scale) else f"s={textfmt.scale_text(scale)}"
 
 
 @dataclass(frozen=True, eq=False)  # holds numpy arrays
