@@ -163,11 +163,18 @@ def trials_view(frame: pd.DataFrame, objectives: list[str]) -> TableView:
         (Col("#", "right"), lambda r: _int(r["trial_number"])),
         (Col("fix"), lambda r: str(r["fix"])),
         (Col("scale", "right"), lambda r: _scale(r["scale"])),
-        # every trial complete: the seed count says little; an unranked one is news
-        (Col("seeds", "left", 3 if all_ranked else 0), seeds),
+        # every trial complete: the seed count says little; an unranked one is news, but the objectives
+        # come first when the terminal is narrow (the note below says how many are unranked)
+        (Col("seeds", "left", 3 if all_ranked else 1), seeds),
         *_metric_columns(records, objectives, _TRIAL_EXTRAS),
     ]
-    return _view(columns, records, [scope_note(frame)])
+    unranked = sum(1 for r in records if not r["ranked"])
+    note = (
+        f"{unranked} of {len(records)} trials not ranked (failed, pruned or incomplete): seeds says which"
+        if unranked
+        else ""
+    )
+    return _view(columns, records, [scope_note(frame), note])
 
 
 def _fix_label(r: dict) -> str:
@@ -214,8 +221,7 @@ def fixes_view(frame: pd.DataFrame, objectives: list[str]) -> TableView:
     ]
     notes = [
         recommendation_line(records, primary),
-        f"vs base: {primary} minus the no-branch baseline's, paired by seed: better or worse when the 95% "
-        "interval excludes 0, ≈ base when it holds 0",
+        f"vs base: {primary} minus the baseline's, paired by seed (95% interval vs 0)",
         f"#: rank by {primary}, best first (each fix's best ranked trial; s: its scale)",
         scope_note(frame),
     ]

@@ -21,7 +21,11 @@ def query(
     storage: StorageOpt = None,
     group_by: Annotated[
         str | None,
-        typer.Option("--group-by", help="'fix': each fix's best ranked trial with 95% intervals, and the references."),
+        typer.Option(
+            "--group-by",
+            help="'fix': the references, then each fix's best ranked trial with 95% intervals, ranked by the first "
+            "objective, with its verdict against the baseline and the recommended fix named under the table.",
+        ),
     ] = None,
     runs: Annotated[bool, typer.Option("--runs", help="One row per run (trial x seed, baselines, controls).")] = False,
     classes: Annotated[
