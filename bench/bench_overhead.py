@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from ablate.engine.device import autocast  # noqa: E402
 from ablate.engine.loop import RunConfig, train_arms  # noqa: E402
 from ablate.subjects.aaclip.arm import ArmConfig, ArmSetup, DataConfig  # noqa: E402
+from bench.provenance import provenance  # noqa: E402
 
 
 def bare_loop(setup: ArmSetup, steps: int, lr: float, betas: tuple[float, float]) -> float:
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
+    made = provenance("bench_overhead.py", argv)
 
     run = RunConfig(steps=args.steps, probe_every=-1, count_flops=False)
     cfg = ArmConfig(
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         wall.append(h_wall)
     ratio = statistics.median(h / b for h, b in zip(loop, bare))
     doc = {
+        **made,
         "device": args.device,
         "backbone": args.backbone,
         "fix": args.fix,

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ablate.threads import available_cores  # noqa: E402
+from bench.provenance import provenance  # noqa: E402
 
 
 def _study(spec: str, db: Path, workers: int, trials: int | None, threads: int | None) -> float:
@@ -58,9 +59,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--trials", type=int, default=None, help="finished trials (default: the spec's)")
     ap.add_argument("--oversubscribed", action="store_true", help="add 2 workers x all cores (slow)")
     args = ap.parse_args(argv)
+    made = provenance("bench_workers.py", argv)
 
     cores = available_cores()
-    doc: dict = {"spec": args.spec, "cores": cores, "load_before": os.getloadavg()[0]}
+    doc: dict = {**made, "spec": args.spec, "cores": cores, "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         cases = [("one_worker", 1, None), ("two_workers", 2, None)]
         if args.oversubscribed:
