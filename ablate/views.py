@@ -215,7 +215,7 @@ def fixes_view(frame: pd.DataFrame, objectives: list[str]) -> TableView:
         (Col("#", "right"), lambda r: _int(r.get("rank"))),
         (Col("fix"), lambda r: r["fix"] if none_ranked(r) else _fix_label(r)),
         *metric_cols[: len(objectives)],
-        (Col("vs base"), lambda r: str(r.get("vs_baseline") or MISSING)),
+        (Col("vs base"), lambda r: MISSING if _num(r.get("vs_baseline")) is None else str(r["vs_baseline"])),
         (Col("seeds", "right", 3), lambda r: MISSING if none_ranked(r) else _int(r["n_seeds"])),
         *metric_cols[len(objectives) :],
     ]

@@ -241,8 +241,9 @@ def fix_records(
 
     def versus(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         diff = ranking.paired_difference(primary, rows, base)
+        verdict = ranking.versus_baseline(diff, direction)
         return {
-            "vs_baseline": ranking.versus_baseline(diff, direction),
+            "vs_baseline": None if verdict == ranking.UNKNOWN else verdict,  # null in csv/json, '-' in the table
             "vs_baseline_diff": diff.estimate,
             "vs_baseline_diff_lo": diff.lo,
             "vs_baseline_diff_hi": diff.hi,
