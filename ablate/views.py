@@ -189,7 +189,7 @@ def recommendation_line(records: Sequence[dict], primary: str) -> str:
     if chosen is None:
         return "recommended: none yet (no ranked trial with every objective known)"
     trial = _int(chosen["best_trial"])
-    return f"recommended: {_fix_label(chosen)} (trial {trial}), the Pareto front's best on {primary}"
+    return f"recommended: {_fix_label(chosen)} (trial {trial}), the front's best on {primary}"
 
 
 def fixes_view(frame: pd.DataFrame, objectives: list[str]) -> TableView:

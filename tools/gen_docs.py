@@ -118,7 +118,7 @@ def _type_text(annotation: Any) -> str:
         return f"table of {_type_text(args[-1])}"
     if args and len(typing.get_args(annotation)) > len(args):  # X | None
         return f"{_type_text(args[0])} (or unset)"
-    names = {str: "text", int: "integer", float: "number", bool: "true/false"}
+    names = {str: "text", int: "integer", float: "number", bool: "true/false", Any: "any value"}
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
