@@ -216,7 +216,9 @@ def _made(doc: dict[str, Any], file: str) -> str:
 
 
 def _s(v: float) -> str:
-    return f"{v:.2f} s" if v < 10 else f"{v:.1f} s"
+    from ablate.textfmt import fmt
+
+    return f"{fmt(float(v), 3)} s"  # three significant digits, the one number rule
 
 
 def reads_markdown(file: str = "reads_sqlite.json") -> str:
