@@ -1,5 +1,25 @@
 """Errors that mean "the user asked for something invalid" (the CLI maps them to exit code 2)."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def close_match(word: str, choices: Iterable[str]) -> str | None:
+    """The one of ``choices`` close enough to ``word`` to be what a typo meant, else None."""
+    import difflib
+
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    return found[0] if found else None
+
+
+def did_you_mean(word: str, choices: Iterable[str], quote: bool = True) -> str:
+    """' (did you mean 'X'?)' when :func:`close_match` finds one, else ''."""
+    found = close_match(word, choices)
+    if found is None:
+        return ""
+    return f" (did you mean {found!r}?)" if quote else f" (did you mean {found}?)"
+
 
 class AblateInputError(ValueError):
     """Bad input: a one-line message naming the field or argument at fault."""

@@ -63,6 +63,29 @@ DEFAULT_OBJECTIVES = ("adapter_gain", "dilution_train")
 EVAL_OBJECTIVES = EVAL_METRICS  # need [eval] enabled
 
 
+def metric_direction(name: str) -> str:
+    """Which way a stored metric is better, for the figures that rank points on any two metrics:
+    an objective's own direction; gradient and update ratios, gradient shares and gains against the
+    baseline higher; losses, slopes and times lower."""
+    if name in OBJECTIVES:
+        return OBJECTIVES[name].direction
+    if name.startswith(("loss", "wall")):
+        return "minimize"
+    return "maximize"
+
+
+def tradeoff_axes(objectives: Sequence[str]) -> tuple[str, str]:
+    """(x, y) of the tradeoff figure: the second and the first objective, the defaults filling in."""
+    y, x = ([*objectives, *[m for m in DEFAULT_OBJECTIVES if m not in objectives]])[:2]
+    return x, y
+
+
+def known_objectives(names: Sequence[str]) -> list[str]:
+    """The names among a study's stored objectives that this version knows, in their order (a
+    database written by another version may name one it does not)."""
+    return [m for m in names if m in OBJECTIVES]
+
+
 def seed_value(name: str, row: Mapping[str, float]) -> float:
     """One seed's value of an objective from its run row (a dict of run columns)."""
     obj = OBJECTIVES[name]

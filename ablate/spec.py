@@ -17,7 +17,7 @@ from ablate.engine.arm import ArmConfig
 from ablate.engine.device import DEVICE_CHOICES
 from ablate.engine.fixes import NO_BRANCH, fix_names, parse_fix
 from ablate.engine.loop import RunConfig
-from ablate.errors import AblateInputError, SpecInputError
+from ablate.errors import AblateInputError, SpecInputError, did_you_mean
 from ablate.eval.metrics import DEFAULT_BINS
 from ablate.objectives import DEFAULT_OBJECTIVES, EVAL_OBJECTIVES, OBJECTIVES
 from ablate.subjects.aaclip.arm import AAClipSubjectConfig, DataConfig, EvalConfig
@@ -614,6 +614,34 @@ class StudySpec(_Strict):
         return self
 
 
+def _inner(annotation: object) -> tuple[type[BaseModel] | None, bool]:
+    """(the model a field holds, whether a dict key comes first): ``X | None`` and ``dict[str, X]``."""
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is dict:
+        model, _ = _inner(args[-1])
+        return model, True
+    if args and typing.get_origin(annotation) is not list:
+        return _inner(args[0])
+    is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    return (annotation if is_model else None), False
+
+
+def known_keys(loc: list[str]) -> list[str]:
+    """The keys the spec allows beside the last key of ``loc`` (its siblings), for "did you mean"."""
+    model: type[BaseModel] | None = StudySpec
+    skip_key = False
+    for part in loc[:-1]:
+        if skip_key:
+            skip_key = False
+            continue
+        if model is None or part not in model.model_fields:
+            return []
+        model, skip_key = _inner(model.model_fields[part].annotation)
+    return list(model.model_fields) if model is not None and not skip_key else []
+
+
 def _first_error(exc: ValidationError) -> AblateInputError:
     e = exc.errors()[0]
     loc = [str(p) for p in e["loc"]]
@@ -623,7 +651,7 @@ def _first_error(exc: ValidationError) -> AblateInputError:
         limit = next(iter((e.get("ctx") or {}).values()), "?")
         msg = f"must be {bound[e['type']]} {limit}, got {e.get('input')!r}"
     elif e["type"] == "extra_forbidden":
-        msg = "unknown key"
+        msg = "unknown key" + did_you_mean(loc[-1], known_keys(loc))
     elif e["type"] == "missing":
         msg = "required"
     # A model-level check may already name a sub-field in its message ("scale: ...").

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ablate.ranking import REFERENCE_LABELS
 from ablate.tablefit import Col, hidden_note
-from ablate.textfmt import MISSING, column_decimals, fixed, fmt, fmt_ci
+from ablate.textfmt import MISSING, column_decimals, fixed, fmt, fmt_ci, scale_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,9 +45,10 @@ SHORT = {
 EVAL_COLUMNS = EVAL_METRICS
 CLASSES_NOTE = "n (bad): images (anomalous); nan: undefined (one label only; csv/json say which)"
 
-# Short labels for the reference rows of the per-fix view (the frame keeps the long ones).
-REFERENCE_SHORT = {"no-branch (baseline)": "no-branch (base)", "frozen-adapters (control)": "frozen (control)"}
-ROLE_SHORT = {"baseline": "base", "control": "ctrl", "stage1": "stg1"}
+REFERENCES = frozenset(REFERENCE_LABELS.values())
+# How runs that belong to no trial are named in --runs: the references as in every view, and a
+# subject's Stage 1 of a seed (AA-CLIP: the text adapter the seed's arms share).
+RUN_LABELS = {**REFERENCE_LABELS, "stage1": "stage1 (per seed)"}
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,7 @@ def _ci(row: dict, name: str, decimals: int) -> str:
 
 
 def _scale(v: Any) -> str:
-    v = _num(v)
-    return MISSING if v is None else fmt(v, 3)
+    return scale_text(_num(v))
 
 
 def _int(v: Any) -> str:
@@ -166,19 +167,43 @@ def trials_view(frame: pd.DataFrame, objectives: list[str]) -> TableView:
         (Col("#", "right"), lambda r: _int(r["trial_number"])),
         (Col("fix"), lambda r: str(r["fix"])),
         (Col("scale", "right"), lambda r: _scale(r["scale"])),
-        # every trial complete: the seed count says little; an unranked one is news
-        (Col("seeds", "left", 3 if all_ranked else 0), seeds),
+        # every trial complete: the seed count says little; an unranked one is news, but the objectives
+        # come first when the terminal is narrow (the note below says how many are unranked)
+        (Col("seeds", "left", 3 if all_ranked else 1), seeds),
         *_metric_columns(records, objectives, _TRIAL_EXTRAS),
     ]
-    return _view(columns, records, [scope_note(frame)])
+    unranked = sum(1 for r in records if not r["ranked"])
+    note = (
+        f"{unranked} of {len(records)} trials not ranked (failed, pruned or incomplete): seeds says which"
+        if unranked
+        else ""
+    )
+    return _view(columns, records, [scope_note(frame), note])
+
+
+def _fix_label(r: dict) -> str:
+    """A fix with its best trial's scale ('tanh-gate s=0'), as the figures label it."""
+    scale = _num(r.get("scale"))
+    return str(r["fix"]) if scale is None else f"{r['fix']} s={scale_text(scale)}"
+
+
+def recommendation_line(records: Sequence[dict], primary: str) -> str:
+    """The recommended fix in one line (the rule ``ablate report`` uses), or why there is none."""
+    chosen = next((r for r in records if r.get("recommended") is True), None)
+    if chosen is None:
+        return "recommended: none yet (no ranked trial with every objective known)"
+    trial = _int(chosen["best_trial"])
+    return f"recommended: {_fix_label(chosen)} (trial {trial}), the front's best on {primary}"
 
 
 def fixes_view(frame: pd.DataFrame, objectives: list[str]) -> TableView:
-    """The references, then each fix's best ranked trial with intervals."""
+    """The references, then each fix's best ranked trial, best first, with intervals, a verdict
+    against the baseline, and the recommended fix named under the table."""
     records = frame.to_dict(orient="records")
+    primary = objectives[0] if objectives else "adapter_gain"
 
     def none_ranked(r: dict) -> bool:
-        return r["fix"] not in REFERENCE_SHORT and _num(r.get("best_trial")) is None
+        return r["fix"] not in REFERENCES and _num(r.get("best_trial")) is None
 
     metric_cols = []
     for col, cell in _metric_columns(records, objectives, _TRIAL_EXTRAS):
@@ -191,13 +216,20 @@ def fixes_view(frame: pd.DataFrame, objectives: list[str]) -> TableView:
 
         metric_cols.append((col, guarded))
     columns = [
-        (Col("fix"), lambda r: REFERENCE_SHORT.get(r["fix"], r["fix"])),
-        (Col("#", "right"), lambda r: _int(r.get("best_trial"))),
-        (Col("scale", "right"), lambda r: _scale(r["scale"])),
+        (Col("#", "right"), lambda r: _int(r.get("rank"))),
+        (Col("fix"), lambda r: r["fix"] if none_ranked(r) else _fix_label(r)),
+        *metric_cols[: len(objectives)],
+        (Col("vs base"), lambda r: MISSING if _num(r.get("vs_baseline")) is None else str(r["vs_baseline"])),
         (Col("seeds", "right", 3), lambda r: MISSING if none_ranked(r) else _int(r["n_seeds"])),
-        *metric_cols,
+        *metric_cols[len(objectives) :],
     ]
-    return _view(columns, records, [scope_note(frame), "#: the fix's best ranked trial"])
+    notes = [
+        recommendation_line(records, primary),
+        f"vs base: {primary} minus the baseline's, paired by seed (95% interval vs 0)",
+        f"#: rank by {primary}, best first (each fix's best ranked trial; s: its scale)",
+        scope_note(frame),
+    ]
+    return _view(columns, records, notes)
 
 
 _ROLE_ORDER = {"stage1": -1, "baseline": 0, "control": 1, "trial": 2}
@@ -217,8 +249,10 @@ def runs_view(frame: pd.DataFrame) -> TableView:
     with_mfu = any(_num(r.get("mfu")) is not None for r in records)
 
     def trial(r: dict) -> str:
-        role = str(r.get("role"))
-        return ROLE_SHORT.get(role, role) if role in ROLE_SHORT else _int(r.get("trial_number"))
+        return MISSING if str(r.get("role")) in RUN_LABELS else _int(r.get("trial_number"))
+
+    def fix(r: dict) -> str:
+        return RUN_LABELS.get(str(r.get("role")), str(r["fix"]))
 
     def metric(name: str, header: str, rank: int) -> tuple:
         dec = column_decimals(_num(r.get(name)) for r in records)
@@ -228,7 +262,7 @@ def runs_view(frame: pd.DataFrame) -> TableView:
         (Col("run", "right"), lambda r: _int(r["run_id"])),
         (Col("trial", "right"), trial),
         (Col("seed", "right"), lambda r: _int(r["seed"])),
-        (Col("fix"), lambda r: str(r["fix"])),
+        (Col("fix"), fix),
         (Col("scale", "right", 1), lambda r: _scale(r.get("scale"))),
         (Col("status", "left", 1), lambda r: str(r["status"])),
         metric("adapter_gain", "gain", 0),
@@ -245,7 +279,7 @@ def runs_view(frame: pd.DataFrame) -> TableView:
         columns,
         records,
         [
-            "trial: the trial number, or base / ctrl for the no-branch baseline / control",
+            "the no-branch baseline and the frozen control run once per seed, for every trial",
             "R ac1: lag-1 autocorrelation of R train's per-step ratios; its within-seed interval is widened for it"
             if any(_num(r.get("train_grad_ratio_ac1")) is not None for r in records)
             else "",

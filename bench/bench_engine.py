@@ -26,7 +26,8 @@ from ablate.arms import train_arm
 from ablate.engine.fixes import fix_names  # noqa: E402
 from ablate.engine.loop import RunConfig  # noqa: E402
 from ablate.engine.probe import run_probe  # noqa: E402
-from ablate.subjects.aaclip.arm import ArmSetup, DataConfig, aaclip_arm
+from ablate.subjects.aaclip.arm import ArmSetup, DataConfig, aaclip_arm  # noqa: E402
+from bench.provenance import provenance  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batches", type=int, default=8, help="probe batches")
     ap.add_argument("--steps", type=int, default=100)
     args = ap.parse_args(argv)
+    made = provenance("bench_engine.py", argv)
 
     base = replace(
         aaclip_arm(),
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         r = train_arm(base.with_fix(fix, None))
         train[fix] = {"wall_s": r.wall_s, "steps_per_s": r.steps_per_s, "peak_mem_mb": r.peak_mem_mb}
     doc = {
+        **made,
         "device": str(setup.device),
         "backbone": args.backbone,
         "torch": torch.__version__,

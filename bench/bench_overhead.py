@@ -28,7 +28,8 @@ import torch  # noqa: E402
 
 from ablate.engine.device import autocast  # noqa: E402
 from ablate.engine.loop import RunConfig, train_arms  # noqa: E402
-from ablate.subjects.aaclip.arm import ArmSetup, DataConfig, aaclip_arm
+from ablate.subjects.aaclip.arm import ArmSetup, DataConfig, aaclip_arm  # noqa: E402
+from bench.provenance import provenance  # noqa: E402
 
 
 def bare_loop(setup: ArmSetup, steps: int, lr: float, betas: tuple[float, float], precision: str) -> float:
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
+    made = provenance("bench_overhead.py", argv)
 
     run = RunConfig(
         steps=args.steps,
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         wall.append(h_wall)
     ratio = statistics.median(h / b for h, b in zip(loop, bare))
     doc = {
+        **made,
         "device": args.device,
         "backbone": args.backbone,
         "fix": args.fix,

@@ -29,7 +29,8 @@ import torch  # noqa: E402
 
 from ablate.arms import train_arm, train_pack
 from ablate.engine.loop import RunConfig  # noqa: E402
-from ablate.subjects.aaclip.arm import ArmSetup, DataConfig, PackSetup, aaclip_arm
+from ablate.subjects.aaclip.arm import ArmSetup, DataConfig, PackSetup, aaclip_arm  # noqa: E402
+from bench.provenance import provenance  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--trials", type=int, default=1, help="trials per pack (> 1: trials packed together)")
     args = ap.parse_args(argv)
+    made = provenance("bench_packed.py", argv)
 
     run = RunConfig(steps=args.steps, probe_every=30)
     cfg = aaclip_arm(
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
             worst = max(worst, *(abs(x - y) / max(abs(x), 1e-9) for x, y in zip(a.metrics["loss"], p.metrics["loss"])))
     first, second = ("one_pack_per_trial_s", "trials_packed_s") if args.trials > 1 else ("unpacked_s", "packed_s")
     doc = {
+        **made,
         "device": args.device,
         "backbone": args.backbone,
         "fix": args.fix,

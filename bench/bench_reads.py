@@ -1,5 +1,7 @@
-"""Do reads stay fast as a study grows? Time ``ablate query`` and ``ablate plot`` on 100, 1,000 and
-10,000-trial databases, as subprocesses of the real CLI (imports included), and print JSON.
+"""Do reads stay fast as a study grows? Time ``ablate query``, every ``ablate plot`` kind and
+``ablate report`` on 100, 1,000 and 10,000-trial databases, as subprocesses of the real CLI (imports
+included), and print JSON (``--out FILE`` also writes it, e.g. to bench/results/reads.json, where the
+docs' performance page reads it).
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python bench/bench_reads.py [--sizes 100 1000 10000] [--repeats 3]
 
@@ -9,8 +11,8 @@ on SQLite and, when PostgreSQL is available (``$ABLATE_TEST_PG_URL``, else a thr
 started by ``.ci/start_postgres.sh`` in its own directory and stopped at the end), on PostgreSQL.
 Every command form runs ``--repeats`` times; the JSON has the median wall time, the peak RSS of the
 command's process (GNU time's ``%M``), the growth factor from 1,000 to 10,000 trials, and whether the
-issue's targets hold (10,000 trials within 3x the time at 1,000, under 1 GB). ``ablate report``
-does not exist yet (another issue), so it is not timed.
+targets hold (10,000 trials within 3x the time at 1,000, under 500 MB), for every command form: each
+plot kind alone (``plot --kind K``), all of them together, and the report.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ablate.plot.extract import PLOT_KINDS  # noqa: E402
+from bench.provenance import provenance  # noqa: E402
 from bench.read_db import build  # noqa: E402 - after the sys.path line, so the bench runs from a checkout
 
 FORMS: dict[str, list[str]] = {
@@ -41,7 +45,7 @@ FORMS: dict[str, list[str]] = {
     "query --runs": ["--runs"],
     "query --studies": ["--studies"],
 }
-TIME_FACTOR, MEMORY_MB = 3.0, 1024.0
+TIME_FACTOR, MEMORY_MB = 3.0, 500.0
 
 
 GNU_TIME = "/usr/bin/time"
@@ -70,18 +74,36 @@ def run_once(args: list[str], out_dir: Path) -> tuple[float, float]:
     return wall, int(rss_file.read_text().split()[-1]) / 1024  # %M is in KiB
 
 
-def time_commands(url: str, repeats: int, work: Path) -> dict[str, dict[str, object]]:
-    out: dict[str, dict[str, object]] = {}
+def command_forms(url: str, work: Path) -> dict[str, list[str]]:
+    """Every command form timed, by name: the query forms, each plot kind alone, all of them, the report."""
     commands = {name: ["query", "--storage", url, *extra] for name, extra in FORMS.items()}
+    for kind in PLOT_KINDS:  # each figure alone: a kind that grows with the study shows itself
+        commands[f"plot --kind {kind}"] = ["plot", "--storage", url, "--kind", kind, "--out", str(work / "plots")]
     commands["plot (all kinds)"] = ["plot", "--storage", url, "--out", str(work / "plots")]
-    for name, args in commands.items():
-        runs = [run_once(args, work) for _ in range(repeats)]
-        out[name] = {
-            "s": round(statistics.median(t for t, _ in runs), 3),
-            "peak_rss_mb": round(max(m for _, m in runs), 1),
-            "times_s": [round(t, 3) for t, _ in runs],
+    commands["report"] = ["report", "bench", "--storage", url, "--out", str(work / "report")]
+    return commands
+
+
+def time_commands(urls: dict[str, str], repeats: int, work: Path) -> dict[str, dict[str, dict[str, object]]]:
+    """{size: {form: timing}}. The sizes take turns, repeat by repeat (1,000 then 10,000 then 1,000 ...),
+    so a change of the machine's load during the run falls on both and the growth stays comparable."""
+    forms = {size: command_forms(url, work / size) for size, url in urls.items()}
+    times: dict[str, dict[str, list[tuple[float, float]]]] = {size: {} for size in urls}
+    for name in next(iter(forms.values())):
+        for _ in range(repeats):
+            for size in urls:
+                times[size].setdefault(name, []).append(run_once(forms[size][name], work))
+    return {
+        size: {
+            name: {
+                "s": round(statistics.median(t for t, _ in runs), 3),
+                "peak_rss_mb": round(max(m for _, m in runs), 1),
+                "times_s": [round(t, 3) for t, _ in runs],
+            }
+            for name, runs in by_name.items()
         }
-    return out
+        for size, by_name in times.items()
+    }
 
 
 def uptime() -> str:
@@ -135,14 +157,20 @@ def pg_database(server: str) -> Iterator[str]:
 
 
 def bench_backend(make_url, sizes: list[int], repeats: int, optuna: bool) -> dict[str, object]:
-    """Build and time each size on one backend; ``make_url(size)`` is a context manager giving a URL."""
+    """Build every size on one backend, then time them side by side; ``make_url(size)`` is a context
+    manager giving a URL."""
     result: dict[str, object] = {}
-    for n in sizes:
-        with make_url(n) as url, tempfile.TemporaryDirectory() as work:
+    with ExitStack() as stack:
+        urls, built = {}, {}
+        for n in sizes:
+            url = stack.enter_context(make_url(n))
             print(f"bench_reads: building {n} trials ({url.split(':')[0]}) ...", file=sys.stderr)
-            built = build(url, trials=n, optuna=optuna)
-            print(f"bench_reads: timing {n} trials ...", file=sys.stderr)
-            result[str(n)] = {"build": built, "commands": time_commands(url, repeats, Path(work))}
+            urls[str(n)], built[str(n)] = url, build(url, trials=n, optuna=optuna)
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        print(f"bench_reads: timing {', '.join(urls)} trials, side by side ...", file=sys.stderr)
+        timed = time_commands(urls, repeats, work)
+        for n in urls:
+            result[n] = {"build": built[n], "commands": timed[n]}
     if {"1000", "10000"} <= set(result):
         small, big = result["1000"]["commands"], result["10000"]["commands"]
         growth = {name: round(big[name]["s"] / small[name]["s"], 2) for name in small}
@@ -160,14 +188,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-pg", action="store_true", help="SQLite only")
     p.add_argument("--no-optuna", action="store_true", help="build without Optuna's tables")
+    p.add_argument("--out", help="also write the JSON to this file (e.g. bench/results/reads.json)")
     args = p.parse_args(argv)
     report: dict[str, object] = {
-        "command": "PYTHONPATH=. OMP_NUM_THREADS=1 python bench/bench_reads.py " + " ".join(argv or sys.argv[1:]),
+        **provenance("bench_reads.py", argv, env="PYTHONPATH=. OMP_NUM_THREADS=1"),
         "load_before": uptime(),
-        "cpus": os.cpu_count(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "database": "N trials x 1 seed, 300 steps x 5 metrics (+ gate/* for gated fixes), 7 probe points per run",
-        "not_timed": "ablate report does not exist yet (another issue)",
     }
     t0 = time.perf_counter()
 
@@ -189,7 +216,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 )
     report["load_after"] = uptime()
     report["total_s"] = round(time.perf_counter() - t0, 1)
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
     return report
 
 

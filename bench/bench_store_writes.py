@@ -1,4 +1,4 @@
-"""Why per-step metrics go through MetricBuffer (DESIGN.md §6): time three ways to store one run's series.
+"""Why per-step metrics go through MetricBuffer (docs/performance.md): time three ways to store one run's series.
 
     PYTHONPATH=. python bench/bench_store_writes.py [--steps 1000] [--repeats 3]
 
@@ -42,6 +42,7 @@ from ablate.store import (  # noqa: E402 - after the sys.path line, so the bench
     register_study,
     start_run,
 )
+from bench.provenance import provenance  # noqa: E402
 
 METRICS = ("loss", "grad_norm", "lr", "update_ratio", "loss_det")
 FLUSH_EVERY = 200
@@ -183,7 +184,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--repeats", type=int, default=3, help="at most this many timings per way")
     parser.add_argument("--budget-s", type=float, default=20.0, help="stop repeating a way once it would take longer")
     args = parser.parse_args(argv)
+    made = provenance("bench_store_writes.py", argv)
     report: dict[str, object] = {
+        **made,
         "steps": args.steps,
         "metrics_per_step": len(METRICS),
         "flush_every": FLUSH_EVERY,

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ablate.threads import available_cores  # noqa: E402
+from bench.provenance import provenance  # noqa: E402
 
 
 def _study(spec: str, db: Path, workers: int, trials: int | None, threads: int | None, flag: int | None) -> float:
@@ -70,10 +71,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--by-hand", action="store_true", help="add 2 processes started by hand")
     ap.add_argument("--oversubscribed", action="store_true", help="add 2 processes x all cores (slow)")
     args = ap.parse_args(argv)
+    made = provenance("bench_workers.py", argv)
 
     cores = available_cores()
-    doc: dict = {"spec": args.spec, "cores": cores, "load_before": os.getloadavg()[0]}
-    tables: dict[str, str] = {}
+    doc: dict = {**made, "spec": args.spec, "cores": cores, "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         cases = [("one_worker", 1, None, None), ("workers_2", 1, None, 2)]
         if args.by_hand:

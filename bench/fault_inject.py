@@ -40,6 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.provenance import provenance  # noqa: E402
 
 SPEC = """
 name = "chaos"
@@ -131,6 +132,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill schedule")
     ap.add_argument("--storage", default=None, help="SQLAlchemy URL (default: a fresh SQLite file)")
     args = ap.parse_args()
+    made = provenance("fault_inject.py", None)
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="ablate-chaos-"))
     spec = work / "chaos.toml"
@@ -168,6 +170,7 @@ def main() -> None:
         if not any(final):
             break
     result = {
+        **made,
         "rounds": args.rounds,
         "workers": args.workers,
         "pack": args.pack,

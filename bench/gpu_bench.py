@@ -30,7 +30,8 @@ import torch  # noqa: E402
 from ablate.engine.arm import ArmConfig  # noqa: E402
 from ablate.engine.fixes import fix_names  # noqa: E402
 from ablate.engine.loop import RunConfig, train_arms  # noqa: E402
-from ablate.subjects.aaclip.arm import ArmSetup, DataConfig, PackSetup, aaclip_arm
+from ablate.subjects.aaclip.arm import ArmSetup, DataConfig, PackSetup, aaclip_arm  # noqa: E402
+from bench.provenance import provenance  # noqa: E402
 
 
 def _timed(setup, cfg: ArmConfig, arms: int) -> dict:
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--trials-packed", type=int, default=3, help="then this many trials' seeds in one pack")
     ap.add_argument("--compile", action="store_true", help="torch.compile the training step")
     args = ap.parse_args(argv)
+    made = provenance("gpu_bench.py", argv)
 
     pool = 16  # training images per data set: generated once, then cycled
     run = RunConfig(
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     dev = torch.device(args.device)
     dev = torch.device(args.device)
     doc = {
+        **made,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
         "backbone": args.backbone,
         "batch_size": args.batch_size,

@@ -54,7 +54,11 @@ def test_study_to_a_file_prints_one_plain_line_per_run(capsys, tmp_path):
     )
     assert lines[-1] == "study mini: 2 finished trials (2 run now, 0 failed)"
     assert not any(ch in err for ch in "━─┏\r")  # no bar, table or carriage-return frames
-    assert out.lstrip().startswith("per fix")  # stdout: the table alone, on a line of its own
+    assert out.lstrip().startswith("per fix")  # stdout: the table, then what to run next
+    assert "\nrecommended: " in out
+    assert out.splitlines()[-1] == (
+        f"next, the study written up (Markdown, HTML): ablate report mini --storage {url} --out reports/mini"
+    )
 
     # the same name with another spec: one line, on its own
     other = write_spec(tmp_path, MINI.replace("steps = 6", "steps = 5"), "other.toml")
@@ -66,10 +70,57 @@ def test_probe_and_train_to_a_file_print_a_plain_line_per_arm(capsys):
     code, out, err = cli(capsys, "train", "--fix", "none", "--steps", "2", "--batches", "2", "--device", "cpu")
     assert code == 0 and "Training run: none" in out
     lines = err.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["baseline no-branch", "train none"]
+    assert [line.split(":")[0] for line in lines] == ["no-branch (baseline)", "train none"]
     assert all(" steps in " in line and "loss slope" in line for line in lines)
     code, out, err = cli(capsys, "probe", "--fix", "zero-init", "--batches", "2", "--device", "cpu")
     assert code == 0 and err == "probe zero-init: R 1\n"
     assert max(len(line) for line in out.splitlines()) <= 80  # piped, no COLUMNS: 80 columns
     code, out, err = cli(capsys, "probe", "--fix", "zero-init", "--batches", "2", "--device", "cpu", "--quiet")
     assert code == 0 and err == ""
+
+
+@pytest.mark.parametrize("columns", ["80", "200"])
+def test_help_lists_every_command_with_its_whole_summary(capsys, monkeypatch, columns):
+    monkeypatch.setenv("COLUMNS", columns)
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0 and "…" not in out and "..." not in out.split("Commands:")[1]
+    listed = out.split("Commands:")[1]
+    for command in ("plot", "probe", "query", "report", "train", "study"):
+        assert f"\n  {command} " in listed
+    # the summaries end as sentences do, not cut
+    assert "report.json." in " ".join(listed.split()) and "evaluation." in " ".join(listed.split())
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["train", "--stpes", "3"], "error: --stpes: no such option (did you mean --steps?)"),
+        (["query", "--grup-by", "fix"], "error: --grup-by: no such option (did you mean --group-by?)"),
+        (["query", "--zzz"], "error: --zzz: no such option"),
+    ],
+)
+def test_an_unknown_option_names_the_close_one(capsys, args, line):
+    code, out, err = cli(capsys, *args)
+    assert code == 2 and out == "" and err == line + "\n"
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("[training]\nstpes = 3", "training.stpes: unknown key (did you mean 'steps'?)"),
+        ("[traning]\nsteps = 3", "traning: unknown key (did you mean 'training'?)"),
+        ('[study]\nobjective = ["adapter_gain"]', "study.objective: unknown key (did you mean 'objectives'?)"),
+        (
+            '[search]\nfixes = ["fixed-scale"]\n[search.scale_per_fix.fixed-scale]\nmn = 0.1',
+            "search.scale_per_fix.fixed-scale.mn: unknown key (did you mean 'min'?)",
+        ),
+        ("zzz = 1", "zzz: unknown key"),
+    ],
+)
+def test_an_unknown_spec_key_names_the_close_one(text, line):
+    from ablate.errors import AblateInputError
+    from ablate.spec import parse_spec
+
+    with pytest.raises(AblateInputError) as info:
+        parse_spec(text)
+    assert f"{info.value.field}: {info.value.message}" == line

@@ -25,6 +25,7 @@ from ablate.plot import (
     pareto_front,
     ranked_runs,
 )
+from ablate.stats import t_ppf
 
 NAN = float("nan")
 RUN_COLUMNS = [
@@ -145,7 +146,7 @@ def make_references() -> pd.DataFrame:
         [
             {"study": "s1", "fix": "no-branch (baseline)", "n_seeds": 3, X: 0.0, f"{X}_lo": 0.0, f"{X}_hi": 0.0,
              Y: 0.35, f"{Y}_lo": 0.30, f"{Y}_hi": 0.41},
-            {"study": "s1", "fix": "frozen-adapters (control)", "n_seeds": 2, X: 13.8, f"{X}_lo": 13.0,
+            {"study": "s1", "fix": "frozen (control)", "n_seeds": 2, X: 13.8, f"{X}_lo": 13.0,
              f"{X}_hi": 14.0, Y: 0.0, f"{Y}_lo": NAN, f"{Y}_hi": NAN},
         ]
     )  # fmt: skip
@@ -262,7 +263,7 @@ def test_tradeoff_references(trials: pd.DataFrame, references: pd.DataFrame) -> 
     base, control = data.references
     assert base == ReferenceMark("no-branch (baseline)", 0.0, 0.0, 0.0, 0.35, 0.30, 0.41, 3)
     assert (control.label, control.x, control.x_lo, control.x_hi, control.y, control.n_seeds) == (
-        "frozen-adapters (control)", 13.8, 13.0, 14.0, 0.0, 2,
+        "frozen (control)", 13.8, 13.0, 14.0, 0.0, 2,
     )  # fmt: skip
     assert math.isnan(control.y_lo) and math.isnan(control.y_hi)
     # References are marks, never points or front members.
@@ -425,7 +426,11 @@ def test_ratio_vs_scale_geometric_means(runs: pd.DataFrame) -> None:
     np.testing.assert_allclose(fs.scale, [0.1, 1.0])
     # 0.5 and 2.0 average to 1 geometrically (arithmetically 1.25); the failed seed's 5.0 is ignored
     np.testing.assert_allclose(fs.ratio, [1.0, 0.6])
-    np.testing.assert_allclose(fs.ratio_std, [np.std([0.5, 2.0], ddof=1), 0.0])
+    # 95% t-interval of the geometric mean over the runs, on the logs; one run has none
+    half = t_ppf(0.975, 1) * np.std(np.log([0.5, 2.0]), ddof=1) / np.sqrt(2)
+    np.testing.assert_allclose([fs.ratio_lo[0], fs.ratio_hi[0]], [np.exp(-half), np.exp(half)])
+    assert np.isnan(fs.ratio_lo[1]) and np.isnan(fs.ratio_hi[1])
+    assert not data.one_scale_per_fix  # fixed-scale ran at 0.1 and 1
     np.testing.assert_array_equal(fs.n_runs, [2, 1])
     # trials 6 and 9 drew the same layerscale: one configuration, pooled (sqrt(1.0 * 0.25))
     ls = series["layerscale"]
@@ -539,7 +544,7 @@ def test_render_every_kind(
         assert_valid(p)
     # the keyword arguments reach the figure (matplotlib's SVG keeps each text as a comment)
     svg = (tmp_path / "tradeoff.svg").read_text()
-    for text in ("no-branch (baseline), 3 seeds", "frozen-adapters (control), 2 seeds", "probe threshold R"):
+    for text in ("no-branch (baseline), 3 seeds", "frozen (control), 2 seeds", "probe threshold R"):
         assert text in svg
     assert "threshold R = 0.8" in (tmp_path / "ratio-scale.svg").read_text()
 
@@ -554,7 +559,7 @@ def test_render_tradeoff_draws_unranked_front_references_threshold(
     _, labels = ax.get_legend_handles_labels()
     assert "not ranked: pruned, failed, incomplete or no value (4)" in labels
     assert "Pareto front (ranked trials)" in labels
-    assert "no-branch (baseline), 3 seeds" in labels and "frozen-adapters (control), 2 seeds" in labels
+    assert "no-branch (baseline), 3 seeds" in labels and "frozen (control), 2 seeds" in labels
     assert "fixed-scale (2 trials)" in labels and "none (1 trial)" in labels
     (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "probe threshold R = 0.8"]
     assert line.get_xdata()[0] == pytest.approx(-math.log(0.8))
@@ -687,9 +692,10 @@ def test_smoothing_window_and_centred_mean() -> None:
 def test_labels_round_the_scale(runs: pd.DataFrame, steps: pd.DataFrame) -> None:
     from ablate.plot.extract import scale_text
 
-    assert scale_text(0.00118363) == "s=0.0012" and scale_text(1e-4) == "s=0.0001" and scale_text(NAN) == ""
+    # three significant digits, as a scale reads in every table and the report (ablate/textfmt.py)
+    assert scale_text(0.00118363) == "s=0.00118" and scale_text(1e-4) == "s=0.0001" and scale_text(NAN) == ""
     gates = {g.fix: g for g in extract_gates(steps, runs.assign(scale=runs["scale"] * 1.0118363)).series}
-    assert gates["tanh-gate"].label == "tanh-gate s=0.51 (trial 4): tanh(α)"
+    assert gates["tanh-gate"].label == "tanh-gate s=0.506 (trial 4): tanh(α)"
 
 
 def test_tradeoff_bars_only_where_an_interval_has_width(trials: pd.DataFrame, references: pd.DataFrame) -> None:

@@ -41,8 +41,14 @@ def test_query_group_by_fix_csv(capsys, db_url):
     code, out, _ = cli(capsys, "query", "--storage", db_url, "--group-by", "fix", "--format", "csv")
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
-    refs = ["no-branch (baseline)", "frozen-adapters (control)"]
-    assert [r["fix"] for r in rows] == [*refs, "fixed-scale", "none", "tanh-gate"]
+    refs = ["no-branch (baseline)", "frozen (control)"]
+    assert [r["fix"] for r in rows[:2]] == refs
+    fixes = rows[2:]  # by rank: best adapter_gain first
+    assert sorted(r["fix"] for r in fixes) == ["fixed-scale", "none", "tanh-gate"]
+    assert [int(r["rank"]) for r in fixes] == [1, 2, 3]
+    gains = [float(r["adapter_gain"]) for r in fixes]
+    assert gains == sorted(gains, reverse=True)
+    assert [r["recommended"] for r in rows] == ["False", "False", "True", "False", "False"]
     assert all(int(r["n_seeds"]) == 2 for r in rows)
     base, control = rows[0], rows[1]
     assert float(base["train_grad_ratio"]) == 1.0 and float(base["adapter_gain_rel"]) == 1.0
@@ -76,9 +82,37 @@ def test_query_tables_fit_the_width_whole_cells_and_say_what_is_left_out(capsys,
 def test_query_runs_lists_the_references_first(capsys, db_url):
     code, out, _ = cli(capsys, "query", "--storage", db_url, "--runs", "--wide")
     rows = [line.split() for line in out.splitlines()[4:] if line.strip() and line.split()[0].isdigit()]
-    expect = ["stg1"] * 2 + ["base"] * 2 + ["ctrl"] * 2 + ["0", "0", "1", "1", "2", "2", "3", "3"]
-    assert [r[1] for r in rows] == expect  # Stage 1 (the text adapter of each seed) first
+    assert [r[1] for r in rows] == ["-"] * 6 + ["0", "0", "1", "1", "2", "2", "3", "3"]
+    # Stage 1 (the text adapter of each seed) first, then the references named as in every other view
+    labels = [" ".join(r[3:5]) for r in rows[:6]]
+    assert labels == ["stage1 (per"] * 2 + ["no-branch (baseline)"] * 2 + ["frozen (control)"] * 2
     assert "<NA>" not in out and "nan" not in out
+
+
+def test_per_fix_table_ranks_the_fixes_and_names_the_recommended_one(capsys, db_url, tmp_path):
+    """The table answers: a rank column, a verdict against the baseline, and the trial ablate report
+    recommends named under the table (the same trial as the report's recommendation)."""
+    from ablate.report import gather
+    from ablate.views import fixes_view
+
+    code, out, _ = cli(capsys, "query", "--storage", db_url, "--group-by", "fix")
+    assert code == 0
+    frame = query.group_by_fix(open_storage(db_url), "mini")
+    view = fixes_view(frame, ["adapter_gain", "dilution_train"])
+    assert view["#"] == ["-", "-", "1", "2", "3"]
+    verdicts = dict(zip(frame["fix"], view["vs base"]))
+    for row in frame.to_dict(orient="records"):  # the verdict is the paired interval's side of 0
+        lo, hi = row["vs_baseline_diff_lo"], row["vs_baseline_diff_hi"]
+        if row["fix"] == "no-branch (baseline)":
+            assert verdicts[row["fix"]] == "-"
+        elif lo <= 0 <= hi:
+            assert verdicts[row["fix"]] == "≈ base"
+        else:
+            assert verdicts[row["fix"]] == ("better" if lo > 0 else "worse")
+    rec = gather(open_storage(db_url), "mini").recommendation.trial
+    line = next(x for x in out.splitlines() if x.startswith("recommended:"))
+    assert line.startswith(f"recommended: {rec.fix}") and f"(trial {rec.trial_number})" in line
+    assert view["fix"][2].split()[0] == rec.fix
 
 
 def test_query_studies_and_sql(capsys, db_url):

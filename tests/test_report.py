@@ -75,21 +75,41 @@ def table(text: str) -> list[dict[str, str]]:
     return [dict(zip(header, r, strict=True)) for r in rows]
 
 
+class Printed(float):
+    """A number as the report printed it, with its number of decimals (the rounding it went through)."""
+
+    decimals: int
+
+
+def _printed(text: str) -> float:
+    if text in ("n/a", "-"):
+        return math.nan
+    if "inf" in text:
+        return float(text)
+    value = Printed(float(text))
+    value.decimals = len(text.split(".", 1)[1]) if "." in text else 0
+    return value
+
+
 def numbers(cell: str) -> list[float]:
     """The numbers of a cell: 'v', 'v [lo, hi]', 'v [lo, hi] (n = 2)' -> [v, lo, hi] (n dropped);
-    'n/a' reads as NaN, 'inf' as infinity."""
+    'n/a' and a lone '-' read as NaN, 'inf' as infinity."""
     cell = re.sub(r"\(n = \d+\)", "", cell)
-    return [math.nan if x == "n/a" else float(x) for x in re.findall(rf"n/a|-?inf|{NUM}", cell)]
+    if cell.strip() == "-":
+        return [math.nan]
+    return [_printed(x) for x in re.findall(rf"n/a|-?inf|{NUM}", cell)]
 
 
 def same(printed: float, value: float | str | None) -> bool:
-    """A printed number (4 significant digits) equals the query's value (JSON: None for NaN, 'inf')."""
+    """A printed number is the query's value (JSON: None for NaN, 'inf') rounded to the decimals it
+    was printed with."""
     if value is None:
         return math.isnan(printed)
     value = float(value)
     if math.isinf(value):
         return printed == value
-    return printed == pytest.approx(value, rel=6e-4, abs=1e-12)
+    decimals = getattr(printed, "decimals", 12)
+    return abs(printed - value) <= 0.5 * 10.0**-decimals + 1e-12
 
 
 def check_cell(cell: str, row: dict, column: str, interval: bool = True) -> None:
@@ -143,7 +163,7 @@ def check_evidence(md: str, per_fix: list[dict]) -> None:
         assert r45["seeds"] == str(q["n_seeds"])
         assert r45["trial"] == ("-" if q["best_trial"] is None else str(q["best_trial"]))
         if q["scale"] is not None:
-            assert same(float(r45["scale"]), q["scale"])
+            assert same(_printed(r45["scale"]), q["scale"])
         check_cell(r41["R@0 layers [95%]"], q, "grad_ratio_init")
         for g in ("proj", "all"):
             check_cell(r41[f"R@0 {g}"], q, f"grad_ratio_init_{g}", interval=False)
@@ -161,7 +181,7 @@ def check_evidence(md: str, per_fix: list[dict]) -> None:
         check_cell(r45["slope - baseline"], q, "loss_slope_rel", interval=False)
 
 
-REFS = ("no-branch (baseline)", "frozen-adapters (control)")
+REFS = ("no-branch (baseline)", "frozen (control)")
 
 
 def test_evidence_tables_equal_query_group_by_fix(written):
@@ -242,9 +262,30 @@ def test_setting_and_caveats_come_from_the_stored_study(written):
     caveats = section(md, "## 7.")
     assert "2 seeds" in caveats and "Toy model" in caveats and "Random init" in caveats
     assert "each run has 6 steps" in caveats
-    control = next(r for r in written["per_fix"] if r["fix"] == "frozen-adapters (control)")
+    control = next(r for r in written["per_fix"] if r["fix"] == "frozen (control)")
     m = re.search(r"the frozen control - the baseline on `adapter_gain`, paired by seed: ([^;]*);", caveats)
     check_cell(m.group(1), control, "adapter_gain_diff")  # the query's paired gain difference of the control
+
+
+def test_numbers_follow_the_cli_rule_and_prose_has_no_python_literals(written):
+    """One number format for the CLI, the Markdown and the HTML (ablate/textfmt.py): fixed point, no
+    exponent; each table column shares one number of decimals; spec values as TOML writes them."""
+    md, page = written["md"], written["html"]
+    text = md.split("## 11.")[0]  # the stored spec (section 11) is quoted as the user wrote it
+    prose = re.sub(r"`[^`]*`", "", text)  # code spans: hashes and names, not numbers ('0e5' in a hash)
+    assert not re.search(r"\d[eE][-+]?\d", prose), re.search(r".{40}\d[eE][-+]?\d.{20}", prose)
+    assert not re.search(r"\b(True|False|None)\b", text), re.search(r".{40}\b(True|False|None)\b", text)
+    assert "frozen control true" in text and "text-context norm: false" in text
+    for heading in ("### 4.2", "### 4.5", "## 5."):
+        rows = table(section(md, heading))
+        for col in [c for c in rows[0] if c not in ("place", "trial", "scale", "seeds", "Pareto rank")]:
+            cells = [numbers(r[col]) for r in rows if re.fullmatch(rf"{NUM}( \[.*\])?", r[col])]
+            decimals = {getattr(x, "decimals", None) for c in cells for x in c if not math.isnan(x)}
+            assert len(decimals) <= 1, (heading, col, decimals)
+    # the CLI's per-fix table prints the same cells as the report's evidence (4.5, adapter gain)
+    t45 = {r["arm"]: r["adapter gain [95%]"] for r in table(section(md, "### 4.5"))}
+    assert t45["frozen (control)"] == "0.000 [0.000, 0.000]" or t45["frozen (control)"].startswith("0.0")
+    assert "<td>" + t45["no-branch (baseline)"] + "</td>" in page
 
 
 def test_html_is_self_contained(written):
@@ -356,32 +397,35 @@ def test_spec_defaults_match_the_spec_models():
             assert getattr(made, key) == value, (section_name, key)
 
 
-def test_pareto_ranks_peel_the_plots_front():
-    """Rank 1 is exactly pareto_front's front, and each later rank is the front of what is left
-    (ties, duplicates and one objective included), for both directions."""
+def test_pareto_ranks_peel_the_front_by_definition():
+    """Each rank is the set of points no other remaining point dominates (checked pairwise from the
+    definition), ties, duplicates and one objective included, for both directions; rank 1 is the
+    plot's front."""
     import random
 
-    from ablate.plot.pareto import pareto_front
-    from ablate.report.model import _pareto_ranks
+    from ablate.pareto import pareto_front, pareto_ranks
+
+    def dominates(a, b, dirs):
+        better = [(x <= y) if d == "minimize" else (x >= y) for x, y, d in zip(a, b, dirs)]
+        return all(better) and a != b
 
     rng = random.Random(0)
     for trial in range(300):
         n = rng.randint(1, 30)
         pts = [(float(rng.randint(0, 6)), float(rng.randint(0, 6))) for _ in range(n)]
         dirs = [rng.choice(["maximize", "minimize"]), rng.choice(["maximize", "minimize"])]
-        ranks = _pareto_ranks(pts, dirs)
+        ranks = pareto_ranks(pts, dirs)
         left = list(range(n))
         rank = 0
         while left:
             rank += 1
-            front = pareto_front(
-                [pts[i] for i in left], maximize_x=dirs[0] == "maximize", minimize_y=dirs[1] == "minimize"
-            )
-            want = sorted(left[i] for i in front)
+            want = sorted(i for i in left if not any(dominates(pts[j], pts[i], dirs) for j in left))
             assert sorted(i for i in left if ranks[i] == rank) == want, (trial, pts, dirs)
             left = [i for i in left if ranks[i] != rank]
-    assert _pareto_ranks([(1.0,), (3.0,), (3.0,), (2.0,)], ["maximize"]) == [3, 1, 1, 2]
-    assert _pareto_ranks([(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (1.0, 1.0, 1.0)], ["maximize"] * 3) == [2, 2, 1]
+        front = pareto_front(pts, maximize_x=dirs[0] == "maximize", minimize_y=dirs[1] == "minimize")
+        assert sorted(front) == sorted(i for i in range(n) if ranks[i] == 1)
+    assert pareto_ranks([(1.0,), (3.0,), (3.0,), (2.0,)], ["maximize"]) == [3, 1, 1, 2]
+    assert pareto_ranks([(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (1.0, 1.0, 1.0)], ["maximize"] * 3) == [2, 2, 1]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -450,7 +494,7 @@ def test_recommendation_against_every_other_fix_is_paired_by_seed(written):
         mean = statistics.mean(diffs)
         half = t_ppf(0.975, 1) * statistics.stdev(diffs) / math.sqrt(2)
         assert int(n) == 2
-        assert same(float(est), mean) and same(float(lo), mean - half) and same(float(hi), mean + half)
+        assert same(_printed(est), mean) and same(_printed(lo), mean - half) and same(_printed(hi), mean + half)
 
 
 def test_study_without_a_ranked_trial_says_so(mini_study_db, tmp_path, capsys):
@@ -463,7 +507,7 @@ def test_study_without_a_ranked_trial_says_so(mini_study_db, tmp_path, capsys):
     assert "nothing to compare or recommend" in section(md, "## 2.")
     assert [r["arm"] for r in table(section(md, "### 4.5"))] == list(REFS)
     assert len(table(section(md, "## 10."))) == 4
-    assert "None: no trial is ranked." in section(md, "## 8.")
+    assert "No recommendation: no trial is ranked." in section(md, "## 8.")
 
 
 def test_auroc_is_shown_when_the_store_has_one(written, tmp_path, monkeypatch):

@@ -945,16 +945,38 @@ def test_group_by_fix_one_seed_minimize_primary(one_seed: Engine) -> None:
 
 def test_group_by_fix_best_ranked_trial_per_fix(populated: Engine) -> None:
     groups = group_by_fix(populated, "abl")
-    assert groups.columns[:7].tolist() == ["study", "fix", "n_trials", "n_unranked", "best_trial", "scale", "n_seeds"]
+    head = ["study", "fix", "rank", "recommended", "n_trials", "n_unranked", "best_trial", "scale", "n_seeds"]
+    assert groups.columns[:9].tolist() == head
     groups = groups.set_index("fix")
+    # the references, the fixes by adapter_gain (best first), then those with no ranked trial by name
     assert groups.index.tolist() == [
         "no-branch (baseline)",
-        "frozen-adapters (control)",
+        "frozen (control)",
         "fixed-scale",
+        "zero-init",
         "layerscale",
         "norm-match",
-        "zero-init",
     ]
+    assert groups["rank"].iloc[2:4].tolist() == [1, 2]
+    assert groups["rank"].isna().tolist() == [True, True, False, False, True, True]
+    # the report's recommendation: the front's best trial on adapter_gain (trial 1, fixed-scale)
+    assert groups["recommended"].tolist() == [False, False, True, False, False, False]
+
+    # Against the baseline on adapter_gain, paired by seed: fixed-scale trial 1 is [0, -0.02, -0.01]
+    # off the baseline's [0.30, 0.36, 0.33] (interval holds 0), zero-init trial 5 about -0.22 (below 0),
+    # the control (seeds 0, 1) -0.30 and -0.36: with two seeds the t quantile is 12.7, so its interval
+    # reaches above 0; the baseline is not compared with itself.
+    m, lo, hi = _t_interval([0.0, -0.02, -0.01])
+    fs = groups.loc["fixed-scale"]
+    assert (fs["vs_baseline_diff"], fs["vs_baseline_diff_lo"], fs["vs_baseline_diff_hi"]) == pytest.approx((m, lo, hi))
+    assert lo < 0 < hi and fs["vs_baseline"] == "≈ base"
+    assert groups.loc["zero-init", "vs_baseline"] == "worse"
+    assert groups.loc["zero-init", "vs_baseline_diff"] == pytest.approx(-0.22)
+    ctrl = groups.loc["frozen (control)"]
+    assert ctrl["vs_baseline"] == "≈ base" and ctrl["vs_baseline_diff"] == pytest.approx(-0.33)
+    assert ctrl["vs_baseline_diff_hi"] > 0 > ctrl["vs_baseline_diff_lo"]
+    assert pd.isna(groups.loc["no-branch (baseline)", "vs_baseline"])  # not compared with itself: null
+    assert groups.loc["layerscale", "vs_baseline"] is None or pd.isna(groups.loc["layerscale", "vs_baseline"])
     trials = trials_frame(populated, "abl").set_index("trial_number")
 
     # fixed-scale: trial 2 (0.925, missing seed 2) is better but unranked; trial 1 (0.32) beats trial 0 (0.23).
@@ -989,7 +1011,7 @@ def test_group_by_fix_best_ranked_trial_per_fix(populated: Engine) -> None:
     )
     assert base["loss_slope"] == -11.0 and base["dilution_train"] == 0.0 and base["wall_s"] == 6.0
     assert base["adapter_gain"] == pytest.approx(trial_value("adapter_gain", _rows(populated, "abl", "baseline")))
-    ctrl = groups.loc["frozen-adapters (control)"]
+    ctrl = groups.loc["frozen (control)"]
     assert ctrl["n_seeds"] == 2 and (ctrl["adapter_gain"], ctrl["adapter_gain_lo"], ctrl["adapter_gain_hi"]) == (
         0,
         0,

@@ -105,7 +105,11 @@ ThreadsOpt = Annotated[
     ),
 ]
 
-study_app = typer.Typer(help="Optuna studies over fix types and scales.", no_args_is_help=True)
+study_app = typer.Typer(
+    help="Optuna studies over fix types and scales: ablate study run SPEC.",
+    short_help="Optuna studies over fix types and scales: ablate study run SPEC runs or resumes one.",
+    no_args_is_help=True,
+)
 app.add_typer(study_app, name="study")
 
 StorageOpt = Annotated[

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from typing import Any
@@ -40,19 +39,32 @@ class worker_threads:
         self.workers.__exit__(*exc)
 
 
-def json_clean(v: Any) -> Any:
-    """JSON-safe: NaN/inf become null (JSON has no NaN)."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: json_clean(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [json_clean(x) for x in v]
-    return v
-
-
 def emit_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(json_clean(doc), indent=2) + "\n")
+    from ablate.jsonout import json_value
+
+    sys.stdout.write(json.dumps(json_value(doc), indent=2) + "\n")
+
+
+def program() -> str:
+    """How the user runs ``ablate``, for the commands we print for them to run next: ``ablate`` when
+    their shell finds this program by that name, else the path they typed (``.venv/bin/ablate``)."""
+    import shutil
+
+    typed = sys.argv[0] if sys.argv else ""
+    if os.path.basename(typed) != "ablate":  # python -m ablate, or called in-process
+        return "ablate"
+    found = shutil.which("ablate")
+    if found and os.path.realpath(found) == os.path.realpath(typed):
+        return "ablate"
+    return typed
+
+
+def storage_option(storage: str | None) -> str:
+    """`` --storage URL`` (password masked) when the user named a database with ``--storage``, else ''
+    ($ABLATE_STORAGE, if set, applies to the next command as it did to this one)."""
+    from ablate.store.engine import DEFAULT_STORAGE, display_url
+
+    return "" if not storage or storage == DEFAULT_STORAGE else f" --storage {display_url(storage)}"
 
 
 def open_read(open_storage, url):
@@ -80,11 +92,11 @@ class lookup_errors:
 
 def print_view(engine, study: str | None, frame, title: str, wide: bool = False) -> None:
     from ablate import views
-    from ablate.objectives import OBJECTIVES
+    from ablate.objectives import known_objectives
     from ablate.store import query as q
 
     if title in ("trials", "per fix") and not frame.empty:
-        objectives = [m for m in q.study_settings(engine, study)["objectives"] if m in OBJECTIVES]
+        objectives = known_objectives(q.study_settings(engine, study)["objectives"])
         view = views.trials_view(frame, objectives) if title == "trials" else views.fixes_view(frame, objectives)
     elif title == "runs" and not frame.empty:
         view = views.runs_view(frame)

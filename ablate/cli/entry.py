@@ -28,6 +28,19 @@ def _input_error_line(exc: AblateInputError) -> str:
     return f"error: {field}: {' '.join(exc.message.split())}"
 
 
+def _usage_line(exc: Exception) -> str:
+    """Click's parse error as one line; an unknown option is named first, with the option it was
+    probably meant to be (``error: --stpes: no such option (did you mean --steps?)``)."""
+    from ablate.errors import did_you_mean
+
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoSuchOption" and ctx is not None:
+        name = exc.option_name  # type: ignore[attr-defined]
+        options = [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")]
+        return f"error: {name}: no such option{did_you_mean(name, options, quote=False)}"
+    return "error: " + " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled as Ctrl-C is (the running run is marked failed, Optuna's trial FAIL), exit 143."""
 
@@ -96,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
                 sys.stdout.write(ctx.get_help() + "\n")
                 sys.exit(0)
-            _fail("error: " + " ".join(exc.format_message().split()), 2)
+            _fail(_usage_line(exc), 2)
         if type(exc).__name__ == "Abort":
             _fail_interrupted()
         if os.environ.get("ABLATE_DEBUG"):

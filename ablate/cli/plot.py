@@ -9,10 +9,13 @@ import typer
 
 from ablate.cli.app import JsonOpt, StorageOpt, StudyOpt, app, err
 from ablate.cli.common import check_out_dir, emit_json, lookup_errors, open_read
-from ablate.errors import AblateInputError
+from ablate.errors import AblateInputError, did_you_mean
 
 
-@app.command()
+@app.command(
+    short_help="Draw a study's figures (PNG + SVG): the tradeoff of two metrics (--x, --y), loss curves, ratio "
+    "vs scale, gates, gradient norms, evaluation."
+)
 def plot(
     study: StudyOpt = None,
     storage: StorageOpt = None,
@@ -22,22 +25,42 @@ def plot(
         typer.Option(
             "--kind",
             help="tradeoff | loss | ratio-scale | gates | grad-norms | eval (repeat; default: all, eval when "
-            "the study was evaluated).",
+            "the study was evaluated; only the tradeoff with --x or --y).",
+        ),
+    ] = None,
+    x: Annotated[
+        str | None,
+        typer.Option(
+            "--x",
+            metavar="METRIC",
+            help="The tradeoff's x axis: any stored metric, e.g. train_grad_ratio (default: the study's second "
+            "objective). The figure is then tradeoff-Y-vs-X.png.",
+        ),
+    ] = None,
+    y: Annotated[
+        str | None,
+        typer.Option(
+            "--y",
+            metavar="METRIC",
+            help="The tradeoff's y axis, e.g. loss_slope (default: the study's first objective).",
         ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Draw a study's plots as PNG and SVG: the loss-vs-ratio tradeoff, loss curves, ratio vs scale,
-    gate trajectories and gradient norms."""
+    """Draw a study's figures as PNG and SVG: the tradeoff of two metrics per trial (default: the
+    study's two objectives; --x train_grad_ratio --y loss_slope draws the loss-versus-ratio tradeoff),
+    loss curves, gradient ratio vs scale, gate trajectories, gradient norms and, for an evaluated study,
+    AUROC and AP."""
     from ablate.store import query as q
     from ablate.store.engine import open_storage, storage_url
 
+    kinds = check_axes(kind, x, y)
     url = storage_url(storage)
     engine = open_read(open_storage, url)
     with lookup_errors():
         name = study or q.latest_study(engine)
     check_out_dir(out_dir, "--out")
-    written = draw_plots(url, name, out_dir or f"plots/{name}", kind, quiet=as_json)
+    written = draw_plots(url, name, out_dir or f"plots/{name}", kinds, quiet=as_json, x=x, y=y)
     if as_json:
         emit_json({"study": name, "plots": [str(p) for p in written]})
     else:
@@ -45,9 +68,27 @@ def plot(
             sys.stdout.write(f"plot: {p}\n")  # plain: a long path must not wrap
 
 
-def draw_plots(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet: bool) -> list:
-    from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
-    from ablate.plot import render_all, source
+def check_axes(kinds: list[str] | None, x: str | None, y: str | None) -> list[str] | None:
+    """--x / --y name stored metrics and go with the tradeoff; the kinds to draw (None: all)."""
+    from ablate.store.query import TRIAL_METRICS
+
+    for option, metric in (("--x", x), ("--y", y)):
+        if metric is not None and metric not in TRIAL_METRICS:
+            hint = did_you_mean(metric, TRIAL_METRICS)
+            raise AblateInputError(option, f"unknown metric {metric!r}{hint}; one of: {', '.join(TRIAL_METRICS)}")
+    if x is None and y is None:
+        return kinds
+    if kinds is None:
+        return ["tradeoff"]
+    if "tradeoff" not in kinds:
+        raise AblateInputError("--x" if x is not None else "--y", "sets the tradeoff's axes; add --kind tradeoff")
+    return kinds
+
+
+def draw_plots(
+    url: str, name: str, out_dir: str, kinds: list[str] | None, quiet: bool, x: str | None = None, y: str | None = None
+) -> list:
+    from ablate.plot.draw import draw_study
     from ablate.plot.extract import PLOT_KINDS
     from ablate.store.engine import open_storage
 
@@ -56,21 +97,12 @@ def draw_plots(url: str, name: str, out_dir: str, kinds: list[str] | None, quiet
         raise AblateInputError("--kind", f"unknown plot kind(s) {', '.join(bad)}; choose from {', '.join(PLOT_KINDS)}")
     engine = open_storage(url, create=False)
     with lookup_errors():
-        inputs = source.load(engine, name, kinds)
-    settings = inputs.settings
-    objectives = [m for m in settings["objectives"] if m in OBJECTIVES]
-    y, x = (objectives + [m for m in DEFAULT_OBJECTIVES if m not in objectives])[:2]
-    return render_all(
-        inputs.runs,
-        inputs.steps,
-        out_dir,
-        kinds=kinds,
-        trials=inputs.trials,
-        references=inputs.references,
-        axes=(x, y, OBJECTIVES[x].direction, OBJECTIVES[y].direction),
-        threshold=settings["threshold"],
-        on_skip=(lambda k, why: None) if quiet else (lambda k, why: err.print(f"plot {k} skipped: {why}")),
-        gates_selection=inputs.gates_selection,
-        groups=inputs.groups,
-        group_labels=inputs.group_labels,
-    )
+        return draw_study(
+            engine,
+            name,
+            out_dir,
+            kinds,
+            x=x,
+            y=y,
+            on_skip=(lambda k, why: None) if quiet else (lambda k, why: err.print(f"plot {k} skipped: {why}")),
+        )

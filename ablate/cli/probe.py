@@ -28,7 +28,9 @@ from ablate.errors import AblateInputError
 from ablate.textfmt import fmt
 
 
-@app.command()
+@app.command(
+    short_help="Paired gradient probe at initialisation: each fix's adapter gradient with and without the branch."
+)
 def probe(
     fix: FixOpt = None,
     scale: ScaleOpt = None,

@@ -13,13 +13,20 @@ from ablate.errors import AblateInputError
 from ablate.store.sql_limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S
 
 
-@app.command()
+@app.command(
+    short_help="Read the results database: trials, --group-by fix (ranked, against the baseline), --runs, "
+    "--classes, --studies, --sql; table, csv or json."
+)
 def query(
     study: StudyOpt = None,
     storage: StorageOpt = None,
     group_by: Annotated[
         str | None,
-        typer.Option("--group-by", help="'fix': each fix's best ranked trial with 95% intervals, and the references."),
+        typer.Option(
+            "--group-by",
+            help="'fix': the references, then each fix's best ranked trial with 95% intervals, ranked by the first "
+            "objective, with its verdict against the baseline and the recommended fix named under the table.",
+        ),
     ] = None,
     runs: Annotated[bool, typer.Option("--runs", help="One row per run (trial x seed, baselines, controls).")] = False,
     classes: Annotated[

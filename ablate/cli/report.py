@@ -7,11 +7,14 @@ from typing import Annotated
 import typer
 
 from ablate.cli.app import JsonOpt, StorageOpt, app, out_console
-from ablate.cli.common import check_out_dir, emit_json, open_read
+from ablate.cli.common import check_out_dir, emit_json, open_read, program
 from ablate.errors import AblateInputError
 
 
-@app.command()
+@app.command(
+    short_help="Write a study up from the database: report.md with its figures, one self-contained "
+    "report.html, report.json."
+)
 def report(
     study: Annotated[str, typer.Argument(metavar="STUDY", help="Name of the study to write up.")],
     out_dir: Annotated[str, typer.Option("--out", help="Folder for report.md, report.html, report.json and the PNGs.")],
@@ -29,7 +32,7 @@ def report(
     engine = open_read(open_storage, url)
     check_out_dir(out_dir, "--out", "the report")
     try:
-        files = write_report(engine, study, out_dir, display_url(url))
+        files = write_report(engine, study, out_dir, display_url(url), program())
     except LookupError as exc:
         raise AblateInputError("STUDY", str(exc).strip("'\"")) from None
     if as_json:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ablate.cli.app import JsonOpt, QuietOpt, StorageOpt, ThreadsOpt, err, study_app
-from ablate.cli.common import check_out_dir, check_threads, emit_json, print_view
+from ablate.cli.common import check_out_dir, check_threads, emit_json, print_view, program, storage_option
 from ablate.cli.plot import draw_plots
 from ablate.errors import AblateInputError
 
@@ -17,7 +17,11 @@ if TYPE_CHECKING:
     from ablate.study.runner import StudyOutcome
 
 
-@study_app.command("run")
+@study_app.command(
+    "run",
+    short_help="Run an Optuna study of the spec's fixes and scales (resumes it if it exists), then print the "
+    "per-fix table and draw the figures.",
+)
 def study_run(
     spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="Study spec, e.g. studies/quick.toml.")],
     trials: Annotated[
@@ -157,6 +161,8 @@ def study_run(
             err.print(f"{outcome.failed} trial(s) failed this time; run the same command to retry them.")
         for p in written:
             sys.stdout.write(f"plot: {p}\n")  # plain: a long path must not wrap
+        report = f"{program()} report {outcome.name}{storage_option(storage)} --out reports/{outcome.name}"
+        sys.stdout.write(f"next, the study written up (Markdown, HTML): {report}\n")
 
 
 def _gpu_plan(workers: int | None, gpus: str | None) -> list[str | None]:

@@ -33,7 +33,9 @@ from ablate.cli.common import emit_json, plain_line, print_probe_table, progress
 from ablate.textfmt import fmt
 
 
-@app.command()
+@app.command(
+    short_help="Train one arm and its no-branch baseline briefly: adapter gain, gradient ratios, bypass probes."
+)
 def train(
     fix: Annotated[str, typer.Option("--fix", help="Fix type (see `ablate probe --help`).")] = "none",
     scale: ScaleOpt = None,
@@ -135,9 +137,10 @@ def train(
 def print_train_summary(summary: dict, result, with_base: bool, seed: int, steps: int) -> None:
     from rich import box
 
-    from ablate.textfmt import fmt_ci
+    from ablate.textfmt import interval, scale_text
 
-    title = f"Training run: {result.fix} (scale {fmt(result.scale)}), seed {seed}, {steps} steps"
+    scale = "" if result.scale is None else f" s={scale_text(result.scale)}"
+    title = f"Training run: {result.fix}{scale}, seed {seed}, {steps} steps"
     if result.frozen:
         title += f", frozen: {', '.join(result.frozen)}"
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
@@ -145,18 +148,22 @@ def print_train_summary(summary: dict, result, with_base: bool, seed: int, steps
     table.add_column("value", justify="right")
     table.add_column("meaning")
     g = result.group
+
+    def ci(name: str) -> str:
+        return interval(summary[name], summary[f"{name}_lo"], summary[f"{name}_hi"])
+
     rows = [
-        ("adapter_gain", fmt_ci(summary["adapter_gain"], summary["adapter_gain_lo"], summary["adapter_gain_hi"]),
+        ("adapter_gain", ci("adapter_gain"),
          f"loss with {g} reset - trained"),
     ]  # fmt: skip
     if with_base:
         rows += [
             ("adapter_gain_rel", fmt(summary["adapter_gain_rel"], 3), "gain / baseline's gain"),
             ("train_grad_ratio",
-             fmt_ci(summary["train_grad_ratio"], summary["train_grad_ratio_lo"], summary["train_grad_ratio_hi"]),
+             ci("train_grad_ratio"),
              f"|grad {g}| vs baseline run (steps' lag-1 autocorr. {fmt(summary['train_grad_ratio_ac1'], 2)})"),
             ("train_update_ratio",
-             fmt_ci(summary["train_update_ratio"], summary["train_update_ratio_lo"], summary["train_update_ratio_hi"]),
+             ci("train_update_ratio"),
              f"|dθ|/|θ| {g} vs baseline (lag-1 autocorr. {fmt(summary['train_update_ratio_ac1'], 2)})"),
             ("loss_slope_rel", fmt(summary["loss_slope_rel"], 3), "slope - baseline's slope"),
         ]  # fmt: skip

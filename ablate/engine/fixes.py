@@ -1,4 +1,4 @@
-"""The fix registry: the one place that knows the fix names (DESIGN.md §3).
+"""The fix registry: the one place that knows the fix names (docs/concepts.md, "The fixes").
 
 A fix decides how the branch output ``c`` joins the residual stream ``x``. Each fix is one
 registered ``Join`` subclass; ``zero-init`` is the one fix that changes the branch's

@@ -1,4 +1,7 @@
-"""Loss-series maths (DESIGN.md §4); intervals and ratio averages live in ablate/stats.py."""
+"""Loss-series maths (docs/concepts.md, "What the numbers mean").
+
+Intervals and ratio averages live in ablate/stats.py.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The paired gradient probe (DESIGN.md §4).
+"""The paired gradient probe (docs/concepts.md, "The probe").
 
 With and without the branch on identical weights, the same cached batches and the same RNG
 state, dropout off by default: the only difference between the two arms is the branch.

@@ -28,7 +28,7 @@ class GroupProbe:
 
 @dataclass
 class ProbeResult:
-    """Paired with/without-branch gradient probe on identical weights and batches (DESIGN.md §4).
+    """Paired with/without-branch gradient probe on identical weights and batches (docs/concepts.md).
 
     ``grad_ratio`` and the verdict are the judged group's (``group``, block adapters by default);
     ``groups`` holds every group. After step 0 this is a *bypass* ratio: it compares the trained

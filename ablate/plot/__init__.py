@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ablate.pareto import pareto_front
 from ablate.plot.extract import (
     EVAL_KIND,
     FIX_ORDER,
@@ -39,7 +40,6 @@ from ablate.plot.extract import (
     extract_tradeoff,
     fix_sort_key,
 )
-from ablate.plot.pareto import pareto_front
 
 
 def ranked_runs(runs: Any, trials: Any) -> Any:

@@ -29,12 +29,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ablate import textfmt
 from ablate.engine.fix_order import registry_names
 from ablate.engine.metrics import loss_line  # the slope's own fit (plain maths, no torch)
 from ablate.errors import AblateInputError
 from ablate.eval import EVAL_METRICS
-from ablate.plot.pareto import pareto_front
-from ablate.stats import geo_mean
+from ablate.objectives import OBJECTIVES
+from ablate.pareto import pareto_front
+from ablate.stats import dilution, geo_mean, ratio_ci
 
 # The registry's names read without importing torch (read commands stay light; see fix_order.py).
 _REGISTERED, NO_BRANCH = registry_names()
@@ -149,8 +151,8 @@ def _width(lo: float, hi: float) -> bool:
 
 
 def scale_text(scale: float) -> str:
-    """A scale as figures print it: two significant digits ('s=0.0012', not 's=0.00118363')."""
-    return "" if np.isnan(scale) else f"s={scale:.2g}"
+    """A scale as figures label it, 's=' and the one scale format (ablate/textfmt.py); '' without one."""
+    return "" if np.isnan(scale) else f"s={textfmt.scale_text(scale)}"
 
 
 @dataclass(frozen=True, eq=False)  # holds numpy arrays
@@ -210,28 +212,37 @@ class ScaleSeries:
     """Mean gradient ratio against scale for one fix (scale > 0 only: it goes on a log axis).
 
     Runs are pooled per (fix, scale): trials that drew the same scale are the same configuration.
-    Points at scale <= 0 (e.g. ReZero's alpha init 0) cannot sit on a log axis and are kept in
-    the ``zero_*`` arrays, which the renderer draws in a separate linear panel.
+    ``ratio`` is the geometric mean over those runs, ``ratio_lo/_hi`` its 95% t-interval on the logs
+    (NaN with one run). Points at scale <= 0 (e.g. ReZero's alpha init 0) cannot sit on a log axis
+    and are kept in the ``zero_*`` arrays, which the renderer draws in a separate linear panel.
     """
 
     fix: str
     scale: np.ndarray  # sorted ascending, all > 0
     ratio: np.ndarray
-    ratio_std: np.ndarray
+    ratio_lo: np.ndarray
+    ratio_hi: np.ndarray
     n_runs: np.ndarray
     zero_scale: np.ndarray  # the scales <= 0, sorted
     zero_ratio: np.ndarray
-    zero_ratio_std: np.ndarray
+    zero_ratio_lo: np.ndarray
+    zero_ratio_hi: np.ndarray
     zero_n_runs: np.ndarray
+
+    @property
+    def n_scales(self) -> int:
+        return int(self.scale.size + self.zero_scale.size)
 
 
 @dataclass(frozen=True)
 class RatioLevel:
-    """Mean ratio of a fix that has no scale (drawn as a horizontal reference line)."""
+    """Mean ratio of a fix that has no scale (drawn as a horizontal reference line), with its 95%
+    interval over runs."""
 
     fix: str
     ratio: float
-    ratio_std: float
+    ratio_lo: float
+    ratio_hi: float
     n_runs: int
 
 
@@ -243,6 +254,11 @@ class RatioScaleData:
     unscaled: tuple[RatioLevel, ...]  # fixes without a scale (none, zero-init, ...)
     threshold: float
     ratio_metric: str
+
+    @property
+    def one_scale_per_fix(self) -> bool:
+        """Every fix was run at one scale only: the figure cannot show how the ratio follows the scale."""
+        return all(s.n_scales <= 1 for s in self.series)
 
 
 @dataclass(frozen=True, eq=False)  # holds numpy arrays
@@ -400,6 +416,31 @@ def _coords(row: Mapping[str, Any], x_metric: str, y_metric: str) -> dict[str, f
     return out
 
 
+# Ratios against the baseline (or the bypass) that the probe threshold is read on.
+THRESHOLD_RATIOS = frozenset({"train_grad_ratio", "grad_ratio_init", "grad_ratio_mean"})
+
+
+def with_metric(frame: pd.DataFrame | None, name: str) -> pd.DataFrame | None:
+    """``frame`` with ``name`` and its ``_lo/_hi`` as columns: an objective the study did not optimise
+    is derived from its stored column (a dilution from its ratio, the interval's ends swapped);
+    a metric without an interval gets NaN ends."""
+    if frame is None:
+        return None
+    obj = OBJECTIVES.get(name)
+    add: dict[str, Any] = {}
+    if name not in frame.columns and obj is not None and obj.column in frame.columns:
+        source = frame[obj.column].astype(float)
+        lo = frame.get(f"{obj.column}_lo", pd.Series(np.nan, index=frame.index)).astype(float)
+        hi = frame.get(f"{obj.column}_hi", pd.Series(np.nan, index=frame.index)).astype(float)
+        if obj.dilution:  # max(0, -log R): R's upper end is the dilution's lower end
+            source, lo, hi = (pd.Series([dilution(v) for v in s], index=frame.index) for s in (source, hi, lo))
+        add = {name: source, f"{name}_lo": lo, f"{name}_hi": hi}
+    for end in ("_lo", "_hi"):
+        if f"{name}{end}" not in frame.columns and f"{name}{end}" not in add:
+            add[f"{name}{end}"] = np.nan
+    return frame.assign(**add) if add else frame
+
+
 def extract_tradeoff(
     trials: pd.DataFrame,
     references: pd.DataFrame | None,
@@ -413,6 +454,8 @@ def extract_tradeoff(
     ``<m>_lo``, ``<m>_hi`` and ``ranked``); the front over ranked trials; ``references`` (rows of
     ``query.group_by_fix`` whose fix is a reference label) become marks. ``threshold`` (a probe
     ratio) is placed on a dilution x axis as -log(threshold)."""
+    for m in (x_metric, y_metric):
+        trials, references = with_metric(trials, m), with_metric(references, m)
     _require_columns(
         trials, "trials", ["study", "trial_number", "fix", "scale", "status", "ranked", "n_seeds", x_metric, y_metric]
     )
@@ -446,8 +489,10 @@ def extract_tradeoff(
     seeds = sorted({p.n_seeds for p in ranked})
     interval = "95% interval over seeds" if seeds[0] > 1 else "95% interval within one seed only (batch/step noise)"
     threshold_x = None
-    if threshold is not None and x_metric.startswith("dilution") and threshold > 0:
+    if threshold is not None and threshold > 0 and x_metric.startswith("dilution"):
         threshold_x = max(0.0, -float(np.log(threshold)))
+    elif threshold is not None and x_metric in THRESHOLD_RATIOS:
+        threshold_x = float(threshold)
     return TradeoffData(
         points=tuple(ranked),
         unranked=tuple(p for p in pts if id(p) not in ranked_ids),
@@ -532,14 +577,6 @@ def _mean_of(values: list) -> float:
     if len(v) < 2:
         return v[0] if v else float("nan")
     return float(np.mean(v))
-
-
-def _spread_of(values: list) -> float:
-    """Sample std over seeds (ddof=1), 0.0 for a single seed, NaN when no value is known."""
-    v = _known(values)
-    if len(v) < 2:
-        return 0.0 if v else float("nan")
-    return float(np.std(v, ddof=1))
 
 
 def _first_of(values: list) -> float:
@@ -696,10 +733,17 @@ def extract_grad_norms(
 # --------------------------------------------------------------------------------------------
 
 
+def _ratio_bounds(ratios: list) -> tuple[float, float]:
+    """The 95% t-interval of the geometric mean of runs' ratios (on the logs); NaN for one run."""
+    ci = ratio_ci([[r] for r in ratios])
+    return ci.lo, ci.hi
+
+
 def extract_ratio_vs_scale(
     runs: pd.DataFrame, ratio_metric: str = "train_grad_ratio", threshold: float = 0.8
 ) -> RatioScaleData:
-    """Geometric-mean ratio (std over runs) per (fix, scale) for fixes with a scale; levels for the others."""
+    """Geometric-mean ratio with its 95% interval over runs per (fix, scale) for fixes with a scale;
+    levels for the others."""
     _require_columns(runs, "runs", [ratio_metric])
     trials = _complete_trials(runs, "ratio vs scale")
     trials = trials[trials[ratio_metric].notna()]
@@ -719,22 +763,25 @@ def extract_ratio_vs_scale(
         scaled = sorted((s, r) for s, r in groups.items() if s is not _NAN_KEY)
         if not scaled:
             ratios = groups[_NAN_KEY]
-            unscaled.append(RatioLevel(fix, geo_mean(ratios), _spread_of(ratios), len(ratios)))
+            ci = ratio_ci([[r] for r in ratios])
+            unscaled.append(RatioLevel(fix, geo_mean(ratios), ci.lo, ci.hi, len(ratios)))
             continue
-        rows = [(s, geo_mean(r), _spread_of(r), len(r)) for s, r in scaled]
-        arr = np.array(rows, dtype=float).reshape(-1, 4)
+        rows = [(s, geo_mean(r), *_ratio_bounds(r), len(r)) for s, r in scaled]
+        arr = np.array(rows, dtype=float).reshape(-1, 5)
         pos, zero = arr[arr[:, 0] > 0], arr[arr[:, 0] <= 0]
         series.append(
             ScaleSeries(
                 fix=fix,
                 scale=pos[:, 0],
                 ratio=pos[:, 1],
-                ratio_std=pos[:, 2],
-                n_runs=pos[:, 3].astype(int),
+                ratio_lo=pos[:, 2],
+                ratio_hi=pos[:, 3],
+                n_runs=pos[:, 4].astype(int),
                 zero_scale=zero[:, 0],
                 zero_ratio=zero[:, 1],
-                zero_ratio_std=zero[:, 2],
-                zero_n_runs=zero[:, 3].astype(int),
+                zero_ratio_lo=zero[:, 2],
+                zero_ratio_hi=zero[:, 3],
+                zero_n_runs=zero[:, 4].astype(int),
             )
         )
     if not series:
@@ -816,12 +863,19 @@ class EvalEntry:
 @dataclass(frozen=True)
 class EvalData:
     """Image/pixel AUROC and AP (means over classes) per entry: references first, then ranked trials
-    in fix display order. Chance is 0.5 for AUROC; for AP it is the share of anomalous samples."""
+    in fix display order. Chance is 0.5 for AUROC; for AP it is the share of anomalous samples.
+    ``selection`` says which trials are shown when a fix has more than ``EVAL_TRIALS_PER_FIX``."""
 
     entries: tuple[EvalEntry, ...]
     metrics: tuple[str, ...]
     interval: str
     studies: tuple[str, ...]
+    selection: str | None = None
+
+
+# One bar row per trial: beyond this many per fix the figure shows the best ones (a study of 1,000
+# trials drew a 66,607-pixel-tall figure in 24 s and 1 GB before).
+EVAL_TRIALS_PER_FIX = 3
 
 
 def is_evaluated(frame: pd.DataFrame | None) -> bool:
@@ -835,9 +889,15 @@ def _eval_values(r: Mapping[str, Any]) -> dict[str, tuple[float, float, float]]:
     return {m: (_f(r, m), _f(r, f"{m}_lo"), _f(r, f"{m}_hi")) for m in EVAL_PLOT_METRICS}
 
 
-def extract_eval(trials: pd.DataFrame, references: pd.DataFrame | None = None) -> EvalData:
-    """The evaluation metrics of every ranked trial (``query.trials_frame``) that has them, and of
-    the references (reference rows of ``query.group_by_fix``)."""
+def extract_eval(
+    trials: pd.DataFrame,
+    references: pd.DataFrame | None = None,
+    best_by: tuple[str, str] = ("adapter_gain", "maximize"),
+    per_fix: int = EVAL_TRIALS_PER_FIX,
+) -> EvalData:
+    """The evaluation metrics of the ranked trials (``query.trials_frame``) that have them, at most
+    ``per_fix`` per fix, the best by ``best_by`` (metric, direction: the study's first objective),
+    and of the references (reference rows of ``query.group_by_fix``)."""
     _require_columns(trials, "trials", ["study", "trial_number", "fix", "scale", "ranked", "n_seeds"])
     if not is_evaluated(trials) and not is_evaluated(references):
         raise NotEvaluated("trials", "the study stores no evaluation (spec [eval] enabled = true adds it)")
@@ -847,17 +907,28 @@ def extract_eval(trials: pd.DataFrame, references: pd.DataFrame | None = None) -
             vals = _eval_values(r)
             if any(math.isfinite(v[0]) for v in vals.values()):
                 entries.append(EvalEntry(str(r["fix"]), str(r["fix"]), None, int(r.get("n_seeds") or 0), vals))
-    ranked = []
+    metric, direction = best_by
+    sign = -1.0 if direction == "maximize" else 1.0
+    by_fix: dict[str, list[tuple[tuple, EvalEntry]]] = {}
     for r in trials[trials["ranked"]].to_dict(orient="records"):
         vals = _eval_values(r)
         if any(math.isfinite(v[0]) for v in vals.values()):
             label = _trial_label(str(r["fix"]), _f(r, "scale"), int(r["trial_number"]))
-            ranked.append(EvalEntry(label, str(r["fix"]), int(r["trial_number"]), int(r["n_seeds"]), vals))
-    ranked.sort(key=lambda e: (fix_sort_key(e.fix), e.trial_number))
-    entries += ranked
+            value = _f(r, metric)
+            key = (math.isnan(value), 0.0 if math.isnan(value) else sign * value, int(r["trial_number"]))
+            entry = EvalEntry(label, str(r["fix"]), int(r["trial_number"]), int(r["n_seeds"]), vals)
+            by_fix.setdefault(str(r["fix"]), []).append((key, entry))
+    capped = {fix: len(c) for fix, c in by_fix.items() if len(c) > per_fix}
+    for fix in sorted(by_fix, key=fix_sort_key):
+        best = [e for _, e in sorted(by_fix[fix], key=lambda kv: kv[0])[:per_fix]]
+        entries += sorted(best, key=lambda e: e.trial_number)
+    selection = None
+    if capped:
+        counts = ", ".join(f"{fix} {n}" for fix, n in sorted(capped.items(), key=lambda kv: fix_sort_key(kv[0])))
+        selection = f"per fix at most {per_fix} trials, the best by {metric} (ranked trials evaluated: {counts})"
     if not entries:
         raise NoPlotData("trials", "no ranked trial or reference has an evaluation")
     seeds = sorted({e.n_seeds for e in entries})
     interval = "95% interval over seeds" if seeds[0] > 1 else "one seed: no interval over seeds"
     studies = tuple(sorted({str(s) for s in trials["study"]})) if not trials.empty else ()
-    return EvalData(tuple(entries), EVAL_PLOT_METRICS, interval, studies)
+    return EvalData(tuple(entries), EVAL_PLOT_METRICS, interval, studies, selection)

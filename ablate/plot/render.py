@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,14 +109,19 @@ def _seeds(n: int) -> str:
     return f"{n} seed{'s' if n != 1 else ''}"
 
 
-def _plain_log_ticks(ax: Axes) -> None:
-    """Log-axis ticks as plain numbers ('60', '0.5'), no '6x10^1' minor labels."""
+def _plain_log_ticks(ax: Axes, axis: str = "y") -> None:
+    """A log axis labelled with plain numbers ('60', '0.5', '0.0001', no '6x10^1'), with enough
+    labelled ticks to read a value: every 1..9 within a decade or so, 1, 2, 5 over a few decades, the
+    powers of ten beyond. Call it once the data are drawn (it reads the axis' range)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    # 1, 2, 5 per decade: a panel spanning less than a decade still gets labelled ticks
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    decades = np.log10(hi / lo) if lo > 0 and hi > lo else 10.0
+    subs = tuple(range(1, 10)) if decades <= 1.3 else (1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,)
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_locator(LogLocator(base=10, subs=subs))
+    target.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    target.set_minor_formatter(NullFormatter())
 
 
 def _study_suffix(studies: Sequence[str]) -> str:
@@ -140,6 +145,10 @@ _METRIC_LABELS = {
     "loss_slope": "loss slope per 100 steps (negative = learning)",
     "loss_slope_rel": "loss slope − baseline's (negative = faster)",
     "loss_last": "final training loss",
+    "train_grad_ratio": "gradient ratio R during training: the judged adapters' gradient vs the baseline run's",
+    "train_update_ratio": "update ratio during training: the judged adapters' step size vs the baseline run's",
+    "grad_ratio_init": "bypass probe ratio R at step 0: gradient with / without the branch",
+    "adapter_gain_diff": "adapter gain − the baseline's, paired by seed (0 = learned as much)",
 }
 
 
@@ -189,6 +198,12 @@ def _symlog_if_crowded(ax: Axes, xs: Sequence[float]) -> str:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
     ax.set_xlim(left=-0.3 * linthresh)  # the values are >= 0: no negative decade
     return f" [symlog: linear below {linthresh:g}]"
+
+
+def _threshold_r(data: TradeoffData) -> float:
+    """The probe threshold as a ratio: on a dilution axis the line sits at -log R."""
+    x = float(data.threshold_x)
+    return float(np.exp(-x)) if data.x_metric.startswith("dilution") else x
 
 
 def _point_label(p: TrialPoint) -> str:
@@ -265,7 +280,7 @@ def render_tradeoff(data: TradeoffData) -> Figure:
             linestyle="--",
             linewidth=1.0,
             zorder=0,
-            label=f"probe threshold R = {np.exp(-data.threshold_x):.2g}",
+            label=f"probe threshold R = {_threshold_r(data):.2g}",
         )
     xs = [p.x for p in data.points] + [r.x for r in data.references] + [p.x for p in data.unranked]
     note = _symlog_if_crowded(ax, xs)
@@ -404,8 +419,9 @@ def render_ratio_vs_scale(data: RatioScaleData) -> Figure:
     bars = 0
     for s in data.series:
         st = fix_style(s.fix)
-        for axis, scales, ratio, std, at in ((ax, s.scale, s.ratio, s.ratio_std, pos_at),
-                                             (ax0, s.zero_scale, s.zero_ratio, s.zero_ratio_std, zero_at)):  # fmt: skip
+        for axis, scales, ratio, lo, hi, at in ((ax, s.scale, s.ratio, s.ratio_lo, s.ratio_hi, pos_at),
+                                                (ax0, s.zero_scale, s.zero_ratio, s.zero_ratio_lo, s.zero_ratio_hi,
+                                                 zero_at)):  # fmt: skip
             if axis is None or not scales.size:
                 continue
             xs = [at[(s.fix, float(v))] for v in scales]
@@ -422,7 +438,7 @@ def render_ratio_vs_scale(data: RatioScaleData) -> Figure:
                 label=s.fix if first else None,
                 zorder=3,
             )
-            bars += _bars(axis, xs, ratio, xs, xs, ratio - std, ratio + std, st.colour)
+            bars += _bars(axis, xs, ratio, xs, xs, lo, hi, st.colour)
     main = ax if ax is not None else ax0
     for axis in (a for a in (ax0, ax) if a is not None):
         axis.axhline(
@@ -445,6 +461,7 @@ def render_ratio_vs_scale(data: RatioScaleData) -> Figure:
         axis.grid(alpha=0.3)
     if ax is not None:
         ax.set_xscale("log")
+        _plain_log_ticks(ax, "x")
         ax.set_xlabel("scale s (log); markers at one scale are spread apart so none hides another", fontsize="small")
     if ax0 is not None:
         zeros = sorted({float(v) for s in data.series for v in s.zero_scale})
@@ -452,8 +469,14 @@ def render_ratio_vs_scale(data: RatioScaleData) -> Figure:
         ax0.set_xlim(min(zeros) - 0.5, max(zeros) + 0.5)
         ax0.set_xlabel("s ≤ 0" if ax is not None else "scale s")
     (ax0 if ax0 is not None else ax).set_ylabel(f"gradient ratio R  [{data.ratio_metric}]")
-    what = "bars = std of the ratios over runs" if bars else "one run per point or equal ratios: no bars"
-    fig.suptitle(f"Gradient ratio vs scale — geometric mean over runs; {what}", fontsize="medium")
+    what = "bars = 95% interval over runs" if bars else "one run per point or equal ratios: no bars"
+    lines = [f"Gradient ratio vs scale — geometric mean over runs (seeds of trials at that scale); {what}"]
+    if data.one_scale_per_fix:
+        lines.append(
+            "This study ran each fix at one scale only, so the figure cannot show how the ratio follows the "
+            "scale;\nmore trials than fixes let the sampler vary it (spec study.trials)."
+        )
+    fig.suptitle("\n".join(lines), fontsize="medium")
     _legend(main, also=[ax0] if ax0 is not None and ax0 is not main else [])
     return fig
 
@@ -574,7 +597,8 @@ def render_eval(data: EvalData) -> Figure:
         ax.set_title(f"{what} (mean over classes)", fontsize="medium")
         ax.grid(alpha=0.3, axis="x")
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles), fontsize="small")
-    fig.suptitle(f"End-of-run evaluation — {data.interval}{_study_suffix(data.studies)}", fontsize="medium")
+    chosen = f"\n{data.selection}" if data.selection else ""
+    fig.suptitle(f"End-of-run evaluation — {data.interval}{_study_suffix(data.studies)}{chosen}", fontsize="medium")
     return fig
 
 
@@ -617,13 +641,16 @@ def extract_kind(
     slope_metric: str = "loss_slope",
     threshold: float = 0.8,
     gates_selection: str | None = None,
+    best_by: tuple[str, str] = ("adapter_gain", "maximize"),
     groups: Sequence[str] | None = None,
     group_labels: dict[str, str] | None = None,
 ) -> TradeoffData | LossCurvesData | RatioScaleData | GatesData | GradNormsData | EvalData:
     """Run the extractor of one plot kind (see ``KINDS``). ``axes`` = (x metric, y metric, x
     direction, y direction) of the tradeoff, which reads ``trials`` (``query.trials_frame``).
-    ``gates_selection`` says which trials ``steps`` holds gates for, when not every trial; ``groups``
-    (in order) and ``group_labels`` name the subject's watched groups for the gradient-norm panels."""
+    ``gates_selection`` says which trials ``steps`` holds gates for, when not every trial;
+    ``best_by`` (metric, direction) picks the evaluation figure's trials where a fix has many;
+    ``groups`` (in order) and ``group_labels`` name the subject's watched groups for the
+    gradient-norm panels."""
     if kind == "tradeoff":
         if trials is None:
             raise NoPlotData("trials", "the tradeoff plot needs the trials frame")
@@ -633,7 +660,7 @@ def extract_kind(
     if kind == EVAL_KIND:
         if trials is None:
             raise NoPlotData("trials", "the evaluation plot needs the trials frame")
-        return extract_eval(trials, references)
+        return extract_eval(trials, references, best_by)
     if kind not in KINDS:
         raise AblateInputError("kinds", f"unknown plot kind {kind!r}; choose from {', '.join(PLOT_KINDS)}")
     if steps is None:
@@ -662,8 +689,11 @@ def render_all(
     gates_selection: str | None = None,
     groups: Sequence[str] | None = None,
     group_labels: dict[str, str] | None = None,
+    best_by: tuple[str, str] = ("adapter_gain", "maximize"),
+    stems: Mapping[str, str] | None = None,
 ) -> list[Path]:
-    """Extract and render each kind to ``out_dir/<kind>.<fmt>``; returns the files written.
+    """Extract and render each kind to ``out_dir/<kind>.<fmt>`` (``stems`` may name a kind's file
+    otherwise); returns the files written.
 
     With ``kinds=None`` (all), a kind with nothing to draw (e.g. gates in a study without learnable
     gates) is skipped and reported through ``on_skip(kind, reason)`` (default: a log warning); if
@@ -696,6 +726,7 @@ def render_all(
                 gates_selection=gates_selection,
                 groups=groups,
                 group_labels=group_labels,
+                best_by=best_by,
             )
         except NoPlotData as exc:
             if explicit:
@@ -703,7 +734,7 @@ def render_all(
             first_error = first_error or exc
             report(kind, str(exc))
             continue
-        written += save_figure(RENDERERS[kind](data), out / kind, formats)
+        written += save_figure(RENDERERS[kind](data), out / (stems or {}).get(kind, kind), formats)
     if not written and first_error is not None:
         raise first_error
     return written

@@ -8,16 +8,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Engine
 
+from ablate.jsonout import json_value
 from ablate.report.model import Report, gather
 
 __all__ = ["Report", "ReportFiles", "gather", "write_report"]
@@ -32,26 +30,12 @@ class ReportFiles:
     figures: tuple[Path, ...]
 
 
-def _jsonable(v: Any) -> Any:
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return {f.name: _jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple | set | frozenset):
-        items = [_jsonable(x) for x in v]
-        return sorted(items, key=str) if isinstance(v, set | frozenset) else items
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, datetime):
-        return v.isoformat()
-    if isinstance(v, Path):
-        return v.name
-    return v
-
-
-def write_report(engine: Engine, study: str | None, out_dir: str | Path, source: str) -> ReportFiles:
+def write_report(
+    engine: Engine, study: str | None, out_dir: str | Path, source: str, program: str = "ablate"
+) -> ReportFiles:
     """Write the study's report into ``out_dir`` (created if missing); ``source`` is the database URL
-    the report names (passwords masked by the caller). LookupError for an unknown study."""
+    the report names (passwords masked by the caller), ``program`` how its reader runs ablate (its
+    "reproduce" commands start with it). LookupError for an unknown study."""
     from ablate.report.document import compose
     from ablate.report.figures import render_figures
     from ablate.report.html import render_html
@@ -62,9 +46,9 @@ def write_report(engine: Engine, study: str | None, out_dir: str | Path, source:
     out.mkdir(parents=True, exist_ok=True)
     figures = render_figures(engine, report.setting.study, out)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    doc = compose(report, figures, source, generated)
+    doc = compose(report, figures, source, generated, program)
     md, page, js = out / "report.md", out / "report.html", out / "report.json"
     md.write_text(render_markdown(doc, out), encoding="utf-8")
     page.write_text(render_html(doc), encoding="utf-8")
-    js.write_text(json.dumps(_jsonable(report), indent=2) + "\n", encoding="utf-8")
+    js.write_text(json.dumps(json_value(report), indent=2) + "\n", encoding="utf-8")
     return ReportFiles(report.setting.study, md, page, js, tuple(figures.values()))

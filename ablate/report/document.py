@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ablate import textfmt
 from ablate.objectives import OBJECTIVES
 from ablate.report.figures import CAPTIONS
 from ablate.report.model import (
@@ -87,46 +88,78 @@ class Document:
 
 # ------------------------------------------------------------------------------------------ numbers
 
-DIGITS = 4  # significant digits of every number in the report
 PCT = f"{LEVEL:.0%}"  # the intervals' level, as the report writes it
 
 
 def num(v: float | int | None) -> str:
-    """A number as the report prints it (4 significant digits; 'n/a' when missing)."""
-    if v is None:
-        return "n/a"
-    if isinstance(v, int):
-        return str(v)
-    f = float(v)
-    if math.isnan(f):
-        return "n/a"
-    if math.isinf(f):
-        return "inf" if f > 0 else "-inf"
-    return f"{f:.{DIGITS}g}"
+    """A number in prose, by the CLI's one rule (ablate/textfmt.py): three significant digits in
+    fixed point, '-' when missing; integers as they are."""
+    return textfmt.number(v)
 
 
 def _has_bounds(iv: Interval) -> bool:
     return math.isfinite(iv.lo) and math.isfinite(iv.hi)
 
 
-def ci(iv: Interval) -> str:
-    """'estimate [lo, hi]', or the estimate alone when there is no interval."""
+def ci(iv: Interval, decimals: int | None = None) -> str:
+    """'estimate [lo, hi]' with one number of decimals (the CLI's ``value [lo, hi]`` cell), or the
+    estimate alone when there is no interval."""
     if not _has_bounds(iv):
-        return num(iv.estimate)
-    return f"{num(iv.estimate)} [{num(iv.lo)}, {num(iv.hi)}]"
+        return textfmt.number(iv.estimate) if decimals is None else textfmt.fixed(iv.estimate, decimals)
+    return textfmt.interval(iv.estimate, iv.lo, iv.hi, decimals)
 
 
-def paired_ci(iv: Interval) -> str:
+def paired_ci(iv: Interval, decimals: int | None = None) -> str:
     """An interval over seeds: 'one seed: no interval' when there is one seed."""
     if iv.n == 0:
         return "n/a"
     if iv.n == 1 or not _has_bounds(iv):
-        return f"{num(iv.estimate)} (one seed: no interval)"
-    return f"{ci(iv)} (n = {iv.n})"
+        return f"{ci(iv, decimals)} (one seed: no interval)"
+    return f"{ci(iv, decimals)} (n = {iv.n})"
 
 
-def scale_text(v: float) -> str:
-    return "-" if math.isnan(v) else num(v)
+scale_text = textfmt.scale_text
+
+
+@dataclass(frozen=True)
+class Num:
+    """A number cell of a table: the column's numbers share one number of decimals, as in the CLI."""
+
+    value: float | None
+
+
+@dataclass(frozen=True)
+class CI:
+    """An interval cell ('v [lo, hi]'); ``paired`` adds its seed count ('(n = 3)')."""
+
+    iv: Interval
+    paired: bool = False
+
+
+def _numbers(cell: object) -> list[float | None]:
+    if isinstance(cell, Num):
+        return [cell.value]
+    if isinstance(cell, CI):
+        return [cell.iv.estimate, cell.iv.lo, cell.iv.hi]
+    return []
+
+
+def table(header: tuple[str, ...], rows: Sequence[Sequence[object]], note: str = "") -> Table:
+    """A Table whose Num and CI cells are written column by column: each column's numbers share the
+    decimals that give its largest value three significant digits (ablate/textfmt.py)."""
+    rows = [tuple(r) for r in rows]
+    decimals = [
+        textfmt.column_decimals(v for r in rows for v in _numbers(r[j]) if v is not None) for j in range(len(header))
+    ]
+
+    def text(cell: object, d: int) -> str:
+        if isinstance(cell, Num):
+            return textfmt.fixed(cell.value, d)
+        if isinstance(cell, CI):
+            return paired_ci(cell.iv, d) if cell.paired else ci(cell.iv, d)
+        return str(cell)
+
+    return Table(header, tuple(tuple(text(c, d) for c, d in zip(r, decimals)) for r in rows), note)
 
 
 def arm_name(fix: str, scale: float, trial: int | None = None) -> str:
@@ -161,8 +194,9 @@ def _scope_words(arms: Sequence[ArmEvidence]) -> str:
 # ------------------------------------------------------------------------------------------ compose
 
 
-def compose(report: Report, figures: dict[str, Path], source: str, generated: str) -> Document:
-    """The whole report as blocks; ``figures`` are {kind: PNG path}, ``source`` the database URL shown."""
+def compose(report: Report, figures: dict[str, Path], source: str, generated: str, program: str = "ablate") -> Document:
+    """The whole report as blocks; ``figures`` are {kind: PNG path}, ``source`` the database URL shown,
+    ``program`` the command its "reproduce" section runs ablate with."""
     s = report.setting
     doc = Document(f"Gradient dilution: study {s.study}")
     doc.add(
@@ -181,7 +215,7 @@ def compose(report: Report, figures: dict[str, Path], source: str, generated: st
     _recommendation(doc, report)
     _more_figures(doc, figures)
     _excluded(doc, report)
-    _reproduce(doc, report, source)
+    _reproduce(doc, report, source, program)
     return doc
 
 
@@ -267,8 +301,7 @@ def _setting(doc: Document, r: Report) -> None:
     spec = s.spec
 
     def val(section: str, key: str) -> str:
-        v = spec[section][key]
-        text = "none" if v is None else ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+        text = textfmt.spec_value(spec[section][key])
         return text + (" (default)" if f"{section}.{key}" in s.defaulted else "")
 
     objectives = ", ".join(f"`{m}` ({s.directions[m]})" for m in s.objectives)
@@ -392,11 +425,11 @@ def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
             f"batches (the original report's measurement, here with an interval). share: the `{g}` group's share "
             f"of the squared gradient against the branch's. Verdict: R@0 of `{g}` >= {num(s.threshold)} is OK."
         ),
-        Table(
+        table(
             (*ARM_HEADER, f"R@0 {g} [{PCT}]", *(f"R@0 {o}" for o in others), f"share {g}", "verdict"),
             tuple(
-                (*_arm_cells(e), ci(e.grad_ratio_init), *(num(e.grad_ratio_init_groups[o]) for o in others),
-                 num(e.grad_share_init_groups[g]), e.verdict or "n/a")
+                (*_arm_cells(e), CI(e.grad_ratio_init), *(Num(e.grad_ratio_init_groups[o]) for o in others),
+                 Num(e.grad_share_init_groups[g]), e.verdict or "-")
                 for e in arms
             ),
             note,
@@ -410,12 +443,12 @@ def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
             "the baseline run of the same seed at the same step (< 1: the branch dilutes the adapters' gradient "
             "during training)." + (" dilution_train = max(0, -log R train of the judged group)." if dil else "")
         ),
-        Table(
+        table(
             (*ARM_HEADER, f"R train {g} [{PCT}]", *(f"R train {o}" for o in others),
              *((f"dilution_train [{PCT}]",) if dil else ())),
             tuple(
-                (*_arm_cells(e), ci(e.train_grad_ratio), *(num(e.train_grad_ratio_groups[o]) for o in others),
-                 *((ci(e.objectives["dilution_train"]),) if dil else ()))
+                (*_arm_cells(e), CI(e.train_grad_ratio), *(Num(e.train_grad_ratio_groups[o]) for o in others),
+                 *((CI(e.objectives["dilution_train"]),) if dil else ()))
                 for e in arms
             ),
             note,
@@ -428,9 +461,9 @@ def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
             "(Adam normalises gradient scale, so a uniform gradient shrink alone changes little here; frozen "
             f"adapters score the floor {num(RATIO_FLOOR)})."
         ),
-        Table(
+        table(
             (*ARM_HEADER, f"R update {g} [{PCT}]", *(f"R update {o}" for o in others)),
-            tuple((*_arm_cells(e), ci(e.train_update_ratio), *(num(e.train_update_ratio_groups[o]) for o in others))
+            tuple((*_arm_cells(e), CI(e.train_update_ratio), *(Num(e.train_update_ratio_groups[o]) for o in others))
                   for e in arms),
             note,
         ),
@@ -442,9 +475,9 @@ def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
             "with the branch minus without it (same weights and batches), the cosine between the final features "
             "with and without it, and the norm inflation |x + join(c)| / |x| where it joins."
         ),
-        Table(
+        table(
             (*ARM_HEADER, f"loss with - without [{PCT}]", f"feature cosine [{PCT}]", f"norm inflation [{PCT}]"),
-            tuple((*_arm_cells(e), ci(e.loss0_delta), ci(e.feature_cosine), ci(e.norm_inflation)) for e in arms),
+            tuple((*_arm_cells(e), CI(e.loss0_delta), CI(e.feature_cosine), CI(e.norm_inflation)) for e in arms),
             f"[lo, hi]: {PCT} t-interval over the seeds' values (one seed: no interval).",
         ),
     )  # fmt: skip
@@ -456,12 +489,12 @@ def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
             "with the baseline by seed and held-out batch. loss slope: least-squares slope per 100 steps after "
             "warm-up (negative = learning)."
         ),
-        Table(
+        table(
             (*ARM_HEADER, f"adapter gain [{PCT}]", "gain / baseline", f"gain - baseline [{PCT}]", "loss slope",
              "slope - baseline"),
             tuple(
-                (*_arm_cells(e), ci(e.adapter_gain), num(e.adapter_gain_rel), ci(e.adapter_gain_diff),
-                 num(e.loss_slope), num(e.loss_slope_rel))
+                (*_arm_cells(e), CI(e.adapter_gain), Num(e.adapter_gain_rel), CI(e.adapter_gain_diff),
+                 Num(e.loss_slope), Num(e.loss_slope_rel))
                 for e in arms
             ),
             note,
@@ -479,15 +512,17 @@ def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
     else:
         cols = sorted({c for e in evaluated for c in e.auroc})
         doc.add(
-            Table(
+            table(
                 (*ARM_HEADER, *(f"{c} [{PCT}]" for c in cols)),
                 tuple(
-                    (*_arm_cells(e), *(ci(e.auroc[c]) if c in e.auroc else "not evaluated" for c in cols))
+                    (*_arm_cells(e), *(CI(e.auroc[c]) if c in e.auroc else "not evaluated" for c in cols))
                     for e in arms
                 ),
                 f"[lo, hi]: {PCT} t-interval over the seeds' values.",
             )
         )  # fmt: skip
+        if "eval" in figures:
+            doc.add(Figure(figures["eval"], CAPTIONS["eval"]))
     for kind in ("loss", "grad-norms"):
         if kind in figures:
             doc.add(Figure(figures[kind], CAPTIONS[kind]))
@@ -513,11 +548,11 @@ def _ranking(doc: Document, r: Report, figures: dict[str, Path]) -> None:
             f"so on. Within a rank, trials are ordered by `{s.objectives[0]}`. Only ranked trials (complete, every "
             f"seed) take part: {len(r.ranked)} of {r.n_trials}. Each fix is placed by its best-placed trial."
         ),
-        Table(
+        table(
             ("place", "fix", "trial", "scale", "seeds", "Pareto rank", *_obj_header(r)),
             tuple(
                 (str(i), t.fix, str(t.trial_number), scale_text(t.scale), str(t.n_seeds), str(t.pareto_rank),
-                 *(ci(t.objectives[m]) for m in s.objectives))
+                 *(CI(t.objectives[m]) for m in s.objectives))
                 for i, t in enumerate(r.fix_ranking, 1)
             ),
             _scope_words(_evidence_rows(r)),
@@ -544,16 +579,16 @@ def _ranking(doc: Document, r: Report, figures: dict[str, Path]) -> None:
         doc.add(Figure(figures["tradeoff"], CAPTIONS["tradeoff"]))
 
 
-def _paired_row(p: Paired) -> tuple[str, ...]:
+def _paired_row(p: Paired) -> tuple[object, ...]:
     return (
         p.fix,
         str(p.trial_number),
         scale_text(p.scale),
         ", ".join(map(str, p.seeds)) or "none",
-        paired_ci(p.gain_diff),
-        paired_ci(p.slope_diff),
-        paired_ci(p.grad_ratio),
-        paired_ci(p.update_ratio),
+        CI(p.gain_diff, paired=True),
+        CI(p.slope_diff, paired=True),
+        CI(p.grad_ratio, paired=True),
+        CI(p.update_ratio, paired=True),
     )
 
 
@@ -581,7 +616,7 @@ def _paired(doc: Document, r: Report) -> None:
             f"differences are then averaged with a {PCT} t-interval over the seeds (n = seeds with both runs "
             "complete). Rows: each fix's best-placed trial and every trial on the front."
         ),
-        Table(
+        table(
             ("fix", "trial", "scale", "seeds", "adapter gain - baseline", "loss slope - baseline",
              f"R train {g} (vs baseline)", f"R update {g} (vs baseline)"),
             tuple(_paired_row(p) for p in r.paired),
@@ -682,7 +717,7 @@ def _recommendation(doc: Document, r: Report) -> None:
     doc.add(Heading(2, "8. Recommendation"))
     rec = r.recommendation
     if rec is None:
-        doc.add(Para("None: no trial is ranked."))
+        doc.add(Para("No recommendation: no trial is ranked."))
         return
     t = rec.trial
     other = "; ".join(f"`{m}` {ci(t.objectives[m])}" for m in r.setting.objectives)
@@ -718,7 +753,7 @@ def _more_figures(doc: Document, figures: dict[str, Path]) -> None:
     rest = [k for k in ("ratio-scale", "gates") if k in figures]
     doc.add(Heading(2, "9. More figures"))
     if not rest:
-        doc.add(Para("None beyond those above (no scale series or learned gates to draw)."))
+        doc.add(Para("No more than those above (no scale series or learned gates to draw)."))
     for kind in rest:
         doc.add(Figure(figures[kind], CAPTIONS[kind]))
 
@@ -726,7 +761,7 @@ def _more_figures(doc: Document, figures: dict[str, Path]) -> None:
 def _excluded(doc: Document, r: Report) -> None:
     doc.add(Heading(2, "10. Excluded trials"))
     if not r.excluded:
-        doc.add(Para(f"None: all {r.n_trials} trials are ranked."))
+        doc.add(Para(f"No trial is excluded: all {r.n_trials} trials are ranked."))
         return
     doc.add(
         Para("Listed with their status; never ranked, compared or recommended."),
@@ -740,17 +775,17 @@ def _excluded(doc: Document, r: Report) -> None:
     )
 
 
-def _reproduce(doc: Document, r: Report, source: str) -> None:
+def _reproduce(doc: Document, r: Report, source: str, program: str) -> None:
     name = r.setting.study
     doc.add(
         Heading(2, "11. Reproduce"),
         Para("The tables above, and this report, from the same database:"),
         Code(
-            f"ablate query --study {name} --storage {source} --group-by fix --format csv\n"
-            f"ablate query --study {name} --storage {source} --runs --format csv\n"
-            f"ablate report {name} --storage {source} --out DIR",
+            f"{program} query --study {name} --storage {source} --group-by fix --format csv\n"
+            f"{program} query --study {name} --storage {source} --runs --format csv\n"
+            f"{program} report {name} --storage {source} --out DIR",
             "bash",
         ),
-        Para("The spec stored with the study (`ablate study run` on it reruns the study):"),
+        Para(f"The spec stored with the study (`{program} study run` on it reruns the study):"),
         Code(r.setting.spec_text.strip(), "toml"),
     )

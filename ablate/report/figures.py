@@ -7,48 +7,39 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES
 from ablate.stats import LEVEL
 
 PCT = f"{LEVEL:.0%}"
 
-# What each figure shows, for the captions (the figures' own titles carry their numbers' meaning).
+# What each figure draws, for the captions (the figures' own titles carry their numbers and rules).
 CAPTIONS = {
-    "tradeoff": f"The study's objectives per ranked trial with {PCT} intervals, the Pareto front and the references.",
-    "loss": "Training loss per fix and of the no-branch baseline (band: min..max over seeds). The figure picks "
-    "each fix's trial by its own rule (in its title), which may differ from the trial in the tables.",
-    "ratio-scale": "The judged group's training-time gradient ratio against the baseline, by scale.",
-    "gates": "Gate trajectories of the fixes that learn one.",
-    "grad-norms": "Gradient norms per step: each watched group and the branch (each fix's trial chosen "
-    "as in the loss figure).",
+    "tradeoff": f"The study's two objectives per ranked trial, one marker and colour per fix; bars: {PCT} "
+    "intervals where an interval has width; ringed: the Pareto front; black: the no-branch baseline and the "
+    "frozen control.",
+    "loss": "Left: the training loss per step of one trial per fix (the one with the lowest mean loss slope) and of "
+    "the no-branch baseline, mean over seeds, smoothed, with the fitted slope dashed. Right: those slopes, a line "
+    "from the lowest to the highest seed's slope, the baseline's dotted. The trial may differ from the tables', "
+    "which are chosen by the first objective.",
+    "ratio-scale": f"The judged group's gradient ratio during training against the baseline run, geometric mean "
+    f"over the runs at each fix and scale, bars {PCT} intervals over those runs; the fixes without a scale as "
+    "dotted levels. The title says when the study ran each fix at one scale only.",
+    "gates": "The factor a learned gate puts on the branch output per step (α; tanh(α) for tanh-gate; mean |λ| "
+    "for layerscale), mean over seeds, one panel per fix.",
+    "grad-norms": "Gradient norm per step (log scale, smoothed) of each watched group and of the branch, for the "
+    "trial of each fix the loss figure shows and for the baseline.",
+    "eval": f"Image- and pixel-level AUROC and AP (means over classes) per reference and ranked trial, bars {PCT} "
+    "intervals over seeds; at most a few trials per fix, the title says which.",
 }
 
 
 def render_figures(engine: Engine, study: str, out_dir: Path) -> dict[str, Path]:
     """Draw every figure the study has data for as ``out_dir/<kind>.png``; {kind: path}."""
-    from ablate.plot import render_all, source
+    from ablate.plot.draw import draw_study
     from ablate.plot.extract import NoPlotData
 
-    inputs = source.load(engine, study)
-    settings = inputs.settings
-    objectives = [m for m in settings["objectives"] if m in OBJECTIVES]
-    y, x = (objectives + [m for m in DEFAULT_OBJECTIVES if m not in objectives])[:2]
     skipped: dict[str, str] = {}
     try:
-        written = render_all(
-            inputs.runs,
-            inputs.steps,
-            out_dir,
-            formats=("png",),
-            trials=inputs.trials,
-            references=inputs.references,
-            axes=(x, y, OBJECTIVES[x].direction, OBJECTIVES[y].direction),
-            threshold=settings["threshold"],
-            on_skip=lambda kind, why: skipped.__setitem__(kind, why),
-            gates_selection=inputs.gates_selection,
-            groups=inputs.groups,
-            group_labels=inputs.group_labels,
-        )
+        written = draw_study(engine, study, out_dir, formats=("png",), on_skip=skipped.__setitem__)
     except NoPlotData:  # nothing at all to draw (no complete trial): the report says so in words
         return {}
     return {p.stem: p for p in written}

@@ -11,7 +11,6 @@ Torch-free (like ``query`` and ``plot``): pandas, numpy and SQLAlchemy only.
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import sys
@@ -23,7 +22,8 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine, inspect, select, text
 
-from ablate.objectives import OBJECTIVES, seed_value
+from ablate import ranking
+from ablate.objectives import OBJECTIVES, known_objectives, seed_value
 from ablate.plot.extract import fix_sort_key
 from ablate.stats import HIGH_AUTOCORRELATION, SCOPE_NONE, SCOPE_SEEDS, Interval, mean_ci, ratio_ci
 from ablate.store import query as q
@@ -330,63 +330,8 @@ class Paired:
     update_ratio: Interval  # train_update_ratio, the same way
 
 
-def _ranks_2d(keyed: list[tuple[float, float]]) -> list[int]:
-    """Non-dominated sorting of points where smaller is better on both axes, in O(n log n).
-
-    Points are taken best x first (ties: best y first); a point goes to the first layer none of whose
-    points dominates it. Every point already placed has x <= this one's, so a distinct earlier point
-    dominates it exactly when its y is <= this y; a layer is free when its lowest y is above this y,
-    and the layers' lowest ys never decrease with the layer, so a binary search finds it. Exact
-    duplicates do not dominate each other and share a rank (as on ``pareto_front``'s front).
-    """
-    order = sorted(range(len(keyed)), key=lambda i: keyed[i])
-    ranks = [0] * len(keyed)
-    lowest: list[float] = []  # per layer, the lowest y placed in it
-    previous: int | None = None
-    for i in order:
-        if previous is not None and keyed[i] == keyed[previous]:
-            ranks[i] = ranks[previous]
-            continue
-        y = keyed[i][1]
-        layer = bisect.bisect_right(lowest, y)
-        if layer == len(lowest):
-            lowest.append(y)
-        else:
-            lowest[layer] = min(lowest[layer], y)
-        ranks[i] = layer + 1
-        previous = i
-    return ranks
-
-
-def _pareto_ranks(points: list[tuple[float, ...]], directions: Sequence[str]) -> list[int]:
-    """Non-dominated sorting: rank 1 is the front (``ablate.plot.pareto.pareto_front``'s), rank 2 the
-    front once rank 1 is removed, ... One or two objectives in O(n log n); more, pairwise."""
-    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
-    keyed = [tuple(s * v for s, v in zip(signs, p)) for p in points]  # smaller is better on every axis
-    if len(directions) <= 2:
-        return _ranks_2d([(k[0], k[1] if len(k) > 1 else 0.0) for k in keyed])
-    ranks = [0] * len(points)
-    left = list(range(len(points)))
-    rank = 0
-    while left:
-        rank += 1
-        front = [
-            i
-            for i in left
-            if not any(all(a <= b for a, b in zip(keyed[j], keyed[i])) and keyed[j] != keyed[i] for j in left)
-        ]
-        for i in front:
-            ranks[i] = rank
-        chosen = set(front)
-        left = [i for i in left if i not in chosen]
-    return ranks
-
-
-def _ranked_trials(trials: pd.DataFrame, objectives: Sequence[str], directions: Sequence[str]) -> list[RankedTrial]:
-    rows = [r for r in trials.to_dict(orient="records") if r["ranked"]]
-    rows = [r for r in rows if all(math.isfinite(_f(r.get(m))) for m in objectives)]
-    ranks = _pareto_ranks([tuple(_f(r[m]) for m in objectives) for r in rows], directions) if objectives else []
-    out = [
+def _ranked_trials(trials: pd.DataFrame, objectives: Sequence[str]) -> list[RankedTrial]:
+    return [
         RankedTrial(
             trial_number=int(r["trial_number"]),
             fix=str(r["fix"]),
@@ -395,11 +340,8 @@ def _ranked_trials(trials: pd.DataFrame, objectives: Sequence[str], directions: 
             pareto_rank=rank,
             objectives={m: _interval(r, m) for m in objectives},
         )
-        for r, rank in zip(rows, ranks)
+        for r, rank in ranking.rank_trials(trials.to_dict(orient="records"), objectives)
     ]
-    primary, sign = objectives[0], (1.0 if directions[0] == "minimize" else -1.0)
-    out.sort(key=lambda t: (t.pareto_rank, sign * t.objectives[primary].estimate, t.trial_number))
-    return out
 
 
 def _paired(trial: RankedTrial, runs: pd.DataFrame) -> Paired:
@@ -408,7 +350,7 @@ def _paired(trial: RankedTrial, runs: pd.DataFrame) -> Paired:
     seeds = tuple(int(r["seed"]) for r in mine)
 
     def diff(column: str) -> Interval:
-        return _over_seeds([_f(r.get(column)) - _f(base[int(r["seed"])].get(column)) for r in mine])
+        return ranking.paired_difference(column, mine, list(base.values()))
 
     def ratio(column: str) -> Interval:
         vals = [_f(r.get(column)) for r in mine]
@@ -451,27 +393,30 @@ def _seed_values(name: str, runs: pd.DataFrame, trial_number: int) -> dict[int, 
     return {int(r["seed"]): seed_value(name, r) for r in _runs_of(runs, "trial", trial_number)}
 
 
+def _as_pairs(ranked: Sequence[RankedTrial]) -> list[tuple[dict[str, Any], int]]:
+    """RankedTrials as the (record, Pareto rank) pairs :mod:`ablate.ranking` takes."""
+    return [
+        ({"trial_number": t.trial_number, "fix": t.fix, **{m: iv.estimate for m, iv in t.objectives.items()}, "t": t},
+         t.pareto_rank)
+        for t in ranked
+    ]  # fmt: skip
+
+
 def _recommend(ranked: list[RankedTrial], objectives: Sequence[str], directions: Sequence[str], runs: pd.DataFrame):
-    front = [t for t in ranked if t.pareto_rank == 1]
-    if not front:
+    pairs = _as_pairs(ranked)  # in rank_trials' order
+    chosen = ranking.recommend(pairs)
+    if chosen is None:
         return None
+    best: RankedTrial = chosen["t"]
     primary, direction = objectives[0], directions[0]
-    best = front[0]  # ranked is sorted by (rank, primary objective)
-    others = [t for t in ranked if t.fix != best.fix]
-    sign = 1.0 if direction == "minimize" else -1.0
-    runner = None
-    if others:
-        runner = min(others, key=lambda t: (sign * t.objectives[primary].estimate, t.pareto_rank, t.trial_number))
+    per_fix = {fix: rec["t"] for fix, (rec, _) in ranking.best_per_fix(pairs, primary).items()}
+    others = [t for fix, t in per_fix.items() if fix != best.fix]  # best on the primary objective first
+    runner = others[0] if others else None
     versus = None
     if runner is not None:
         a = _seed_values(primary, runs, best.trial_number)
         b = _seed_values(primary, runs, runner.trial_number)
         versus = _over_seeds([a[k] - b[k] for k in sorted(set(a) & set(b))])
-    per_fix: dict[str, RankedTrial] = {}
-    for t in ranked:  # each fix's best trial on the primary objective
-        cur = per_fix.get(t.fix)
-        if cur is None or sign * t.objectives[primary].estimate < sign * cur.objectives[primary].estimate:
-            per_fix[t.fix] = t
     mine = _seed_values(primary, runs, best.trial_number)
     versus_fixes = []
     for fix in sorted(per_fix, key=fix_sort_key):
@@ -574,7 +519,7 @@ def gather(engine: Engine, study: str | None = None) -> Report:
     settings = q.study_settings(engine, study)
     name = settings["study"]
     trials, fixes, runs = q.summary_frames(engine, name)
-    objectives = [m for m in settings["objectives"] if m in OBJECTIVES] or ["adapter_gain"]
+    objectives = known_objectives(settings["objectives"]) or ["adapter_gain"]
     directions = [OBJECTIVES[m].direction for m in objectives]
     setting = _setting(
         engine, name, {**settings, "objectives": objectives, "directions": dict(zip(objectives, directions))}, runs
@@ -596,7 +541,7 @@ def gather(engine: Engine, study: str | None = None) -> Report:
         key=lambda e: (0 if e.label == BASELINE_LABEL else 1 if e.label == CONTROL_LABEL else 2, fix_sort_key(e.label))
     )
 
-    ranked = _ranked_trials(trials, objectives, directions)
+    ranked = _ranked_trials(trials, objectives)
     fix_ranking: dict[str, RankedTrial] = {}
     for t in ranked:
         fix_ranking.setdefault(t.fix, t)
@@ -629,12 +574,10 @@ def gather(engine: Engine, study: str | None = None) -> Report:
 
 
 def _control_vs_baseline(runs: pd.DataFrame, objectives: Sequence[str]) -> dict[str, Interval] | None:
-    base = {int(r["seed"]): r for r in _runs_of(runs, "baseline", None)}
-    control = {int(r["seed"]): r for r in _runs_of(runs, "control", None)}
-    seeds = sorted(set(base) & set(control))
-    if not seeds:
+    base, control = _runs_of(runs, "baseline", None), _runs_of(runs, "control", None)
+    if not {int(r["seed"]) for r in base} & {int(r["seed"]) for r in control}:
         return None
-    return {m: _over_seeds([seed_value(m, control[k]) - seed_value(m, base[k]) for k in seeds]) for m in objectives}
+    return {m: ranking.paired_difference(m, control, base) for m in objectives}
 
 
 __all__ = [

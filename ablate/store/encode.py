@@ -1,4 +1,4 @@
-"""The one place that turns floats into storable SQL values and back (DESIGN.md §6).
+"""The one place that turns floats into storable SQL values and back (docs/results-database.md, "Non-finite values").
 
 Why: SQLite stores NaN as NULL (silently losing the difference between "missing" and "diverged"),
 PostgreSQL accepts NaN/inf but JSON does not, and a training run that diverged is exactly the result a

@@ -2,7 +2,7 @@
 
 Why here: every caller (CLI, study workers, notebooks, tests) must get the same connection settings,
 above all SQLite's WAL journal and busy timeout, without which several local workers writing to
-``results.db`` fail with "database is locked" (DESIGN.md §6, §7).
+``results.db`` fail with "database is locked" (docs/workers-and-faults.md).
 """
 
 from __future__ import annotations

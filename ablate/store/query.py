@@ -8,16 +8,15 @@ only; a diverged run still shows its NaN/inf in :func:`runs_frame`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, inspect, or_, select
 
-from ablate.objectives import OBJECTIVES
+from ablate.jsonout import json_float, json_value
+from ablate.objectives import OBJECTIVES, known_objectives
 from ablate.store import catalog, readonly_sql, summaries
 from ablate.store.catalog import latest_study, study_settings
 from ablate.store.encode import decode_fields, decode_float, decode_float_lists
@@ -155,14 +154,26 @@ def metric_columns(groups: Sequence[str]) -> list[str]:
         "train_update_ratio", "train_update_ratio_lo", "train_update_ratio_hi", *per_group("train_update_ratio"),
         "grad_ratio_init", "grad_ratio_init_lo", "grad_ratio_init_hi", *per_group("grad_ratio_init"),
         *per_group("grad_share_init"),
-        "grad_ratio_mean", "loss_slope", "loss_slope_std", "loss_slope_rel", "loss_first", "loss_last",
+        "grad_ratio_mean", "loss_slope", "loss_slope_lo", "loss_slope_hi", "loss_slope_std", "loss_slope_rel",
+        "loss_first", "loss_last",
         *(f"{m}{end}" for m in EVAL_FIELDS for end in ("", "_lo", "_hi")),
         "ci_scope", "threshold", "verdict",
     ]  # fmt: skip
 
 
 METRIC_COLUMNS = metric_columns(DEFAULT_GROUPS)  # the AA-CLIP subject's
-FIX_HEAD_COLUMNS = ["study", "fix", "n_trials", "n_unranked", "best_trial", "scale", "n_seeds"]
+
+
+def trial_metrics(groups: Sequence[str] = DEFAULT_GROUPS) -> tuple[str, ...]:
+    """The metrics a trial can be drawn by (``ablate plot --x/--y``) in a study with these groups: the
+    trials frame's value columns and every objective (one the study did not optimise is derived from
+    its column: ablate/plot/extract.py)."""
+    values = {c for c in metric_columns(groups) if not c.endswith(("_lo", "_hi"))}
+    return tuple(sorted((values - {"ci_scope", "threshold", "verdict"}) | set(OBJECTIVES) | {"wall_s"}))
+
+
+TRIAL_METRICS = trial_metrics()  # the AA-CLIP subject's
+FIX_HEAD_COLUMNS = ["study", "fix", "rank", "recommended", "n_trials", "n_unranked", "best_trial", "scale", "n_seeds"]
 
 
 def _ordered(
@@ -180,7 +191,7 @@ def _trial_records(
     columns), its settings, id and name."""
     study_id, name = _resolve_study(conn, study)
     settings = catalog.settings(conn, study_id, name)
-    objectives = [m for m in settings["objectives"] if m in OBJECTIVES]
+    objectives = known_objectives(settings["objectives"])
     if runs is None:
         runs = summaries.run_records(conn, study_id, name, roles=("trial",), groups=settings["groups"])
     trial_runs = [r for r in runs if r["role"] == "trial"]
@@ -199,7 +210,7 @@ def _trials_df(records: list[dict[str, Any]], objectives: Sequence[str], groups:
 
 
 def _objectives(settings: dict[str, Any]) -> list[str]:
-    return [m for m in settings["objectives"] if m in OBJECTIVES]
+    return known_objectives(settings["objectives"])
 
 
 def trials_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
@@ -224,29 +235,44 @@ def _fix_records(
     conn: Any, study: str | None, runs: list[dict[str, Any]] | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """(fix records, trial records, settings) from the study's runs (read here when not given)."""
-    trials, settings, study_id, name = _trial_records(conn, study, runs)
     if runs is None:
-        refs = summaries.run_records(conn, study_id, name, roles=tuple(REFERENCE_LABELS), groups=settings["groups"])
-    else:
-        refs = [r for r in runs if r["role"] in REFERENCE_LABELS]
+        study_id, name = _resolve_study(conn, study)
+        groups = catalog.settings(conn, study_id, name)["groups"]
+        runs = summaries.run_records(conn, study_id, name, groups=groups)
+    trials, settings, _, name = _trial_records(conn, study, runs)
     groups = settings["groups"]
     fixes = summaries.fix_records(
-        trials, refs, name, _objectives(settings), settings["threshold"], metric_columns(groups), groups
+        trials, runs, name, _objectives(settings), settings["threshold"], metric_columns(groups), groups
     )
     return fixes, trials, settings
 
 
+FIX_VERSUS_COLUMNS = ["vs_baseline", "vs_baseline_diff", "vs_baseline_diff_lo", "vs_baseline_diff_hi"]
+
+
 def _fixes_df(records: list[dict[str, Any]], objectives: Sequence[str], groups: Sequence[str]) -> pd.DataFrame:
-    df = _ordered(records, FIX_HEAD_COLUMNS, objectives, groups)
-    return df.astype({"n_trials": "int64", "n_unranked": "int64", "best_trial": "Int64", "n_seeds": "int64"})
+    obj_cols = [c for m in objectives for c in (m, f"{m}_lo", f"{m}_hi")]
+    metrics = [c for c in metric_columns(groups) if c not in obj_cols]
+    columns = [*FIX_HEAD_COLUMNS, *obj_cols, *FIX_VERSUS_COLUMNS, *metrics]
+    df = pd.DataFrame.from_records(records, columns=list(dict.fromkeys([*columns, "wall_s"])))
+    return df.astype(
+        {"rank": "Int64", "recommended": "bool", "n_trials": "int64", "n_unranked": "int64", "best_trial": "Int64",
+         "n_seeds": "int64"}
+    )  # fmt: skip
 
 
 def group_by_fix(engine: Engine, study: str | None = None) -> pd.DataFrame:
-    """One row per fix: its best *ranked* trial (by the study's first objective) with that trial's
-    intervals over seeds, and how many ranked trials the fix has; then the references, the no-branch
-    baseline and the frozen-adapter control, over their seeds. Different scales of a fix are different
-    arms, so they are never pooled as replicates; unranked (pruned, failed, incomplete) trials never
-    count. Rows: the references first, then the fixes by name.
+    """One row per fix: its best *ranked* trial by the study's first objective (ties: the better
+    Pareto rank) with that trial's intervals over seeds, and how many ranked trials the fix has;
+    before them the references, the no-branch baseline and the frozen control, over their seeds.
+    Different scales of a fix are different arms, so they are never pooled as replicates; unranked
+    (pruned, failed, incomplete) trials never count.
+
+    Rows: the references, then the fixes by ``rank`` (best first on the first objective), then the
+    fixes with no ranked trial. ``vs_baseline`` ('better', 'worse', '≈ base', or '-' with one seed)
+    and ``vs_baseline_diff`` [``_lo``, ``_hi``] compare each row's first objective with the
+    baseline's, paired by seed; ``recommended`` marks the fix whose trial ``ablate report``
+    recommends (:mod:`ablate.ranking`).
     """
     with engine.connect() as conn:
         fixes, _, settings = _fix_records(conn, study)
@@ -431,33 +457,6 @@ def class_metrics_frame(engine: Engine, study: str | None = None) -> pd.DataFram
     )
 
 
-def _json_value(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _json_value(x) for k, x in v.items()}
-    if isinstance(v, list | tuple | np.ndarray):
-        return [_json_value(x) for x in v]
-    if v is None or v is pd.NA or v is pd.NaT:
-        return None
-    if isinstance(v, float | np.floating):
-        f = float(v)
-        if math.isnan(f):
-            return None
-        return f if math.isfinite(f) else ("inf" if f > 0 else "-inf")
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, np.bool_):
-        return bool(v)
-    if isinstance(v, pd.Timestamp | datetime):
-        return v.isoformat()
-    return v
-
-
-def _json_float(f: float) -> float | str | None:
-    if f != f:  # NaN
-        return None
-    return f if -math.inf < f < math.inf else ("inf" if f > 0 else "-inf")
-
-
 def json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """The frame's rows as strict-JSON-safe dicts (for ``--json`` output).
 
@@ -472,9 +471,9 @@ def json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
         col = frame.iloc[:, i]
         values = col.tolist()
         if col.dtype == np.float64:
-            columns.append([_json_float(v) for v in values])
+            columns.append([json_float(v, "text") for v in values])
         else:
-            columns.append([_json_value(v) for v in values])
+            columns.append([json_value(v, "text") for v in values])
     return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]
 
 

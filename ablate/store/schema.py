@@ -1,4 +1,4 @@
-"""SQLAlchemy 2.0 declarative schema for ablate's own tables (DESIGN.md §6).
+"""SQLAlchemy 2.0 declarative schema for ablate's own tables (docs/results-database.md).
 
 One class per table, explicit named constraints, finders that take a session (the habit of
 optuna/storages/_rdb/models.py). Every table is prefixed ``ablate_`` and lives on its own
@@ -157,7 +157,7 @@ class Base(DeclarativeBase):
 
 
 class StudyModel(Base):
-    """One ablate study: the spec it ran and the software it ran with (DESIGN.md §7 determinism)."""
+    """One ablate study: the spec it ran and the software it ran with (docs/results-database.md)."""
 
     __tablename__ = "ablate_studies"
     __table_args__ = (UniqueConstraint("name", name="uq_ablate_studies_name"),)

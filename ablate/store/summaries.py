@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, cast, inspect, null, select, text
 
+from ablate import ranking
 from ablate.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, column_interval, trial_interval
+from ablate.ranking import REFERENCE_LABELS
 from ablate.stats import SCOPE_SEEDS, SCOPE_WITHIN
 from ablate.store.encode import decode_fields
 from ablate.store.groups import read_run_groups, wide_columns
@@ -32,7 +34,6 @@ from ablate.store.schema import (
 )
 
 STATUS_SEVERITY = {"failed": 3, "pruned": 2, "running": 1, "complete": 0}
-REFERENCE_LABELS = {"baseline": "no-branch (baseline)", "control": "frozen-adapters (control)"}
 RUN_ORDER = (RunModel.role.desc(), RunModel.trial_key, RunModel.seed)  # trials, then control, baseline
 
 
@@ -176,6 +177,9 @@ def metric_columns(
     rec["grad_ratio_mean"] = column_interval("grad_ratio_mean", rows, ratio=True).estimate
     for column in ("loss_slope", "loss_slope_rel", "loss_first", "loss_last"):
         rec[column] = _mean([r.get(column) for r in rows])
+    slope = column_interval("loss_slope", rows)  # the y of the loss-versus-ratio figure, with its interval
+    rec.setdefault("loss_slope_lo", slope.lo)
+    rec.setdefault("loss_slope_hi", slope.hi)
     rec["loss_slope_std"] = _std([r.get("loss_slope") for r in rows])
     for column in EVAL_FIELDS:  # the end-of-run evaluation, mean over seeds (NaN: not evaluated)
         if column not in rec:
@@ -239,63 +243,86 @@ def trial_records(
     return records
 
 
-def _better(direction: str, a: float, b: float) -> bool:
-    if not math.isfinite(a):
-        return False
-    if not math.isfinite(b):
-        return True
-    return a > b if direction == "maximize" else a < b
-
-
 def fix_records(
     trials: Sequence[dict[str, Any]],
-    reference_runs: Sequence[dict[str, Any]],
+    runs: Sequence[dict[str, Any]],
     study: str,
     objectives: Sequence[str],
     threshold: float,
     metric_names: Sequence[str],
     groups: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """The references over their complete seeds, then per fix (by name) its best ranked trial by the
-    first objective. ``metric_names`` are the trial columns a fix row copies from its best trial."""
-    primary = objectives[0] if objectives else "loss_slope"
+    """The references over their complete seeds, then per fix its best ranked trial by the first
+    objective (:mod:`ablate.ranking`: the rule the report uses), fixes ordered best first (``rank``
+    1, 2, ...), those without a ranked trial last by name. ``runs`` are the study's run rows (every
+    role); ``metric_names`` are the trial columns a fix row copies from its best trial.
+
+    ``vs_baseline`` compares each row with the no-branch baseline on the first objective, paired by
+    seed (``vs_baseline_diff`` with its ``_lo/_hi``); ``recommended`` marks the fix of the trial
+    ``ablate report`` recommends.
+    """
+    primary = objectives[0] if objectives else "loss_slope"  # a stored objective this version does not know
     direction = OBJECTIVES[primary].direction
+    complete = [r for r in runs if r["status"] == "complete"]
+    base = [r for r in complete if r["role"] == "baseline"]
+
+    def versus(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        diff = ranking.paired_difference(primary, rows, base)
+        verdict = ranking.versus_baseline(diff, direction)
+        return {
+            "vs_baseline": None if verdict == ranking.UNKNOWN else verdict,  # null in csv/json, '-' in the table
+            "vs_baseline_diff": diff.estimate,
+            "vs_baseline_diff_lo": diff.lo,
+            "vs_baseline_diff_hi": diff.hi,
+        }
+
     records = []
     for role, label in REFERENCE_LABELS.items():
-        ok = [r for r in reference_runs if r["role"] == role and r["status"] == "complete"]
+        ok = [r for r in complete if r["role"] == role]
         if not ok:
             continue
         records.append(
             {
                 "study": study,
                 "fix": label,
+                "rank": None,
+                "recommended": False,
                 "n_trials": 0,
                 "n_unranked": 0,
                 "best_trial": None,
                 "scale": math.nan,
                 "n_seeds": len(ok),
                 **metric_columns(ok, objectives, threshold, groups),
+                **(versus([]) if role == "baseline" else versus(ok)),
                 "wall_s": _wall(ok),
             }
         )
-    by_fix: dict[str, list[dict[str, Any]]] = {}
+    ranked = ranking.rank_trials(trials, [primary, *objectives[1:]])
+    chosen = ranking.recommend(ranked)
+    best = ranking.best_per_fix(ranked, primary)
+    by_trial: dict[int, list[dict[str, Any]]] = {}
+    for r in complete:
+        if r["role"] == "trial":
+            by_trial.setdefault(int(r["trial_number"]), []).append(r)
+    counts: dict[str, list[int]] = {}
     for t in trials:
-        by_fix.setdefault(t["fix"], []).append(t)
-    for fix in sorted(by_fix):
-        group = by_fix[fix]
-        best = None
-        for t in group:
-            if t["ranked"] and (best is None or _better(direction, t[primary], best[primary])):
-                best = t
-        n_ranked = sum(1 for t in group if t["ranked"])
-        rec: dict[str, Any] = {"study": study, "fix": fix, "n_trials": n_ranked, "n_unranked": len(group) - n_ranked}
-        if best is None:
-            rec.update({"best_trial": None, "scale": math.nan, "n_seeds": 0})
+        counts.setdefault(t["fix"], [0, 0])[0 if t["ranked"] else 1] += 1
+    for place, fix in enumerate([*best, *sorted(f for f in counts if f not in best)], 1):
+        n_ranked, n_unranked = counts.get(fix, [0, 0])
+        rec: dict[str, Any] = {"study": study, "fix": fix, "n_trials": n_ranked, "n_unranked": n_unranked}
+        if fix not in best:
+            rec.update({"rank": None, "recommended": False, "best_trial": None, "scale": math.nan, "n_seeds": 0})
         else:
+            trial = best[fix][0]
             rec.update(
-                {k: best.get(k, math.nan) for k in ("scale", "n_seeds", *metric_names, "wall_s")}
-                | {c: best.get(c, math.nan) for m in objectives for c in (m, f"{m}_lo", f"{m}_hi")}
+                {k: trial.get(k, math.nan) for k in ("scale", "n_seeds", *metric_names, "wall_s")}
+                | {c: trial.get(c, math.nan) for m in objectives for c in (m, f"{m}_lo", f"{m}_hi")}
             )
-            rec["best_trial"] = int(best["trial_number"])
+            rec.update(
+                rank=place,
+                recommended=chosen is not None and chosen["trial_number"] == trial["trial_number"],
+                best_trial=int(trial["trial_number"]),
+                **versus(by_trial.get(int(trial["trial_number"]), [])),
+            )
         records.append(rec)
     return records

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ablate.engine.fixes import parse_fix
+from ablate.ranking import REFERENCE_LABELS
 
 
 class RunFailed(RuntimeError):
@@ -45,7 +46,7 @@ def pack_label(runs: list[ClaimedRun]) -> str:
         trials = _joined([str(r.trial_number) for r in runs])
         label = f"trial{'s' if ',' in trials else ''} {trials} {choice.name}"
     else:
-        label = "baseline no-branch" if first.role == "baseline" else "control frozen-adapters"
+        label = REFERENCE_LABELS.get(first.role, first.role)
     if choice.scale is not None:
         scales = {r.trial_number: parse_fix(r.fix, r.scale).scale for r in runs}
         label += " s=" + ",".join(f"{v:.3g}" for v in scales.values())

@@ -68,7 +68,8 @@ class TextAdapter(nn.Module):
 class CrossAttentionBranch(nn.Module):
     """Image-to-text cross-attention: image tokens query the prompts' text-token features.
 
-    q: d_img->d_txt, k/v: d_txt->d_txt, out: d_txt->d_img; Xavier weights, zero biases (DESIGN §2).
+    q: d_img->d_txt, k/v: d_txt->d_txt, out: d_txt->d_img; Xavier weights, zero biases
+    (docs/concepts.md, "The AA-CLIP subject").
     """
 
     def __init__(self, d_img: int, d_txt: int, heads: int = 8, dropout: float = 0.1) -> None:
