@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     cores = available_cores()
     doc: dict = {**made, "spec": args.spec, "cores": cores, "load_before": os.getloadavg()[0]}
+    tables: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         cases = [("one_worker", 1, None, None), ("workers_2", 1, None, 2)]
         if args.by_hand:
