@@ -27,6 +27,41 @@ sys.path.insert(0, str(ROOT))
 # ------------------------------------------------------------------------------------ study specs
 
 KEY_NOTES: dict[str, str] = {
+    "subject.factory": "`module:function` returning your `nn.Module`, called with `[subject.args]`.",
+    "subject.batches": "`module:function(seed, split, batch_size)` giving batches; split is `train`, `probe` or "
+    "`gain`.",
+    "subject.loss": "`module:function(model, batch)` giving the scalar loss.",
+    "subject.path": "A folder put first on `sys.path` (default: the spec's folder).",
+    "subject.batch_size": "What `batches` is called with.",
+    "subject.args": "Keyword arguments of `factory`.",
+    "subject.groups": "The adapter groups watched: parameter or module names (exact or dotted suffix), or `re:` "
+    "patterns; disjoint.",
+    "subject.branch.at": "The module whose output the branch joins (a forward hook).",
+    "subject.branch.build": "`module:function(model)` building the branch, which maps x to c of x's shape.",
+    "subject.branch.output": "Which element of a tuple output is the stream.",
+    "subject.branch.zero": "The module zero-init zeroes (default: the branch's last Linear or Conv).",
+    "subject.backbone_seed": "Seed of the frozen weights every arm shares.",
+    "model.quick_gelu": "Run the backbone with QuickGELU (the activation OpenAI's CLIP was trained with); AA-CLIP "
+    "runs GELU, the default (docs/parity.md).",
+    "model.detection_logit_scale": "Factor on the detection cosines before the cross-entropy: AA-CLIP's 1 "
+    "(the default); 100 is the usual CLIP temperature.",
+    "model.text_adapter": "A Stage 1 text adapter checkpoint (ablate's or AA-CLIP's `text_adapter.pth`) instead of "
+    "training one.",
+    "training.precision": "`fp32` (AA-CLIP's, exact parity), `tf32` (TF32 matrix products on CUDA) or `bf16` "
+    "(bfloat16 autocast on CUDA; docs/parity.md says what it changes).",
+    "eval.scoring": "How maps and image scores are made: `aaclip` (AA-CLIP's) or `softmax` (probabilities, "
+    "mean over levels, no blur).",
+    "eval.domain": "AA-CLIP's blur and image score for `industrial` or `medical` data.",
+    "stage1.enabled": "Train AA-CLIP's Stage 1 text adapter once per seed before its arms (off: the frozen CLIP's "
+    "text embeddings).",
+    "stage1.epochs": "Stage 1 epochs over the training set (AA-CLIP: 5).",
+    "stage1.steps": "When > 0, this many Stage 1 steps instead of the epochs.",
+    "stage1.lr": "Stage 1's Adam learning rate (AA-CLIP: 1e-5).",
+    "stage1.batch_size": "Stage 1's batch size (AA-CLIP: 16).",
+    "stage1.orthogonal_weight": "Weight of the orthogonality loss between the normal and abnormal text "
+    "embeddings (AA-CLIP: 0.1).",
+    "stage1.surgery_attention": "The value-value attention of Stage 1's image features: `batch` (as AA-CLIP's "
+    "code runs it, across the images of a batch) or `tokens` (within each image).",
     "name": "The study's name in the database (default: the spec file's name without .toml).",
     "description": "One line saying what the study is for; the report shows it.",
     "model.backbone": "The frozen CLIP: `tiny` (64 px, 8 blocks, CPU) or `vit-l-14-336@518` (AA-CLIP's scale).",
@@ -50,7 +85,8 @@ KEY_NOTES: dict[str, str] = {
     "data.real_names": 'The name a class\'s prompts use, e.g. `{ bottle = "dark bottle" }` (default: the '
     "folder name, `_` as a space).",
     "data.few_shot": "k training images per class, drawn with `data.seed` (0 = all).",
-    "data.augment": "Flips and 90-degree rotations of training images (image and mask together).",
+    "data.augment": "Training-image augmentation, image and mask together: `aaclip` (AA-CLIP's rotation, "
+    "translation, flips and colour jitter), `flips` (flips and 90-degree rotations) or `none`.",
     "data.workers": "Processes reading training images ahead (0 = none); the numbers do not depend on it.",
     "eval_data.kind": "The evaluation set's layout: `mvtec`, `visa`, `manifest`.",
     "eval_data.root": "Its folder (mvtec, visa).",
