@@ -234,6 +234,8 @@ def test_aaclip_subject_check_counts_without_weights(capsys: pytest.CaptureFixtu
     code, out, _ = _run(capsys, "subject", "check", str(ROOT / "studies" / "aaclip_vitl14.toml"), "--json")
     report = json.loads(out)
     assert code == 0 and report["groups"]["layers"]["params"] == 6 * 1024 * 1024
+    assert report["groups"]["all"]["params"] == 10_223_616  # AA-CLIP's image adapter, bias-free
+    assert report["extra"]["text_adapter"]["params"] == 2_359_296  # its Stage 1 text adapter
     assert report["branch"]["at"] == "visual.transformer.resblocks.0" and report["branch"]["calls"] == 1
 
 

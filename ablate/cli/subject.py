@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ablate.cli.app import JsonOpt, app, out_console
+from ablate.cli.app import JsonOpt, app
 from ablate.cli.common import emit_json, print_table
 
 subject_app = typer.Typer(help="The model a spec studies: check its groups and branch point.", no_args_is_help=True)
@@ -32,10 +32,9 @@ def check(
     print_table("subject check", _groups_view(report))
     branch = report["branch"]
     line = f"branch: joins the output of {branch['at']!r}, {branch['params']:,} parameters, runs {branch['calls']}x"
-    out_console().print(line + " per forward")
+    sys.stdout.write(line + " per forward\n")  # plain: a long module path must not wrap
     for name, entry in report.get("extra", {}).items():
-        out_console().print(f"{name}: {entry['params']:,} parameters in {entry['tensors']} tensors (not watched)")
-    sys.stdout.flush()
+        sys.stdout.write(f"{name}: {entry['params']:,} parameters in {entry['tensors']} tensors (not watched)\n")
 
 
 def _groups_view(report: dict):  # noqa: ANN202 - a views.TableView
