@@ -10,7 +10,11 @@ from ablate.cli.app import JsonOpt, StorageOpt, app
 from ablate.cli.common import emit_json
 from ablate.errors import AblateInputError
 
-db_app = typer.Typer(help="The results database itself: upgrade one written by an older ablate.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="The results database itself: upgrade one written by an older ablate.",
+    short_help="The results database itself: ablate db upgrade brings one written by an older ablate up to date.",
+    no_args_is_help=True,
+)
 app.add_typer(db_app, name="db")
 
 

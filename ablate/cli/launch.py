@@ -22,6 +22,7 @@ RAY_HINT = "needs ray: pip install 'ablate-branch[ray]'"
 launch_app = typer.Typer(
     help="Start many workers on one study: a SLURM job array (submitit) or Ray tasks. "
     "On one machine, use `ablate study run SPEC --workers N` instead.",
+    short_help="Start many workers on one study: a SLURM job array (submitit) or Ray tasks.",
     no_args_is_help=True,
 )
 app.add_typer(launch_app, name="launch")

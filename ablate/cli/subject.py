@@ -10,7 +10,11 @@ import typer
 from ablate.cli.app import JsonOpt, app
 from ablate.cli.common import emit_json, print_table
 
-subject_app = typer.Typer(help="The model a spec studies: check its groups and branch point.", no_args_is_help=True)
+subject_app = typer.Typer(
+    help="The model a spec studies: check its groups and branch point.",
+    short_help="The model a spec studies: ablate subject check SPEC shows its groups and branch point.",
+    no_args_is_help=True,
+)
 app.add_typer(subject_app, name="subject")
 
 
