@@ -78,6 +78,24 @@ def test_upgrade_keeps_every_number_sqlite(tmp_path: Path, capsys: pytest.Captur
     assert upgrade_storage(url) == []  # a second upgrade does nothing
 
 
+def test_a_fresh_file_not_yet_stamped_is_not_mistaken_for_an_old_one(tmp_path: Path) -> None:
+    """A worker that opens a fresh file between another worker's CREATE TABLE and its stamp must read
+    it as this release's layout (the CI race: it used to "upgrade" it and collide on the stamp); an
+    old file whose ablate_schema table exists without a record (a crash mid-upgrade) is still 1."""
+    from ablate.store.engine import create_schema, make_engine
+
+    fresh = make_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+    create_schema(fresh)  # tables, no stamp: the moment between the two steps
+    with fresh.connect() as conn:
+        assert schema_version(conn) == SCHEMA_VERSION
+    assert upgrade_storage(str(fresh.url)) == []
+
+    url = _old_copy(tmp_path)
+    create_schema(make_engine(url))  # adds ablate_schema (empty) and the long tables, as a crash would leave
+    with create_engine(url).connect() as conn:
+        assert schema_version(conn) == 1
+
+
 def test_study_run_upgrades_the_file_and_refuses_to_mix_releases(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
