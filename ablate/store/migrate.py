@@ -1,11 +1,11 @@
 """Upgrading a results database written by an older ablate to this release's layout.
 
 Every file records its layout in ``ablate_schema`` (``schema_version``); a file with ablate tables,
-no such record and ablate 0.1.0's wide per-group columns was written by that release (schema 1). ``ablate study run`` upgrades the file it
-writes to; ``ablate db upgrade`` does it explicitly; read commands refuse an old file with a
-one-line hint instead of writing to it. Each step runs in one transaction (on PostgreSQL under an
-advisory lock, on SQLite under the write lock), so workers starting together upgrade it once and a
-failed step leaves the file as it was.
+no such record and ablate 0.1.0's wide per-group columns was written by that release (schema 1).
+``ablate study run`` upgrades the file it writes to; ``ablate db upgrade`` does it explicitly; read
+commands refuse an old file with a one-line hint instead of writing to it. Each step runs in one
+transaction (on PostgreSQL under an advisory lock, on SQLite under the write lock), so workers
+starting together upgrade it once and a failed step leaves the file as it was.
 
 Schema 1 -> 2: AA-CLIP's per-group numbers (``train_grad_ratio_layers``, ``grad_share_proj``, ...,
 33 columns of ablate_runs and ablate_probe_points) move to the long tables ablate_run_groups and
