@@ -118,24 +118,20 @@ def print_table(title: str, view, wide: bool = False) -> None:
     kept = tablefit.fit(view.columns, view.rows, None if wide else console.width)
     columns = [(view.columns[i].header, view.columns[i].justify) for i in kept]
     rows = [[row[i] for i in kept] for row in view.rows]
-    caption = escape(view.caption(kept)) or None
-    text = plaintable.render(console, title, columns, rows, caption)
+    caption = escape(view.caption(kept))
+    text = plaintable.render(console, title, columns, rows)
     if text is not None:  # the same text, without rich's per-cell layout (0.3 ms a row)
         console.file.write(text)
-        return
-    table = Table(
-        title=title,
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-        caption_justify="left",
-        caption=caption,
-    )
-    for name, justify in columns:
-        table.add_column(name, justify=justify)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    else:
+        table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        for name, justify in columns:
+            table.add_column(name, justify=justify)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    # The notes under the table wrap at the console's width, not the (often narrower) table's.
+    if caption:
+        console.print(caption, style="table.caption", highlight=False, justify="left")
 
 
 def plain_line(quiet: bool, text: str) -> None:
