@@ -131,7 +131,7 @@ def print_table(title: str, view, wide: bool = False) -> None:
         console.print(table)
     # The notes under the table wrap at the console's width, not the (often narrower) table's.
     if caption:
-        console.print(caption, style="table.caption", highlight=False, justify="left")
+        console.print(caption, style="table.caption", highlight=False)
 
 
 def plain_line(quiet: bool, text: str) -> None:
