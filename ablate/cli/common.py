@@ -39,6 +39,17 @@ class worker_threads:
         self.workers.__exit__(*exc)
 
 
+def check_trials_and_name(spec, trials: int | None, name: str | None) -> None:
+    """``--trials`` and ``--name`` of a study command (study run, launch slurm/ray), checked against
+    the spec before anything is written."""
+    if trials is not None and trials < 1:
+        raise AblateInputError("--trials", "must be >= 1")
+    if trials is not None and spec.max_distinct_trials is not None and trials > spec.max_distinct_trials:
+        raise AblateInputError("--trials", spec.distinct_limit_message(trials))
+    if name is not None and not name.strip():
+        raise AblateInputError("--name", "must not be empty")
+
+
 def emit_json(doc: Any) -> None:
     from ablate.jsonout import json_value
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ablate.cli.app import JsonOpt, app, err
-from ablate.cli.common import emit_json
+from ablate.cli.common import check_trials_and_name, emit_json
 from ablate.errors import AblateInputError
 
 if TYPE_CHECKING:
@@ -62,12 +62,7 @@ def _prepare_input(
     if workers < 1:
         raise AblateInputError("--workers", f"must be >= 1, got {workers}")
     spec, text = load_spec(spec_path)
-    if trials is not None and trials < 1:
-        raise AblateInputError("--trials", "must be >= 1")
-    if trials is not None and spec.max_distinct_trials is not None and trials > spec.max_distinct_trials:
-        raise AblateInputError("--trials", spec.distinct_limit_message(trials))
-    if name is not None and not name.strip():
-        raise AblateInputError("--name", "must not be empty")
+    check_trials_and_name(spec, trials, name)
     try:
         backend = normalize_url(storage).get_backend_name()
     except ValueError as exc:

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ablate.cli.app import JsonOpt, QuietOpt, StorageOpt, ThreadsOpt, err, study_app
-from ablate.cli.common import check_out_dir, check_threads, emit_json, print_view, program, storage_option
+from ablate.cli.common import (
+    check_out_dir,
+    check_threads,
+    check_trials_and_name,
+    emit_json,
+    print_view,
+    program,
+    storage_option,
+)
 from ablate.cli.plot import draw_plots
 from ablate.errors import AblateInputError
 
@@ -87,12 +95,7 @@ def study_run(
     spec, text = load_spec(spec_path)
     spec, text = with_overrides(spec, text, data, data_kind, eval_data, eval_data_kind, pretrained)
     overridden = {"--data": data, "--eval-data": eval_data, "--pretrained": pretrained}
-    if trials is not None and trials < 1:
-        raise AblateInputError("--trials", "must be >= 1")
-    if trials is not None and spec.max_distinct_trials is not None and trials > spec.max_distinct_trials:
-        raise AblateInputError("--trials", spec.distinct_limit_message(trials))
-    if name is not None and not name.strip():
-        raise AblateInputError("--name", "must not be empty")
+    check_trials_and_name(spec, trials, name)
     check_threads(threads)
     plan = None if workers is None and gpus is None else _gpu_plan(workers, gpus)
     url = storage_url(storage)
