@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
 
     global _own_process
     _own_process = argv is None
+    if _own_process:
+        from ablate import timers
+
+        timers.write_on_exit()  # only when $ABLATE_TIMINGS names a file
 
     signal.signal(signal.SIGTERM, _on_stop_signal)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the shell ignores it

@@ -23,6 +23,7 @@ from ablate.engine.result import DEFAULT_GROUP, ProbeResult, TrainResult
 from ablate.engine.subject import Subject, watched_groups
 from ablate.errors import NonFiniteLossError
 from ablate.stats import geo_mean, mean_ci
+from ablate.timers import span
 
 StepRows = list[tuple[int, dict[str, float]]]
 
@@ -119,7 +120,8 @@ def train_arms(
     # Fused Adam on CUDA: one kernel for every parameter (same update rule, elementwise per arm).
     opt = torch.optim.Adam(trained, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda" or None)
     judged_init = [p.detach().clone() for p in groups[cfg.group]]  # for adapter_gain at the end
-    flops = step_flops(subject, train_batches(0), device, cfg.precision) if cfg.count_flops else math.nan
+    with span("flops"):
+        flops = step_flops(subject, train_batches(0), device, cfg.precision) if cfg.count_flops else math.nan
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.cuda.synchronize(device)
@@ -168,9 +170,10 @@ def train_arms(
         nonlocal probe_s
         faults.point("probe")
         t = time.perf_counter()
-        results = probe_arms(
-            subject, probe_batches, device, arms, step, cfg.threshold, cfg.probe_dropout, cfg.group, cfg.precision
-        )
+        with span("probe"):
+            results = probe_arms(
+                subject, probe_batches, device, arms, step, cfg.threshold, cfg.probe_dropout, cfg.group, cfg.precision
+            )
         probe_s += time.perf_counter() - t
         for a, p in enumerate(results):
             probes[a].append(p)
@@ -182,7 +185,8 @@ def train_arms(
     for step in range(cfg.steps):
         if cfg.probe_every >= 0 and (step == 0 or (cfg.probe_every and step % cfg.probe_every == 0)):
             probe(step)
-        batch = train_batches(step)
+        with span("data"):
+            batch = train_batches(step)
         opt.zero_grad(set_to_none=True)
         for p in groups["all"]:  # frozen groups are not in the optimiser; clear their gradient too
             p.grad = None
@@ -218,7 +222,8 @@ def train_arms(
         probe(cfg.steps)
     held_out = probe_batches if eval_batches is None else eval_batches
     seeds = [a.seed for a in arms]
-    gains = held_out_gain(subject, groups[cfg.group], judged_init, held_out, device, seeds, cfg.precision)
+    with span("gain"):
+        gains = held_out_gain(subject, groups[cfg.group], judged_init, held_out, device, seeds, cfg.precision)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0

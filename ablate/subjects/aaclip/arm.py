@@ -47,6 +47,7 @@ from ablate.subjects.aaclip.stage1 import (
     read_checkpoint,
     train_text_adapter,
 )
+from ablate.timers import span
 
 PROBE_INDEX_OFFSET = 1_000_000  # probe images never appear in training
 # The synthetic test set of the end-of-run evaluation: one fixed set for every seed and arm (as a
@@ -218,6 +219,11 @@ def arm_data(cfg: ArmConfig, like: ArmSetup | PackSetup | ArmData | None = None)
     if like is not None:
         return like
     validate(cfg)
+    with span("build"):
+        return _build_data(cfg)
+
+
+def _build_data(cfg: ArmConfig) -> ArmData:
     spec = backbone_spec(cfg.subject.model.backbone)
     folders = cfg.subject.data.folders
     if folders is None:
