@@ -16,6 +16,7 @@ from ablate.engine.compare import compare_to_baseline
 from ablate.engine.fixes import NO_BRANCH
 from ablate.engine.loop import StepRows
 from ablate.engine.result import ProbeResult, TrainResult
+from ablate.ranking import REFERENCE_LABELS
 from ablate.subjects import subject_kind
 from ablate.subjects.kind import SubjectKind
 
@@ -124,16 +125,17 @@ def train_compared(
 ) -> ComparedRun:
     """``ablate train``: the arm and (unless it is itself the plain baseline, or ``baseline`` is off)
     its no-branch baseline, then the comparison of the two. ``on_start``/``on_end`` get a label
-    ("baseline no-branch", "train FIX")."""
+    ("no-branch (baseline)", "train FIX")."""
     built = build(cfg)
     with_base = baseline and not (cfg.fix == NO_BRANCH and not cfg.frozen)
     base = None
     if with_base:
+        label = REFERENCE_LABELS["baseline"]
         if on_start:
-            on_start("baseline no-branch")
+            on_start(label)
         base = train_arm(baseline_config(cfg), on_step=on_step, built=build(baseline_config(cfg), like=built))
         if on_end:
-            on_end("baseline no-branch", base)
+            on_end(label, base)
     label = f"train {built.labels[0].fix}"
     if on_start:
         on_start(label)

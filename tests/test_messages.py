@@ -85,10 +85,19 @@ def test_help_lists_every_command_with_its_whole_summary(capsys, monkeypatch, co
     code, out, _ = cli(capsys, "--help")
     assert code == 0 and "…" not in out and "..." not in out.split("Commands:")[1]
     listed = out.split("Commands:")[1]
-    for command in ("plot", "probe", "query", "report", "train", "study"):
+    commands = ("study", "query", "plot", "report", "probe", "train", "subject", "launch", "db")
+    for command in commands:
         assert f"\n  {command} " in listed
+    # in the order a study uses them
+    assert sorted(commands, key=lambda c: listed.index(f"\n  {c} ")) == list(commands)
     # the summaries end as sentences do, not cut
     assert "report.json." in " ".join(listed.split()) and "evaluation." in " ".join(listed.split())
+    for group, subcommands in (("study", ["run"]), ("subject", ["check"]), ("launch", ["slurm", "ray"]),
+                               ("db", ["upgrade"])):  # fmt: skip
+        code, out, _ = cli(capsys, group, "--help")
+        listed = out.split("Commands:")[1]
+        assert code == 0 and "…" not in out and "..." not in listed, group
+        assert all(f"\n  {c} " in listed for c in subcommands) and listed.rstrip().endswith("."), group
 
 
 @pytest.mark.parametrize(

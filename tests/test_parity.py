@@ -543,10 +543,14 @@ def test_a_specs_defaults_are_aaclips_and_each_alternative_is_a_key():
     assert (arm.data.augment, arm.eval.scoring, arm.eval.domain) == ("aaclip", "aaclip", "industrial")
     assert (arm.model.quick_gelu, arm.model.detection_logit_scale) == (False, 1.0)
     assert parse_spec('name = "s"').arm("none", None, 0).run.lr == 5e-4
-    alt = parse_spec(
-        'name = "s"\n[model]\ndetection_logit_scale = 100.0\n[data]\naugment = false\n'
-        '[eval]\nscoring = "softmax"\ndomain = "medical"\n[stage1]\nenabled = false\n'
-    ).arm("none", None, 0).subject
+    alt = (
+        parse_spec(
+            'name = "s"\n[model]\ndetection_logit_scale = 100.0\n[data]\naugment = false\n'
+            '[eval]\nscoring = "softmax"\ndomain = "medical"\n[stage1]\nenabled = false\n'
+        )
+        .arm("none", None, 0)
+        .subject
+    )
     assert alt.stage1 is None and alt.data.augment == "none" and alt.model.detection_logit_scale == 100.0
     assert (alt.eval.scoring, alt.eval.domain) == ("softmax", "medical")
     assert parse_spec('name = "s"\n[data]\naugment = true\n').arm("none", None, 0).subject.data.augment == "flips"

@@ -75,7 +75,7 @@ def test_stage1_runs_once_per_seed_and_every_arm_of_the_seed_gets_its_weights(tm
 
     capsys.readouterr()
     code, text, _ = run_cli(capsys, "query", "--storage", f"sqlite:///{db}", "--runs")
-    assert code == 0 and "stg1" in text
+    assert code == 0 and "stage1 (per seed)" in text
 
 
 @pytest.mark.parametrize("stage1", ["off", "checkpoint"])

@@ -158,7 +158,7 @@ def test_example_subject_end_to_end_through_the_cli(tmp_path: Path, capsys: pyte
     assert code == 0
     code, out, _ = _run(capsys, "query", "--storage", db, "--group-by", "fix", "--format", "json")
     fixes = {r["fix"]: r for r in json.loads(out)}
-    assert fixes["frozen-adapters (control)"]["adapter_gain"] == 0.0  # exactly: the adapters never moved
+    assert fixes["frozen (control)"]["adapter_gain"] == 0.0  # exactly: the adapters never moved
     assert fixes["no-branch (baseline)"]["adapter_gain_lo"] > 0  # the baseline's adapters learn the task
     assert {"none", "fixed-scale"} <= set(fixes)
     code, out, _ = _run(capsys, "query", "--storage", db, "--runs", "--format", "json")
@@ -169,6 +169,15 @@ def test_example_subject_end_to_end_through_the_cli(tmp_path: Path, capsys: pyte
     code, out, _ = _run(capsys, "report", "tiny-lm", "--storage", db, "--out", str(tmp_path / "r"))
     text = (tmp_path / "r" / "report.md").read_text()
     assert code == 0 and "`lm:build`" in text and "`adapters`" in text and "CLIP" not in text
+    # plot --x/--y take the metrics of this study's own groups, and name them for AA-CLIP's
+    xy = tmp_path / "xy"
+    code, _, err = _run(capsys, "plot", "--storage", db, "--x", "train_grad_ratio_adapters", "--out", str(xy))
+    assert code == 0, err
+    assert sorted(f.name for f in xy.iterdir())[0] == "tradeoff-adapter_gain-vs-train_grad_ratio_adapters.png"
+    code, _, err = _run(capsys, "plot", "--storage", db, "--x", "train_grad_ratio_layers", "--out", str(xy))
+    assert code == 2 and err.startswith(
+        "error: --x: unknown metric 'train_grad_ratio_layers' (did you mean 'train_grad_ratio_adapters'?)"
+    )
 
 
 def test_packed_arms_of_a_user_model_train_as_alone(tmp_path: Path) -> None:
@@ -234,6 +243,8 @@ def test_aaclip_subject_check_counts_without_weights(capsys: pytest.CaptureFixtu
     code, out, _ = _run(capsys, "subject", "check", str(ROOT / "studies" / "aaclip_vitl14.toml"), "--json")
     report = json.loads(out)
     assert code == 0 and report["groups"]["layers"]["params"] == 6 * 1024 * 1024
+    assert report["groups"]["all"]["params"] == 10_223_616  # AA-CLIP's image adapter, bias-free
+    assert report["extra"]["text_adapter"]["params"] == 2_359_296  # its Stage 1 text adapter
     assert report["branch"]["at"] == "visual.transformer.resblocks.0" and report["branch"]["calls"] == 1
 
 

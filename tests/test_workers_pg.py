@@ -49,5 +49,5 @@ def test_eight_workers_fit_a_server_with_30_connections(small_server, tmp_path):
         statuses = dict(conn.execute(text("SELECT status, count(*) FROM ablate_runs GROUP BY status")).all())
         pids = conn.execute(text("SELECT count(DISTINCT worker_pid) FROM ablate_runs")).scalar_one()
     engine.dispose()
-    assert statuses == {"complete": 8 * 2 + 2}  # 8 trials x 2 seeds, and the 2 baselines
+    assert statuses == {"complete": 8 * 2 + 2 + 2}  # 8 trials x 2 seeds, the 2 baselines, the 2 Stage 1 runs
     assert pids >= 2  # the work was shared

@@ -6,11 +6,24 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
+
+# `ablate --help` lists the commands in the order a study uses them (Typer's is the order of definition).
+COMMAND_ORDER = ("study", "query", "plot", "report", "probe", "train", "subject", "launch", "db")
+
+
+class _OrderedGroup(TyperGroup):
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: COMMAND_ORDER.index(n) if n in COMMAND_ORDER else len(COMMAND_ORDER))
+
 
 app = typer.Typer(
+    cls=_OrderedGroup,
     help="Measure and search how a new branch should join a frozen model's residual stream. "
     "Run a study (ablate study run SPEC), read it (ablate query, ablate plot) and write it up "
-    "(ablate report STUDY --out DIR: Markdown with figures, one self-contained HTML file).",
+    "(ablate report STUDY --out DIR: Markdown with figures, one self-contained HTML file). "
+    "Your own model: ablate subject check SPEC, then the same commands (docs/subjects.md).",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,

@@ -10,11 +10,19 @@ from ablate.cli.app import JsonOpt, StorageOpt, app
 from ablate.cli.common import emit_json
 from ablate.errors import AblateInputError
 
-db_app = typer.Typer(help="The results database itself: upgrade one written by an older ablate.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="The results database itself: upgrade one written by an older ablate.",
+    short_help="The results database itself: ablate db upgrade brings one an older ablate wrote to this layout.",
+    no_args_is_help=True,
+)
 app.add_typer(db_app, name="db")
 
 
-@db_app.command("upgrade")
+@db_app.command(
+    "upgrade",
+    short_help="Upgrade the database to this release's layout, keeping every number (ablate study run does it "
+    "by itself).",
+)
 def upgrade(storage: StorageOpt = None, as_json: JsonOpt = False) -> None:
     """Upgrade the database to this release's layout, keeping every number (one transaction per step;
     safe to run twice). `ablate study run` does this by itself; read commands ask for it."""

@@ -22,6 +22,7 @@ RAY_HINT = "needs ray: pip install 'ablate-branch[ray]'"
 launch_app = typer.Typer(
     help="Start many workers on one study: a SLURM job array (submitit) or Ray tasks. "
     "On one machine, use `ablate study run SPEC --workers N` instead.",
+    short_help="Start many workers on one study: ablate launch slurm (a job array) or ablate launch ray (Ray tasks).",
     no_args_is_help=True,
 )
 app.add_typer(launch_app, name="launch")
@@ -103,7 +104,10 @@ def _follow(prepared: PreparedStudy) -> str:
     return f"ablate query --storage '{display_url(prepared.url)}' --study {prepared.name}"
 
 
-@launch_app.command("slurm")
+@launch_app.command(
+    "slurm",
+    short_help="Create the study once, then submit one SLURM job array of --workers tasks, each running the worker.",
+)
 def launch_slurm(
     spec_path: SpecArg,
     workers: WorkersOpt,
@@ -189,7 +193,10 @@ def launch_slurm(
     gc.collect()
 
 
-@launch_app.command("ray")
+@launch_app.command(
+    "ray",
+    short_help="Create the study once, then run the worker as --workers Ray tasks, each with its GPUs; waits for them.",
+)
 def launch_ray(
     spec_path: SpecArg,
     workers: WorkersOpt,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
@@ -59,6 +60,8 @@ def plot(
     engine = open_read(open_storage, url)
     with lookup_errors():
         name = study or q.latest_study(engine)
+        if x is not None or y is not None:  # the metrics of this study's own adapter groups
+            check_metrics(x, y, q.trial_metrics(q.study_settings(engine, name)["groups"]))
     check_out_dir(out_dir, "--out")
     written = draw_plots(url, name, out_dir or f"plots/{name}", kinds, quiet=as_json, x=x, y=y)
     if as_json:
@@ -68,14 +71,16 @@ def plot(
             sys.stdout.write(f"plot: {p}\n")  # plain: a long path must not wrap
 
 
-def check_axes(kinds: list[str] | None, x: str | None, y: str | None) -> list[str] | None:
-    """--x / --y name stored metrics and go with the tradeoff; the kinds to draw (None: all)."""
-    from ablate.store.query import TRIAL_METRICS
-
+def check_metrics(x: str | None, y: str | None, metrics: Sequence[str]) -> None:
+    """--x / --y name metrics the study stores (``metrics``: ablate.store.query.trial_metrics of its groups)."""
     for option, metric in (("--x", x), ("--y", y)):
-        if metric is not None and metric not in TRIAL_METRICS:
-            hint = did_you_mean(metric, TRIAL_METRICS)
-            raise AblateInputError(option, f"unknown metric {metric!r}{hint}; one of: {', '.join(TRIAL_METRICS)}")
+        if metric is not None and metric not in metrics:
+            hint = did_you_mean(metric, metrics)
+            raise AblateInputError(option, f"unknown metric {metric!r}{hint}; one of: {', '.join(metrics)}")
+
+
+def check_axes(kinds: list[str] | None, x: str | None, y: str | None) -> list[str] | None:
+    """--x / --y go with the tradeoff; the kinds to draw (None: all)."""
     if x is None and y is None:
         return kinds
     if kinds is None:

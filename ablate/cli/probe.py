@@ -29,7 +29,8 @@ from ablate.textfmt import fmt
 
 
 @app.command(
-    short_help="Paired gradient probe at initialisation: each fix's adapter gradient with and without the branch."
+    short_help="Paired gradient probe at initialisation: each fix's adapter gradient with and without the branch "
+    "(AA-CLIP, or a spec's model with --spec)."
 )
 def probe(
     fix: FixOpt = None,

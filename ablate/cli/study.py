@@ -72,10 +72,12 @@ def study_run(
     """Run an Optuna study of the spec's fixes and scales; resume it if it exists.
 
     Each trial trains every seed of the spec and stores every run, compared step by step with
-    the no-branch baseline of the same seed; the baseline and the frozen-adapter control run once
-    per seed. At the end it prints each fix's best ranked trial (every seed complete) with 95%
-    intervals and draws the plots. Running the same command again continues up to --trials
-    finished trials without repeating finished work. Ctrl-C stops cleanly; the same command resumes.
+    the no-branch baseline of the same seed; the subject's Stage 1 (AA-CLIP: the text adapter), the
+    baseline and the frozen control run once per seed, before the trials. A database written by an
+    older ablate is upgraded first (ablate db upgrade). At the end it prints each fix's best ranked
+    trial (every seed complete) with 95% intervals and draws the plots. Running the same command
+    again continues up to --trials finished trials without repeating finished work. Ctrl-C stops
+    cleanly; the same command resumes.
     """
     from ablate.timers import span
 

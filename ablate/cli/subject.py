@@ -7,14 +7,22 @@ from typing import Annotated
 
 import typer
 
-from ablate.cli.app import JsonOpt, app, out_console
+from ablate.cli.app import JsonOpt, app
 from ablate.cli.common import emit_json, print_table
 
-subject_app = typer.Typer(help="The model a spec studies: check its groups and branch point.", no_args_is_help=True)
+subject_app = typer.Typer(
+    help="The model a spec studies: check its groups and branch point.",
+    short_help="The model a spec studies: ablate subject check SPEC shows its groups and branch point, nothing trains.",
+    no_args_is_help=True,
+)
 app.add_typer(subject_app, name="subject")
 
 
-@subject_app.command("check")
+@subject_app.command(
+    "check",
+    short_help="Build the spec's model once and print its groups, the branch point and the branch's size; every "
+    "refusal a study would meet shows here first.",
+)
 def check(
     spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="Study spec ([subject] or AA-CLIP's [model]).")],
     as_json: JsonOpt = False,
@@ -22,7 +30,8 @@ def check(
     """Build the spec's model once (on the meta device where possible: no weights, no memory) and print
     each watched group (parameter names, count of tensors, size), the branch point, the branch's size
     and how many times the branch point runs in one forward (it must be 1). Every refusal a study
-    would meet (a group matching nothing, overlapping groups, a missing module, ...) shows here first."""
+    would meet (a group matching nothing, overlapping groups, a missing module; docs/subjects.md
+    lists them) shows here first."""
     from ablate.subjects.check import check_spec
 
     report = check_spec(spec_path)
@@ -32,10 +41,9 @@ def check(
     print_table("subject check", _groups_view(report))
     branch = report["branch"]
     line = f"branch: joins the output of {branch['at']!r}, {branch['params']:,} parameters, runs {branch['calls']}x"
-    out_console().print(line + " per forward")
+    sys.stdout.write(line + " per forward\n")  # plain: a long module path must not wrap
     for name, entry in report.get("extra", {}).items():
-        out_console().print(f"{name}: {entry['params']:,} parameters in {entry['tensors']} tensors (not watched)")
-    sys.stdout.flush()
+        sys.stdout.write(f"{name}: {entry['params']:,} parameters in {entry['tensors']} tensors (not watched)\n")
 
 
 def _groups_view(report: dict):  # noqa: ANN202 - a views.TableView

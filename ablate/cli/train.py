@@ -34,7 +34,8 @@ from ablate.textfmt import fmt
 
 
 @app.command(
-    short_help="Train one arm and its no-branch baseline briefly: adapter gain, gradient ratios, bypass probes."
+    short_help="Train one arm and its no-branch baseline briefly: adapter gain, gradient ratios, bypass probes "
+    "(AA-CLIP, or a spec's model with --spec)."
 )
 def train(
     fix: Annotated[str, typer.Option("--fix", help="Fix type (see `ablate probe --help`).")] = "none",

@@ -2,5 +2,5 @@
 fix registry (how a branch joins the stream) and packing.
 
 It works on any model through the ``Subject`` interface (:mod:`ablate.engine.subject`) and imports no
-subject, no Optuna, no SQL and no CLI (``tests/test_layering.py`` checks the imports).
+subject, no Optuna, no SQL and no CLI (``tests/test_subjects.py`` checks the imports).
 """

@@ -104,9 +104,7 @@ def write_finished_runs(engine: Engine, study_id: int, runs: Sequence[FinishedRu
         if classes:
             conn.execute(insert(ClassMetricModel.__table__), classes)
         groups = [
-            row
-            for run_id, run in zip(ids, runs, strict=True)
-            for row in run_group_rows(run_id, run.summary or {})
+            row for run_id, run in zip(ids, runs, strict=True) for row in run_group_rows(run_id, run.summary or {})
         ]
         groups += [
             row

@@ -1,11 +1,11 @@
 """Upgrading a results database written by an older ablate to this release's layout.
 
-Every file records its layout in ``ablate_schema`` (``schema_version``); a file with ablate tables
-but no such record was written by ablate 0.1.0 (schema 1). ``ablate study run`` upgrades the file it
-writes to; ``ablate db upgrade`` does it explicitly; read commands refuse an old file with a
-one-line hint instead of writing to it. Each step runs in one transaction (on PostgreSQL under an
-advisory lock, on SQLite under the write lock), so workers starting together upgrade it once and a
-failed step leaves the file as it was.
+Every file records its layout in ``ablate_schema`` (``schema_version``); a file with ablate tables,
+no such record and ablate 0.1.0's wide per-group columns was written by that release (schema 1).
+``ablate study run`` upgrades the file it writes to; ``ablate db upgrade`` does it explicitly; read
+commands refuse an old file with a one-line hint instead of writing to it. Each step runs in one
+transaction (on PostgreSQL under an advisory lock, on SQLite under the write lock), so workers
+starting together upgrade it once and a failed step leaves the file as it was.
 
 Schema 1 -> 2: AA-CLIP's per-group numbers (``train_grad_ratio_layers``, ``grad_share_proj``, ...,
 33 columns of ablate_runs and ablate_probe_points) move to the long tables ablate_run_groups and
@@ -49,12 +49,17 @@ def schema_version(conn: Connection) -> int | None:
     tables = set(inspect(conn).get_table_names())
     if RunModel.__tablename__ not in tables:
         return None
-    if SchemaInfoModel.__tablename__ not in tables:
-        return 1
-    row = conn.execute(
-        text(f"SELECT value FROM {SchemaInfoModel.__tablename__} WHERE key = :k"), {"k": VERSION_KEY}
-    ).first()
-    return 1 if row is None else int(row[0])
+    if SchemaInfoModel.__tablename__ in tables:
+        row = conn.execute(
+            text(f"SELECT value FROM {SchemaInfoModel.__tablename__} WHERE key = :k"), {"k": VERSION_KEY}
+        ).first()
+        if row is not None:
+            return int(row[0])
+    # No record. A file 0.1.0 wrote has the wide per-group columns; one without them is a fresh file
+    # another worker created a moment ago and is about to stamp (reading it as schema 1 would
+    # "upgrade" it under that worker's feet).
+    wide = {t.format(g=g) for g in V1_GROUPS for t in RUN_GROUP_COLUMNS.values()}
+    return 1 if wide & _columns(conn, RunModel.__tablename__) else SCHEMA_VERSION
 
 
 def stamp(conn: Connection, version: int = SCHEMA_VERSION) -> None:

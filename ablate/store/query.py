@@ -144,6 +144,8 @@ def runs_frame(engine: Engine, study: str | None = None) -> pd.DataFrame:
 
 
 TRIALS_ID_COLUMNS = ["study", "trial_number", "fix", "scale", "status", "ranked", "n_seeds", "seeds_wanted"]
+
+
 def metric_columns(groups: Sequence[str]) -> list[str]:
     """The trial and fix frames' metric columns for a study with these adapter groups."""
     per_group = lambda prefix: [f"{prefix}_{g}" for g in groups]  # noqa: E731

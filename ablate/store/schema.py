@@ -326,7 +326,7 @@ class SchemaInfoModel(Base):
 
 class BlobModel(Base):
     """A binary artefact of a run, kept in the database so every worker of a study reads the same one
-    (the Stage 1 text adapter's weights: the ``stage1`` run of a seed, ``name`` "text_adapter")."""
+    (the Stage 1 text adapter's weights: the ``stage1`` run of a seed, ``name`` "stage1")."""
 
     __tablename__ = "ablate_blobs"
     __table_args__ = (UniqueConstraint("run_id", "name", name="uq_ablate_blobs_run_name"),)

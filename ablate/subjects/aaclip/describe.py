@@ -1,7 +1,8 @@
 """What ``ablate subject check`` says about an AA-CLIP spec, without weights or the frozen backbone.
 
-The trainable pieces are built on the meta device (shapes only, no memory), from the widths in the
-backbone's open_clip config.
+The trainable pieces are built on the meta device (shapes only, no memory) by the same builders the
+model uses (ablate/subjects/aaclip/model.py ``image_adapter``, layers.py), from the widths in the
+backbone's open_clip config (sizes.py); the Stage 1 text adapter is its own entry, not a watched group.
 """
 
 from __future__ import annotations
@@ -13,20 +14,11 @@ from torch import nn
 
 from ablate.engine.fixes import parse_fix
 from ablate.subjects.aaclip.backbone import backbone_spec
-from ablate.subjects.aaclip.layers import CrossAttentionBranch, ImageAdapter
-from ablate.subjects.aaclip.model import AAClipConfig
+from ablate.subjects.aaclip.layers import CrossAttentionBranch, TextAdapter
+from ablate.subjects.aaclip.model import AAClipConfig, image_adapter
+from ablate.subjects.aaclip.sizes import backbone_widths
 
-
-def widths(cfg: AAClipConfig) -> tuple[int, int, int, int]:
-    """(image width, text width, embedding width, depth) of the backbone, from its open_clip config."""
-    spec = backbone_spec(cfg.backbone)
-    if spec.open_clip_name is not None:
-        import open_clip
-
-        oc = open_clip.get_model_config(spec.open_clip_name)
-    else:
-        oc = spec.open_clip_cfg
-    return oc["vision_cfg"]["width"], oc["text_cfg"]["width"], oc["embed_dim"], oc["vision_cfg"]["layers"]
+NAMES_SHOWN = 4
 
 
 def _size(named: list[tuple[str, nn.Parameter]]) -> dict[str, Any]:
@@ -34,32 +26,37 @@ def _size(named: list[tuple[str, nn.Parameter]]) -> dict[str, Any]:
     return {
         "params": sum(p.numel() for _, p in named),
         "tensors": len(named),
-        "names": names[:4],
-        "more": len(names[4:]),
+        "names": names[:NAMES_SHOWN],
+        "more": len(names[NAMES_SHOWN:]),
     }
+
+
+def _named(prefix: str, module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(f"{prefix}.{n}", p) for n, p in module.named_parameters()]
 
 
 def describe(cfg: AAClipConfig, fix: str = "none") -> dict[str, Any]:
     spec = backbone_spec(cfg.backbone)
-    d_img, d_txt, embed, _depth = widths(cfg)
+    d_img, embed, d_txt = backbone_widths(cfg.backbone)
     layers = spec.adapter_layers if cfg.adapter_layers is None else cfg.adapter_layers
-    levels = spec.levels if cfg.levels is None else cfg.levels
+    levels = len(spec.levels if cfg.levels is None else cfg.levels)
     choice = parse_fix(fix)
     with torch.device("meta"):
-        adapters = nn.ModuleList(ImageAdapter(d_img, cfg.adapter_weight) for _ in range(layers))
-        proj = nn.ModuleList([*(nn.Linear(d_img, embed) for _ in levels), nn.Linear(d_img, embed)])
+        adapters, seg_proj, det_proj = image_adapter(d_img, embed, layers, levels, cfg.adapter_weight)
         branch = nn.ModuleList([CrossAttentionBranch(d_img, d_txt, cfg.branch_heads, cfg.branch_dropout)])
         if choice.has_branch:
             branch.append(choice.build_join(d_img))
-    seg = [(f"seg_proj.{n}", p) for n, p in proj[:-1].named_parameters()]
+        text = TextAdapter(d_txt, embed, cfg.text_adapter_layers, cfg.text_adapter_weight)
     groups = {
-        "layers": [(f"adapters.{n}", p) for n, p in adapters.named_parameters()],
-        "proj": [*seg, *((f"det_proj.{n}", p) for n, p in proj[-1].named_parameters())],
+        "layers": _named("adapters", adapters),
+        "proj": [*_named("seg_proj", seg_proj), *_named("det_proj", det_proj)],
     }
-    out = {name: _size(ps) for name, ps in groups.items()}
-    out["all"] = {**_size([p for ps in groups.values() for p in ps]), "names": [], "more": 0}
+    out = {name: _size(named) for name, named in groups.items()}
+    out["all"] = {**_size([p for named in groups.values() for p in named]), "names": [], "more": 0}
     return {
         "subject": "aaclip",
+        "backbone": spec.name,
+        "device": "meta",
         "groups": out,
         "branch": {
             "at": f"visual.transformer.resblocks.{cfg.inject_at}",
@@ -67,5 +64,6 @@ def describe(cfg: AAClipConfig, fix: str = "none") -> dict[str, Any]:
             "calls": 1,
             "fix": choice.name,
         },
-        "backbone": spec.name,
+        # not watched: Stage 1 trains it once per seed before the arms (docs/parity.md)
+        "extra": {"text_adapter": _size(_named("text_adapter", text))},
     }

@@ -27,10 +27,12 @@ GROUPS = ("layers", "proj")  # the per-block adapters, the per-level + detection
 
 
 def _first_arm(like: Any) -> ArmSetup | ArmData | None:
-    """What a new arm shares its backbone and data set with (a pack lends its first arm)."""
-    if isinstance(like, PackSetup):
-        return like.arms[0]
-    return like if isinstance(like, ArmSetup | ArmData) else None
+    """What a new arm shares its backbone and data set with (a pack lends its first arm): a built
+    AA-CLIP arm or its data; anything else (another subject's arm) shares nothing."""
+    arms = getattr(like, "arms", None)  # a PackSetup lends its first arm
+    if arms:
+        like = arms[0]
+    return like if isinstance(like, ArmData) or isinstance(getattr(like, "data", None), ArmData) else None
 
 
 class AAClipSubject:
