@@ -180,6 +180,16 @@ def run_study(spec_path: str, db: Path, threads: int) -> dict[str, Any]:
     }
 
 
+def _revision() -> str:
+    """This checkout's commit (with ``+changes`` when its tracked files differ from it)."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode:
+        return "unknown"
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD"]).returncode != 0
+    return head.stdout.strip() + ("+changes" if dirty else "")
+
+
 def _halves(items: list[Any]) -> tuple[list[Any], list[Any]]:
     return items[0::2], items[1::2]  # every other one: both halves hold the same mix of arms
 
@@ -191,6 +201,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-packed-bare", action="store_true", help="skip the packed bare loop")
     ap.add_argument("--keep-db", default=None, help="keep the study's database here")
     ap.add_argument("--reference-db", default=None, help="check the study's numbers equal this database's")
+    ap.add_argument(
+        "--code", default=None, help="what code is measured, for the JSON (default: this checkout's commit)"
+    )
     args = ap.parse_args(argv)
     made = provenance("bench_study_overhead.py", argv)
     spec_path = str(ROOT / args.spec) if not Path(args.spec).is_absolute() else args.spec
@@ -234,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     training = ("train_steps", "data", "stage1")
     doc: dict[str, Any] = {
         **made,
+        "code": args.code or _revision(),
         "spec": args.spec,
         "threads": args.threads,
         "arms": len(plan),
