@@ -360,6 +360,7 @@ def study_overhead_markdown(file: str = "study_overhead_cpu.json") -> str:
     """The quick study against the bare training of its arms, and where the study's time went."""
     d = _load(file)
     same = d.get("numbers", {}).get("identical")
+    own = sum(d["breakdown_cpu_s"][k] for k in ("train_steps", "data", "stage1"))
     out = [
         f"Made by {_made(d, file)}. `{d['spec']}`: {d['arms']} arms of {d['steps']} steps (packs of {d['pack']}), "
         f"{d['threads']} torch thread; every number the study reports identical to the reference database's: "
@@ -369,6 +370,9 @@ def study_overhead_markdown(file: str = "study_overhead_cpu.json") -> str:
         "| --- | --- | --- | --- |",
         f"| wall | {_s(d['study_wall_s'])} | {_s(d['bare_s'])} | {d['ratio']:.2f}x |",
         f"| CPU | {_s(d['study_cpu_s'])} | {_s(d['bare_cpu_s'])} | {d['ratio_cpu']:.2f}x |",
+        "",
+        f"Within the study's own process (no second process to drift against): its CPU over the CPU of its "
+        f"own training (`train_steps`, `data`, `stage1`, {_s(own)}): {d['study_cpu_s'] / own:.2f}x.",
         "",
         "| part of the study | CPU | wall | share of the wall time |",
         "| --- | --- | --- | --- |",
