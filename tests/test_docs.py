@@ -49,6 +49,9 @@ def test_a_performance_figure_is_the_json_number():
     reads = json.loads((ROOT / "bench" / "results" / "reads_sqlite.json").read_text())["sqlite"]
     growth = reads["growth_1000_to_10000"]["plot --kind eval"]
     assert "| `ablate plot --kind eval` |" in text and f"{growth:.2f}x" in text
+    study = json.loads((ROOT / "bench" / "results" / "study_overhead_cpu.json").read_text())
+    wall = next(line for line in text.splitlines() if line.startswith("| wall |"))
+    assert wall.endswith(f" | {study['ratio']:.2f}x |") and study["command"] in text
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs not installed (the docs extra)")

@@ -4,6 +4,7 @@ import math
 from dataclasses import replace
 
 import pytest
+import torch
 from sqlalchemy import create_engine, text
 
 from ablate.arms import train_arm, train_pack
@@ -162,3 +163,35 @@ def test_runs_view_shows_mfu_only_where_a_run_has_one():
     assert "mfu" not in views.runs_view(cpu).headers
     shown = views.runs_view(gpu)
     assert list(shown["mfu"]) == ["0.266", "-"]  # 3 significant digits, '-' for unknown
+
+
+def test_probe_reuses_a_pass_without_the_branch_only_when_everything_it_reads_is_equal():
+    """On the initial weights a fix's pass without its branch is its seed's baseline pass: reused, same numbers."""
+    from dataclasses import asdict
+
+    from ablate.engine.probe import BypassedPasses
+
+    base = PackSetup(arms("no-branch"))
+    fix = PackSetup(arms("none"), like=base)
+    fresh = probe_arms(fix.model, fix.probe_batches, fix.device, fix.labels)
+    memo = BypassedPasses()
+    alone = probe_arms(base.model, base.probe_batches, base.device, base.labels)
+    assert [asdict(p) for p in probe_arms(base.model, base.probe_batches, base.device, base.labels, memo=memo)] == [
+        asdict(p) for p in alone
+    ]
+    reused = probe_arms(fix.model, fix.probe_batches, fix.device, fix.labels, memo=memo)
+    assert memo.hits == 1
+    assert [asdict(p) for p in reused] == [asdict(p) for p in fresh]  # every number, bit for bit
+    assert reused[0].loss_with != reused[0].loss_without  # the branch does change the pass
+    # A no-branch pack served from the memo gets its own numbers too (the frozen control's case).
+    again = probe_arms(base.model, base.probe_batches, base.device, base.labels, memo=memo)
+    assert memo.hits == 2 and [asdict(p) for p in again] == [asdict(p) for p in alone]
+    # Not reused: other seeds, probe dropout (training mode), or one adapter weight moved.
+    other = PackSetup(arms("none", seeds=(0, 1, 5)), like=base)
+    probe_arms(other.model, other.probe_batches, other.device, other.labels, memo=memo)
+    probe_arms(fix.model, fix.probe_batches, fix.device, fix.labels, dropout=True, memo=memo)
+    with torch.no_grad():
+        fix.model.adapters[0].parameters().__next__().view(-1)[0] += 1e-3
+    moved = probe_arms(fix.model, fix.probe_batches, fix.device, fix.labels, memo=memo)
+    assert memo.hits == 2
+    assert moved[0].loss_without != reused[0].loss_without

@@ -356,6 +356,33 @@ def cpu_markdown() -> str:
     return "\n".join(out)
 
 
+def study_overhead_markdown(file: str = "study_overhead_cpu.json") -> str:
+    """The quick study against the bare training of its arms, and where the study's time went."""
+    d = _load(file)
+    same = d.get("numbers", {}).get("identical")
+    own = sum(d["breakdown_cpu_s"][k] for k in ("train_steps", "data", "stage1"))
+    out = [
+        f"Made by {_made(d, file)}. `{d['spec']}`: {d['arms']} arms of {d['steps']} steps (packs of {d['pack']}), "
+        f"{d['threads']} torch thread; every number the study reports identical to the reference database's: "
+        f"{str(same).lower()}.",
+        "",
+        "| | the study | the bare training of its arms | ratio |",
+        "| --- | --- | --- | --- |",
+        f"| wall | {_s(d['study_wall_s'])} | {_s(d['bare_s'])} | {d['ratio']:.2f}x |",
+        f"| CPU | {_s(d['study_cpu_s'])} | {_s(d['bare_cpu_s'])} | {d['ratio_cpu']:.2f}x |",
+        "",
+        f"Within the study's own process (no second process to drift against): its CPU over the CPU of its "
+        f"own training (`train_steps`, `data`, `stage1`, {_s(own)}): {d['study_cpu_s'] / own:.2f}x.",
+        "",
+        "| part of the study | CPU | wall | share of the wall time |",
+        "| --- | --- | --- | --- |",
+    ]
+    for part, wall in d["breakdown_s"].items():
+        cpu = d["breakdown_cpu_s"][part]
+        out.append(f"| {part} | {_s(cpu)} | {_s(wall)} | {wall / d['study_wall_s']:.1%} |")
+    return "\n".join(out)
+
+
 def writes_markdown(file: str = "store_writes.json") -> str:
     doc = _load(file)
     backends = [b for b in ("sqlite", "postgresql") if isinstance(doc.get(b), dict)]
@@ -392,6 +419,7 @@ BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
         "gpu": gpu_markdown,
         "cpu": cpu_markdown,
         "writes": writes_markdown,
+        "study-overhead": study_overhead_markdown,
     },
 }
 

@@ -15,6 +15,17 @@ from ablate.errors import AblateInputError
 def _fail(message: str, code: int) -> None:
     # Plain stderr, one line: rich would wrap long messages at the terminal width.
     sys.stderr.write(message + "\n")
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    if _own_process:
+        # Python's shutdown collects every object torch and open_clip created (over a second, for
+        # nothing: the process ends); frozen, they are left to the exit. Exit handlers still run, and
+        # the standard streams are still flushed.
+        import gc
+
+        gc.freeze()
     sys.exit(code)
 
 
@@ -89,6 +100,10 @@ def main(argv: list[str] | None = None) -> None:
 
     global _own_process
     _own_process = argv is None
+    if _own_process:
+        from ablate import timers
+
+        timers.write_on_exit()  # only when $ABLATE_TIMINGS names a file
 
     signal.signal(signal.SIGTERM, _on_stop_signal)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the shell ignores it
@@ -117,4 +132,4 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"run failed: {type(exc).__name__}: {one_line(exc)} (ABLATE_DEBUG=1 for a traceback)", 1)
     if rv == 130:  # Typer turns Ctrl-C inside a command into exit code 130
         _fail_interrupted()
-    sys.exit(rv if isinstance(rv, int) else 0)
+    _exit(rv if isinstance(rv, int) else 0)

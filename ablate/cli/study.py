@@ -87,10 +87,13 @@ def study_run(
     again continues up to --trials finished trials without repeating finished work. Ctrl-C stops
     cleanly; the same command resumes.
     """
-    from ablate.spec import load_spec, override_option, with_overrides
-    from ablate.store.engine import storage_url
-    from ablate.study import run_study
-    from ablate.study.runner import StudySpecConflict, preflight
+    from ablate.timers import span
+
+    with span("imports"):
+        from ablate.spec import load_spec, override_option, with_overrides
+        from ablate.store.engine import storage_url
+        from ablate.study import run_study
+        from ablate.study.runner import StudySpecConflict, preflight
 
     spec, text = load_spec(spec_path)
     spec, text = with_overrides(spec, text, data, data_kind, eval_data, eval_data_kind, pretrained)

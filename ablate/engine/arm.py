@@ -19,6 +19,7 @@ from ablate.engine.loop import RunConfig, StepRows, train_arms
 from ablate.engine.probe import ArmLabel, probe_arms
 from ablate.engine.result import ProbeResult, TrainResult
 from ablate.errors import AblateInputError
+from ablate.timers import span
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ def train_built(
         eval_batches=built.gain_batches,
         on_nonfinite=on_nonfinite,
     )
-    evaluations = built.evaluate()
+    with span("evaluation"):
+        evaluations = built.evaluate()
     if evaluations is not None:
         for result, ev in zip(results, evaluations, strict=True):
             result.evaluation = ev

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -138,3 +139,11 @@ def describe_hardware(device: torch.device) -> dict[str, object]:
         info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def batch_tensors(batch: Any) -> list[torch.Tensor]:
+    """The tensors of a batch: a pytree (tensor, tuple, list, dict) or an object with tensor fields."""
+    from torch.utils._pytree import tree_leaves
+
+    leaves = tree_leaves(vars(batch) if hasattr(batch, "__dict__") and not torch.is_tensor(batch) else batch)
+    return [t for t in leaves if torch.is_tensor(t)]

@@ -6,6 +6,8 @@ Per-step values stay on the device and reach the host only at a flush (no per-st
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import resource
 import time
@@ -16,13 +18,14 @@ from typing import Any
 import torch
 
 from ablate import faults
-from ablate.engine.device import arm_norms, autocast, peak_flops
+from ablate.engine.device import arm_norms, autocast, batch_tensors, peak_flops
 from ablate.engine.metrics import edge_means, loss_slope
-from ablate.engine.probe import DEFAULT_THRESHOLD, ArmLabel, probe_arms
+from ablate.engine.probe import BYPASSED, DEFAULT_THRESHOLD, ArmLabel, probe_arms
 from ablate.engine.result import DEFAULT_GROUP, ProbeResult, TrainResult
 from ablate.engine.subject import Subject, watched_groups
 from ablate.errors import NonFiniteLossError
 from ablate.stats import geo_mean, mean_ci
+from ablate.timers import span
 
 StepRows = list[tuple[int, dict[str, float]]]
 
@@ -119,7 +122,12 @@ def train_arms(
     # Fused Adam on CUDA: one kernel for every parameter (same update rule, elementwise per arm).
     opt = torch.optim.Adam(trained, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda" or None)
     judged_init = [p.detach().clone() for p in groups[cfg.group]]  # for adapter_gain at the end
-    flops = step_flops(subject, train_batches(0), device, cfg.precision) if cfg.count_flops else math.nan
+    flops = math.nan
+    if cfg.count_flops and cfg.compile:  # a compiled step hides its operations from the counter
+        with span("flops"):
+            flops = step_flops(subject, train_batches(0), device, cfg.precision)
+    # Otherwise the first step is counted as it trains (FlopCounterMode runs the same operations).
+    count_first = cfg.count_flops and not cfg.compile
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.cuda.synchronize(device)
@@ -168,9 +176,22 @@ def train_arms(
         nonlocal probe_s
         faults.point("probe")
         t = time.perf_counter()
-        results = probe_arms(
-            subject, probe_batches, device, arms, step, cfg.threshold, cfg.probe_dropout, cfg.group, cfg.precision
-        )
+        with span("probe"):
+            # On the initial weights, the passes without the branch are every arm of a seed's own
+            # (the shared adapter initialisation): the process reuses them (BypassedPasses).
+            memo = BYPASSED if step == 0 else None
+            results = probe_arms(
+                subject,
+                probe_batches,
+                device,
+                arms,
+                step,
+                cfg.threshold,
+                cfg.probe_dropout,
+                cfg.group,
+                cfg.precision,
+                memo,
+            )
         probe_s += time.perf_counter() - t
         for a, p in enumerate(results):
             probes[a].append(p)
@@ -182,13 +203,25 @@ def train_arms(
     for step in range(cfg.steps):
         if cfg.probe_every >= 0 and (step == 0 or (cfg.probe_every and step % cfg.probe_every == 0)):
             probe(step)
-        batch = train_batches(step)
+        with span("data"):
+            batch = train_batches(step)
         opt.zero_grad(set_to_none=True)
         for p in groups["all"]:  # frozen groups are not in the optimiser; clear their gradient too
             p.grad = None
-        with autocast(device, cfg.precision):
-            loss, _ = compute_loss(batch)
-        loss.sum().backward()
+        counter = None
+        if step == 0 and count_first:
+            key = _flops_key(subject, batch, device, cfg.precision)
+            flops = _FLOPS_CACHE.get(key, math.nan)
+            if key not in _FLOPS_CACHE:
+                from torch.utils.flop_counter import FlopCounterMode
+
+                counter = FlopCounterMode(display=False)
+        with counter if counter is not None else contextlib.nullcontext():
+            with autocast(device, cfg.precision):
+                loss, _ = compute_loss(batch)
+            loss.sum().backward()
+        if counter is not None:
+            flops = _FLOPS_CACHE[key] = float(counter.get_total_flops())
         before = {k: [p.detach().clone() for p in ps] for k, ps in watched.items() if k != "all"}
         opt.step()
         # Norms per disjoint group once; the union's follow from them (||a, b|| = sqrt(|a|^2 + |b|^2)).
@@ -218,7 +251,10 @@ def train_arms(
         probe(cfg.steps)
     held_out = probe_batches if eval_batches is None else eval_batches
     seeds = [a.seed for a in arms]
-    gains = held_out_gain(subject, groups[cfg.group], judged_init, held_out, device, seeds, cfg.precision)
+    with span("gain"):
+        gains = held_out_gain(
+            subject, groups[cfg.group], judged_init, held_out, device, seeds, cfg.precision, group=cfg.group
+        )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
@@ -266,26 +302,24 @@ def train_arms(
 _FLOPS_CACHE: dict[tuple, float] = {}
 
 
-def batch_tensors(batch: Any) -> list[torch.Tensor]:
-    """The tensors of a batch: a pytree (tensor, tuple, list, dict) or an object with tensor fields."""
-    from torch.utils._pytree import tree_leaves
-
-    leaves = tree_leaves(vars(batch) if hasattr(batch, "__dict__") and not torch.is_tensor(batch) else batch)
-    return [t for t in leaves if torch.is_tensor(t)]
+def _flops_key(subject: Subject, batch: Any, device: torch.device, precision: str) -> tuple:
+    """A step's configuration: the subject's type, arms, trainable parameter shapes and batch shapes."""
+    params = [p for p in subject.parameters() if p.requires_grad]
+    shapes = tuple(tuple(t.shape) for t in (*params, *batch_tensors(batch)))
+    return (type(subject).__name__, getattr(subject, "n_arms", 1), subject.has_branch, device.type, precision, shapes)
 
 
 def step_flops(subject: Subject, batch: Any, device: torch.device, precision: str = "fp32") -> float:
     """FLOPs of one training step (forward + backward, all arms), counted once per configuration.
 
-    Counted with torch's FlopCounterMode on one real step whose gradients are then dropped (and whose
-    dropout draws are replayed from a saved state), so training is not disturbed. The configuration is
-    the subject's type, arms, parameter shapes and the batch's shapes.
+    Counted with torch's FlopCounterMode on one extra step whose gradients are then dropped (and whose
+    dropout draws are replayed from a saved state), so training is not disturbed. (``train_arms``
+    counts its first step as it trains instead, unless the step is compiled.)
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     params = [p for p in subject.parameters() if p.requires_grad]
-    shapes = tuple(tuple(t.shape) for t in (*params, *batch_tensors(batch)))
-    key = (type(subject).__name__, getattr(subject, "n_arms", 1), subject.has_branch, device.type, precision, shapes)
+    key = _flops_key(subject, batch, device, precision)
     if key not in _FLOPS_CACHE:
         saved = [p.grad for p in params]
         was_training = getattr(subject, "training", False)
@@ -313,25 +347,37 @@ def held_out_gain(
     device: torch.device,
     rng_seeds: Sequence[int],
     precision: str = "fp32",
+    group: str | None = None,
 ) -> list[list[float]]:
     """Per arm, per held-out batch: loss with ``params`` reset to ``initial`` minus loss as trained.
 
     Everything else (the other adapter groups, the branch) keeps its trained weights, so the
     difference is what this group's learning is worth to the model. Eval mode (no dropout); the
     weights are restored afterwards.
+
+    The two passes of a batch differ only in ``params``, so a subject that can split its forward
+    (``loss_after(batch, group)``, ablate/engine/subject.py) runs what comes before the group's first
+    use once; and when ``params`` never moved from ``initial`` (the frozen control), the reset pass
+    is the trained pass. Either way the numbers are those of two full passes.
     """
     arms = getattr(subject, "n_arms", 1)
     was_training = getattr(subject, "training", False)
     subject.train(False)
     trained = [p.detach().clone() for p in params]
+    unchanged = all(torch.equal(p, w) for p, w in zip(trained, initial))
+    split = getattr(subject, "loss_after", None) if group is not None else None
     out = []
     try:
         for i, batch in enumerate(batches):
-            pair = []
+            loss_of = split(batch, group) if split is not None else functools.partial(subject.compute_loss, batch)
+            pair: list[torch.Tensor] = []
             for weights in (trained, initial):
+                if pair and unchanged:
+                    pair.append(pair[0])
+                    break
                 _load(params, weights)
                 with subject.dropout_seeded([s + i for s in rng_seeds]), autocast(device, precision):
-                    loss, _ = subject.compute_loss(batch)
+                    loss, _ = loss_of()
                 pair.append(loss.float().reshape(arms))
             out.append(pair[1] - pair[0])
     finally:

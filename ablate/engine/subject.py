@@ -48,6 +48,12 @@ class Subject(Protocol):
 
     def parameters(self) -> Any: ...
 
+    # Optional: ``bypass_state()`` -> (a hashable signature, the tensors) of what the loss with the
+    # branch bypassed reads besides the batch; passes equal in both are run once (ablate/engine/probe.py).
+    # Optional: ``loss_after(batch, group)`` -> a function returning ``compute_loss(batch)`` that runs
+    # the forward pass up to the first use of ``group``'s parameters only once, for passes that change
+    # only that group's weights (the adapter gain's two passes per batch; the same numbers, less work).
+
 
 def watched_groups(subject: Subject) -> dict[str, list[nn.Parameter]]:
     """The subject's adapter groups plus their union under ``ALL_GROUP``, in that order."""

@@ -10,8 +10,10 @@ from sqlalchemy.orm import Session
 
 from ablate.store.encode import utcnow
 from ablate.store.schema import REFERENCE_KEYS, BlobModel, RunModel
+from ablate.timers import timed
 
 
+@timed("db")
 def write_blob(engine: Engine, run_id: int, name: str, data: bytes) -> None:
     """Store a run's binary artefact (replacing one of that name); written before the run is finished,
     so a complete run always has its artefacts."""
@@ -23,6 +25,7 @@ def write_blob(engine: Engine, run_id: int, name: str, data: bytes) -> None:
         )
 
 
+@timed("db")
 def reference_blob(engine: Engine, study_id: int, seed: int, role: str, name: str) -> bytes | None:
     """The artefact ``name`` of a seed's complete reference run (e.g. its ``stage1``), None until it has
     landed; a stored artefact whose bytes no longer match their digest is an error."""

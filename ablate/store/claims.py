@@ -34,6 +34,7 @@ from ablate.store.schema import (
     StepMetricModel,
     StudyModel,
 )
+from ablate.timers import timed
 
 if TYPE_CHECKING:
     from ablate.engine.result import TrainResult
@@ -103,6 +104,7 @@ class RunComplete(ValueError):
     """The run is already complete; finished work is not re-run."""
 
 
+@timed("db")
 def start_run(
     engine: Engine,
     study_id: int,
@@ -169,6 +171,7 @@ def start_run(
     raise AssertionError("unreachable")
 
 
+@timed("db")
 def finish_run(
     engine: Engine,
     run_id: int,
@@ -260,6 +263,7 @@ def write_result(
     finish_run(engine, run_id, status, {**result.summary(), "adapter_gain_batches": result.adapter_gain_batches})
 
 
+@timed("db")
 def reference_run(engine: Engine, study_id: int, seed: int, role: str = "baseline") -> dict[str, Any] | None:
     """A seed's complete reference run as the comparison needs it, or None when it has not landed:
     ``{"run_id", "loss_slope", "metrics": {name: [value per step]}, "gain_batches": [...]}``."""
@@ -285,6 +289,7 @@ def reference_run(engine: Engine, study_id: int, seed: int, role: str = "baselin
         }
 
 
+@timed("db")
 def reference_status(engine: Engine, study_id: int, seed: int, role: str = "baseline") -> str | None:
     """The status of a seed's reference run ('running', 'complete', ...), None when there is none."""
     with Session(engine) as session:
@@ -313,6 +318,7 @@ class RunHeartbeat:
             except Exception:  # noqa: BLE001 - a missed beat only delays nothing; the run goes on
                 continue
 
+    @timed("db")
     def __enter__(self) -> RunHeartbeat:
         self._thread.start()
         return self
@@ -322,6 +328,7 @@ class RunHeartbeat:
         self._thread.join(timeout=5)
 
 
+@timed("db")
 def fail_stale_runs(engine: Engine, study_id: int, live_trials: set[int]) -> int:
     """Mark trial runs left 'running' by a killed worker as failed; returns how many.
 
@@ -341,6 +348,7 @@ def fail_stale_runs(engine: Engine, study_id: int, live_trials: set[int]) -> int
     return n
 
 
+@timed("db")
 def adopt_runs(
     engine: Engine, study_id: int, from_trials: Sequence[int], to_trial: int, fix: str, scale: float | None
 ) -> list[int]:

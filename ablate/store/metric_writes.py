@@ -16,6 +16,7 @@ from sqlalchemy import Engine, insert
 from ablate.store.encode import encode_fields, encode_float, encode_float_lists
 from ablate.store.groups import probe_group_rows
 from ablate.store.schema import PROBE_FLOAT_FIELDS, ProbeGroupMetricModel, ProbePointModel, StepMetricModel
+from ablate.timers import timed
 
 if TYPE_CHECKING:
     from ablate.engine.result import ProbeResult
@@ -108,6 +109,7 @@ class MetricBuffer:
         if len(self._steps) >= self.flush_every:
             self.flush()
 
+    @timed("db")
     def flush(self) -> int:
         """Write everything buffered in one transaction (one executemany INSERT); return rows written.
 
@@ -168,6 +170,7 @@ def probe_group_rows_of(run_id: int, probe: Mapping[str, Any] | ProbeResult) -> 
     return probe_group_rows(run_id, int(d["step"]), d)
 
 
+@timed("db")
 def write_probes(engine: Engine, run_id: int, probes: Iterable[Mapping[str, Any] | ProbeResult]) -> int:
     """Write several probe points (and their per-group numbers) in one transaction; return how many."""
     probes = list(probes)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from ablate.store.encode import utcnow
 from ablate.store.schema import StudyModel
+from ablate.timers import timed
 
 META_FIELDS = (
     "ablate_version",
@@ -89,6 +90,7 @@ def _release_line(version: str | None) -> tuple[str, ...]:
     return tuple((version or "0.1").split(".")[:2])
 
 
+@timed("db")
 def register_study(
     engine: Engine,
     name: str,

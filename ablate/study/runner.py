@@ -34,6 +34,7 @@ from ablate.study.space import arm_of, default_arm_params
 from ablate.study.stage1 import StudyStage1
 from ablate.study.trial_pack import NATIVE_CONSTRAINTS, run_trials
 from ablate.threads import LocalWorkers, apply_threads, choose_threads
+from ablate.timers import span
 
 
 def _heartbeat_s() -> float:
@@ -231,19 +232,21 @@ class StudyRun:
         to every later one, and each arm gets its seed's Stage 1 (None when the subject has none).
         Alone, a non-finite loss raises: the run (and its one trial) fails."""
         stage1 = [self.stage1.weights(c.seed) for c in cfgs]
-        if len(cfgs) == 1:
-            built = arms.build(cfgs[0], like=self._like, stage1=stage1[0])
-        else:
-            built = arms.build_pack(cfgs, like=self._like, stage1=stage1)
+        with span("build"):
+            if len(cfgs) == 1:
+                built = arms.build(cfgs[0], like=self._like, stage1=stage1[0])
+            else:
+                built = arms.build_pack(cfgs, like=self._like, stage1=stage1)
         self._like = self._like or built
-        return arms.train_pack(
-            cfgs,
-            on_flush=flush,
-            on_probe=on_probe,
-            on_step=self.reporter.step,
-            built=built,
-            on_nonfinite=on_nonfinite if len(cfgs) > 1 else None,
-        )
+        with span("train_steps"):  # what the probes, gain, evaluation and writes inside it leave
+            return arms.train_pack(
+                cfgs,
+                on_flush=flush,
+                on_probe=on_probe,
+                on_step=self.reporter.step,
+                built=built,
+                on_nonfinite=on_nonfinite if len(cfgs) > 1 else None,
+            )
 
     def _packs(self, seeds: list[int]) -> list[list[int]]:
         size = self.spec.training.pack
@@ -287,7 +290,8 @@ class StudyRun:
                 continue  # another worker finished it between our read and our claim: read it
             except claims.RunBusy:
                 self.reporter.waiting(f"baseline seed {seed} (running in another worker)")
-                time.sleep(REFERENCE_POLL_S)
+                with span("waiting"):
+                    time.sleep(REFERENCE_POLL_S)
         return self._refs[seed]
 
     def run_references(self) -> None:
@@ -552,9 +556,10 @@ def run_study(
     preflight(spec)
     study_name = name or spec.name
     total = n_trials if n_trials is not None else spec.study.trials
-    engine, study_id, study, _created = open_study(spec, spec_text, storage, study_name)
-    url = engine.url.render_as_string(hide_password=False)
-    _record_hardware(study, spec)
+    with span("optuna"):
+        engine, study_id, study, _created = open_study(spec, spec_text, storage, study_name)
+        url = engine.url.render_as_string(hide_password=False)
+        _record_hardware(study, spec)
     with LocalWorkers() as workers:
         runner = StudyRun(spec, engine, study_id, reporter, lambda: choose_threads(threads, workers.live()), total)
         return _optimize(study, runner, spec, study_name, url, total)
@@ -596,12 +601,14 @@ def _optimize(
     other workers still run, so no arm goes unevaluated because its worker was killed.
     """
     engine, study_id, reporter = runner.engine, runner.study_id, runner.reporter
-    claims.fail_stale_runs(engine, study_id, {t.number for t in study.get_trials(states=(TrialState.RUNNING,))})
-    reporter.study_start(study_name, len(counted(study.get_trials(deepcopy=False))), total)
+    with span("optuna"):
+        claims.fail_stale_runs(engine, study_id, {t.number for t in study.get_trials(states=(TrialState.RUNNING,))})
+        reporter.study_start(study_name, len(counted(study.get_trials(deepcopy=False))), total)
     runner.run_references()
-    trials = study.get_trials(deepcopy=False)
-    remaining = max(0, total - len(counted(trials, (*FINISHED, TrialState.RUNNING))))
-    enqueue_defaults(study, spec, remaining)
+    with span("optuna"):
+        trials = study.get_trials(deepcopy=False)
+        remaining = max(0, total - len(counted(trials, (*FINISHED, TrialState.RUNNING))))
+        enqueue_defaults(study, spec, remaining)
     ran: list[optuna.trial.FrozenTrial] = []
 
     def on_trial(st: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -609,19 +616,21 @@ def _optimize(
         reporter.trial_end(trial, _best(st))
 
     while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        trials = study.get_trials(deepcopy=False)
-        running = [t for t in trials if t.state == TrialState.RUNNING]
-        claims.fail_stale_runs(engine, study_id, {t.number for t in running})
+        with span("optuna"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            trials = study.get_trials(deepcopy=False)
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            claims.fail_stale_runs(engine, study_id, {t.number for t in running})
         waiting = any(t.state == TrialState.WAITING for t in trials)
         claimed = len(counted(trials, (*FINISHED, TrialState.RUNNING)))
         streak = next((i for i, t in enumerate(reversed(ran)) if not is_skipped(t)), len(ran))
         # As many failures as trials this call set out to run: stop instead of failing forever.
         failing = sum(t.state == TrialState.FAIL for t in ran) >= max(remaining, 1)
         if (claimed < total or waiting) and streak < MAX_SKIPS_IN_A_ROW and not failing:
-            run_trials(study, runner, on_trial)
+            with span("optuna"):  # ask and tell; the trials' training inside has its own spans
+                run_trials(study, runner, on_trial)
             continue
         if streak >= MAX_SKIPS_IN_A_ROW:
             reporter.waiting(f"no new parameter set in {streak} draws; stopping at {claimed} trials")
@@ -629,9 +638,11 @@ def _optimize(
         if not running or failing:
             break
         reporter.waiting(f"trial {', '.join(str(t.number) for t in running)} (another worker, or a stopped one)")
-        time.sleep(min(HEARTBEAT_S / 2, 5.0))
+        with span("waiting"):
+            time.sleep(min(HEARTBEAT_S / 2, 5.0))
     ran_now = len([t for t in ran if not is_skipped(t)])
-    return study_outcome(study, study_name, url, ran_now, len([t for t in ran if t.state == TrialState.FAIL]))
+    with span("optuna"):
+        return study_outcome(study, study_name, url, ran_now, len([t for t in ran if t.state == TrialState.FAIL]))
 
 
 def study_outcome(study: optuna.Study, name: str, url: str, ran: int, failed: int) -> StudyOutcome:

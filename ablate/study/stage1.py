@@ -21,6 +21,7 @@ from ablate.engine.metrics import edge_means, loss_slope
 from ablate.store import claims, metric_writes
 from ablate.store.blobs import reference_blob, write_blob
 from ablate.threads import apply_threads
+from ablate.timers import span
 
 if TYPE_CHECKING:
     from ablate.study.runner import StudyRun
@@ -75,7 +76,8 @@ class StudyStage1:
                 continue  # another worker finished it between our read and our claim: read it
             except claims.RunBusy:
                 self.runner.reporter.waiting(f"stage1 seed {seed} (running in another worker)")
-                time.sleep(REFERENCE_POLL_S)
+                with span("waiting"):
+                    time.sleep(REFERENCE_POLL_S)
         return self._weights[seed]
 
     def _where(self, seed: int) -> tuple[Any, int, int, str]:
@@ -95,7 +97,7 @@ class StudyStage1:
             label += f" ({n} thread{'s' if n > 1 else ''})"
         kind = arms.kind_of(cfg)
         try:
-            with claims.RunHeartbeat(runner.engine, [run_id], HEARTBEAT_S):
+            with claims.RunHeartbeat(runner.engine, [run_id], HEARTBEAT_S), span("stage1"):
                 result, data = kind.run_stage1(
                     cfg, runner._like, lambda steps: runner.reporter.run_start(label, steps), runner.reporter.step
                 )

@@ -47,6 +47,7 @@ from ablate.subjects.aaclip.stage1 import (
     read_checkpoint,
     train_text_adapter,
 )
+from ablate.timers import span
 
 PROBE_INDEX_OFFSET = 1_000_000  # probe images never appear in training
 # The synthetic test set of the end-of-run evaluation: one fixed set for every seed and arm (as a
@@ -203,10 +204,24 @@ class ArmData:
     dataset: Any
     eval_set: Any
     shared: SharedBackbone
+    # Text sides made so far: a seed's arms get the same Stage 1 state, so its class embeddings are
+    # computed once (the same computation, so the same values) and shared.
+    _text_sides: list[tuple[Any, Any, torch.device, torch.Tensor]] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
         return self.shared.classes
+
+    def text_side(self, model: AAClipConfig, state: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        """[C, E, 2]: the class embeddings through the text tower adapted by ``state`` (a Stage 1 result)."""
+        for known, cfg, where, embeds in self._text_sides:
+            if known is state and cfg == model and where == device:
+                return embeds
+        adapter = new_text_adapter(model)
+        adapter.load_state_dict(state)
+        embeds = adapted_class_embeddings(self.shared.clip, self.shared.classes, adapter, device)
+        self._text_sides.append((state, model, device, embeds))
+        return embeds
 
 
 def arm_data(cfg: ArmConfig, like: ArmSetup | PackSetup | ArmData | None = None) -> ArmData:
@@ -218,6 +233,11 @@ def arm_data(cfg: ArmConfig, like: ArmSetup | PackSetup | ArmData | None = None)
     if like is not None:
         return like
     validate(cfg)
+    with span("build"):
+        return _build_data(cfg)
+
+
+def _build_data(cfg: ArmConfig) -> ArmData:
     spec = backbone_spec(cfg.subject.model.backbone)
     folders = cfg.subject.data.folders
     if folders is None:
@@ -308,11 +328,7 @@ class ArmSetup:
         if state is None and cfg.subject.stage1 is not None:
             self.stage1 = run_stage1(cfg, self.data, self.device)
             state = self.stage1.state
-        text_embeds = None
-        if state is not None:
-            adapter = new_text_adapter(cfg.subject.model)
-            adapter.load_state_dict(state)
-            text_embeds = adapted_class_embeddings(shared.clip, shared.classes, adapter, self.device)
+        text_embeds = None if state is None else self.data.text_side(cfg.subject.model, state, self.device)
         self.model: AAClipModel = build_model(
             model_config(cfg), self.dataset.classes, cfg.seed, shared, text_embeds
         ).to(self.device)

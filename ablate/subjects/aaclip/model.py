@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +69,19 @@ class ForwardOut:
 
 
 @dataclass
+class Upstream:
+    """The forward pass on a batch, run to a position: block ``pos`` (and the branch, if it joins
+    there) has run, its adapter and level not yet; ``pos`` = depth: every block done, the heads next."""
+
+    x: torch.Tensor  # the residual stream [n, L, D]
+    pos: int
+    feats: list[torch.Tensor]  # the levels so far
+    inflation: torch.Tensor | None
+    class_idx: torch.Tensor  # [n]
+    use_branch: bool
+
+
+@dataclass
 class SharedBackbone:
     """The frozen CLIP and the class prompts encoded by it: built once, shared by every arm of a pack."""
 
@@ -105,6 +118,7 @@ class _AAClipBase(nn.Module):
     levels: tuple[int, ...]
     grid: int
     inject_at: int
+    adapter_weight: float
 
     def _init_shared(self, shared: SharedBackbone, text_embeds: torch.Tensor) -> None:
         """``text_embeds``: [C, E, 2] for one model, [arms, C, E, 2] packed (each arm its own text side)."""
@@ -118,6 +132,16 @@ class _AAClipBase(nn.Module):
     @property
     def has_branch(self) -> bool:
         return self.branch is not None
+
+    def bypass_state(self) -> tuple[tuple, list[torch.Tensor]]:
+        """What the loss with the branch bypassed reads besides the batch: (a signature, tensors). Equal
+        signatures and tensors give equal passes (BypassedPasses, ablate/engine/probe.py). The backbone
+        is in the signature as the object: its structure (e.g. QuickGELU) is not in its tensors."""
+        layout = (self.adapter_layers, self.levels, self.grid, self.adapter_weight, self.detection_logit_scale)
+        branch = [m for m in (self.branch, getattr(self, "join", None)) if m is not None]
+        skip = {id(t) for m in branch for t in (*m.parameters(), *m.buffers())}
+        tensors = [t for t in (*self.parameters(), *self.buffers()) if id(t) not in skip]
+        return (type(self).__name__, self.n_arms, self.clip, *layout), tensors
 
     def train(self, mode: bool = True) -> _AAClipBase:
         super().train(mode)
@@ -145,27 +169,45 @@ class _AAClipBase(nn.Module):
                 s.restore(state, device)
 
     def forward(self, images: torch.Tensor, class_idx: torch.Tensor) -> ForwardOut:
-        visual = self.clip.visual
+        return self._heads(self._advance(self._begin(images, class_idx), self._depth))
+
+    @property
+    def _depth(self) -> int:
+        return len(self.clip.visual.transformer.resblocks)
+
+    def _begin(self, images: torch.Tensor, class_idx: torch.Tensor) -> Upstream:
+        """Embed the images and run block 0 (and the branch, when it joins there): position 0."""
         images = images.reshape(-1, *images.shape[-3:])
-        class_idx = class_idx.reshape(-1)
-        x = visual._embeds(images)
         use_branch = self.branch is not None and self.branch_active
-        level_set = set(self.levels)
-        feats: list[torch.Tensor] = []
-        inflation = None
-        for i, block in enumerate(visual.transformer.resblocks):
-            x = block(x)
-            if use_branch and i == self.inject_at:
-                x, inflation = self._join_branch(x, self.text_context[class_idx].to(x.dtype))
-            if i < self.adapter_layers:
-                x = self._adapt(i, x)
-            if (i + 1) in level_set:
+        s = Upstream(self.clip.visual._embeds(images), -1, [], None, class_idx.reshape(-1), use_branch)
+        return self._run_block(s, 0)
+
+    def _run_block(self, s: Upstream, i: int) -> Upstream:
+        x, inflation = self.clip.visual.transformer.resblocks[i](s.x), s.inflation
+        if s.use_branch and i == self.inject_at:
+            x, inflation = self._join_branch(x, self.text_context[s.class_idx].to(x.dtype))
+        return Upstream(x, i, s.feats, inflation, s.class_idx, s.use_branch)
+
+    def _advance(self, s: Upstream, until: int) -> Upstream:
+        """From position ``s.pos`` (block ``pos`` run, its adapter not yet) to position ``until``;
+        ``until`` = depth: every block finished (adapter, level), the heads next."""
+        feats = list(s.feats)
+        for i in range(s.pos, until):
+            x = self._adapt(i, s.x) if i < self.adapter_layers else s.x
+            if (i + 1) in self.levels:
                 feats.append(x)
-        text = self._class_text(class_idx)  # [n, E, 2]
+            s = Upstream(x, i + 1, feats, s.inflation, s.class_idx, s.use_branch)
+            if i + 1 < self._depth:
+                s = self._run_block(s, i + 1)
+        return s
+
+    def _heads(self, s: Upstream) -> ForwardOut:
+        visual = self.clip.visual
+        text = self._class_text(s.class_idx)  # [n, E, 2]
         seg_logits, final = [], None
-        n = images.shape[0]
+        n = s.class_idx.shape[0]
         tokens = None
-        for level, f in enumerate(feats):
+        for level, f in enumerate(s.feats):
             tokens = visual.ln_post(f[:, 1:])
             f = F.normalize(self._seg_proj(level, tokens), dim=-1)
             logits = LOGIT_SCALE * torch.bmm(f, text.to(f.dtype))  # [n, N, 2]
@@ -176,7 +218,7 @@ class _AAClipBase(nn.Module):
         det = F.normalize(self._det_proj(tokens), dim=-1).mean(dim=1)
         det_cosine = torch.bmm(det.unsqueeze(1), text.to(det.dtype)).squeeze(1)  # [n, 2]
         det_logits = self.detection_logit_scale * det_cosine
-        return ForwardOut(seg_logits, det_logits, final, inflation, det_cosine)
+        return ForwardOut(seg_logits, det_logits, final, s.inflation, det_cosine)
 
     def _class_text(self, class_idx: torch.Tensor) -> torch.Tensor:
         """Each sample's [E, 2] class text embedding (one model: one text side for every sample)."""
@@ -185,9 +227,32 @@ class _AAClipBase(nn.Module):
     def compute_loss(self, batch) -> tuple[torch.Tensor, ForwardOut]:
         """Loss per arm ([arms]; 0-d for one model) on a batch (packed: [arms, B, ...] tensors)."""
         out = self(batch.images, batch.class_idx)
+        return self._loss(batch, out), out
+
+    def _loss(self, batch, out: ForwardOut) -> torch.Tensor:
         masks, labels = batch.masks.reshape(-1, *batch.masks.shape[-2:]), batch.labels.reshape(-1)
         loss = stage2_loss(out.seg_logits, out.det_logits, masks, labels, self.n_arms)
-        return (loss if self.n_arms > 1 else loss[0]), out
+        return loss if self.n_arms > 1 else loss[0]
+
+    def loss_after(self, batch, group: str) -> Callable[[], tuple[torch.Tensor, ForwardOut]]:
+        """``compute_loss(batch)`` as a function that runs the forward pass up to the first use of
+        ``group``'s parameters once, however often it is called: for passes that change only that
+        group's weights (the adapter gain's trained and reset passes, ablate/engine/loop.py). The
+        same operations on the same values, so the same numbers as ``compute_loss``.
+
+        The adapters are used from block 0's adapter on (after the branch, when it joins at block 0),
+        the projections only in the heads.
+        """
+        until = 0 if group != "proj" and self.adapter_layers else self._depth
+        held: list[Upstream] = []
+
+        def loss() -> tuple[torch.Tensor, ForwardOut]:
+            if not held:
+                held.append(self._advance(self._begin(batch.images, batch.class_idx), until))
+            out = self._heads(self._advance(held[0], self._depth))
+            return self._loss(batch, out), out
+
+        return loss
 
     @torch.no_grad()
     def anomaly_scores(self, batch, scoring: Scoring | None = None) -> BatchScores:
@@ -243,6 +308,7 @@ class AAClipModel(_AAClipBase):
         if not self.levels or any(not 1 <= lv <= depth for lv in self.levels):
             raise AblateInputError("levels", f"each level must be in [1, {depth}] for {spec.name}")
         self.inject_at = cfg.inject_at
+        self.adapter_weight = cfg.adapter_weight
         self.image_size = spec.image_size
         self.grid = visual.grid_size[0]
 

@@ -123,6 +123,7 @@ class PackedAAClip(_AAClipBase):
                 raise AblateInputError("pack", f"arm {a.fix.name!r} does not match {first.fix.name!r} in structure")
         self.n_arms = len(arms)
         self.detection_logit_scale = first.detection_logit_scale
+        self.adapter_weight = first.adapter_weight
         # Each arm keeps its own class text embeddings (arms of different seeds have their own Stage 1).
         self._init_shared(first.shared, torch.stack([a.text_embeds for a in arms]))
         self._gate_names = sorted(first.gate_values())
