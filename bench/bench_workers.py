@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
     made = provenance("bench_workers.py", argv)
 
     cores = available_cores()
-    doc: dict = {**made, "spec": args.spec, "cores": cores, "load_before": os.getloadavg()[0]}
+    spec = Path(args.spec).resolve()
+    shown = str(spec.relative_to(ROOT)) if spec.is_relative_to(ROOT) else str(spec)  # no checkout path in the JSON
+    doc: dict = {**made, "spec": shown, "cores": cores, "load_before": os.getloadavg()[0]}
     tables: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         cases = [("one_worker", 1, None, None), ("workers_2", 1, None, 2)]

@@ -345,9 +345,10 @@ def cpu_markdown() -> str:
             _made(over_gpu, "overhead_h200.json"),
         ),
         (
-            f"the quick study with 1 and with 2 local workers ({workers['cores']} cores)",
-            f"{workers['one_worker_s']:.1f} s vs {workers['two_workers_s']:.1f} s: {workers['two_over_one_wall']:.2f}x "
-            f"the wall time, identical numbers: {str(workers['identical']).lower()}",
+            f"the quick study with 1 worker and with `--workers 2` ({workers['cores']} cores)",
+            f"{workers['one_worker_s']:.1f} s vs {workers['workers_2_s']:.1f} s: "
+            f"{workers['workers_2_over_one_wall']:.2f}x the wall time, identical numbers: "
+            f"{str(workers['workers_2_identical']).lower()}, same per-fix table: {str(workers['same_table']).lower()}",
             _made(workers, "workers_cpu.json"),
         ),
     ]
