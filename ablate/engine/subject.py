@@ -6,7 +6,8 @@ branch, give a switch that bypasses the branch, and a loss on a batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -53,6 +54,21 @@ class Subject(Protocol):
     # Optional: ``loss_after(batch, group)`` -> a function returning ``compute_loss(batch)`` that runs
     # the forward pass up to the first use of ``group``'s parameters only once, for passes that change
     # only that group's weights (the adapter gain's two passes per batch; the same numbers, less work).
+
+
+class BranchSwitch:
+    """``branch_bypassed()`` for a subject whose forward skips the branch while ``branch_active`` is
+    False (the probe's pass without it, on the same weights)."""
+
+    branch_active: bool
+
+    @contextlib.contextmanager
+    def branch_bypassed(self) -> Iterator[None]:
+        prev, self.branch_active = self.branch_active, False
+        try:
+            yield
+        finally:
+            self.branch_active = prev
 
 
 def watched_groups(subject: Subject) -> dict[str, list[nn.Parameter]]:

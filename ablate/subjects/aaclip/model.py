@@ -18,6 +18,7 @@ from torch import nn
 
 from ablate.engine.dropout import DropoutStream
 from ablate.engine.fixes import FixChoice, parse_fix
+from ablate.engine.subject import BranchSwitch
 from ablate.errors import AblateInputError
 from ablate.subjects.aaclip.backbone import backbone_spec, build_clip, text_block0
 from ablate.subjects.aaclip.layers import CrossAttentionBranch, ResidualAdapter, projection
@@ -105,7 +106,7 @@ def build_backbone(cfg: AAClipConfig, classes: Sequence[str]) -> SharedBackbone:
     return SharedBackbone(clip, list(classes), embeds, torch.stack(contexts))
 
 
-class _AAClipBase(nn.Module):
+class _AAClipBase(BranchSwitch, nn.Module):
     """The forward pass over the frozen blocks; subclasses supply the trainable per-arm pieces.
 
     The stream is [n, L, D] through the frozen blocks (n = arms x batch when packed, so the backbone
@@ -147,15 +148,6 @@ class _AAClipBase(nn.Module):
         super().train(mode)
         self.clip.eval()  # the frozen backbone never switches to training behaviour
         return self
-
-    @contextlib.contextmanager
-    def branch_bypassed(self) -> Iterator[None]:
-        """Run with the branch skipped on the same weights: the probe's 'without' arm."""
-        prev, self.branch_active = self.branch_active, False
-        try:
-            yield
-        finally:
-            self.branch_active = prev
 
     @contextlib.contextmanager
     def dropout_seeded(self, seeds: Sequence[int]) -> Iterator[None]:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ablate.engine.fixes import FixChoice, Join
+from ablate.engine.subject import BranchSwitch
 from ablate.errors import AblateInputError
 
 
@@ -82,7 +83,7 @@ def zero_output_layer(branch: nn.Module, name: str | None, field: str) -> None:
             p.zero_()
 
 
-class ModuleArm(nn.Module):
+class ModuleArm(BranchSwitch, nn.Module):
     """One arm: the user's model, its groups, and (unless no-branch) the branch and its join."""
 
     n_arms = 1
@@ -148,14 +149,6 @@ class ModuleArm(nn.Module):
 
     def gate_values(self) -> dict[str, torch.Tensor]:
         return self.join.gate_values() if self.join is not None else {}
-
-    @contextlib.contextmanager
-    def branch_bypassed(self) -> Iterator[None]:
-        prev, self.branch_active = self.branch_active, False
-        try:
-            yield
-        finally:
-            self.branch_active = prev
 
     @contextlib.contextmanager
     def dropout_seeded(self, seeds: Sequence[int]) -> Iterator[None]:
