@@ -23,7 +23,12 @@ are in its breakdown), probes, the adapter gain, diagnostics, the database, Optu
 
 Side by side on a shared machine: half of the bare arms run before the study and half after, so a
 load that drifts during the run shifts both about equally; the load before, between and after is
-recorded. ``bare_packed_s`` times the same hand-written loop over the study's packs (its seeds
+recorded. The bare training runs twice: in this process with glibc's allocator as it is (``bare_s``, as
+a hand-written script runs) and in a child process whose allocator keeps freed memory as ablate's
+training processes do (``bare_same_allocator_s``, ablate/allocator.py): the first is what a user's own
+loop costs, the second isolates what the study adds. ``measurement_s`` is the probes' and the adapter
+gain's time (the passes the spec asks for); ``ratio_without_measurement`` the rest of the study over
+the bare training. ``bare_packed_s`` times the same hand-written loop over the study's packs (its seeds
 stacked in one model, as ``training.pack`` trains them), the stricter reference when packing pays.
 """
 
@@ -46,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from ablate import arms  # noqa: E402
+from ablate.allocator import keep_freed_memory  # noqa: E402
 from ablate.engine.arm import ArmConfig  # noqa: E402
 from ablate.engine.device import autocast  # noqa: E402
 from ablate.engine.fixes import NO_BRANCH  # noqa: E402
@@ -194,6 +200,35 @@ def _halves(items: list[Any]) -> tuple[list[Any], list[Any]]:
     return items[0::2], items[1::2]  # every other one: both halves hold the same mix of arms
 
 
+def _plan(spec: StudySpec) -> tuple[list[Arm], list[list[Arm]]]:
+    """The study's arms, and its packs: one arm's seeds side by side, ``training.pack`` at a time."""
+    plan = study_arms(spec)
+    size = spec.training.pack
+    by_arm: dict[tuple, list[Arm]] = {}
+    for a in plan:
+        by_arm.setdefault((a.label, a.fix, a.scale, a.frozen), []).append(a)
+    return plan, [group[i : i + size] for group in by_arm.values() for i in range(0, len(group), size)]
+
+
+def bare_half(spec: StudySpec, half: int, packed: bool) -> dict[str, Any]:
+    """One half of the bare training (every other arm, and pack): (wall, CPU) per arm, pack and Stage 1."""
+    plan, packs = _plan(spec)
+    bare = Bare(spec)
+    unpacked = [bare.unpacked(a) for a in _halves(plan)[half]]
+    packed_times = [bare.packed(p) for p in _halves(packs)[half]] if packed else []
+    return {"unpacked": unpacked, "packed": packed_times, "stage1": {str(k): v for k, v in bare.stage1_s.items()}}
+
+
+def bare_half_elsewhere(spec_path: str, half: int, threads: int, packed: bool) -> dict[str, Any]:
+    """:func:`bare_half` in a fresh process whose allocator keeps freed memory, as ablate's does."""
+    cmd = [sys.executable, __file__, "--spec", spec_path, "--threads", str(threads), "--bare-half", str(half)]
+    cmd += [] if packed else ["--no-packed-bare"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if out.returncode:
+        raise SystemExit(f"the bare loop with ablate's allocator failed: {out.stderr.strip()[-2000:]}")
+    return json.loads(out.stdout)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", default="studies/quick.toml")
@@ -204,25 +239,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument(
         "--code", default=None, help="what code is measured, for the JSON (default: this checkout's commit)"
     )
+    ap.add_argument("--bare-half", type=int, choices=(0, 1), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    made = provenance("bench_study_overhead.py", argv)
     spec_path = str(ROOT / args.spec) if not Path(args.spec).is_absolute() else args.spec
     spec, _text = load_spec(spec_path)
     torch.set_num_threads(args.threads)
+    if args.bare_half is not None:  # the child of bare_half_elsewhere
+        keep_freed_memory()
+        doc = bare_half(spec, args.bare_half, not args.no_packed_bare)
+        print(json.dumps(doc))
+        return doc
+    made = provenance("bench_study_overhead.py", argv)
+    plan, packs = _plan(spec)
+    packed = not args.no_packed_bare
 
-    plan = study_arms(spec)
-    size = spec.training.pack
-    by_arm: dict[tuple, list[Arm]] = {}
-    for a in plan:  # the study's packs: one arm's seeds side by side, ``training.pack`` at a time
-        by_arm.setdefault((a.label, a.fix, a.scale, a.frozen), []).append(a)
-    packs = [group[i : i + size] for group in by_arm.values() for i in range(0, len(group), size)]
-
-    bare = Bare(spec)
     loads = {"before": os.getloadavg()[0]}
-    first, second = _halves(plan)
-    pfirst, psecond = _halves(packs)
-    t_unpacked = [bare.unpacked(a) for a in first]
-    t_packed = [] if args.no_packed_bare else [bare.packed(p) for p in pfirst]
+    halves = [bare_half(spec, 0, packed), bare_half_elsewhere(spec_path, 0, args.threads, packed)]
     loads["study_start"] = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(args.keep_db).resolve() if args.keep_db else Path(tmp) / "study.db"
@@ -234,17 +266,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.reference_db:
             diff = differences(numbers(args.reference_db), numbers(db))
             same = {"identical": not diff, "differences": diff, "reference": args.reference_db}
-    t_unpacked += [bare.unpacked(a) for a in second]
-    t_packed += [] if args.no_packed_bare else [bare.packed(p) for p in psecond]
+    halves += [bare_half(spec, 1, packed), bare_half_elsewhere(spec_path, 1, args.threads, packed)]
     loads["after"] = os.getloadavg()[0]
+    default, kept = [halves[0], halves[2]], [halves[1], halves[3]]
 
-    def total(times: list[tuple[float, float]], i: int) -> float:
-        return sum(t[i] for t in times) + sum(t[i] for t in bare.stage1_s.values())
+    def stage1(parts: list[dict[str, Any]]) -> list[tuple[float, float]]:
+        """Each seed's Stage 1 once (both halves train it: every half holds arms of every seed)."""
+        seen: dict[str, tuple[float, float]] = {}
+        for h in parts:
+            for seed, t in h["stage1"].items():
+                seen.setdefault(seed, t)
+        return list(seen.values())
 
-    bare_s, bare_cpu = total(t_unpacked, 0), total(t_unpacked, 1)
+    def total(parts: list[dict[str, Any]], key: str, i: int) -> float:
+        return sum(t[i] for t in (*(t for h in parts for t in h[key]), *stage1(parts)))
+
+    bare_s, bare_cpu = total(default, "unpacked", 0), total(default, "unpacked", 1)
+    kept_s, kept_cpu = total(kept, "unpacked", 0), total(kept, "unpacked", 1)
     wall, cpu = study["wall_s"], study["cpu_s"]
     parts, parts_cpu = study["parts_s"], study["parts_cpu_s"]
     training = ("train_steps", "data", "stage1")
+    measured = parts["probe"] + parts["gain"]
     doc: dict[str, Any] = {
         **made,
         "code": args.code or _revision(),
@@ -252,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "threads": args.threads,
         "arms": len(plan),
         "steps": spec.training.steps,
-        "pack": size,
+        "pack": spec.training.pack,
         "study_wall_s": round(wall, 2),
         "bare_s": round(bare_s, 2),
         "ratio": round(wall / bare_s, 3),
@@ -260,22 +302,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bare_cpu_s": round(bare_cpu, 2),
         "ratio_cpu": round(cpu / bare_cpu, 3),
         "target": 1.2,
-        "bare_stage1_s": round(sum(t[0] for t in bare.stage1_s.values()), 2),
-        "bare_halves_s": [
-            round(sum(t[0] for t in t_unpacked[: len(first)]), 2),
-            round(sum(t[0] for t in t_unpacked[len(first) :]), 2),
-        ],  # fmt: skip
+        "bare_same_allocator_s": round(kept_s, 2),
+        "ratio_same_allocator": round(wall / kept_s, 3),
+        "bare_same_allocator_cpu_s": round(kept_cpu, 2),
+        "ratio_cpu_same_allocator": round(cpu / kept_cpu, 3),
+        "bare_stage1_s": round(sum(t[0] for t in stage1(default)), 2),
+        "bare_halves_s": [round(sum(t[0] for t in h["unpacked"]), 2) for h in default],
         "breakdown_s": {k: round(v, 2) for k, v in parts.items()},
         "breakdown_cpu_s": {k: round(v, 2) for k, v in parts_cpu.items()},
+        # The probes and the adapter gain are the measurements the spec asks for (their passes are set
+        # by probe.batches, probe.every and probe.gain_batches); the rest is the harness around them.
+        "measurement_s": round(measured, 2),
+        "ratio_without_measurement": round((wall - measured) / bare_s, 3),
+        "ratio_without_measurement_same_allocator": round((wall - measured) / kept_s, 3),
         "overhead_s": round(wall - sum(parts[k] for k in training), 2),
         "overhead_cpu_s": round(cpu - sum(parts_cpu[k] for k in training), 2),
         "span_calls": study["calls"],
         "load_avg_1m_during": loads,
         "bare_includes": "per arm: the step's training batch, zero_grad, compute_loss, backward, Adam.step, for "
         "training.steps steps, one arm at a time, models built untimed; plus each seed's Stage 1 training",
+        "bare_allocator": "bare_s: glibc's defaults, as a hand-written script runs; bare_same_allocator_s: in a "
+        "process whose allocator keeps freed memory, as ablate's training processes do (ablate/allocator.py)",
     }
-    if t_packed:
-        packed_s, packed_cpu = total(t_packed, 0), total(t_packed, 1)
+    if packed:
+        packed_s, packed_cpu = total(default, "packed", 0), total(default, "packed", 1)
         doc.update(bare_packed_s=round(packed_s, 2), ratio_vs_packed_bare=round(wall / packed_s, 3))
         doc.update(bare_packed_cpu_s=round(packed_cpu, 2), ratio_cpu_vs_packed_bare=round(cpu / packed_cpu, 3))
     if same is not None:

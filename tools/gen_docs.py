@@ -371,9 +371,14 @@ def study_overhead_markdown(file: str = "study_overhead_cpu.json") -> str:
         "| --- | --- | --- | --- |",
         f"| wall | {_s(d['study_wall_s'])} | {_s(d['bare_s'])} | {d['ratio']:.2f}x |",
         f"| CPU | {_s(d['study_cpu_s'])} | {_s(d['bare_cpu_s'])} | {d['ratio_cpu']:.2f}x |",
+        f"| wall, the bare loop with ablate's allocator setting | {_s(d['study_wall_s'])} | "
+        f"{_s(d['bare_same_allocator_s'])} | {d['ratio_same_allocator']:.2f}x |",
         "",
-        f"Within the study's own process (no second process to drift against): its CPU over the CPU of its "
-        f"own training (`train_steps`, `data`, `stage1`, {_s(own)}): {d['study_cpu_s'] / own:.2f}x.",
+        f"The probes and the adapter gain, the measurements the spec asks for, took {_s(d['measurement_s'])}; "
+        f"the rest of the study over the bare training: {d['ratio_without_measurement']:.2f}x "
+        f"({d['ratio_without_measurement_same_allocator']:.2f}x against the loop with ablate's allocator "
+        f"setting). Within the study's own process (no second process to drift against): its CPU over the "
+        f"CPU of its own training (`train_steps`, `data`, `stage1`, {_s(own)}): {d['study_cpu_s'] / own:.2f}x.",
         "",
         "| part of the study | CPU | wall | share of the wall time |",
         "| --- | --- | --- | --- |",

@@ -30,8 +30,10 @@ class worker_threads:
         self.workers = LocalWorkers()
 
     def __enter__(self) -> None:
+        from ablate.allocator import keep_freed_memory
         from ablate.threads import apply_threads, choose_threads
 
+        keep_freed_memory()
         self.workers.__enter__()
         apply_threads(choose_threads(self.threads, self.workers.live())[0])
 
