@@ -219,10 +219,11 @@ def bare_half(spec: StudySpec, half: int, packed: bool) -> dict[str, Any]:
     return {"unpacked": unpacked, "packed": packed_times, "stage1": {str(k): v for k, v in bare.stage1_s.items()}}
 
 
-def bare_half_elsewhere(spec_path: str, half: int, threads: int, packed: bool) -> dict[str, Any]:
-    """:func:`bare_half` in a fresh process whose allocator keeps freed memory, as ablate's does."""
+def bare_half_elsewhere(spec_path: str, half: int, threads: int) -> dict[str, Any]:
+    """:func:`bare_half` (unpacked only: its packed times are not reported) in a fresh process whose
+    allocator keeps freed memory, as ablate's does."""
     cmd = [sys.executable, __file__, "--spec", spec_path, "--threads", str(threads), "--bare-half", str(half)]
-    cmd += [] if packed else ["--no-packed-bare"]
+    cmd += ["--no-packed-bare"]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if out.returncode:
         raise SystemExit(f"the bare loop with ablate's allocator failed: {out.stderr.strip()[-2000:]}")
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     packed = not args.no_packed_bare
 
     loads = {"before": os.getloadavg()[0]}
-    halves = [bare_half(spec, 0, packed), bare_half_elsewhere(spec_path, 0, args.threads, packed)]
+    halves = [bare_half(spec, 0, packed), bare_half_elsewhere(spec_path, 0, args.threads)]
     loads["study_start"] = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(args.keep_db).resolve() if args.keep_db else Path(tmp) / "study.db"
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.reference_db:
             diff = differences(numbers(args.reference_db), numbers(db))
             same = {"identical": not diff, "differences": diff, "reference": args.reference_db}
-    halves += [bare_half(spec, 1, packed), bare_half_elsewhere(spec_path, 1, args.threads, packed)]
+    halves += [bare_half(spec, 1, packed), bare_half_elsewhere(spec_path, 1, args.threads)]
     loads["after"] = os.getloadavg()[0]
     default, kept = [halves[0], halves[2]], [halves[1], halves[3]]
 
