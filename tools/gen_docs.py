@@ -316,6 +316,7 @@ def cpu_markdown() -> str:
     packed, trials = _load("packed_cpu.json"), _load("packed_trials_cpu.json")
     over_cpu, over_gpu = _load("overhead_cpu.json"), _load("overhead_h200.json")
     workers = _load("workers_cpu.json")
+    slices = _load("attention_slices_cpu.json")
 
     def med(v: list[float]) -> float:
         return sorted(v)[len(v) // 2]
@@ -350,6 +351,15 @@ def cpu_markdown() -> str:
             f"{workers['workers_2_over_one_wall']:.2f}x the wall time, identical numbers: "
             f"{str(workers['workers_2_identical']).lower()}, same per-fix table: {str(workers['same_table']).lower()}",
             _made(workers, "workers_cpu.json"),
+        ),
+        (
+            f"a pack of {slices['arms_in_pack']} quick arms ({slices['fix']}), {slices['steps_per_side']} training "
+            "steps with the branch's dropout attention over the whole batch vs in slices",
+            f"{slices['whole']['total_s']:.1f} s vs {slices['sliced']['total_s']:.1f} s: {slices['speedup']:.2f}x; "
+            f"slowest step {slices['whole']['max_ms']:.0f} ms vs {slices['sliced']['max_ms']:.0f} ms (medians "
+            f"{slices['whole']['median_ms']:.0f} and {slices['sliced']['median_ms']:.0f} ms); identical losses: "
+            f"{str(slices['identical']).lower()}",
+            _made(slices, "attention_slices_cpu.json"),
         ),
     ]
     out = ["| measurement | result | made by |", "| --- | --- | --- |"]

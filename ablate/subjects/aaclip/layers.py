@@ -120,6 +120,14 @@ class CrossAttentionBranch(nn.Module):
         return (x.shape[0], self.heads, x.shape[1], context.shape[1])
 
 
+# On CPU the explicit path runs the batch in slices of at most this many attention scores (8 MiB in
+# fp32). It materialises scores, probabilities, the float mask and their product, [B, heads, L, M]
+# each; for a pack of 3 quick arms ([12, 8, 65, 1232], 31.5 MiB apiece) some training steps took
+# 5-7x the median, which slices of the batch avoid (bench/bench_attention_slices.py). Attention is
+# per sample, so a slice computes exactly what the whole batch would.
+CPU_SLICE_SCORES = 1 << 21
+
+
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None, dropout: float
 ) -> torch.Tensor:
@@ -129,5 +137,19 @@ def attend(
     """
     if keep is None:
         return F.scaled_dot_product_attention(q, k, v)
+    n = q.shape[0]
+    per_sample = q[0].numel() // q.shape[-1] * k.shape[-2] if n else 0  # heads x L x M
+    most = max(1, CPU_SLICE_SCORES // max(per_sample, 1))
+    if q.device.type != "cpu" or most >= n:
+        return _attend_dropped(q, k, v, keep, dropout)
+    count = -(-n // most)
+    size = -(-n // count)  # even slices, none over the budget
+    parts = [slice(i, i + size) for i in range(0, n, size)]
+    return torch.cat([_attend_dropped(q[s], k[s], v[s], keep[s], dropout) for s in parts])
+
+
+def _attend_dropped(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor, dropout: float
+) -> torch.Tensor:
     attn = torch.softmax((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5, dim=-1)
     return (attn * keep.to(attn.dtype) * (1.0 / (1.0 - dropout))) @ v
