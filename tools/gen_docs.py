@@ -384,8 +384,9 @@ def study_overhead_markdown(file: str = "study_overhead_cpu.json") -> str:
         f"| wall, the bare loop with ablate's allocator setting | {_s(d['study_wall_s'])} | "
         f"{_s(d['bare_same_allocator_s'])} | {d['ratio_same_allocator']:.2f}x |",
         "",
-        f"The probes and the adapter gain, the measurements the spec asks for, took {_s(d['measurement_s'])}; "
-        f"the rest of the study over the bare training: {d['ratio_without_measurement']:.2f}x "
+        f"The probes and the adapter gain, the measurements the spec asks for, took {_s(d['measurement_s'])} "
+        f"({d['measurement_s'] / d['bare_same_allocator_s']:.0%} of the bare training with ablate's allocator "
+        f"setting); the rest of the study over the bare training: {d['ratio_without_measurement']:.2f}x "
         f"({d['ratio_without_measurement_same_allocator']:.2f}x against the loop with ablate's allocator "
         f"setting). Within the study's own process (no second process to drift against): its CPU over the "
         f"CPU of its own training (`train_steps`, `data`, `stage1`, {_s(own)}): {d['study_cpu_s'] / own:.2f}x.",
