@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     made = provenance("bench_engine.py", argv)
 
-    base = replace(
-        aaclip_arm(),
+    base = aaclip_arm(
         data=DataConfig(batch_size=args.batch_size),
         run=RunConfig(steps=args.steps, probe_every=50),
         probe_batches=args.batches,

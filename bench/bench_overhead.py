@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.fix, None
     )
     shared = ArmSetup(cfg)
-    shared.dataset.batch(list(range(cfg.data.train_size)))  # the pool, drawn once before timing
+    shared.dataset.batch(list(range(cfg.subject.data.train_size)))  # the pool, drawn once before timing
     bare, loop, wall = [], [], []
     for _ in range(args.rounds):
         bare.append(bare_loop(ArmSetup(cfg, like=shared), args.steps, run.lr, run.betas, run.precision))

@@ -54,14 +54,14 @@ def main(argv: list[str] | None = None) -> dict:
     scales = [0.1 * 3**k for k in range(args.trials)] if args.trials > 1 else [None]
     trials = [[replace(cfg.with_fix(args.fix, sc), seed=s) for s in range(args.seeds)] for sc in scales]
     shared = ArmSetup(trials[0][0])
-    shared.dataset.batch(list(range(cfg.data.train_size)))  # the pool, drawn once before timing
+    shared.dataset.batch(list(range(cfg.subject.data.train_size)))  # the pool, drawn once before timing
     first_s, second_s, worst = [], [], 0.0
     for _ in range(args.rounds):
         t = time.perf_counter()
         if args.trials > 1:  # a pack per trial
             apart = [r for cfgs in trials for r in train_pack(cfgs, built=PackSetup(cfgs, like=shared))]
         else:  # one seed at a time
-            apart = [train_arm(c, setup=ArmSetup(c, like=shared)) for c in trials[0]]
+            apart = [train_arm(c, built=ArmSetup(c, like=shared)) for c in trials[0]]
         first_s.append(time.perf_counter() - t)
         every = [c for cfgs in trials for c in cfgs]
         t = time.perf_counter()

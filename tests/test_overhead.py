@@ -104,3 +104,32 @@ def test_the_gain_runs_the_shared_upstream_once_with_the_same_numbers(fix):
     args = (model, groups["layers"], init, setup.gain_batches, setup.device, [0, 1, 2])
     split_gain, plain = held_out_gain(*args, group="layers"), held_out_gain(*args)
     assert split_gain == plain and any(g != 0 for batch_gains in plain for g in batch_gains)
+
+
+def test_packing_and_loop_benchmarks_run_and_compare_equal_numbers():
+    """bench/bench_packed.py and bench/bench_overhead.py on a few steps: they run against the current
+    code, and packed arms trained the numbers the same arms trained apart did."""
+    from bench import bench_overhead, bench_packed
+
+    packed = bench_packed.main(["--steps", "3", "--rounds", "1", "--seeds", "2"])
+    assert len(packed["unpacked_s"]) == len(packed["packed_s"]) == 1
+    assert packed["max_rel_loss_diff"] < 1e-5 and packed["speedup"] > 0
+    loop = bench_overhead.main(["--steps", "3", "--rounds", "1"])
+    assert len(loop["bare_s"]) == len(loop["harness_loop_s"]) == 1 and loop["overhead_ratio"] > 0
+
+
+def test_engine_benchmark_probes_every_fix():
+    from ablate.engine.fixes import fix_names
+    from bench import bench_engine
+
+    doc = bench_engine.main(["--batches", "1", "--steps", "2"])
+    assert set(doc["probe_s"]) == set(fix_names()) and all(s > 0 for s in doc["probe_s"].values())
+    assert set(doc["train"]) == {"none", "no-branch"}
+
+
+def test_attention_slices_benchmark_steps_both_sides_alike():
+    from bench import bench_attention_slices
+
+    doc = bench_attention_slices.main(["--rounds", "1", "--steps", "2"])
+    assert doc["identical"] is True
+    assert doc["whole"]["total_s"] > 0 and doc["sliced"]["total_s"] > 0 and doc["steps_per_side"] == 2
