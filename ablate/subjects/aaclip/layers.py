@@ -7,6 +7,8 @@ and the text adapter that Stage 1 trains (docs/parity.md maps each to the author
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -138,7 +140,7 @@ def attend(
     if keep is None:
         return F.scaled_dot_product_attention(q, k, v)
     n = q.shape[0]
-    per_sample = q[0].numel() // q.shape[-1] * k.shape[-2] if n else 0  # heads x L x M
+    per_sample = math.prod(q.shape[1:-1]) * k.shape[-2]  # heads x L x M
     most = max(1, CPU_SLICE_SCORES // max(per_sample, 1))
     if q.device.type != "cpu" or most >= n:
         return _attend_dropped(q, k, v, keep, dropout)
