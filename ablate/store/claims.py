@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -104,6 +104,18 @@ class RunComplete(ValueError):
     """The run is already complete; finished work is not re-run."""
 
 
+def write_lock(session: Session) -> None:
+    """Take the database's write lock now, at the start of a read-then-write transaction (SQLite).
+
+    Python's sqlite3 runs a SELECT outside any transaction and opens one only at the first write, so
+    two workers could both read a leftover run as free and both claim it (CI saw two workers train one
+    Stage 1 run). BEGIN IMMEDIATE makes the second wait until the first has committed its claim, then
+    read that claim. PostgreSQL locks the row instead (``RunModel.find(..., lock=True)``).
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("BEGIN IMMEDIATE"))
+
+
 @timed("db")
 def start_run(
     engine: Engine,
@@ -132,9 +144,10 @@ def start_run(
     for attempt in range(2):
         try:
             with Session(engine) as session, session.begin():
+                write_lock(session)
                 if session.get(StudyModel, study_id) is None:
                     raise LookupError(f"no study with id {study_id}")
-                run = RunModel.find(session, study_id, role, trial_key, seed)
+                run = RunModel.find(session, study_id, role, trial_key, seed, lock=True)
                 if run is None:
                     run = RunModel(
                         study_id=study_id,

@@ -235,11 +235,15 @@ class RunModel(Base):
     worker_devices: Mapped[str | None] = mapped_column(String(128))
 
     @classmethod
-    def find(cls, session: Session, study_id: int, role: str, trial_key: int, seed: int) -> RunModel | None:
+    def find(
+        cls, session: Session, study_id: int, role: str, trial_key: int, seed: int, lock: bool = False
+    ) -> RunModel | None:
+        """The run of (study, role, trial, seed), or None. ``lock``: hold the row until the transaction
+        ends (SELECT ... FOR UPDATE; SQLite, which has no row locks, needs ``claims.write_lock`` first)."""
         stmt = select(cls).where(
             cls.study_id == study_id, cls.role == role, cls.trial_key == trial_key, cls.seed == seed
         )
-        return session.scalars(stmt).one_or_none()
+        return session.scalars(stmt.with_for_update() if lock else stmt).one_or_none()
 
 
 class StepMetricModel(Base):
