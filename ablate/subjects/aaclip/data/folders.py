@@ -47,6 +47,8 @@ class Source:
     classes: tuple[str, ...] | None = None  # a subset, in this order; None = every class found
     split_csv: str | None = None  # VisA: the CSV (default <root>/split_csv/1cls.csv)
     field: str = "data"  # the spec section (or CLI option) errors name
+    # Which of AA-CLIP's data sets this is (data/class_names.toml): its prompt names for the classes.
+    dataset: str | None = None
 
 
 def _images(folder: Path) -> list[Path]:
