@@ -6,9 +6,9 @@ pixels, float32, in a temporary folder) and reads them back at the end, one grou
 
 1. the group's anomalous scores are sorted; their distinct values ``u_1 < ... < u_U`` and counts
    ``c_j`` are all that is kept of them;
-2. the normal scores are read in chunks and each is placed among the ``u`` (a binary search):
-   ``r`` = how many distinct anomalous values are <= it, and whether it equals ``u_r``. Two
-   histograms over ``r`` (every normal score; those equal to an anomalous value) are the exact
+2. the normal scores are read in chunks; each chunk is sorted and every ``u_j`` looked up in it
+   (two binary searches), which counts the normal scores between consecutive anomalous values
+   (``below[r]``: ``u_{r-1} <= score < u_r``) and those equal to each (``equal[j]``): the exact
    counts both metrics need.
 
 Memory: the group's anomalous scores and a chunk of normal ones (never the whole set; disk: 4 bytes
@@ -66,17 +66,13 @@ def exact_curve(positives: np.ndarray, negatives: Iterable[np.ndarray]) -> Curve
     equal = np.zeros(u, np.int64)  # normal scores equal to u_j
     n_neg = 0
     for chunk in negatives:
-        s = _finite_order(chunk)
-        if not s.size:
-            continue
+        s = np.sort(_finite_order(chunk))  # sorted, the anomalous values are looked up in it
         n_neg += int(s.size)
-        if not u:
+        if not (u and s.size):
             continue
-        r = np.searchsorted(values, s, side="right")
-        below += np.bincount(r, minlength=u + 1)
-        hit = r > 0
-        hit[hit] = values[r[hit] - 1] == s[hit]
-        equal += np.bincount(r[hit] - 1, minlength=u)
+        lower = np.searchsorted(s, values, side="left")  # normal scores < u_j
+        below += np.diff(np.concatenate(([0], lower, [s.size])))  # u_{r-1} <= score < u_r
+        equal += np.searchsorted(s, values, side="right") - lower
     if n_pos == 0 or n_neg == 0:
         reason = EMPTY if n_pos == n_neg == 0 else (NO_POSITIVE if n_pos == 0 else NO_NEGATIVE)
         return CurveMetrics(math.nan, math.nan, n_pos, n_neg, reason)
@@ -116,20 +112,27 @@ class SpilledCurves:
         return self._dir / f"{group}.{'pos' if positive else 'neg'}.f32"
 
     def update(self, scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | int = 0) -> None:
-        """Add scores with their 0/1 labels; ``groups`` (an int or a tensor) broadcasts to ``scores``."""
+        """Add scores with their 0/1 labels; ``groups`` (an int, one per leading row of ``scores``,
+        e.g. one per image, or any tensor that broadcasts to ``scores``)."""
         s = scores.detach().float()
+        y = labels.to(s.device).broadcast_to(s.shape).cpu().numpy() > 0.5
+        v = s.cpu().numpy()
         if isinstance(groups, int):
-            g = np.full(s.numel(), groups, np.int64)
+            g = np.full(1, groups, np.int64)
+            v, y = v.reshape(1, -1), y.reshape(1, -1)
+        elif s.dim() and groups.numel() == s.shape[0]:  # one group per row: no per-score group array
+            g = groups.reshape(-1).cpu().numpy().astype(np.int64)
+            v, y = v.reshape(len(g), -1), y.reshape(len(g), -1)
         else:
             g = groups.to(s.device).broadcast_to(s.shape).reshape(-1).cpu().numpy().astype(np.int64)
-        y = labels.to(s.device).broadcast_to(s.shape).reshape(-1).cpu().numpy() > 0.5
-        v = s.reshape(-1).cpu().numpy()
+            v, y = v.reshape(-1, 1), y.reshape(-1, 1)
         if g.size and not 0 <= int(g.min()) <= int(g.max()) < self.groups:
             raise ValueError(f"group index outside [0, {self.groups})")
         for k in np.unique(g):
-            own = g == k
+            rows = g == k
+            own_v, own_y = v[rows], y[rows]
             for positive in (True, False):
-                part = v[own & (y if positive else ~y)]
+                part = own_v[own_y if positive else ~own_y]
                 if part.size:
                     with open(self._file(int(k), positive), "ab") as f:
                         part.tofile(f)

@@ -41,6 +41,11 @@ __all__ = ["DEFAULT_BINS", "EMPTY", "NO_NEGATIVE", "NO_POSITIVE", "BinnedCurves"
 DEFAULT_BINS = 65_536
 PRECISION_BITS = 40  # a bin is at least 2^-40 of the scores' magnitude wide (float64 resolves 2^-52)
 MIN_EXPONENT = -1000  # the width of a group whose every score so far is exactly 0
+# Scores binned per step of an update, which bounds its temporaries. On the CPU, small: a dozen
+# float64/int64 arrays per step are fresh memory each time while the evaluation returns freed
+# memory (ablate/allocator.py), and small ones fault in fewer pages. On a GPU, large: fewer launches.
+CHUNK = {"cpu": 1 << 17}
+DEVICE_CHUNK = 1 << 22
 
 
 class BinnedCurves:
@@ -82,16 +87,22 @@ class BinnedCurves:
     @torch.no_grad()
     def update_logits(self, logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | int = 0) -> None:
         """Add scores on any scale whose order is what counts, with their 0/1 labels."""
-        v = logits.detach().double().reshape(-1)
-        v = torch.where(torch.isnan(v), -math.inf, v)
+        scores = logits.detach().reshape(-1)
         if isinstance(groups, int):
-            g = torch.full_like(v, groups, dtype=torch.long)
+            g_all = torch.full_like(scores, groups, dtype=torch.long)
         else:
-            g = torch.broadcast_to(groups.to(v.device), logits.shape).reshape(-1).long()
-        if g.device.type == "cpu" and g.numel():  # (on a GPU the check would wait for it)
-            if not 0 <= int(g.min()) <= int(g.max()) < self.groups:
+            g_all = torch.broadcast_to(groups.to(scores.device), logits.shape).reshape(-1).long()
+        if g_all.device.type == "cpu" and g_all.numel():  # (on a GPU the check would wait for it)
+            if not 0 <= int(g_all.min()) <= int(g_all.max()) < self.groups:
                 raise ValueError(f"group index outside [0, {self.groups})")
-        positive = torch.broadcast_to(labels.to(v.device), logits.shape).reshape(-1) > 0.5
+        y_all = torch.broadcast_to(labels.to(scores.device), logits.shape).reshape(-1) > 0.5
+        step = CHUNK.get(scores.device.type, DEVICE_CHUNK)
+        for start in range(0, scores.numel(), step):  # float64 temporaries of a chunk, not of the batch
+            part = slice(start, start + step)
+            self._add(scores[part].double(), y_all[part], g_all[part])
+
+    def _add(self, v: torch.Tensor, positive: torch.Tensor, g: torch.Tensor) -> None:
+        v = torch.where(torch.isnan(v), -math.inf, v)
         finite = torch.isfinite(v)
         self._cover(g, torch.where(finite, v, math.inf), torch.where(finite, v, -math.inf))
         scaled = torch.ldexp(torch.where(finite, v, 0.0), -self.exponent[g])

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ablate.allocator import return_freed_memory
 from ablate.engine.device import autocast
 from ablate.eval import EVAL_METRICS
 from ablate.eval.exact import SpilledCurves, grouped_exact
@@ -62,6 +63,7 @@ def _for_arms(batch: Any, arms: int) -> Any:
 
 
 @torch.no_grad()
+@return_freed_memory()
 def evaluate(
     subject: Any,
     batches: Iterable[Any],
