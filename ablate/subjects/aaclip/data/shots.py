@@ -11,12 +11,11 @@ the file's order.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from ablate.errors import AblateInputError
-from ablate.subjects.aaclip.data.folders import Sample
+from ablate.subjects.aaclip.data.folders import Sample, json_lines
 
 KEYS = ("image_path", "label", "mask_path", "class_name")
 
@@ -31,37 +30,25 @@ def read_shots(
     if not p.is_file():
         raise AblateInputError(field, f"no such file: {p}")
     out: list[Sample] = []
-    with open(p, encoding="utf-8") as f:
-        for n, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            where = f"{p} line {n}"
-            try:
-                rec = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise AblateInputError(field, f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise AblateInputError(field, f"{where}: must be a JSON object")
-            unknown = sorted(set(rec) - set(KEYS))
-            if unknown:
-                raise AblateInputError(
-                    field, f"{where}: unknown key {unknown[0]!r} (AA-CLIP's keys: {', '.join(KEYS)})"
-                )
-            image, label, mask, cls = (rec.get(k) for k in KEYS)
-            if not isinstance(image, str) or not image:
-                raise AblateInputError(field, f"{where}: 'image_path' must be a path")
-            if not isinstance(cls, str) or not cls.strip():
-                raise AblateInputError(field, f"{where}: 'class_name' must be a name")
-            if isinstance(label, bool) or label not in (0, 1):  # 1.0 == 1: AA-CLIP's float labels
-                raise AblateInputError(field, f"{where}: 'label' must be 0 (normal) or 1 (anomalous)")
-            if mask is not None and (not isinstance(mask, str) or not mask):
-                raise AblateInputError(field, f"{where}: 'mask_path' must be a path or absent")
-            if label == 1 and mask is None:
-                raise AblateInputError(field, f"{where}: an anomalous image needs its 'mask_path'")
-            if classes and cls.strip() not in classes:
-                continue
-            # A normal image's mask is all zeros (AA-CLIP does not read one).
-            out.append(Sample(str(root / image), cls.strip(), int(label), str(root / mask) if label else None, "train"))
+    for where, rec in json_lines(p, field):
+        unknown = sorted(set(rec) - set(KEYS))
+        if unknown:
+            raise AblateInputError(field, f"{where}: unknown key {unknown[0]!r} (AA-CLIP's keys: {', '.join(KEYS)})")
+        image, label, mask, cls = (rec.get(k) for k in KEYS)
+        if not isinstance(image, str) or not image:
+            raise AblateInputError(field, f"{where}: 'image_path' must be a path")
+        if not isinstance(cls, str) or not cls.strip():
+            raise AblateInputError(field, f"{where}: 'class_name' must be a name")
+        if isinstance(label, bool) or label not in (0, 1):  # 1.0 == 1: AA-CLIP's float labels
+            raise AblateInputError(field, f"{where}: 'label' must be 0 (normal) or 1 (anomalous)")
+        if mask is not None and (not isinstance(mask, str) or not mask):
+            raise AblateInputError(field, f"{where}: 'mask_path' must be a path or absent")
+        if label == 1 and mask is None:
+            raise AblateInputError(field, f"{where}: an anomalous image needs its 'mask_path'")
+        if classes and cls.strip() not in classes:
+            continue
+        # A normal image's mask is all zeros (AA-CLIP does not read one).
+        out.append(Sample(str(root / image), cls.strip(), int(label), str(root / mask) if label else None, "train"))
     if not out:
         raise AblateInputError(field, f"{p} names no training image" + (" of data.classes" if classes else ""))
     return out
