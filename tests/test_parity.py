@@ -735,7 +735,10 @@ def test_row13_precision_is_an_option_and_bf16_quantises():
 # --- the spec's defaults are AA-CLIP's ------------------------------------------------------------------------
 def test_a_specs_defaults_are_aaclips_and_each_alternative_is_a_key():
     arm = parse_spec('name = "s"').arm("none", None, 0).subject
-    assert arm.stage1 == Stage1Config()  # 5 epochs, batch 16, lr 1e-5, orthogonality 0.1
+    s1 = arm.stage1  # AA-CLIP's train.py: 5 text epochs of batch 16, lr 1e-5, orthogonality weight 0.1
+    assert (s1.epochs, s1.steps, s1.batch_size, s1.lr, s1.orthogonal_weight) == (5, 0, 16, 1e-5, 0.1)
+    assert s1.surgery_attention == "batch" and arm.model.adapter_weight == 0.1
+    assert (arm.model.text_adapter_layers, arm.model.text_adapter_weight) == (3, 0.1)
     assert arm.data.batch_size == DataConfig().batch_size == 2  # AA-CLIP's --image_batch_size
     assert (arm.eval.pixel_metrics, arm.eval.every) == ("exact", 0)  # scikit-learn's metrics, at the end
     assert (arm.data.augment, arm.eval.scoring, arm.eval.domain) == ("aaclip", "aaclip", "industrial")
