@@ -79,3 +79,36 @@ def refused_line(capsys, db: Path, args: list[str]) -> str:
     assert out == ""
     assert db_dump(db) == before
     return lines[0]
+
+
+def run_cli_captured(*args: str) -> tuple[int, str, str]:
+    """`ablate ARGS` in-process without pytest's capsys (for module-scoped fixtures): (code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from ablate.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+def table_rows(url: str, table: str, where: str = "") -> list[tuple]:
+    """Every row of ``table`` (columns in name order, rows sorted), read through SQLAlchemy, so that
+    one backend's rows compare with another's value by value."""
+    from sqlalchemy import MetaData, Table, create_engine, select, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            t = Table(table, MetaData(), autoload_with=conn)
+            stmt = select(*sorted(t.c, key=lambda c: c.name))
+            rows = [tuple(r) for r in conn.execute(stmt.where(text(where)) if where else stmt)]
+    finally:
+        engine.dispose()
+    return sorted(rows, key=repr)

@@ -22,7 +22,7 @@ app = typer.Typer(
     cls=_OrderedGroup,
     help="Measure and search how a new branch should join a frozen model's residual stream. "
     "Run a study (ablate study run SPEC), read it (ablate query, ablate plot) and write it up "
-    "(ablate report STUDY --out DIR: Markdown with figures, one self-contained HTML file). "
+    "(ablate report STUDY: Markdown with figures and one self-contained HTML file, in reports/STUDY). "
     "Your own model: ablate subject check SPEC, then the same commands (docs/subjects.md).",
     add_completion=False,
     no_args_is_help=True,
