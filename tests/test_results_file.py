@@ -15,20 +15,9 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from ablate.store.export import OPTUNA_VERSION_TABLES
-from tests.study_helpers import MINI, run_cli, run_cli_captured, sqlite_url, table_rows, write_spec
+from tests.study_helpers import MINI, run_cli, sqlite_url, table_rows
 
 TWO_TRIALS = MINI.replace("trials = 4", "trials = 2")
-
-
-@pytest.fixture(scope="module")
-def cli_study(tmp_path_factory) -> Path:
-    """`ablate study run` through the CLI (2 trials x 2 seeds); the folder holding results.db."""
-    folder = tmp_path_factory.mktemp("cli_study")
-    spec = write_spec(folder, TWO_TRIALS)
-    code, _, err = run_cli_captured("study", "run", str(spec), "--storage", sqlite_url(folder / "results.db"),
-                                    "--no-plots", "--quiet")  # fmt: skip
-    assert code == 0, err
-    return folder
 
 
 def _tables(url: str) -> list[str]:
@@ -46,7 +35,9 @@ def _json(capsys, *args: str):
 
 
 def test_the_file_alone_holds_the_study_once_study_run_returns(cli_study, tmp_path, capsys):
-    db = cli_study / "results.db"
+    folder, _, code, _, err = cli_study
+    assert code == 0, err
+    db = folder / "results.db"
     wal = db.with_name("results.db-wal")
     assert not wal.exists() or wal.stat().st_size == 0  # checkpointed: nothing left in the log
     alone = tmp_path / "copy.db"
@@ -68,7 +59,7 @@ def _same_tables(source: str, export: str, skip: tuple[str, ...] = OPTUNA_VERSIO
 
 
 def test_db_export_from_sqlite_is_the_whole_file_and_reads_back(cli_study, tmp_path, capsys):
-    source = sqlite_url(cli_study / "results.db")
+    source = cli_study[1]
     out = tmp_path / "shared.db"
     doc = _json(capsys, "db", "export", str(out), "--storage", source, "--json")
     assert doc["method"] == "backup" and doc["studies"] == ["mini"]
