@@ -112,3 +112,34 @@ def table_rows(url: str, table: str, where: str = "") -> list[tuple]:
     finally:
         engine.dispose()
     return sorted(rows, key=repr)
+
+
+def plant_study(
+    url: str,
+    name: str,
+    arms: list[dict],
+    seeds: tuple[int, ...] = (0, 1, 2),
+    objectives: tuple[str, ...] = ("adapter_gain", "dilution_train"),
+    spec_extra: str = "",
+) -> int:
+    """A study written straight through the store with planted numbers (no training, no Optuna
+    tables): each arm is {"role", "trial" (trial number or None), "fix", "scale", "values": {seed:
+    {run column: value}}}, every run complete. Returns the study's id."""
+    import hashlib
+
+    from ablate.objectives import OBJECTIVES
+    from ablate.store import finish_run, open_storage, register_study, start_run
+
+    spec = f'name = "{name}"\n[study]\nseeds = {list(seeds)}\n{spec_extra}'
+    engine = open_storage(url)
+    study_id = register_study(
+        engine, name, name, spec, hashlib.sha256(spec.encode()).hexdigest(),
+        [{"metric": m, "direction": OBJECTIVES[m].direction} for m in objectives],
+    )  # fmt: skip
+    for arm in arms:
+        for seed, values in arm["values"].items():
+            run_id = start_run(
+                engine, study_id, arm["role"], arm.get("trial"), seed, arm["fix"], arm.get("scale"), "cpu"
+            )
+            finish_run(engine, run_id, "complete", values)
+    return study_id
