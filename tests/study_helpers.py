@@ -121,10 +121,12 @@ def plant_study(
     seeds: tuple[int, ...] = (0, 1, 2),
     objectives: tuple[str, ...] = ("adapter_gain", "dilution_train"),
     spec_extra: str = "",
+    meta: dict | None = None,
 ) -> int:
     """A study written straight through the store with planted numbers (no training, no Optuna
     tables): each arm is {"role", "trial" (trial number or None), "fix", "scale", "values": {seed:
-    {run column: value}}}, every run complete. Returns the study's id."""
+    {run column: value}}}, every run complete; ``meta``: the versions register_study records.
+    Returns the study's id."""
     import hashlib
 
     from ablate.objectives import OBJECTIVES
@@ -134,7 +136,7 @@ def plant_study(
     engine = open_storage(url)
     study_id = register_study(
         engine, name, name, spec, hashlib.sha256(spec.encode()).hexdigest(),
-        [{"metric": m, "direction": OBJECTIVES[m].direction} for m in objectives],
+        [{"metric": m, "direction": OBJECTIVES[m].direction} for m in objectives], meta,
     )  # fmt: skip
     for arm in arms:
         for seed, values in arm["values"].items():

@@ -9,7 +9,9 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 # `ablate --help` lists the commands in the order a study uses them (Typer's is the order of definition).
-COMMAND_ORDER = ("study", "query", "plot", "report", "probe", "train", "subject", "launch", "db")
+COMMAND_ORDER = (
+    "study", "query", "plot", "report", "compare", "export", "probe", "train", "subject", "launch", "db",
+)  # fmt: skip
 
 
 class _OrderedGroup(TyperGroup):
