@@ -114,3 +114,26 @@ def test_compare_table_csv_and_figure(two_storages, capsys, tmp_path):
     assert code == 0, err
     assert (out_dir / "compare-before-vs-after.png").stat().st_size > 0
     assert (out_dir / "compare-before-vs-after.svg").stat().st_size > 0
+
+
+def test_compare_and_db_export_import_neither_torch_nor_open_clip(two_storages, tmp_path):
+    import subprocess
+    import sys
+
+    a, b = two_storages
+    code = (
+        "import sys\n"
+        "from ablate.cli import main\n"
+        f"for args in (['compare', 'before', 'after', '--storage', {a!r}, '--storage-b', {b!r}, '--json'],\n"
+        f"             ['plot', '--study', 'before', '--compare', 'after', '--storage', {a!r}, '--storage-b', {b!r},\n"
+        f"              '--out', {str(tmp_path / 'p')!r}],\n"
+        f"             ['db', 'export', {str(tmp_path / 'x.db')!r}, '--storage', {a!r}, '--study', 'before']):\n"
+        "    try:\n"
+        "        main(args)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, args\n"
+        "print('heavy:', [m for m in ('torch', 'open_clip') if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stdout.splitlines() if line.startswith("heavy:")] == ["heavy: []"]
