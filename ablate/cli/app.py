@@ -93,6 +93,17 @@ ThresholdOpt = Annotated[
     float | None, typer.Option("--threshold", help="Ratio at or above which the verdict is OK. Default: 0.8.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
+FormatOpt = Annotated[
+    str | None, typer.Option("--format", help="table | csv | json (default: table); not with --json.")
+]
+WideOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wide",
+        help="Table: every column, whatever the width (default: the columns that fit the terminal, "
+        "$COLUMNS or 80; the table names those left out).",
+    ),
+]
 GroupOpt = Annotated[
     str | None,
     typer.Option(

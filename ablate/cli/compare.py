@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ablate.cli.app import JsonOpt, StorageOpt, app
+from ablate.cli.app import FormatOpt, JsonOpt, StorageOpt, WideOpt, app
 from ablate.cli.common import emit_json, lookup_errors, open_read, output_format, print_table
 
 StorageBOpt = Annotated[
@@ -26,10 +26,8 @@ def compare(
     ],
     storage: StorageOpt = None,
     storage_b: StorageBOpt = None,
-    fmt_: Annotated[
-        str | None, typer.Option("--format", help="table | csv | json (default: table); not with --json.")
-    ] = None,
-    wide: Annotated[bool, typer.Option("--wide", help="Table: every column, whatever the width.")] = False,
+    fmt_: FormatOpt = None,
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare two studies fix by fix: the references, then each fix's best ranked trial in A and in B

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ablate.cli.app import JsonOpt, StorageOpt, StudyOpt, app
+from ablate.cli.app import FormatOpt, JsonOpt, StorageOpt, StudyOpt, WideOpt, app
 from ablate.cli.common import lookup_errors, open_read, output_format, print_table, print_view
 from ablate.errors import AblateInputError
 from ablate.store.sql_limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S
@@ -64,17 +64,8 @@ def query(
         bool,
         typer.Option("--strict", help="A --sql result cut by --sql-max-rows or --sql-max-bytes is an error (exit 2)."),
     ] = False,
-    fmt_: Annotated[
-        str | None, typer.Option("--format", help="table | csv | json (default: table); not with --json.")
-    ] = None,
-    wide: Annotated[
-        bool,
-        typer.Option(
-            "--wide",
-            help="Table: every column, whatever the width (default: the columns that fit the terminal, "
-            "$COLUMNS or 80; the table names those left out).",
-        ),
-    ] = False,
+    fmt_: FormatOpt = None,
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Query the results database: one row per trial (default), --group-by fix, --runs, --classes,
