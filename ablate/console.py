@@ -114,7 +114,10 @@ class PlainStudyReporter(StudyReporter):
 
     def study_start(self, name: str, done: int, total: int) -> None:
         self.done, self.total = done, total
-        self._line(f"study {name}: {done}/{total} trials finished before this run")
+        if done >= total:  # e.g. --trials below what the study holds: say so before anything else runs
+            self._line(f"study {name}: {done} trials finished before this run, {total} asked for: no new trial to run")
+        else:
+            self._line(f"study {name}: {done}/{total} trials finished before this run")
 
     def run_end(self, label: str, result: TrainResult | None, status: str, error: str | None = None) -> None:
         if result is None:

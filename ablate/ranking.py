@@ -77,6 +77,21 @@ def best_per_fix(ranked: Sequence[tuple[Record, int]], primary: str) -> dict[str
     return out
 
 
+def fix_ranking(ranked: Sequence[tuple[Record, int]], primary: str) -> list[tuple[Record, int]]:
+    """Each fix's best trial with its Pareto rank, best fix first: the places of ``ablate query
+    --group-by fix``'s rank, of the report's table of fixes and of every "first" and "second"."""
+    return list(best_per_fix(ranked, primary).values())
+
+
+def runner_up(ranked: Sequence[tuple[Record, int]], primary: str) -> tuple[Record, int] | None:
+    """The best trial of the best fix other than the recommended trial's (None without a
+    recommendation or another ranked fix): the second of :func:`fix_ranking`."""
+    chosen = recommend(ranked)
+    if chosen is None:
+        return None
+    return next((t for t in fix_ranking(ranked, primary) if t[0]["fix"] != chosen["fix"]), None)
+
+
 def paired_difference(name: str, runs: Sequence[Record], base_runs: Sequence[Record]) -> Interval:
     """``name``'s per-seed value of ``runs`` minus that of the baseline run of the same seed, mean
     over the seeds both have with a 95% t-interval (n = those seeds; one seed: no interval)."""

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from ablate.engine.arm import ArmConfig
 from ablate.engine.device import DEVICE_CHOICES
-from ablate.engine.fixes import NO_BRANCH, fix_names, parse_fix
+from ablate.engine.fixes import NO_BRANCH, fix_names, parse_fix, unknown_fixes
 from ablate.engine.loop import RunConfig
 from ablate.errors import AblateInputError, SpecInputError, did_you_mean
 from ablate.eval.metrics import DEFAULT_BINS
@@ -315,6 +315,9 @@ class SearchSection(_Strict):
     def _valid_fixes(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("must name at least one fix")
+        unknown = unknown_fixes(v)  # every unknown name at once, each with the close one
+        if unknown is not None:
+            raise ValueError(unknown)
         for name in v:
             try:
                 parse_fix(name)

@@ -172,6 +172,27 @@ def mean_ci(values: Sequence[float], level: float = LEVEL, scope: str = SCOPE_WI
     return Interval(m, m - half, m + half, len(v), scope)
 
 
+def welch_ci(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Interval:
+    """mean(a) - mean(b) of two independent samples (the finite values), with Welch's t-interval:
+    standard error sqrt(s_a^2 / n_a + s_b^2 / n_b), Welch-Satterthwaite degrees of freedom. For
+    seeds that are not paired (two studies that ran different seeds); fewer than two values on a
+    side: the difference without an interval."""
+    x, y = finite(a), finite(b)
+    if not x or not y:
+        return Interval(math.nan, math.nan, math.nan, 0, SCOPE_NONE)
+    d = sum(x) / len(x) - sum(y) / len(y)
+    n = len(x) + len(y)
+    if len(x) < 2 or len(y) < 2:
+        return Interval(d, math.nan, math.nan, n, SCOPE_NONE)
+    va, vb = sample_std(x) ** 2 / len(x), sample_std(y) ** 2 / len(y)
+    se = math.sqrt(va + vb)
+    if se == 0.0:  # nothing varies on either side: the difference is exact
+        return Interval(d, d, d, n, SCOPE_SEEDS)
+    df = (va + vb) ** 2 / (va * va / (len(x) - 1) + vb * vb / (len(y) - 1))
+    half = t_ppf(0.5 + level / 2.0, df) * se
+    return Interval(d, d - half, d + half, n, SCOPE_SEEDS)
+
+
 def two_stage_ci(groups: Sequence[Sequence[float]], level: float = LEVEL) -> Interval:
     """Mean over groups (seeds) of each group's mean, with a t-interval over the group means.
 

@@ -380,3 +380,56 @@ def classes_view(frame: pd.DataFrame) -> TableView:
         (Col("n (bad)", "right", 3), lambda r: f"{_int(r.get('images'))} ({_int(r.get('anomalous_images'))})"),
     ]
     return _view(columns, records, [CLASSES_NOTE])
+
+
+_ENDS = ("", "_lo", "_hi")
+
+
+def compare_view(c: Any) -> TableView:
+    """``ablate compare A B``: per fix, each objective in A and in B with its interval and B - A with
+    its interval, the primary objective first; under the table, which studies, how the differences
+    were taken, and which spec keys and code versions differ (``c``: an ablate.compare.Comparison)."""
+    from ablate.compare import records as compare_records
+    from ablate.specdiff import changes_text
+
+    records = compare_records(c)
+
+    def test(r: dict) -> str:
+        if r["method"] is None:
+            return "only A" if r["a_n_seeds"] else "only B"
+        if r["method"] == "paired":
+            return f"paired ({r['a_n_seeds']})"
+        return f"Welch ({r['a_n_seeds']}, {r['b_n_seeds']})"
+
+    columns: list = [(Col("fix"), lambda r: str(r["fix"]))]
+    for i, m in enumerate(c.objectives):
+        short = SHORT.get(m, m)
+        dec = column_decimals(_num(r.get(f"{m}_{side}{end}")) for r in records for side in "ab" for end in _ENDS)
+        d_dec = column_decimals(_num(r.get(f"{m}_diff{end}")) for r in records for end in _ENDS)
+        # narrow terminals keep the difference and its verdict; the two sides' values go first
+        rank = 0 if i == 0 else 3
+        columns += [
+            (Col(f"{short} A", "left", rank + 1), lambda r, m=m, d=dec: _ci(r, f"{m}_a", d)),
+            (Col(f"{short} B", "left", rank + 1), lambda r, m=m, d=dec: _ci(r, f"{m}_b", d)),
+            (Col(f"{short} B-A", "left", rank), lambda r, m=m, d=d_dec: _ci(r, f"{m}_diff", d)),
+        ]
+        if i == 0:
+            columns.append((Col("B vs A"), lambda r, m=m: r[f"{m}_verdict"] or MISSING))
+            columns.append((Col("test", "left", 2), test))
+    columns += [
+        (Col("s A", "right", 5), lambda r: _scale(r["a_scale"])),
+        (Col("s B", "right", 5), lambda r: _scale(r["b_scale"])),
+    ]
+    a, b = c.a, c.b
+    versions = "; ".join(f"{f} {va or '-'} -> {vb or '-'}" for f, va, vb in c.version_changes)
+    notes = [
+        f"A: study {a.study} in {a.storage}; B: study {b.study} in {b.storage}"
+        if a.storage != b.storage
+        else f"A: study {a.study}; B: study {b.study} (in {a.storage})",
+        "B-A: each seed's value in B minus A's, mean and 95% interval: paired by seed where both ran the same "
+        "seeds (test: paired), else Welch's interval (test: Welch); B vs A: by the objective's direction",
+        "each row: the references, or each study's best ranked trial of the fix (s: its scale)",
+        f"spec keys that differ: {changes_text(list(c.spec_changes))}" if c.spec_changes else "spec: the same keys",
+        f"code versions that differ: {versions}" if versions else "code versions: the same",
+    ]
+    return _view(columns, records, notes)

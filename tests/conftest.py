@@ -72,3 +72,22 @@ def mini_study_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("mini") / "results.db"
     run_study(parse_spec(MINI), MINI, f"sqlite:///{path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def cli_study(tmp_path_factory: pytest.TempPathFactory):
+    """`ablate study run` through the CLI, as a researcher runs it from the folder it works in
+    (2 trials x 2 seeds of the mini spec, figures drawn into plots/mini): ``(folder, url, code,
+    stdout, stderr)``. Tests that write copy the file first (shutil.copyfile: it holds everything)."""
+    from tests.study_helpers import MINI, run_cli_captured, sqlite_url, write_spec
+
+    folder = tmp_path_factory.mktemp("cli_study")
+    spec = write_spec(folder, MINI.replace("trials = 4", "trials = 2"))
+    url = sqlite_url(folder / "results.db")
+    here = os.getcwd()
+    os.chdir(folder)  # the figures go to plots/mini, as from a researcher's folder
+    try:
+        code, out, err = run_cli_captured("study", "run", str(spec), "--storage", url)
+    finally:
+        os.chdir(here)
+    return folder, url, code, out, err

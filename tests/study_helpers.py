@@ -79,3 +79,69 @@ def refused_line(capsys, db: Path, args: list[str]) -> str:
     assert out == ""
     assert db_dump(db) == before
     return lines[0]
+
+
+def run_cli_captured(*args: str) -> tuple[int, str, str]:
+    """`ablate ARGS` in-process without pytest's capsys (for module-scoped fixtures): (code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from ablate.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+def table_rows(url: str, table: str, where: str = "") -> list[tuple]:
+    """Every row of ``table`` (columns in name order, rows sorted), read through SQLAlchemy, so that
+    one backend's rows compare with another's value by value."""
+    from sqlalchemy import MetaData, Table, create_engine, select, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            t = Table(table, MetaData(), autoload_with=conn)
+            stmt = select(*sorted(t.c, key=lambda c: c.name))
+            rows = [tuple(r) for r in conn.execute(stmt.where(text(where)) if where else stmt)]
+    finally:
+        engine.dispose()
+    return sorted(rows, key=repr)
+
+
+def plant_study(
+    url: str,
+    name: str,
+    arms: list[dict],
+    seeds: tuple[int, ...] = (0, 1, 2),
+    objectives: tuple[str, ...] = ("adapter_gain", "dilution_train"),
+    spec_extra: str = "",
+    meta: dict | None = None,
+) -> int:
+    """A study written straight through the store with planted numbers (no training, no Optuna
+    tables): each arm is {"role", "trial" (trial number or None), "fix", "scale", "values": {seed:
+    {run column: value}}}, every run complete; ``meta``: the versions register_study records.
+    Returns the study's id."""
+    import hashlib
+
+    from ablate.objectives import OBJECTIVES
+    from ablate.store import finish_run, open_storage, register_study, start_run
+
+    spec = f'name = "{name}"\n[study]\nseeds = {list(seeds)}\n{spec_extra}'
+    engine = open_storage(url)
+    study_id = register_study(
+        engine, name, name, spec, hashlib.sha256(spec.encode()).hexdigest(),
+        [{"metric": m, "direction": OBJECTIVES[m].direction} for m in objectives], meta,
+    )  # fmt: skip
+    for arm in arms:
+        for seed, values in arm["values"].items():
+            run_id = start_run(
+                engine, study_id, arm["role"], arm.get("trial"), seed, arm["fix"], arm.get("scale"), "cpu"
+            )
+            finish_run(engine, run_id, "complete", values)
+    return study_id

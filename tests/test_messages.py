@@ -57,7 +57,7 @@ def test_study_to_a_file_prints_one_plain_line_per_run(capsys, tmp_path):
     assert out.lstrip().startswith("per fix")  # stdout: the table, then what to run next
     assert "\nrecommended: " in out
     assert out.splitlines()[-1] == (
-        f"next, the study written up (Markdown, HTML): ablate report mini --storage {url} --out reports/mini"
+        f"next, the study written up (Markdown, HTML) into reports/mini: ablate report mini --storage {url}"
     )
 
     # the same name with another spec: one line, on its own

@@ -20,6 +20,7 @@ from ablate.stats import (
     series_ci,
     t_ppf,
     two_stage_ci,
+    welch_ci,
 )
 
 REPS = 4000  # coverage standard error ~0.35 points at 95%
@@ -171,3 +172,28 @@ def test_series_interval_reports_its_autocorrelation_and_widens_with_it() -> Non
     ci, r = series_ci(floored)
     assert math.isnan(r) and ci.lo == ci.estimate == ci.hi == sum(floored) / 54  # no rounding-noise interval
     assert series_ci([0.1, 0.3])[0] == mean_ci([0.1, 0.3])
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ([0.31, 0.28, 0.35], [0.20, 0.26, 0.22]),
+        ([1.0, 2.0, 3.0, 4.0, 5.0], [2.5, 2.6]),  # unequal sizes and variances: Welch's df is fractional
+        ([0.1, 0.1001, 0.0999], [5.0, -3.0, 11.0, 0.0]),
+    ],
+)
+def test_welch_interval_matches_scipy(a, b):
+    from scipy import stats as sps
+
+    ci = welch_ci(a, b)
+    ref = sps.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert ci.estimate == pytest.approx(np.mean(a) - np.mean(b), abs=1e-12)
+    assert (ci.lo, ci.hi) == (pytest.approx(ref.low, rel=1e-8), pytest.approx(ref.high, rel=1e-8))
+    assert ci.n == len(a) + len(b) and ci.scope == "seeds"
+
+
+def test_welch_interval_without_two_values_a_side_has_no_bounds():
+    ci = welch_ci([1.0], [0.5, 0.7])
+    assert ci.estimate == pytest.approx(0.4) and math.isnan(ci.lo) and math.isnan(ci.hi)
+    same = welch_ci([2.0, 2.0], [1.0, 1.0])  # nothing varies: the difference is exact
+    assert (same.estimate, same.lo, same.hi) == (1.0, 1.0, 1.0)

@@ -536,7 +536,7 @@ def test_reference_run_and_status(engine: Engine) -> None:
 def test_register_study_idempotent_and_hash_conflict(engine: Engine) -> None:
     sid = new_study(engine, "quick", "a" * 64)
     assert new_study(engine, "quick", "a" * 64) == sid
-    with pytest.raises(ValueError, match=r"study 'quick' already exists with a different spec .*--name"):
+    with pytest.raises(ValueError, match=r"study 'quick' already exists with a different spec: .*--name"):
         new_study(engine, "quick", "b" * 64)
     assert new_study(engine, "other", "b" * 64) != sid
     studies = list_studies(engine)

@@ -5,7 +5,19 @@ One module per command (parse -> one library call -> print); ``app`` holds the s
 Exit codes: 0 success, 2 bad input (one line naming the argument), 1 a run that failed.
 """
 
-from ablate.cli import db, launch, plot, probe, query, report, study, subject, train  # noqa: F401 - registers the commands
+from ablate.cli import (  # noqa: F401 - registers the commands
+    compare,
+    db,
+    export,
+    launch,
+    plot,
+    probe,
+    query,
+    report,
+    study,
+    subject,
+    train,
+)
 from ablate.cli.app import app
 from ablate.cli.entry import main
 

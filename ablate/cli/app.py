@@ -9,7 +9,9 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 # `ablate --help` lists the commands in the order a study uses them (Typer's is the order of definition).
-COMMAND_ORDER = ("study", "query", "plot", "report", "probe", "train", "subject", "launch", "db")
+COMMAND_ORDER = (
+    "study", "query", "plot", "report", "compare", "export", "probe", "train", "subject", "launch", "db",
+)  # fmt: skip
 
 
 class _OrderedGroup(TyperGroup):
@@ -22,7 +24,7 @@ app = typer.Typer(
     cls=_OrderedGroup,
     help="Measure and search how a new branch should join a frozen model's residual stream. "
     "Run a study (ablate study run SPEC), read it (ablate query, ablate plot) and write it up "
-    "(ablate report STUDY --out DIR: Markdown with figures, one self-contained HTML file). "
+    "(ablate report STUDY: Markdown with figures and one self-contained HTML file, in reports/STUDY). "
     "Your own model: ablate subject check SPEC, then the same commands (docs/subjects.md).",
     add_completion=False,
     no_args_is_help=True,
@@ -91,6 +93,17 @@ ThresholdOpt = Annotated[
     float | None, typer.Option("--threshold", help="Ratio at or above which the verdict is OK. Default: 0.8.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
+FormatOpt = Annotated[
+    str | None, typer.Option("--format", help="table | csv | json (default: table); not with --json.")
+]
+WideOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wide",
+        help="Table: every column, whatever the width (default: the columns that fit the terminal, "
+        "$COLUMNS or 80; the table names those left out).",
+    ),
+]
 GroupOpt = Annotated[
     str | None,
     typer.Option(

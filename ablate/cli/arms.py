@@ -24,6 +24,11 @@ def command_arms(
     eval_batches = options.get("--eval-batches")
     if eval_batches is not None and not 0 <= eval_batches <= 100_000:
         raise AblateInputError("--eval-batches", f"must be in [0, 100000] (0: no evaluation), got {eval_batches}")
+    from ablate.engine.fixes import unknown_fixes
+
+    unknown = unknown_fixes(fixes)  # every unknown --fix at once, each with the close one
+    if unknown is not None:
+        raise AblateInputError("--fix", unknown)
     spec = command_spec(spec_path, options)
     cfgs = [spec.arm(f, scale, seed, frozen=freeze_adapters) for f in fixes]
     for cfg in cfgs:

@@ -52,6 +52,16 @@ def check_trials_and_name(spec, trials: int | None, name: str | None) -> None:
         raise AblateInputError("--name", "must not be empty")
 
 
+def output_format(fmt: str | None, as_json: bool, choices: tuple[str, ...]) -> str:
+    """The format asked for by ``--format`` or ``--json`` (default: the first choice). Both at once
+    are refused: which one was meant cannot be told."""
+    if fmt is not None and as_json:
+        raise AblateInputError("--json", f"give --format {fmt} or --json, not both (--json is --format json)")
+    if fmt is not None and fmt not in choices:
+        raise AblateInputError("--format", f"must be {', '.join(choices[:-1])} or {choices[-1]}, got {fmt!r}")
+    return "json" if as_json else fmt or choices[0]
+
+
 def emit_json(doc: Any) -> None:
     from ablate.jsonout import json_value
 
@@ -118,6 +128,26 @@ def print_view(engine, study: str | None, frame, title: str, wide: bool = False)
     else:
         view = views.frame_view(frame)
     print_table(title, view, wide)
+
+
+def print_study_summary(url: str, name: str) -> None:
+    """The study's per-fix table, ranked, with the recommendation under it: how ``study run`` and the
+    launchers that wait for their workers end. The SQLite log is checkpointed first, so results.db
+    alone then holds the study."""
+    from ablate.store import query as q
+    from ablate.store.engine import checkpoint_sqlite, open_storage
+
+    checkpoint_sqlite(url)
+    engine = open_storage(url, create=False)
+    print_view(engine, name, q.group_by_fix(engine, name), "per fix")
+
+
+def next_report_line(name: str, storage: str | None) -> str:
+    """The command that writes the study up, as the user would type it next."""
+    return (
+        f"next, the study written up (Markdown, HTML) into reports/{name}: "
+        f"{program()} report {name}{storage_option(storage)}"
+    )
 
 
 def print_table(title: str, view, wide: bool = False) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ablate.cli.app import JsonOpt, app, err
-from ablate.cli.common import check_trials_and_name, emit_json
+from ablate.cli.common import check_trials_and_name, emit_json, next_report_line, print_study_summary
 from ablate.errors import AblateInputError
 
 if TYPE_CHECKING:
@@ -170,22 +170,19 @@ def launch_slurm(
             f"submitted job {submitted.job_id}: {workers} task(s) on {cluster} (logs in {submitted.folder})\n"
             f"follow the study: {doc['follow']}\n"
         )
-    if wait:
-        failed = []
-        for task, job in zip(submitted.task_ids, submitted.jobs):
-            try:
-                job.result()
-            except Exception as exc:  # noqa: BLE001 - each task's failure is reported, the others waited for
-                failed.append(f"task {task}: {' '.join(str(exc).split())[-300:]}")
-        if failed:
-            err.file.write("run failed: " + "; ".join(failed) + "\n")
-            raise typer.Exit(1)
-    if as_json:
-        emit_json(doc)
+    failed = slurm_jobs.wait_for(submitted) if wait else []
     # submitit's local jobs hold each other in a cycle; collected at interpreter exit, their __del__
-    # fails on half-torn-down modules (a noisy traceback). Collect them now.
+    # fails on half-torn-down modules (a noisy traceback). Collect them now, while every module lives.
     del submitted
     gc.collect()
+    if failed:
+        err.file.write("run failed: " + "; ".join(failed) + "\n")
+        raise typer.Exit(1)
+    if as_json:
+        emit_json(doc)
+    elif wait:
+        print_study_summary(prepared.url, prepared.name)
+        sys.stdout.write(next_report_line(prepared.name, storage) + "\n")
 
 
 @launch_app.command(
@@ -244,6 +241,8 @@ def launch_ray(
         emit_json(doc)
     else:
         sys.stdout.write(f"study {prepared.name}: {workers} Ray task(s) finished (devices {result.devices})\n")
+        print_study_summary(prepared.url, prepared.name)
+        sys.stdout.write(next_report_line(prepared.name, storage) + "\n")
 
 
 def _gpu_count() -> int:

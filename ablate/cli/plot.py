@@ -46,6 +46,18 @@ def plot(
             help="The tradeoff's y axis, e.g. loss_slope (default: the study's first objective).",
         ),
     ] = None,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            "--compare",
+            metavar="B",
+            help="Draw study B against --study (A) instead, fix by fix: each objective in A and B with its interval, "
+            "and B - A (as ablate compare A B computes it) into compare-A-vs-B.png.",
+        ),
+    ] = None,
+    storage_b: Annotated[
+        str | None, typer.Option("--storage-b", help="With --compare: B's database (default: --storage).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Draw a study's figures as PNG and SVG: the tradeoff of two metrics per trial (default: the
@@ -55,6 +67,14 @@ def plot(
     from ablate.store import query as q
     from ablate.store.engine import open_storage, storage_url
 
+    if compare is not None or storage_b is not None:
+        written = plot_comparison(study, compare, storage, storage_b, out_dir, kind, x, y)
+        if as_json:
+            emit_json({"study": study, "compare": compare, "plots": [str(p) for p in written]})
+        else:
+            for p in written:
+                sys.stdout.write(f"plot: {p}\n")
+        return
     kinds = check_axes(kind, x, y)
     url = storage_url(storage)
     engine = open_read(open_storage, url)
@@ -111,3 +131,32 @@ def draw_plots(
             y=y,
             on_skip=(lambda k, why: None) if quiet else (lambda k, why: err.print(f"plot {k} skipped: {why}")),
         )
+
+
+def plot_comparison(
+    study: str | None,
+    other: str | None,
+    storage: str | None,
+    storage_b: str | None,
+    out_dir: str | None,
+    kind: list[str] | None,
+    x: str | None,
+    y: str | None,
+) -> list:
+    """``plot --compare B``: the comparison figure of --study (A) and B."""
+    from ablate.compare import compare_studies
+    from ablate.plot.compare import draw_comparison
+    from ablate.store.engine import open_storage, storage_url
+
+    if other is None:
+        raise AblateInputError("--storage-b", "goes with --compare B")
+    for option, value in (("--kind", kind), ("--x", x), ("--y", y)):
+        if value:
+            raise AblateInputError(option, "does not go with --compare (it draws one figure: the comparison)")
+    engine_a = open_read(open_storage, storage_url(storage))
+    engine_b = open_read(open_storage, storage_url(storage_b or storage))
+    with lookup_errors():
+        comparison = compare_studies(engine_a, study, engine_b, other)
+    target = out_dir or f"plots/{comparison.a.study}"
+    check_out_dir(target, "--out")
+    return draw_comparison(comparison, target)

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ablate.cli.app import JsonOpt, StorageOpt, StudyOpt, app
-from ablate.cli.common import lookup_errors, open_read, print_table, print_view
+from ablate.cli.app import FormatOpt, JsonOpt, StorageOpt, StudyOpt, WideOpt, app
+from ablate.cli.common import lookup_errors, open_read, output_format, print_table, print_view
 from ablate.errors import AblateInputError
 from ablate.store.sql_limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT_S
 
@@ -64,23 +64,15 @@ def query(
         bool,
         typer.Option("--strict", help="A --sql result cut by --sql-max-rows or --sql-max-bytes is an error (exit 2)."),
     ] = False,
-    fmt_: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
-    wide: Annotated[
-        bool,
-        typer.Option(
-            "--wide",
-            help="Table: every column, whatever the width (default: the columns that fit the terminal, "
-            "$COLUMNS or 80; the table names those left out).",
-        ),
-    ] = False,
+    fmt_: FormatOpt = None,
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Query the results database: one row per trial (default), --group-by fix, --runs, --classes,
     --studies, --sql."""
     from ablate.store.engine import open_storage
 
-    if fmt_ not in ("table", "csv", "json"):
-        raise AblateInputError("--format", f"must be table, csv or json, got {fmt_!r}")
+    fmt_ = output_format(fmt_, as_json, ("table", "csv", "json"))
     if group_by not in (None, "fix"):
         raise AblateInputError("--group-by", f"only 'fix' is supported, got {group_by!r}")
     if not sql_timeout > 0 or sql_timeout == float("inf"):
@@ -89,7 +81,6 @@ def query(
         raise AblateInputError("--sql-max-rows", f"must be a positive number of rows, got {sql_max_rows}")
     if sql_max_bytes <= 0:
         raise AblateInputError("--sql-max-bytes", f"must be a positive number of bytes, got {sql_max_bytes}")
-    fmt_ = "json" if as_json else fmt_
     engine = open_read(open_storage, storage)
     if studies and sql is None and fmt_ != "csv":
         print_studies(engine, fmt_, wide)  # plain SQLAlchemy: no pandas import for the quick look

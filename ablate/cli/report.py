@@ -17,7 +17,12 @@ from ablate.errors import AblateInputError
 )
 def report(
     study: Annotated[str, typer.Argument(metavar="STUDY", help="Name of the study to write up.")],
-    out_dir: Annotated[str, typer.Option("--out", help="Folder for report.md, report.html, report.json and the PNGs.")],
+    out_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--out", help="Folder for report.md, report.html, report.json and the PNGs (default: reports/STUDY)."
+        ),
+    ] = None,
     storage: StorageOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -30,6 +35,7 @@ def report(
 
     url = storage_url(storage)
     engine = open_read(open_storage, url)
+    out_dir = out_dir or f"reports/{study}"
     check_out_dir(out_dir, "--out", "the report")
     try:
         files = write_report(engine, study, out_dir, display_url(url), program())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -13,9 +14,8 @@ from ablate.cli.common import (
     check_threads,
     check_trials_and_name,
     emit_json,
-    print_view,
-    program,
-    storage_option,
+    next_report_line,
+    print_study_summary,
 )
 from ablate.cli.plot import draw_plots
 from ablate.errors import AblateInputError
@@ -148,11 +148,11 @@ def study_run(
                 outcome = run_study(spec, text, url, trials, name, reporter, threads=threads)
     except StudySpecConflict as exc:
         raise AblateInputError("--name", str(exc)) from None
+    from ablate.store.engine import checkpoint_sqlite
+
+    checkpoint_sqlite(url)  # every worker's log in the file: results.db alone holds the study
     if not (quiet or as_json):
-        err.file.write(
-            f"study {outcome.name}: {outcome.n_trials} finished trials ({outcome.ran} run now, "
-            f"{outcome.failed} failed)\n"
-        )
+        err.file.write(_outcome_line(outcome, trials, spec.study.trials) + "\n")
     written: list[str] = []
     if not no_plots:
         written = [str(p) for p in draw_plots(url, outcome.name, plots or f"plots/{outcome.name}", None, quiet=True)]
@@ -160,17 +160,39 @@ def study_run(
         emit_json({**outcome.__dict__, "plots": written})
         return
     if not quiet:
-        from ablate.store import query as q
-        from ablate.store.engine import open_storage
-
-        engine = open_storage(url)
-        print_view(engine, outcome.name, q.group_by_fix(engine, outcome.name), "per fix")
+        print_study_summary(url, outcome.name)
         if outcome.failed:
             err.print(f"{outcome.failed} trial(s) failed this time; run the same command to retry them.")
-        for p in written:
-            sys.stdout.write(f"plot: {p}\n")  # plain: a long path must not wrap
-        report = f"{program()} report {outcome.name}{storage_option(storage)} --out reports/{outcome.name}"
-        sys.stdout.write(f"next, the study written up (Markdown, HTML): {report}\n")
+        if written:
+            sys.stdout.write(figures_line(written) + "\n")  # plain: a long path must not wrap
+        sys.stdout.write(next_report_line(outcome.name, storage) + "\n")
+
+
+def _outcome_line(outcome: StudyOutcome, trials: int | None, spec_trials: int) -> str:
+    """The study's count after the run; when no trial ran because the study already held what was
+    asked, that is said, with why and what would run more (exit 0: the same command run twice is a
+    resume that finds the work done, not an error)."""
+    if outcome.ran or outcome.failed:
+        ran = f"{outcome.ran} run now, {outcome.failed} failed"
+        return f"study {outcome.name}: {outcome.n_trials} finished trials ({ran})"
+    asked = f"--trials {trials}" if trials is not None else f"the spec's study.trials = {spec_trials}"
+    wanted = trials if trials is not None else spec_trials
+    if outcome.n_trials < wanted:  # stopped early: no new parameter set, or the failures above
+        return f"study {outcome.name}: {outcome.n_trials} finished trials; no new trial ran ({asked})"
+    return (
+        f"study {outcome.name}: no new trial ran: it already holds {outcome.n_trials} finished trials and {asked} "
+        f"asks for {wanted} in all; give --trials {outcome.n_trials + 1} or more to run more"
+    )
+
+
+def figures_line(written: Sequence[str]) -> str:
+    """Where the figures went, in one line: their folder and their names (each as PNG and SVG)."""
+    import os
+
+    folders = list(dict.fromkeys(os.path.dirname(p) or "." for p in written))
+    names = list(dict.fromkeys(os.path.splitext(os.path.basename(p))[0] for p in written))
+    kinds = sorted({os.path.splitext(p)[1].lstrip(".").upper() for p in written})
+    return f"figures: {', '.join(f + os.sep for f in folders)} ({', '.join(names)}; {' and '.join(kinds)})"
 
 
 def _gpu_plan(workers: int | None, gpus: str | None) -> list[str | None]:

@@ -9,6 +9,7 @@ initialisation instead of the join, so it can also be combined with a join as ``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -208,6 +209,23 @@ def _valid_list() -> str:
     return ", ".join(fix_names()) + f" (a join may add '+{ZERO_INIT}')"
 
 
+def unknown_fixes(names: Sequence[str]) -> str | None:
+    """The message for every name in ``names`` that holds an unknown fix (each with the close one,
+    when there is one), at once; None when every part of every name is a fix."""
+    from ablate.errors import did_you_mean
+
+    bad: list[str] = []
+    for name in names:
+        if name.strip() == NO_BRANCH:  # the baseline's arm, on its own only
+            continue
+        parts = [q.strip() for q in name.strip().split("+")]
+        bad += [p for p in parts if p not in _REGISTRY and p != NO_BRANCH and p not in bad]
+    if not bad:
+        return None
+    listed = ", ".join(f"{p!r}{did_you_mean(p, fix_names())}" for p in bad)
+    return f"unknown fix{'es' * (len(bad) > 1)} {listed}; valid: {_valid_list()}"
+
+
 def parse_fix(name: str, scale: float | None = None, field: str = "fix") -> FixChoice:
     """Validate a fix name (and optional scale) into a ``FixChoice``; errors name ``field``.
 
@@ -220,10 +238,13 @@ def parse_fix(name: str, scale: float | None = None, field: str = "fix") -> FixC
         if scale is not None:
             raise AblateInputError("scale", f"fix '{NO_BRANCH}' takes no scale")
         return FixChoice(NO_BRANCH, None, False, None)
-    unknown = [p for p in parts if p not in _REGISTRY]
-    if unknown or len(parts) > 2:
-        bad = unknown[0] if unknown else raw
-        raise AblateInputError(field, f"unknown fix {bad!r}; valid: {_valid_list()}")
+    unknown = unknown_fixes([raw])
+    if unknown is not None:
+        raise AblateInputError(field, unknown)
+    if len(parts) > 2:
+        raise AblateInputError(field, f"unknown fix {raw!r}; valid: {_valid_list()}")
+    if NO_BRANCH in parts:
+        raise AblateInputError(field, f"invalid combination {raw!r}: '{NO_BRANCH}' is the baseline's arm, alone")
     if len(parts) == 2:
         joins = [p for p in parts if p != ZERO_INIT]
         if len(joins) != 1:

@@ -137,6 +137,22 @@ def submit(
     return Submitted(ids[0].split("_")[0], ids, str(executor.folder), tuple(jobs))
 
 
+def wait_for(submitted: Submitted) -> list[str]:
+    """Wait for every task; one line per task that failed (the others are waited for all the same).
+
+    The job objects live in this frame only: once it returns and the caller drops ``submitted``,
+    they can be collected before the interpreter's shutdown, where their ``__del__`` meets
+    half-torn-down modules and prints an "Exception ignored ... TypeError" traceback.
+    """
+    failed = []
+    for task, job in zip(submitted.task_ids, submitted.jobs):
+        try:
+            job.result()
+        except Exception as exc:  # noqa: BLE001 - each task's failure is reported, the others waited for
+            failed.append(f"task {task}: {' '.join(str(exc).split())[-300:]}")
+    return failed
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]

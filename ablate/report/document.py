@@ -566,7 +566,8 @@ def _ranking(doc: Document, r: Report, figures: dict[str, Path]) -> None:
             f"Objectives: {objectives}. A trial is on the front (Pareto rank 1) when no other ranked trial is at "
             "least as good on every objective and better on one; rank 2 is the front once rank 1 is removed, and "
             f"so on. Within a rank, trials are ordered by `{s.objectives[0]}`. Only ranked trials (complete, every "
-            f"seed) take part: {len(r.ranked)} of {r.n_trials}. Each fix is placed by its best-placed trial."
+            f"seed) take part: {len(r.ranked)} of {r.n_trials}. Each fix is placed by its best trial on "
+            f"`{s.objectives[0]}` (ties: the better Pareto rank), as `ablate query --group-by fix` ranks them."
         ),
         table(
             ("place", "fix", "trial", "scale", "seeds", "Pareto rank", *_obj_header(r)),

@@ -438,8 +438,8 @@ def _recommend(ranked: list[RankedTrial], objectives: Sequence[str], directions:
     best: RankedTrial = chosen["t"]
     primary, direction = objectives[0], directions[0]
     per_fix = {fix: rec["t"] for fix, (rec, _) in ranking.best_per_fix(pairs, primary).items()}
-    others = [t for fix, t in per_fix.items() if fix != best.fix]  # best on the primary objective first
-    runner = others[0] if others else None
+    second = ranking.runner_up(pairs, primary)
+    runner = second[0]["t"] if second is not None else None
     versus = None
     if runner is not None:
         a = _seed_values(primary, runs, best.trial_number)
@@ -518,7 +518,7 @@ class Report:
     setting: Setting
     evidence: tuple[ArmEvidence, ...]  # baseline, control, then fixes in registry order
     ranked: tuple[RankedTrial, ...]  # every ranked trial, by Pareto rank then primary objective
-    fix_ranking: tuple[RankedTrial, ...]  # each fix's best-placed trial, in that order
+    fix_ranking: tuple[RankedTrial, ...]  # each fix's best trial, best fix first (ranking.fix_ranking)
     paired: tuple[Paired, ...]  # every fix's best-placed trial and every front trial
     recommendation: Recommendation | None
     excluded: tuple[Excluded, ...]
@@ -575,10 +575,9 @@ def gather(engine: Engine, study: str | None = None) -> Report:
     )
 
     ranked = _ranked_trials(trials, objectives)
-    fix_ranking: dict[str, RankedTrial] = {}
-    for t in ranked:
-        fix_ranking.setdefault(t.fix, t)
-    chosen = list(fix_ranking.values()) + [t for t in ranked if t.pareto_rank == 1]
+    # the places of `ablate query --group-by fix`: one rule (ablate/ranking.py), one order
+    fix_ranking = [rec["t"] for rec, _ in ranking.fix_ranking(_as_pairs(ranked), objectives[0])]
+    chosen = fix_ranking + [t for t in ranked if t.pareto_rank == 1]
     paired_for = list({t.trial_number: t for t in chosen}.values())
     excluded = tuple(
         Excluded(
@@ -596,7 +595,7 @@ def gather(engine: Engine, study: str | None = None) -> Report:
         setting=setting,
         evidence=tuple(evidence),
         ranked=tuple(ranked),
-        fix_ranking=tuple(fix_ranking.values()),
+        fix_ranking=tuple(fix_ranking),
         paired=tuple(_paired(t, runs) for t in paired_for),
         recommendation=_recommend(ranked, objectives, directions, runs),
         excluded=excluded,

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, String, and_, case, cast, column, func, inspect, select, table
 
+from ablate.errors import did_you_mean
 from ablate.objectives import OBJECTIVES
 from ablate.store.engine import display_url
 from ablate.store.schema import RunModel, StudyModel
@@ -53,7 +54,8 @@ def resolve_study(conn: Connection, study: str | None) -> tuple[int, str]:
     if row is None:
         names = list(conn.scalars(select(StudyModel.name).order_by(StudyModel.created_at, StudyModel.id)))
         shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-        raise LookupError(f"no study named {study!r} in {url}; studies: {shown or '(none)'}")
+        hint = did_you_mean(study, names)
+        raise LookupError(f"no study named {study!r} in {url}{hint}; studies: {shown or '(none)'}")
     return int(row[0]), str(row[1])
 
 

@@ -175,6 +175,31 @@ def make_engine(url: str) -> Engine:
         return engine
 
 
+def checkpoint_sqlite(url: str | URL | Engine, timeout_s: float = 2.0) -> bool:
+    """Move everything in a SQLite file's write-ahead log into the file and empty the log
+    (``PRAGMA wal_checkpoint(TRUNCATE)``), so that ``results.db`` alone holds the whole study and a
+    copy of that one file loses nothing. True when done, or when there is nothing to do (PostgreSQL,
+    no file); False when another process still reads or writes the file (its own exit checkpoints).
+
+    Its own connection with a short busy timeout: a worker that finishes while others still run must
+    not hold their writes up for the pool's 30 s.
+    """
+    import sqlite3
+
+    parsed = url.url if isinstance(url, Engine) else normalize_url(url) if isinstance(url, str) else url
+    path = _sqlite_file(parsed) if parsed.get_backend_name() == "sqlite" else None
+    if path is None or not path.expanduser().exists():
+        return True
+    conn = sqlite3.connect(str(path.expanduser()), timeout=timeout_s)
+    try:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+    return busy == 0
+
+
 def dispose_engines() -> None:
     """Close every cached engine's pooled connections and forget them (tests, forked workers)."""
     with _lock:

@@ -113,9 +113,12 @@ def register_study(
         if row is None:
             return None
         if row.spec_hash != spec_hash:
+            from ablate.specdiff import changes_text, spec_changes
+
+            changed = changes_text(spec_changes(row.spec_text or "", spec_text))
             raise ValueError(
-                f"study {name!r} already exists with a different spec (hash {row.spec_hash[:12]}, "
-                f"this spec {spec_hash[:12]}); use another --name"
+                f"study {name!r} already exists with a different spec: {changed}; use another --name "
+                "(or the spec it was started with)"
             )
         mine = meta.get("ablate_version")
         if mine is not None and _release_line(row.ablate_version) != _release_line(mine):

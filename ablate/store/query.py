@@ -350,13 +350,24 @@ def step_metrics_for_runs(
         wanted.append(M.name.in_(list(names)))
     if prefix:
         wanted.append(M.name.startswith(prefix, autoescape=True))
+    return _steps_of_runs(engine, run_ids, or_(*wanted) if wanted else None)
+
+
+def every_step_metric_for_runs(engine: Engine, run_ids: Sequence[int]) -> pd.DataFrame:
+    """Every per-step metric of the given runs (and only theirs), in :func:`step_metrics_frame`'s
+    format: what an export of those runs copies."""
+    return _steps_of_runs(engine, run_ids, True)
+
+
+def _steps_of_runs(engine: Engine, run_ids: Sequence[int], where: Any) -> pd.DataFrame:
     ids = sorted({int(i) for i in run_ids})
     rows: list[Any] = []
-    if ids and wanted:
+    if ids and where is not None:
         with engine.connect() as conn:
             for start in range(0, len(ids), 500):  # bounded IN lists on every backend
                 chunk = ids[start : start + 500]
-                rows += conn.execute(_steps_select().where(M.run_id.in_(chunk), or_(*wanted))).all()
+                stmt = _steps_select().where(StepMetricModel.run_id.in_(chunk))
+                rows += conn.execute(stmt if where is True else stmt.where(where)).all()
     return _steps_df(rows)
 
 

@@ -239,7 +239,9 @@ def check_sql(sql: str, dialect: str) -> str:
     """
     import sqlglot
     from sqlglot import exp
-    from sqlglot.errors import ParseError, SqlglotError
+    from sqlglot.errors import ParseError, SqlglotError, TokenError
+
+    from ablate.store.sql_errors import parse_error_message, tokenize_error_message
 
     read = _SQLGLOT_DIALECT.get(dialect)
     if read is None:
@@ -249,9 +251,9 @@ def check_sql(sql: str, dialect: str) -> str:
             prefix, body = _split_explain(sql, read)
             parsed = sqlglot.parse(body, read=read)
     except ParseError as e:
-        err = e.errors[0] if e.errors else {}
-        where = f" (line {err['line']}, column {err['col']})" if err.get("line") else ""
-        raise SQLInputError(f"cannot parse the SQL{where}: {err.get('description') or e}") from None
+        raise SQLInputError(parse_error_message(e.errors[0] if e.errors else {"description": str(e)})) from None
+    except TokenError as e:
+        raise SQLInputError(tokenize_error_message(str(e))) from None
     except SqlglotError as e:
         raise SQLInputError(f"cannot parse the SQL: {' '.join(str(e).split())}") from None
     except RecursionError:

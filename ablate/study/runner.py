@@ -564,7 +564,11 @@ def run_study(
         _record_hardware(study, spec)
     with LocalWorkers() as workers:
         runner = StudyRun(spec, engine, study_id, reporter, lambda: choose_threads(threads, workers.live()), total)
-        return _optimize(study, runner, spec, study_name, url, total)
+        outcome = _optimize(study, runner, spec, study_name, url, total)
+    from ablate.store.engine import checkpoint_sqlite
+
+    checkpoint_sqlite(engine)  # results.db alone now holds the study (docs/results-database.md)
+    return outcome
 
 
 def _record_hardware(study: optuna.Study, spec: StudySpec) -> None:

@@ -1,0 +1,1 @@
+"""Copies of a study into the experiment trackers researchers already use (``ablate export``)."""
