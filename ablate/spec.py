@@ -23,6 +23,7 @@ from ablate.objectives import DEFAULT_OBJECTIVES, EVAL_OBJECTIVES, OBJECTIVES
 from ablate.subjects.aaclip.arm import AAClipSubjectConfig, DataConfig, EvalConfig
 from ablate.subjects.aaclip.backbone import BACKBONES
 from ablate.subjects.aaclip.data.folders import Source
+from ablate.subjects.aaclip.data.names import datasets
 from ablate.subjects.aaclip.data.sources import FolderConfig
 from ablate.subjects.aaclip.model import AAClipConfig
 from ablate.subjects.aaclip.stage1 import Stage1Config
@@ -80,7 +81,7 @@ class ModelSection(_Strict):
         return self
 
 
-_FOLDER_ONLY = ("root", "manifest", "split_csv", "classes", "real_names", "few_shot")
+_FOLDER_ONLY = ("root", "manifest", "split_csv", "classes", "real_names", "few_shot", "dataset", "shots_file")
 
 
 class _FolderFields(_Strict):
@@ -90,6 +91,18 @@ class _FolderFields(_Strict):
     manifest: str | None = Field(None, min_length=1)  # manifest: the JSON-lines file
     split_csv: str | None = Field(None, min_length=1)  # visa: default <root>/split_csv/1cls.csv
     classes: list[str] | None = None  # a subset of the classes, in this order; default: all
+    # Which of AA-CLIP's data sets this is: its descriptive class names in the prompts
+    # (ablate/subjects/aaclip/data/class_names.toml). Default: kind mvtec / visa, MVTec AD's / VisA's.
+    dataset: str | None = None
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str | None) -> str | None:
+        if v is not None and v not in datasets():
+            raise ValueError(
+                f"unknown data set {v!r}{did_you_mean(v, datasets())}; AA-CLIP names {', '.join(datasets())}"
+            )
+        return v
 
     @field_validator("classes")
     @classmethod
@@ -117,14 +130,14 @@ class _FolderFields(_Strict):
         where = self.manifest if kind == "manifest" else self.root
         assert where is not None
         classes = tuple(self.classes) if self.classes else None
-        return Source(kind, where, split, classes, self.split_csv, field)
+        return Source(kind, where, split, classes, self.split_csv, field, self.dataset)
 
 
 class DataSection(_FolderFields):
     # synthetic (default): generated textures; mvtec | visa | manifest: images on disk.
     kind: Literal["synthetic", "mvtec", "visa", "manifest"] = "synthetic"
     seed: int = Field(0, ge=0)
-    batch_size: int = Field(4, ge=1, le=4096)
+    batch_size: int = Field(2, ge=1, le=4096)  # AA-CLIP's Stage 2 batch
     train_size: int = Field(256, ge=1, le=10_000_000)  # synthetic only: the pool size
     anomaly_fraction: float = Field(0.5, ge=0, le=1)  # synthetic only
     # Folder data: the split trained on (default test: the one with anomalies and masks, as AA-CLIP).
@@ -135,6 +148,9 @@ class DataSection(_FolderFields):
     # true / false: the earlier key's flips / none.
     augment: Literal["aaclip", "flips", "none"] = "aaclip"
     workers: int = Field(2, ge=0, le=64)  # processes reading training images ahead; 0 = none
+    # AA-CLIP's k-shot list (its dataset/metadata/<set>/<k>-shot.jsonl): the training images, instead
+    # of the split's (ablate/subjects/aaclip/data/shots.py). Default: the split, few_shot drawn by seed.
+    shots_file: str | None = Field(None, min_length=1)
 
     @field_validator("augment", mode="before")
     @classmethod
@@ -157,6 +173,11 @@ class DataSection(_FolderFields):
                     raise ValueError(f"{key}: only for data on disk (kind = mvtec, visa or manifest)")
         else:
             self._where(self.kind)
+        if self.shots_file is not None:
+            if self.few_shot:
+                raise ValueError("few_shot: give few_shot (a seeded draw) or shots_file (a fixed list), not both")
+            if "split" in self.model_fields_set:
+                raise ValueError("split: the shots_file names the training images; leave split out")
         return self
 
     def folders(self, eval_data: EvalDataSection | None) -> FolderConfig | None:
@@ -168,6 +189,7 @@ class DataSection(_FolderFields):
             real_names=tuple(sorted(self.real_names.items())),
             few_shot=self.few_shot,
             workers=self.workers,
+            shots_file=self.shots_file,
         )
 
 
@@ -232,6 +254,12 @@ class EvalSection(_Strict):
     # 0.5 (detection probability + map maximum) (ablate/subjects/aaclip/scoring.py).
     scoring: Literal["aaclip", "softmax"] = "aaclip"
     domain: Literal["industrial", "medical"] = "industrial"  # AA-CLIP's blur and image score per domain
+    # exact: pixel AUROC / AP as scikit-learn computes them (AA-CLIP's), the maps spilled to a temporary
+    # folder; binned: eval.bins histogram bins per class over its observed range, no disk.
+    pixel_metrics: Literal["exact", "binned"] = "exact"
+    # > 0: evaluate every this many steps too, each a step row (eval/<metric>); AA-CLIP scores every
+    # epoch's checkpoint. 0: at the end only.
+    every: int = Field(0, ge=0, le=10_000_000)
 
 
 class Stage1Section(_Strict):
@@ -499,6 +527,8 @@ class StudySpec(_Strict):
             for m in [*self.study.objectives, self.study.constraint_metric]:
                 if m in EVAL_OBJECTIVES:
                     raise ValueError(f"study.objectives: {m!r} needs the evaluation; set eval.enabled = true")
+            if self.eval.every:
+                raise ValueError("eval.every: needs the evaluation; set eval.enabled = true")
         return self
 
     @model_validator(mode="after")
@@ -567,6 +597,8 @@ class StudySpec(_Strict):
                 bins=self.eval.bins,
                 scoring=self.eval.scoring,
                 domain=self.eval.domain,
+                pixel_metrics=self.eval.pixel_metrics,
+                every=self.eval.every,
             ),
             stage1=self.stage1.config() if self.trains_stage1 else None,
         )

@@ -6,9 +6,12 @@ fields beside every figure, so a number is never separated from the run that pro
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 
 def provenance(script: str, argv: list[str] | None = None, env: str = "PYTHONPATH=.") -> dict[str, object]:
@@ -20,3 +23,12 @@ def provenance(script: str, argv: list[str] | None = None, env: str = "PYTHONPAT
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
     }
+
+
+def emit(doc: dict[str, Any], out: str | None) -> dict[str, Any]:
+    """Print a benchmark's JSON, and write it to ``out`` too when given; returns ``doc``."""
+    text = json.dumps(doc, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+    return doc

@@ -72,3 +72,35 @@ def test_the_setting_is_made_once_per_process():
     first = allocator.keep_freed_memory()
     assert first in ("kept", "default", "unavailable")
     assert allocator.keep_freed_memory() == first
+
+
+# Kept, then within return_freed_memory (an evaluation), then after it: a 64 MiB tensor freed each time.
+PROBE_WITHIN = """
+import json, os
+from ablate.allocator import keep_freed_memory, return_freed_memory
+keep_freed_memory()
+import torch
+
+def resident_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+def left_after_free():
+    before = resident_mib()
+    x = torch.ones(64 * 2**20 // 4 + 1024 * int(os.urandom(1)[0]))  # a size not freed before
+    del x
+    return resident_mib() - before
+
+with return_freed_memory():
+    within = left_after_free()
+after = left_after_free()
+print(json.dumps({"within": within, "after": after}))
+"""
+
+
+@glibc
+def test_an_evaluation_returns_freed_memory_and_training_keeps_it_again():
+    out = subprocess.run([sys.executable, "-c", PROBE_WITHIN], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout)
+    assert got["within"] < 8  # the evaluation's large arrays go back to the kernel: no growth batch by batch
+    assert got["after"] > 60  # and the training's setting holds again after it

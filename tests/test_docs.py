@@ -99,3 +99,13 @@ def test_readme_starts_a_newcomer():
     for page in re.findall(r"\((docs/[a-z-]+\.md)(?:#[a-z0-9-]+)?\)", readme):
         assert (ROOT / page).exists(), page
     assert not re.search(r"load (average )?\d|before the change|previous release", readme)
+
+
+def test_parity_lists_every_class_name():
+    """docs/parity.md's class-name table is every name of ablate/subjects/aaclip/data/class_names.toml."""
+    from ablate.subjects.aaclip.data.names import aaclip_names, datasets
+
+    text = (ROOT / "docs" / "parity.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z_0-9]+)` \| `([^`]+)` \| (.+?) \|$", text, flags=re.M))
+    every = {(d, cls, name) for d in datasets() for cls, name in aaclip_names(d).items()}
+    assert len(every) == 43 and listed == every

@@ -16,6 +16,7 @@ from ablate.arms import train_arm, train_pack
 from ablate.cli import main
 from ablate.engine.arm import ArmConfig
 from ablate.engine.loop import RunConfig
+from ablate.eval import evaluation_row
 from ablate.objectives import OBJECTIVES
 from ablate.spec import parse_spec
 from ablate.store import open_storage, query
@@ -117,13 +118,38 @@ def test_evaluation_off_by_default_leaves_the_result_unevaluated():
     assert all(summary[m] is None for m in EVAL_METRICS) and summary["evaluation"] is None
 
 
+def test_eval_every_evaluates_after_every_n_updates_and_leaves_training_alone():
+    """eval.every = 2 over 4 steps: evaluations after 2 and 4 updates, each a step row; the one after
+    2 updates is what a 2-step run's end evaluation gives, and the losses are those of a run without."""
+
+    def cfg(steps: int, every: int) -> ArmConfig:
+        base = _cfg()
+        ev = replace(base.subject.eval, every=every)
+        return replace(base, run=replace(base.run, steps=steps), subject=replace(base.subject, eval=ev))
+
+    blocks = []
+    res = train_arm(cfg(4, 2), on_flush=blocks.append)
+    plain = train_arm(cfg(4, 0))
+    short = train_arm(cfg(2, 0))
+    assert res.metrics["loss"] == plain.metrics["loss"] and plain.step_evaluations == {}
+    assert sorted(res.step_evaluations) == [2, 4]
+    assert res.step_evaluations[4] == evaluation_row(res.evaluation.metrics)
+    assert res.evaluation.metrics == plain.evaluation.metrics
+    for m in EVAL_METRICS:
+        assert res.step_evaluations[2][f"eval/{m}"] == pytest.approx(short.evaluation.metrics[m], abs=1e-9)
+    assert res.step_evaluations[2] != res.step_evaluations[4]  # two steps of training moved the scores
+    rows = {step: values for block in blocks for step, values in block}
+    assert set(rows[2]) >= {"loss", "eval/pixel_auroc"} and "eval/pixel_auroc" not in rows[1]
+    assert rows[4] == res.step_evaluations[4]  # the end's evaluation: a row of its own, after the last step
+
+
 EVAL_SPEC = (
     MINI.replace(
         "trials = 4\nseeds = [0, 1]", 'trials = 2\nseeds = [0]\nobjectives = ["image_auroc", "dilution_train"]'
     )
     .replace('fixes = ["none", "fixed-scale", "tanh-gate"]', 'fixes = ["none", "zero-init"]')
     .replace('name = "mini"', 'name = "evalmini"')
-    + "[eval]\nenabled = true\nbatches = 10\n"
+    + "[eval]\nenabled = true\nbatches = 10\nevery = 3\n"
 )
 assert "image_auroc" in EVAL_SPEC and "zero-init" in EVAL_SPEC
 
@@ -152,6 +178,14 @@ def test_a_study_with_evaluation_stores_every_metric_per_run_and_class(eval_db):
     assert runs[runs.role == "stage1"].image_auroc.isna().all()
     for m in EVAL_METRICS:
         assert complete[m].notna().all() and complete[m].between(0, 1).all(), m
+    # eval.every = 3 of 6 steps: evaluated after 3 updates and at the end, each a step row
+    steps = query.step_metrics_for_runs(engine, list(complete.run_id), prefix="eval/")
+    for run_id, group in steps.groupby("run_id"):
+        assert sorted(set(group.step)) == [3, 6] and set(group.name) == {f"eval/{m}" for m in EVAL_METRICS}
+        row = complete[complete.run_id == run_id].iloc[0]
+        end = group[group.step == 6].set_index("name").value
+        assert all(end[f"eval/{m}"] == pytest.approx(row[m]) for m in EVAL_METRICS)
+    assert set(steps.run_id) == set(complete.run_id)
     classes = query.class_metrics_frame(engine)
     assert len(classes) == 4 * len(CLASSES)
     assert set(classes.class_name) == set(CLASSES)
@@ -319,3 +353,29 @@ def test_the_aaclip_scores_of_a_model_told_the_mask_rank_it_first(scoring):
     del model.forward
     real = evaluate(model, batches, torch.device("cpu"), model.classes, scoring=Scoring(scoring))[0]
     assert 0.2 < real.metrics["pixel_auroc"] < 0.8  # untrained: near chance
+
+
+def test_the_report_shows_the_best_and_the_last_evaluation_of_each_arm(eval_db):
+    from ablate.report.document import compose
+    from ablate.report.markdown import render_markdown
+    from ablate.report.model import gather
+
+    engine = open_storage(f"sqlite:///{eval_db}", create=False)
+    report = gather(engine, "evalmini")
+    arms = [e for e in report.evidence if e.n_seeds]
+    assert arms and all(set(e.eval_best) == set(EVAL_METRICS) for e in arms)
+    runs = query.runs_frame(engine)
+    steps = query.step_metrics_for_runs(engine, list(runs.run_id), prefix="eval/")
+    for e in arms:
+        for m in ("image_auroc", "pixel_auroc"):  # the last is the end's evaluation, the run's own column
+            assert e.eval_last[m].estimate == pytest.approx(e.auroc[m].estimate)
+        assert all(e.eval_best[m].estimate >= e.eval_last[m].estimate - 1e-12 for m in EVAL_METRICS)
+    # one seed: the best is the larger of the run's two evaluations, read straight from its step rows
+    from ablate.report.model import BASELINE_LABEL
+
+    base = report.arm(BASELINE_LABEL)
+    run_id = int(runs[runs.role == "baseline"].run_id.iloc[0])
+    mine = steps[(steps.run_id == run_id) & (steps.name == "eval/pixel_auroc")]
+    assert base.eval_best["pixel_auroc"].estimate == pytest.approx(mine.value.max())
+    text = render_markdown(compose(report, {}, "db", "now"), Path("."))
+    assert "pixel_auroc best" in text and "pixel_auroc last" in text and "eval.every" in text

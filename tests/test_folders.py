@@ -257,3 +257,122 @@ def test_evaluation_batches_cover_the_evaluation_set_once(sets):
     assert next(pack.evaluation_batches(3)).masks.shape == (2, 3, 64, 64)
     synthetic = ArmSetup(aaclip_arm(data=DataConfig(batch_size=2), probe_batches=2, gain_batches=2, device="cpu"))
     assert len(list(synthetic.evaluation_batches())) == 2
+
+
+def _shots(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+SHOTS = [  # AA-CLIP's k-shot list format (its dataset/metadata/<set>/<k>-shot.jsonl), float labels as it writes some
+    {"image_path": "metal_nut/test/scratch/001.png", "label": 1.0, "class_name": "metal_nut",
+     "mask_path": "metal_nut/ground_truth/scratch/001_mask.png"},
+    {"image_path": "bottle/train/good/002.png", "label": 0, "class_name": "bottle"},
+    {"image_path": "bottle/test/scratch/000.png", "label": 1, "mask_path": "bottle/ground_truth/scratch/000_mask.png",
+     "class_name": "bottle"},
+]  # fmt: skip
+
+
+def test_a_shots_file_in_aaclips_format_is_the_training_set(sets, tmp_path):
+    root = sets["mvtec"]
+    path = _shots(tmp_path / "3-shot.jsonl", SHOTS)
+    text = f'name = "s"\n[data]\nkind = "mvtec"\nroot = "{root}"\nshots_file = "{path}"\nbatch_size = 2\n'
+    spec = parse_spec(text)
+    folders = spec.arm("none", None, 0).subject.data.folders
+    assert folders.shots_file == str(path)
+    data = build_folder_data(folders, 64, seed=0)
+    got = [(Path(s.image).relative_to(root).as_posix(), s.class_name, s.label, s.mask) for s in data.train.samples]
+    assert got == [  # the file's images, in its order, labels as ints, masks only for anomalous ones
+        ("metal_nut/test/scratch/001.png", "metal_nut", 1, str(root / "metal_nut/ground_truth/scratch/001_mask.png")),
+        ("bottle/train/good/002.png", "bottle", 0, None),
+        ("bottle/test/scratch/000.png", "bottle", 1, str(root / "bottle/ground_truth/scratch/000_mask.png")),
+    ]
+    # the same for every seed (a fixed list); without the file, the seeded draw of few_shot
+    assert build_folder_data(folders, 64, seed=5).train.samples == data.train.samples
+    drawn = parse_spec(text.replace(f'shots_file = "{path}"', "few_shot = 1")).arm("none", None, 0).subject.data
+    assert drawn.folders.shots_file is None and drawn.folders.few_shot == 1
+    # it trains: one batch has the first two images of an epoch's order
+    batch = ArmSetup(spec.arm("none", None, 0)).train_batch(0)
+    assert batch.images.shape == (2, 3, 64, 64) and batch.masks.shape == (2, 64, 64)
+    # data.classes keeps a subset of the file's images
+    only = build_folder_data(replace(folders, train=replace(folders.train, classes=("bottle",))), 64, 0)
+    assert [s.class_name for s in only.train.samples] == ["bottle", "bottle"]
+
+
+def test_a_manifests_shots_file_is_relative_to_the_manifests_folder(sets, tmp_path):
+    manifest = sets["manifest"]
+    path = _shots(tmp_path / "2-shot.jsonl", [
+        {"image_path": "img/brain_bad0.png", "label": 1, "mask_path": "mask/brain_bad0.png", "class_name": "brain"},
+        {"image_path": "img/liver_ok1.png", "label": 0, "class_name": "liver"},
+    ])  # fmt: skip
+    data = build_folder_data(FolderConfig(train=Source("manifest", str(manifest)), shots_file=str(path)), 64, 0)
+    assert [Path(s.image) for s in data.train.samples] == [manifest.parent / "img/brain_bad0.png",
+                                                          manifest.parent / "img/liver_ok1.png"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        ([{"image": "bottle/test/scratch/000.png", "class": "bottle", "label": 1}], "unknown key 'class'"),
+        ([{"image_path": "bottle/train/good/000.png", "label": 2, "class_name": "bottle"}], "'label' must be 0"),
+        ([{"image_path": "bottle/test/scratch/000.png", "label": 1, "class_name": "bottle"}], "needs its 'mask_path'"),
+        ([{"image_path": "bottle/none.png", "label": 0, "class_name": "bottle"}], "image not found"),
+        ([{"image_path": "bottle/train/good/000.png", "label": 0}], "'class_name' must be a name"),
+        ("not json\n", "not valid JSON"),
+        ([], "names no training image"),
+    ],
+)
+def test_a_bad_shots_file_is_one_line_naming_the_key(sets, tmp_path, records, message):
+    from ablate.errors import AblateInputError
+    from ablate.subjects.aaclip.arm import check_data
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(records) if isinstance(records, str) else _shots(path, records)
+    spec = parse_spec(f'name = "s"\n[data]\nkind = "mvtec"\nroot = "{sets["mvtec"]}"\nshots_file = "{path}"\n')
+    with pytest.raises(AblateInputError) as info:
+        check_data(spec.arm("none", None, 0))
+    assert info.value.field == "data.shots_file" and message in info.value.message
+    assert "\n" not in info.value.message
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        ("few_shot = 2", "data.few_shot"),
+        ('split = "test"', "data.split"),
+    ],
+)
+def test_a_shots_file_with_few_shot_or_split_is_refused(sets, extra, field):
+    from ablate.errors import AblateInputError
+
+    with pytest.raises(AblateInputError) as info:
+        parse_spec(f'name = "s"\n[data]\nkind = "mvtec"\nroot = "{sets["mvtec"]}"\nshots_file = "x.jsonl"\n{extra}\n')
+    assert info.value.field == field
+    with pytest.raises(AblateInputError) as info:
+        parse_spec('name = "s"\n[data]\nshots_file = "x.jsonl"\n')  # synthetic data has no files
+    assert info.value.field == "data.shots_file"
+
+
+def test_mpdd_and_medical_sets_prompt_with_aaclips_names_chosen_by_the_data_sets_name(tmp_path, sets):
+    from ablate.errors import AblateInputError
+    from ablate.subjects.aaclip.arm import check_data
+
+    mpdd = make_mvtec(tmp_path / "mpdd", classes=("connector", "tubes"))
+    text = f'name = "s"\n[data]\nkind = "mvtec"\nroot = "{mpdd}"\n'
+    named = build_folder_data(parse_spec(text + 'dataset = "mpdd"\n').arm("none", None, 0).subject.data.folders, 64, 0)
+    assert named.classes == ("metal clamps with black adjustment knobs", "scattered metal objects")
+    plain = build_folder_data(parse_spec(text).arm("none", None, 0).subject.data.folders, 64, 0)
+    assert plain.classes == ("connector", "tubes")  # an MVTec AD layout is not MVTec AD's names
+    medical = make_manifest(tmp_path / "brainmri", classes=("Brain",))
+    text = f'name = "s"\n[data]\nkind = "manifest"\nmanifest = "{medical}"\ndataset = "brain"\n'
+    spec = parse_spec(text + f'[eval_data]\nkind = "mvtec"\nroot = "{mpdd}"\ndataset = "mpdd"\n')
+    data = build_folder_data(spec.arm("none", None, 0).subject.data.folders, 64, 0)
+    assert data.classes[0] == "scan" and data.classes[1] == "metal clamps with black adjustment knobs"
+    # a name that is not one of AA-CLIP's data sets, or one that names none of the classes: refused
+    with pytest.raises(AblateInputError) as info:
+        parse_spec(text.replace('"brain"', '"brian"'))
+    assert info.value.field == "data.dataset" and "'brain'" in info.value.message
+    wrong = parse_spec(f'name = "s"\n[data]\nkind = "mvtec"\nroot = "{sets["mvtec"]}"\ndataset = "visa"\n')
+    with pytest.raises(AblateInputError) as info:
+        check_data(wrong.arm("none", None, 0))
+    assert info.value.field == "data.dataset" and "bottle" in info.value.message

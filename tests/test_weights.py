@@ -114,3 +114,29 @@ def test_an_uncached_tag_fails_fast_offline(offline_hub):
     assert info.value.field == "pretrained" and "nothing is downloaded" in info.value.message
     with pytest.raises(AblateInputError, match="not an open_clip tag|neither a local file"):
         resolve_pretrained(spec, "no-such-tag")
+
+
+def test_a_half_precision_checkpoint_loads_its_position_embedding_resized_in_fp32(tmp_path):
+    """OpenAI's weights are fp16 and AA-CLIP resizes their position embedding (336 -> 518 px) after
+    converting to fp32: an fp16 embedding of another grid loads, resized from its fp32 values."""
+    spec = BACKBONES["tiny"]
+    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec.open_clip_cfg.items()}
+    cfg["vision_cfg"] = {**cfg["vision_cfg"], "image_size": 40}  # a 5 x 5 grid; the tiny backbone's is 8 x 8
+    torch.manual_seed(5)
+    source = CLIP(**cfg).eval().half()
+    path = tmp_path / "half.pt"
+    torch.save(source.state_dict(), path)
+    built = build_clip(spec, str(path))
+    old = source.visual.positional_embedding.detach()
+    assert old.dtype == torch.float16 and built.visual.positional_embedding.dtype == torch.float32
+    # the reference, from AA-CLIP's resize_pos_embed: the class token kept, the 5 x 5 grid resized
+    # bicubically (antialiased, corners not aligned) to 8 x 8, from the fp32 values
+    grid = old[1:].float().reshape(1, 5, 5, -1).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(8, 8), mode="bicubic", antialias=True, align_corners=False)
+    want = torch.cat([old[:1].float(), grid.permute(0, 2, 3, 1).reshape(64, -1)])
+    assert torch.equal(built.visual.positional_embedding.detach(), want)
+    # every other tensor is the fp16 value, exactly, in fp32
+    got = built.state_dict()
+    for k, v in source.state_dict().items():
+        if k != "visual.positional_embedding" and v.is_floating_point():
+            assert torch.equal(got[k], v.float()), k

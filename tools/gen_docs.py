@@ -88,12 +88,18 @@ KEY_NOTES: dict[str, str] = {
     "data.augment": "Training-image augmentation, image and mask together: `aaclip` (AA-CLIP's rotation, "
     "translation, flips and colour jitter), `flips` (flips and 90-degree rotations) or `none`.",
     "data.workers": "Processes reading training images ahead (0 = none); the numbers do not depend on it.",
+    "data.dataset": "Which of AA-CLIP's data sets this is (`mvtec`, `visa`, `mpdd`, `btad`, `brain`, `liver`, "
+    "`retina`, `colon_clinicdb`, `colon_colondb`, `colon_kvasir`, `colon_cvc300`): its class names in the "
+    "prompts (default: `mvtec`/`visa` by kind, else folder names).",
+    "data.shots_file": "AA-CLIP's k-shot list (`<k>-shot.jsonl`): its images are the training set, paths "
+    "relative to the data set's folder (default: the split, `few_shot` drawn with `data.seed`).",
     "eval_data.kind": "The evaluation set's layout: `mvtec`, `visa`, `manifest`.",
     "eval_data.root": "Its folder (mvtec, visa).",
     "eval_data.manifest": "Its JSON-lines file (manifest).",
     "eval_data.split_csv": "Its VisA split file.",
     "eval_data.classes": "A subset of its classes.",
     "eval_data.split": "The split evaluated on.",
+    "eval_data.dataset": "Which of AA-CLIP's data sets it is: its class names in the prompts.",
     "training.steps": "Adam steps per run.",
     "training.lr": "Adam's learning rate.",
     "training.device": "`auto` (cuda when present), `cpu`, `cuda`.",
@@ -125,7 +131,11 @@ KEY_NOTES: dict[str, str] = {
     "eval.enabled": "End every run with the AUROC/AP evaluation (default: on for data on disk, off for "
     "synthetic data).",
     "eval.batches": "Synthetic data: test batches of `data.batch_size` images (data on disk: every image).",
-    "eval.bins": "Histogram bins per class of the streaming AUROC/AP.",
+    "eval.bins": "Binned pixel metrics: histogram bins per class, over its observed range.",
+    "eval.pixel_metrics": "`exact` (pixel AUROC/AP as scikit-learn computes them, the maps spilled to a "
+    "temporary folder, 4 bytes a pixel) or `binned` (histograms, no disk, a bounded error).",
+    "eval.every": "Also evaluate every this many steps, each stored as a step row `eval/<metric>` (0: at "
+    "the end only).",
 }
 
 

@@ -19,6 +19,7 @@ from ablate.engine.loop import RunConfig, StepRows, train_arms
 from ablate.engine.probe import ArmLabel, probe_arms
 from ablate.engine.result import ProbeResult, TrainResult
 from ablate.errors import AblateInputError
+from ablate.eval import evaluation_row
 from ablate.timers import span
 
 
@@ -82,7 +83,9 @@ class BuiltArm(Protocol):
     def train_batch(self, step: int) -> Any: ...
 
     def evaluate(self) -> list[Any] | None:
-        """The end-of-run evaluation, one result per arm, or None when the arm is not evaluated."""
+        """The evaluation, one result per arm (each with a ``metrics`` dict of means), or None when
+        the arm is not evaluated. A built arm may also have ``eval_every`` (int, default 0): evaluate
+        every that many steps during training too (``train_built``)."""
         ...
 
 
@@ -111,8 +114,11 @@ def train_built(
     """Train every arm of ``built`` side by side (one result each, in order), then evaluate them.
 
     Callbacks get the arm's index; ``on_nonfinite(arm, step)``: see :func:`ablate.engine.loop.train_arms`
-    (default: a non-finite loss in any arm stops them all).
+    (default: a non-finite loss in any arm stops them all). With ``built.eval_every`` = N > 0 the arms
+    are also evaluated every N steps, and each evaluation (the end's too, at step ``steps``) is a step
+    row of ``eval/<metric>`` values, handed to ``on_flush``.
     """
+    every = int(getattr(built, "eval_every", 0) or 0)
     results = train_arms(
         built.model,
         built.train_batch,
@@ -125,10 +131,17 @@ def train_built(
         on_step=on_step,
         eval_batches=built.gain_batches,
         on_nonfinite=on_nonfinite,
+        evaluate=built.evaluate if every > 0 else None,
+        evaluate_every=every,
     )
     with span("evaluation"):
         evaluations = built.evaluate()
     if evaluations is not None:
-        for result, ev in zip(results, evaluations, strict=True):
+        for arm, (result, ev) in enumerate(zip(results, evaluations, strict=True)):
             result.evaluation = ev
+            if every > 0:
+                row = evaluation_row(ev.metrics)
+                result.step_evaluations[cfg.run.steps] = row
+                if on_flush is not None:
+                    on_flush(arm, [(cfg.run.steps, row)])
     return results

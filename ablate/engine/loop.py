@@ -24,6 +24,7 @@ from ablate.engine.probe import BYPASSED, DEFAULT_THRESHOLD, ArmLabel, probe_arm
 from ablate.engine.result import DEFAULT_GROUP, ProbeResult, TrainResult
 from ablate.engine.subject import Subject, watched_groups
 from ablate.errors import NonFiniteLossError
+from ablate.eval import evaluation_row
 from ablate.stats import geo_mean, mean_ci
 from ablate.timers import span
 
@@ -99,10 +100,16 @@ def train_arms(
     on_step: Callable[[int], None] | None = None,
     eval_batches: Sequence[Any] | None = None,
     on_nonfinite: Callable[[int, int], None] | None = None,
+    evaluate: Callable[[], Sequence[Any] | None] | None = None,
+    evaluate_every: int = 0,
 ) -> list[TrainResult]:
     """Train every arm of ``subject`` (one model, or several packed) side by side; one result per arm.
 
     Callbacks get the arm's index. All per-step values stay on the device until a flush.
+    ``evaluate`` (one result per arm, each with a ``metrics`` dict of means) runs after every
+    ``evaluate_every`` updates before the last: its means join that step's row (``eval/<name>``,
+    :func:`ablate.eval.evaluation_row`) and ``TrainResult.step_evaluations``; its time, like the
+    probes', is not training time. The end of the run is evaluated by the caller (``train_built``).
     A non-finite loss raises NonFiniteLossError at the flush that sees it, unless ``on_nonfinite``
     is given: it is then called once per arm that went non-finite (arm, first such step) and may
     raise; the other arms train on unaffected (arms share no trained state, and the backbone mixes
@@ -147,6 +154,7 @@ def train_arms(
 
     dead: set[int] = set()  # arms whose loss went non-finite (with on_nonfinite)
     arm_ids = range(n_arms)
+    evaluated: list[dict[int, dict[str, float]]] = [{} for _ in arms]  # per arm: step -> eval/<name> values
 
     def flush() -> None:
         nonlocal pending, pending_start
@@ -158,7 +166,10 @@ def train_arms(
         # Per arm, the first step whose loss (column 0) is not finite.
         bad = [next((start + i for i, v in enumerate(block) if not math.isfinite(v[0][a])), None) for a in arm_ids]
         for a in range(n_arms):
-            rows = [(start + i, {n: col[a] for n, col in zip(names, vals)}) for i, vals in enumerate(block)]
+            rows = [
+                (start + i, {**{n: col[a] for n, col in zip(names, vals)}, **evaluated[a].get(start + i, {})})
+                for i, vals in enumerate(block)
+            ]
             for _, vals in rows:
                 for n in names:
                     metrics[a][n].append(vals[n])
@@ -198,11 +209,22 @@ def train_arms(
             if on_probe is not None:
                 on_probe(a, p)
 
+    def evaluate_now(step: int) -> None:
+        nonlocal probe_s
+        t = time.perf_counter()
+        with span("evaluation"):
+            results = evaluate() if evaluate is not None else None
+        probe_s += time.perf_counter() - t
+        for a, ev in enumerate(results or ()):
+            evaluated[a][step] = evaluation_row(ev.metrics)
+
     t0 = time.perf_counter()
     subject.train(True)
     for step in range(cfg.steps):
         if cfg.probe_every >= 0 and (step == 0 or (cfg.probe_every and step % cfg.probe_every == 0)):
             probe(step)
+        if evaluate_every > 0 and step > 0 and step % evaluate_every == 0:
+            evaluate_now(step)
         with span("data"):
             batch = train_batches(step)
         opt.zero_grad(set_to_none=True)
@@ -294,6 +316,7 @@ def train_arms(
                 groups=tuple(groups),
                 metrics=metrics[a],
                 probes=probes[a],
+                step_evaluations=evaluated[a],
             )
         )
     return results

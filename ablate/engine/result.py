@@ -111,11 +111,14 @@ class TrainResult:
     probes: list[ProbeResult] = field(default_factory=list)
     # The end-of-run evaluation (ablate.subjects.aaclip.evaluate.EvalResult), None when it was off.
     evaluation: Any = None
+    # With evaluations during training (eval.every): step (updates done) -> the step row of its means
+    # ("eval/pixel_auroc", ...), the end's included; empty otherwise.
+    step_evaluations: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The scalar fields plus the step-0 probe of every group (what a run row holds), and the
         evaluation: its four means (None when not evaluated) and ``evaluation`` (per class, or None)."""
-        skip = ("metrics", "probes", "adapter_gain_batches", "evaluation")
+        skip = ("metrics", "probes", "adapter_gain_batches", "evaluation", "step_evaluations")
         d = {k: v for k, v in asdict(self).items() if k not in skip}
         d["frozen"] = ",".join(self.frozen)
         d["groups"] = list(self.groups)

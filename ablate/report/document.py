@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ablate import textfmt
+from ablate.eval import EVAL_METRICS
 from ablate.objectives import OBJECTIVES
 from ablate.report.figures import CAPTIONS
 from ablate.report.model import (
@@ -521,6 +522,25 @@ def _evidence(doc: Document, r: Report, figures: dict[str, Path]) -> None:
                 f"[lo, hi]: {PCT} t-interval over the seeds' values.",
             )
         )  # fmt: skip
+        checkpointed = [e for e in arms if e.eval_best]
+        if checkpointed:
+            ms = [m for m in EVAL_METRICS if any(m in e.eval_best for e in checkpointed)]
+            doc.add(
+                Para(
+                    "These runs were also evaluated during training (`eval.every`), as AA-CLIP's test.py scores "
+                    "every epoch's checkpoint: the best of each run's evaluations (the end's included) and the "
+                    "last (the end's, which the table above and the ranking use). The best is chosen on the test "
+                    "set itself, so it flatters the arm."
+                ),
+                table(
+                    (*ARM_HEADER, *(f"{m} {which} [{PCT}]" for m in ms for which in ("best", "last"))),
+                    tuple(
+                        (*_arm_cells(e), *(CI(d[m]) if m in d else "-" for m in ms for d in (e.eval_best, e.eval_last)))
+                        for e in checkpointed
+                    ),
+                    f"[lo, hi]: {PCT} t-interval over the seeds' values.",
+                ),
+            )
         if "eval" in figures:
             doc.add(Figure(figures["eval"], CAPTIONS["eval"]))
     for kind in ("loss", "grad-norms"):

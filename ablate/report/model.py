@@ -23,6 +23,7 @@ import pandas as pd
 from sqlalchemy import Engine, inspect, select, text
 
 from ablate import ranking
+from ablate.eval import EVAL_METRICS, EVAL_STEP_PREFIX
 from ablate.objectives import OBJECTIVES, known_objectives, seed_value
 from ablate.plot.extract import fix_sort_key
 from ablate.stats import HIGH_AUTOCORRELATION, SCOPE_NONE, SCOPE_SEEDS, Interval, mean_ci, ratio_ci
@@ -242,6 +243,10 @@ class ArmEvidence:
     feature_cosine: Interval
     norm_inflation: Interval
     auroc: dict[str, Interval]  # column -> mean over seeds; empty when not evaluated
+    # Runs evaluated during training too (eval.every), per metric over seeds: the best of each run's
+    # evaluations (the end's included) and its last (the end's, what ``auroc`` and the ranking use).
+    eval_best: dict[str, Interval] = field(default_factory=dict)
+    eval_last: dict[str, Interval] = field(default_factory=dict)
 
 
 def _runs_of(runs: pd.DataFrame, role: str, trial_number: int | None) -> list[dict[str, Any]]:
@@ -257,11 +262,32 @@ def _over_seeds(values: Sequence[float]) -> Interval:
     return ci
 
 
+def _checkpoints(rows: list[dict[str, Any]], steps: pd.DataFrame) -> tuple[dict[str, Interval], dict[str, Interval]]:
+    """Per metric, over the seeds' runs: the best and the last of each run's evaluation step rows
+    (``eval/<metric>``, every ``eval.every`` steps and at the end); empty when they have none."""
+    best: dict[str, Interval] = {}
+    last: dict[str, Interval] = {}
+    mine = steps[steps["run_id"].isin([r["run_id"] for r in rows])] if len(steps) else steps
+    for m in EVAL_METRICS:
+        series = mine[mine["name"] == EVAL_STEP_PREFIX + m] if len(mine) else mine
+        if not len(series):
+            continue
+        by_run = [g.sort_values("step")["value"] for _, g in series.groupby("run_id")]
+        best[m] = _over_seeds([float(v.max()) for v in by_run])
+        last[m] = _over_seeds([float(v.iloc[-1]) for v in by_run])
+    return best, last
+
+
 def _evidence(
-    row: Mapping[str, Any], rows: list[dict[str, Any]], objectives: Sequence[str], groups: Sequence[str]
+    row: Mapping[str, Any],
+    rows: list[dict[str, Any]],
+    objectives: Sequence[str],
+    groups: Sequence[str],
+    steps: pd.DataFrame | None = None,
 ) -> ArmEvidence:
     reference = row["fix"] in (BASELINE_LABEL, CONTROL_LABEL)
     best = row.get("best_trial")
+    eval_best, eval_last = _checkpoints(rows, steps) if steps is not None else ({}, {})
     return ArmEvidence(
         label=str(row["fix"]),
         reference=reference,
@@ -293,6 +319,8 @@ def _evidence(
             for c in AUROC_COLUMNS
             if (ci := _over_seeds([_f(r.get(c)) for r in rows])).n > 0  # noqa: B023 - used at once
         },
+        eval_best=eval_best,
+        eval_last=eval_last,
     )
 
 
@@ -525,7 +553,7 @@ def gather(engine: Engine, study: str | None = None) -> Report:
         engine, name, {**settings, "objectives": objectives, "directions": dict(zip(objectives, directions))}, runs
     )
 
-    evidence = []
+    arm_rows = []
     for row in fixes.to_dict(orient="records"):
         label = row["fix"]
         if label == BASELINE_LABEL:
@@ -536,7 +564,12 @@ def gather(engine: Engine, study: str | None = None) -> Report:
             rows = []
         else:
             rows = _runs_of(runs, "trial", int(row["best_trial"]))
-        evidence.append(_evidence(row, rows, objectives, setting.groups))
+        arm_rows.append((row, rows))
+    # The evaluations during training (eval.every) of the runs the evidence reads, in one query.
+    steps = q.step_metrics_for_runs(
+        engine, [r["run_id"] for _, rows in arm_rows for r in rows], prefix=EVAL_STEP_PREFIX
+    )
+    evidence = [_evidence(row, rows, objectives, setting.groups, steps) for row, rows in arm_rows]
     evidence.sort(
         key=lambda e: (0 if e.label == BASELINE_LABEL else 1 if e.label == CONTROL_LABEL else 2, fix_sort_key(e.label))
     )

@@ -253,6 +253,9 @@ def _train_pack(
             raise AllArmsDropped()
 
     def on_block(arm: int, block: list[tuple[int, dict[str, float]]]) -> None:
+        block = [(step, v) for step, v in block if "loss" in v]  # the end's evaluation row has no loss
+        if not block:
+            return
         losses[arm].extend(v["loss"] for _, v in block)
         m = owner[arm]
         if watch is None or arm != arms_of[m][-1]:

@@ -28,11 +28,10 @@ from ablate.subjects.aaclip.data.sources import (
     FolderConfig,
     build_folder_data,
     check_folders,
-    checked_samples,
-    few_shot,
+    training_samples,
 )
 from ablate.subjects.aaclip.data.synthetic import TEXTURE_CLASSES, Batch, SyntheticAnomalyDataset
-from ablate.subjects.aaclip.evaluate import EvalResult, evaluate
+from ablate.subjects.aaclip.evaluate import PIXEL_METRICS, EvalResult, evaluate
 from ablate.subjects.aaclip.layers import TextAdapter
 from ablate.subjects.aaclip.model import AAClipConfig, AAClipModel, SharedBackbone, build_backbone, build_model
 from ablate.subjects.aaclip.packed import PackedAAClip
@@ -62,7 +61,7 @@ class DataConfig:
     seed: int = 0
     classes: tuple[str, ...] = TEXTURE_CLASSES
     train_size: int = 256  # images in the training pool (cycled in a seeded order)
-    batch_size: int = 4
+    batch_size: int = 2  # AA-CLIP's Stage 2 batch (its train.py, --image_batch_size)
     anomaly_fraction: float = 0.5
     # Images on disk instead of the synthetic textures (train_size, classes and anomaly_fraction
     # then do not apply: the pool is the training set's images, after few_shot).
@@ -76,9 +75,11 @@ class EvalConfig:
 
     enabled: bool = False
     batches: int = 8  # test batches of data.batch_size images (synthetic: a fixed set for every seed)
-    bins: int = DEFAULT_BINS  # histogram bins per class (binned AUROC/AP: ties within a bin)
+    bins: int = DEFAULT_BINS  # histogram bins per class of binned pixel metrics (ties within a bin)
     scoring: str = "aaclip"  # how maps and image scores are made (scoring.py): aaclip | softmax
     domain: str = "industrial"  # AA-CLIP's blur and image score per domain: industrial | medical
+    pixel_metrics: str = "exact"  # exact (scikit-learn's values, spilled to disk) | binned (histograms)
+    every: int = 0  # > 0: also evaluate every this many steps, each a step row (0: at the end only)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,8 @@ def validate(cfg: ArmConfig) -> None:
         ("eval.bins", 2 <= ev.bins <= 2**20, "must be in [2, 1048576]"),
         ("eval.scoring", ev.scoring in SCORINGS, f"must be one of {', '.join(SCORINGS)}"),
         ("eval.domain", ev.domain in DOMAINS, f"must be one of {', '.join(DOMAINS)}"),
+        ("eval.pixel_metrics", ev.pixel_metrics in PIXEL_METRICS, f"must be one of {', '.join(PIXEL_METRICS)}"),
+        ("eval.every", ev.every >= 0, "must be >= 0"),
         ("data.augment", data.augment in AUGMENTS, f"must be one of {', '.join(AUGMENTS)}"),
         ("model.detection_logit_scale", sub.model.detection_logit_scale > 0, "must be > 0"),
     ]
@@ -189,9 +192,10 @@ def check_folder_data(cfg: ArmConfig) -> None:
     if f is None:
         return
     check_folders(f)
-    pool = len(few_shot(checked_samples(f.train), f.few_shot, cfg.subject.data.seed))
+    pool = len(training_samples(f, cfg.subject.data.seed))
     if pool < cfg.subject.data.batch_size:
         where = "few_shot" if f.few_shot else ("manifest" if f.train.kind == "manifest" else "root")
+        where = "shots_file" if f.shots_file is not None else where
         raise AblateInputError(
             f"{f.train.field}.{where}", f"{pool} training images, fewer than batch_size ({cfg.subject.data.batch_size})"
         )
@@ -390,6 +394,11 @@ class ArmSetup:
     def evaluate(self) -> list[EvalResult] | None:
         return _evaluate(self)
 
+    @property
+    def eval_every(self) -> int:
+        """Steps between evaluations during training (0: only at the end; see ``train_built``)."""
+        return _eval_every(self)
+
     def test_batches(self) -> Iterator[Batch]:
         """The evaluation's test set, streamed batch by batch (never all held): data on disk, the
         whole evaluation set (``evaluation_batches``); synthetic data, ``eval.batches`` fixed batches."""
@@ -475,13 +484,29 @@ class PackSetup:
     def evaluate(self) -> list[EvalResult] | None:
         return _evaluate(self)
 
+    @property
+    def eval_every(self) -> int:
+        return _eval_every(self)
+
 
 def _evaluate(setup: ArmSetup | PackSetup) -> list[EvalResult] | None:
-    """The end-of-run evaluation (one result per arm) when the config asks for it, else None."""
+    """The evaluation (one result per arm) when the config asks for it, else None."""
     cfg = setup.cfg.subject.eval
     if not cfg.enabled:
         return None
     scoring = Scoring(cfg.scoring, cfg.domain)
     return evaluate(
-        setup.model, setup.test_batches(), setup.device, setup.model.classes, cfg.bins, scoring, setup.cfg.run.precision
+        setup.model,
+        setup.test_batches(),
+        setup.device,
+        setup.model.classes,
+        cfg.bins,
+        scoring,
+        setup.cfg.run.precision,
+        cfg.pixel_metrics,
     )
+
+
+def _eval_every(setup: ArmSetup | PackSetup) -> int:
+    cfg = setup.cfg.subject.eval
+    return cfg.every if cfg.enabled else 0

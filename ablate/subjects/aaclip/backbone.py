@@ -156,21 +156,35 @@ _OPENAI_EXTRA = ("input_resolution", "context_length", "vocab_size", "attn_mask"
 def load_weights(model: nn.Module, ckpt: str) -> None:
     """Load a checkpoint into ``model``: open_clip's formats, or OpenAI's TorchScript archive (which
     ``torch.load(weights_only=True)`` refuses); the position embedding is resized to the model's grid."""
-    import open_clip
+    if is_torchscript_archive(ckpt):
+        import warnings
 
-    if not is_torchscript_archive(ckpt):
-        # open_clip resizes the position embedding to our grid (336 -> 518 px) on load.
-        open_clip.load_checkpoint(model, ckpt)
-        return
-    import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"; OpenAI's file is one
+            state = torch.jit.load(ckpt, map_location="cpu").state_dict()
+        state = {k: v for k, v in state.items() if k not in _OPENAI_EXTRA}
+    else:
+        from open_clip.factory import load_state_dict
 
-    from open_clip.model import resize_pos_embed
+        state = load_state_dict(ckpt)
+    load_state(model, state)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"; OpenAI's file is one
-        state = torch.jit.load(ckpt, map_location="cpu").state_dict()
-    state = {k: v for k, v in state.items() if k not in _OPENAI_EXTRA}
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a CLIP state dict into ``model`` (strict), its position embeddings resized to the model's.
+
+    Floating-point tensors are converted to float32 first, as AA-CLIP does (it calls ``model.float()``
+    on OpenAI's half-precision weights before resizing): the bicubic resize, antialiased as open_clip
+    and AA-CLIP run it, has no half-precision kernel, and the model is float32 anyway.
+    """
+    from open_clip.model import resize_pos_embed, resize_text_pos_embed
+
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    scale = state.get("logit_scale")
+    if scale is not None and scale.ndim != model.logit_scale.ndim:  # scalar vs 1-d, as open_clip allows
+        state["logit_scale"] = scale.reshape(model.logit_scale.shape)
     resize_pos_embed(state, model)
+    resize_text_pos_embed(state, model)
     model.load_state_dict(state, strict=True)
 
 

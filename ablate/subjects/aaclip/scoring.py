@@ -40,8 +40,9 @@ class BatchScores:
     """One batch's scores, [n] = arms x batch images.
 
     ``maps`` [n, H, W]: the anomaly map at the mask size. ``map_logits``: the same ranking on a
-    log-odds scale (what the pixel histograms bin). ``map_max`` [n] and ``detection`` [n]: the two
-    parts of the image score, combined at the end of the evaluation (:func:`image_scores`).
+    log-odds scale (what binned pixel metrics count; exact ones read ``maps``). ``map_max`` [n] and
+    ``detection`` [n]: the two parts of the image score, combined at the end of the evaluation
+    (:func:`image_scores`).
     """
 
     maps: torch.Tensor

@@ -11,7 +11,7 @@ from typing import Any
 
 SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {"backbone": "tiny", "pretrained": None, "inject_at": 0, "context_norm": False, "adapter_weight": 0.1},
-    "data": {"seed": 0, "batch_size": 4, "train_size": 256, "anomaly_fraction": 0.5},
+    "data": {"seed": 0, "batch_size": 2, "train_size": 256, "anomaly_fraction": 0.5},
 }
 GROUP_LABELS = {"layers": "block adapters", "proj": "projections", "all": "image adapter"}
 TOY_BACKBONES = frozenset({"tiny"})

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ablate.errors import AblateInputError
 
@@ -47,6 +49,8 @@ class Source:
     classes: tuple[str, ...] | None = None  # a subset, in this order; None = every class found
     split_csv: str | None = None  # VisA: the CSV (default <root>/split_csv/1cls.csv)
     field: str = "data"  # the spec section (or CLI option) errors name
+    # Which of AA-CLIP's data sets this is (data/class_names.toml): its prompt names for the classes.
+    dataset: str | None = None
 
 
 def _images(folder: Path) -> list[Path]:
@@ -117,13 +121,9 @@ def _visa(src: Source) -> tuple[list[Sample], list[str]]:
     return out, sorted(declared)
 
 
-def _manifest(src: Source) -> tuple[list[Sample], list[str]]:
-    path = _root(src, "manifest")
-    if not path.is_file():
-        raise AblateInputError(f"{src.field}.manifest", f"{path} is not a file (a JSON-lines manifest)")
-    base = path.parent
-    out: list[Sample] = []
-    declared: set[str] = set()
+def json_lines(path: Path, field: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("<path> line <n>", the object) for each non-blank line of a JSON-lines file; a line that is
+    not a JSON object is an AblateInputError naming ``field`` and the line."""
     with open(path, encoding="utf-8") as f:
         for n, text in enumerate(f, start=1):
             if not text.strip():
@@ -132,28 +132,39 @@ def _manifest(src: Source) -> tuple[list[Sample], list[str]]:
             try:
                 rec = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise AblateInputError(f"{src.field}.manifest", f"{where}: not valid JSON ({exc.msg})") from None
+                raise AblateInputError(field, f"{where}: not valid JSON ({exc.msg})") from None
             if not isinstance(rec, dict):
-                raise AblateInputError(f"{src.field}.manifest", f"{where}: must be a JSON object")
-            unknown = set(rec) - {"image", "class", "label", "mask", "split"}
-            if unknown:
-                raise AblateInputError(f"{src.field}.manifest", f"{where}: unknown key {sorted(unknown)[0]!r}")
-            image, cls, label = rec.get("image"), rec.get("class"), rec.get("label")
-            mask, split = rec.get("mask"), rec.get("split", "test")
-            if not isinstance(image, str) or not image:
-                raise AblateInputError(f"{src.field}.manifest", f"{where}: 'image' must be a path")
-            if not isinstance(cls, str) or not cls.strip():
-                raise AblateInputError(f"{src.field}.manifest", f"{where}: 'class' must be a name")
-            if label not in (0, 1) or isinstance(label, bool):
-                raise AblateInputError(f"{src.field}.manifest", f"{where}: 'label' must be 0 (normal) or 1 (anomalous)")
-            if mask is not None and (not isinstance(mask, str) or not mask):
-                raise AblateInputError(f"{src.field}.manifest", f"{where}: 'mask' must be a path or null")
-            if split not in ("train", "test"):
-                raise AblateInputError(f"{src.field}.manifest", f"{where}: 'split' must be train or test")
-            declared.add(cls.strip())
-            if src.split != "all" and split != src.split:
-                continue
-            out.append(Sample(str(base / image), cls.strip(), label, str(base / mask) if mask else None, split))
+                raise AblateInputError(field, f"{where}: must be a JSON object")
+            yield where, rec
+
+
+def _manifest(src: Source) -> tuple[list[Sample], list[str]]:
+    path = _root(src, "manifest")
+    if not path.is_file():
+        raise AblateInputError(f"{src.field}.manifest", f"{path} is not a file (a JSON-lines manifest)")
+    base = path.parent
+    out: list[Sample] = []
+    declared: set[str] = set()
+    for where, rec in json_lines(path, f"{src.field}.manifest"):
+        unknown = set(rec) - {"image", "class", "label", "mask", "split"}
+        if unknown:
+            raise AblateInputError(f"{src.field}.manifest", f"{where}: unknown key {sorted(unknown)[0]!r}")
+        image, cls, label = rec.get("image"), rec.get("class"), rec.get("label")
+        mask, split = rec.get("mask"), rec.get("split", "test")
+        if not isinstance(image, str) or not image:
+            raise AblateInputError(f"{src.field}.manifest", f"{where}: 'image' must be a path")
+        if not isinstance(cls, str) or not cls.strip():
+            raise AblateInputError(f"{src.field}.manifest", f"{where}: 'class' must be a name")
+        if label not in (0, 1) or isinstance(label, bool):
+            raise AblateInputError(f"{src.field}.manifest", f"{where}: 'label' must be 0 (normal) or 1 (anomalous)")
+        if mask is not None and (not isinstance(mask, str) or not mask):
+            raise AblateInputError(f"{src.field}.manifest", f"{where}: 'mask' must be a path or null")
+        if split not in ("train", "test"):
+            raise AblateInputError(f"{src.field}.manifest", f"{where}: 'split' must be train or test")
+        declared.add(cls.strip())
+        if src.split != "all" and split != src.split:
+            continue
+        out.append(Sample(str(base / image), cls.strip(), label, str(base / mask) if mask else None, split))
     return out, sorted(declared)
 
 

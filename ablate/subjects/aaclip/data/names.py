@@ -1,4 +1,4 @@
-"""The descriptive class names AA-CLIP's prompts use (class_names.toml beside this file)."""
+"""The descriptive class names AA-CLIP's prompts use, per data set (class_names.toml beside this file)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,19 @@ def _table() -> dict[str, dict[str, str]]:
     return tomllib.loads(text)
 
 
-def aaclip_names(kind: str) -> dict[str, str]:
-    """Folder class -> AA-CLIP's prompt name for a data set layout (``mvtec``, ``visa``; others: none)."""
-    return dict(_table().get(kind, {}))
+def datasets() -> tuple[str, ...]:
+    """The data sets AA-CLIP names classes for (spec ``data.dataset`` values): mvtec, visa, mpdd, ..."""
+    return tuple(_table())
+
+
+def aaclip_names(dataset: str | None) -> dict[str, str]:
+    """Folder class -> AA-CLIP's prompt name for one of :func:`datasets` (anything else: none)."""
+    return dict(_table().get(dataset or "", {}))
+
+
+def names_table(kind: str, dataset: str | None) -> str | None:
+    """Which data set's names a source uses: its ``dataset``, else its layout's when the layout is one
+    data set's own (``mvtec``: MVTec AD, ``visa``: VisA), else none (folder names)."""
+    if dataset is not None:
+        return dataset
+    return kind if kind in ("mvtec", "visa") else None
